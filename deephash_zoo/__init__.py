@@ -1,0 +1,16 @@
+"""deephash-zoo: deep supervised hashing models for image retrieval, as timm models.
+
+Importing this package registers every model with timm, so ``timm.create_model('dath_alexnet_32')``
+works without further set-up.
+"""
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version('deephash-zoo')
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = '0.0.0+source'
+
+from .models import *  # noqa: F401,F403,E402  (registers the models with timm)
+from .models import __all__ as _model_all  # noqa: E402
+
+__all__ = ['__version__', *_model_all]

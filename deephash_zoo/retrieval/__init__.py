@@ -1,0 +1,1 @@
+"""Hamming-ranking retrieval metrics and indexes."""
