@@ -1,0 +1,206 @@
+"""ADMTH: Attention-oriented Deep Multi-Task Hashing
+
+Paper: `Attention-Oriented Deep Multi-Task Hash Learning` - Wang, Meng, Dong, Yang, Xi, Nie,
+Electronics 12(5):1226 (2023), https://doi.org/10.3390/electronics12051226
+
+A CNN-F trunk (Chatfield et al. 2014) is shared by every code length ("hard parameter sharing"
+up to conv5); a squeeze-and-excitation block (reduction 16) re-weights the channels of the pooled
+conv5 map; from fc6 on, each code length has its own branch (fc6, fc7, tanh hash layer). The
+paper learns 16, 32, 48 and 64 bits at once (``admth_cnnf_multi``); ``forward`` returns them
+concatenated in that order and ``encode(x, bits=k)`` picks one.
+
+Variants:
+* ``dmlh_cnnf_multi``: the same without attention (DMLH, the authors' earlier conference model).
+* ``admth_cnnf_{16,32,48,64}``: one branch, for the multi- vs single-task comparison (Table 3).
+"""
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from .contract import HUB_ORG, HashingMixin, check_images, init_weights, resolve_bits
+from .head import HashHead
+from .trunks import MIN_INPUT_SIZE, ConvTrunk
+
+__all__ = ['ADMTH']
+
+
+class ADMTH(HashingMixin, nn.Module):
+    """CNN-F trunk, SE channel attention, one fc6/fc7/hash branch per code length."""
+
+    def __init__(
+            self,
+            bits: Union[int, Sequence[int]] = (16, 32, 48, 64),
+            attention: str = 'se',
+            num_classes: Optional[int] = None,
+            in_chans: int = 3,
+            drop_rate: float = 0.5,
+            global_pool: str = 'avg',
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            bits: one branch per code length, ascending.
+            attention: 'se' (ADMTH) or 'none' (DMLH).
+            num_classes: timm's head width; see ``resolve_bits`` (defaults to ``sum(bits)``).
+            in_chans: image channels.
+            drop_rate: dropout before fc6 and fc7.
+            global_pool: pool after fc7 for inputs above 224 ('' = return unpooled features).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
+        resolve_bits(None, self.default_bits)  # validates the branch lengths
+        self.bits = resolve_bits(num_classes, self.default_bits)
+        self.num_classes = sum(self.bits)
+        self.in_chans = in_chans
+        self.min_input_size = MIN_INPUT_SIZE
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.trunk = ConvTrunk('cnnf', attention, attn_after_pool=True, in_chans=in_chans, **dd)
+        self.num_features = self.trunk.out_chs
+        self.head = HashHead(
+            self.num_features, len(self.default_bits), 'concat', self.bits,
+            drop_rate=drop_rate, global_pool=global_pool, **dd,
+        )
+        self.head_hidden_size = self.head.hidden_size
+        self.feature_info = self.trunk.feature_info('trunk.')
+        init_weights(self)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^trunk\.features\.0', blocks=[(r'^trunk\.features\.(\d+)', None), (r'^trunk\.attn', (99,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        assert not enable, 'gradient checkpointing not supported'
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.hash
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
+                         bits: Optional[Sequence[int]] = None) -> None:
+        """New hash layer(s): ``sum(bits)`` keeps one per branch, another width gives one shared code."""
+        dd = get_device_dtype(self)
+        self.bits = resolve_bits(num_classes, self.default_bits, bits)
+        self.num_classes = sum(self.bits)
+        self.head.reset(self.bits, self.head.global_pool if global_pool is None else global_pool, **dd)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Taps at strides 4, 8, 16 and 32 (the last after SE attention)."""
+        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
+        check_images(x, self.in_chans, self.min_input_size)
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        taps = self.trunk.forward_taps(x)
+        intermediates = [taps[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        return taps[-1], intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the branches (the taps need the whole trunk)."""
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.in_chans, self.min_input_size)
+        return self.trunk(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_admth(variant: str, pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    return build_model_with_cfg(
+        ADMTH,
+        variant,
+        pretrained,
+        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+def _cfg(bits: Sequence[int], **kwargs: Any) -> Dict[str, Any]:
+    classifier = tuple(f'head.hash.fc.{i}' for i in range(len(bits)))
+    return {
+        'url': '', 'num_classes': sum(bits), 'input_size': (3, 224, 224), 'pool_size': (6, 6),
+        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'trunk.features.0', 'classifier': classifier[0] if len(classifier) == 1 else classifier,
+        'license': 'apache-2.0',
+        'paper_name': 'Attention-Oriented Deep Multi-Task Hash Learning',
+        'paper_ids': 'doi:10.3390/electronics12051226',
+        **kwargs,
+    }
+
+
+MULTI_BITS = (16, 32, 48, 64)
+
+default_cfgs = generate_default_cfgs({
+    'admth_cnnf_multi.fmnist': _cfg(MULTI_BITS, hf_hub_id=f'{HUB_ORG}/admth_cnnf_multi.fmnist'),
+    'dmlh_cnnf_multi.fmnist': _cfg(MULTI_BITS, hf_hub_id=f'{HUB_ORG}/dmlh_cnnf_multi.fmnist'),
+    **{f'admth_cnnf_{b}.fmnist': _cfg((b,), hf_hub_id=f'{HUB_ORG}/admth_cnnf_{b}.fmnist') for b in MULTI_BITS},
+})
+
+
+@register_model
+def admth_cnnf_multi(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """ADMTH: CNN-F + SE attention, branches for 16/32/48/64 bits learned at once."""
+    model_args = dict(bits=MULTI_BITS, attention='se')
+    return _create_admth('admth_cnnf_multi', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dmlh_cnnf_multi(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """DMLH: ADMTH without the attention module."""
+    model_args = dict(bits=MULTI_BITS, attention='none')
+    return _create_admth('dmlh_cnnf_multi', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def admth_cnnf_16(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """ADMTH with a single 16-bit branch."""
+    return _create_admth('admth_cnnf_16', pretrained=pretrained, **dict(dict(bits=(16,)), **kwargs))
+
+
+@register_model
+def admth_cnnf_32(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """ADMTH with a single 32-bit branch."""
+    return _create_admth('admth_cnnf_32', pretrained=pretrained, **dict(dict(bits=(32,)), **kwargs))
+
+
+@register_model
+def admth_cnnf_48(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """ADMTH with a single 48-bit branch."""
+    return _create_admth('admth_cnnf_48', pretrained=pretrained, **dict(dict(bits=(48,)), **kwargs))
+
+
+@register_model
+def admth_cnnf_64(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """ADMTH with a single 64-bit branch."""
+    return _create_admth('admth_cnnf_64', pretrained=pretrained, **dict(dict(bits=(64,)), **kwargs))

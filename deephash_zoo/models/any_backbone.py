@@ -1,0 +1,106 @@
+"""The papers' hash head on any timm backbone: ``hash_model('resnet50', bits=64)``.
+
+The backbone keeps its own features and pooling (``num_classes=0``); its pre-logits vector feeds
+one tanh hash layer per code length. The result honours the same contract as DATH/ADMTH
+(``forward`` relaxed codes, ``encode``, timm's head API), so training, evaluation and export
+work unchanged.
+"""
+import difflib
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import get_device_dtype
+
+from .contract import HashingMixin, check_images, resolve_bits
+from .head import HashLayer
+
+__all__ = ['BackboneHash', 'hash_model']
+
+
+class BackboneHash(HashingMixin, nn.Module):
+    """A timm backbone (without classifier) followed by tanh hash layer(s)."""
+
+    def __init__(self, backbone: nn.Module, bits: Union[int, Sequence[int]] = 64,
+                 num_classes: Optional[int] = None, num_labels: int = 0) -> None:
+        super().__init__()
+        dd = get_device_dtype(backbone)
+        self.backbone = backbone
+        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
+        self.bits = resolve_bits(num_classes, self.default_bits)
+        self.num_classes = sum(self.bits)
+        self.num_labels = num_labels
+        self.in_chans = int(getattr(backbone, 'in_chans', 3))
+        cfg_min = backbone.pretrained_cfg.get('min_input_size')
+        self.min_input_size = int(cfg_min[-1]) if cfg_min else 1
+        self.num_features = backbone.num_features
+        self.head_hidden_size = getattr(backbone, 'head_hidden_size', backbone.num_features)
+        self.hash = HashLayer(self.head_hidden_size, self.bits, **dd)
+        self.aux_classifier = nn.Linear(self.num_classes, num_labels, **dd) if num_labels and self.bits else None
+        for m in [self.hash, self.aux_classifier]:
+            if m is not None:
+                for p in m.modules():
+                    if isinstance(p, nn.Linear):
+                        nn.init.normal_(p.weight, 0, 0.01)
+                        nn.init.zeros_(p.bias)
+        self.pretrained_cfg: Dict[str, Any] = dict(
+            backbone.pretrained_cfg,
+            num_classes=self.num_classes,
+            classifier=tuple(f'hash.fc.{i}' for i in range(len(self.bits))),
+            first_conv=f"backbone.{backbone.pretrained_cfg.get('first_conv')}",
+        )
+        self.default_cfg = self.pretrained_cfg
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.hash
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
+                         bits: Optional[Sequence[int]] = None) -> None:
+        dd = get_device_dtype(self)
+        self.bits = resolve_bits(num_classes, self.default_bits, bits)
+        self.num_classes = sum(self.bits)
+        self.hash = HashLayer(self.head_hidden_size, self.bits, **dd)
+        self.hash.train(self.training)
+        if self.num_labels:
+            self.aux_classifier = nn.Linear(self.num_classes, self.num_labels, **dd) if self.bits else None
+
+    @torch.jit.ignore
+    def label_logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """The auxiliary label classifier on the codes (for DATH's classification loss)."""
+        if self.aux_classifier is None:
+            raise ValueError('this model has no label classifier; create it with num_labels=<dataset labels>')
+        return self.aux_classifier(codes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.in_chans, self.min_input_size)
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.backbone.forward_head(x, pre_logits=True)
+        return x if pre_logits else self.hash(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def hash_model(
+        backbone: str,
+        bits: Union[int, Sequence[int]] = 64,
+        pretrained: bool = False,
+        num_labels: int = 0,
+        **kwargs: Any,
+) -> BackboneHash:
+    """Hash model on timm backbone ``backbone`` (any name ``timm.list_models()`` knows).
+
+    ``pretrained`` loads the backbone's own timm weights (e.g. ImageNet); the hash layers start
+    fresh. Extra keyword arguments go to ``timm.create_model`` for the backbone.
+    """
+    known: List[str] = timm.list_models()
+    if backbone not in known and backbone.split('.')[0] not in known:
+        close = difflib.get_close_matches(backbone, known, n=3)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise ValueError(f'unknown timm backbone {backbone!r}{hint}')
+    net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
+    return BackboneHash(net, bits=bits, num_labels=num_labels)

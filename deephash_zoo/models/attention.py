@@ -1,0 +1,102 @@
+"""Attention modules shared by the model families.
+
+DATH (Jiang et al. 2021) takes its two attention modules from DANet (Fu et al., CVPR 2019):
+position attention relates every spatial location to every other, channel attention relates
+every channel map to every other. Both add their result to the input through a learned scale
+initialised to 0, so an attention stream starts out as the plain backbone (which is what makes
+ImageNet initialisation meaningful) and learns how much attention to mix in.
+
+ADMTH (Wang et al. 2023) uses squeeze-and-excitation (Hu et al. 2018, reduction 16), which timm
+already provides as ``SEModule``.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import SEModule
+
+__all__ = ['PositionAttention', 'ChannelAttention', 'DualAttention', 'create_attention', 'ATTENTION_KINDS']
+
+ATTENTION_KINDS = ('none', 'position', 'channel', 'dual', 'se')
+
+
+class PositionAttention(nn.Module):
+    """DANet position attention module (PAM): ``out = gamma * (V . softmax(Q^T K)^T) + x``.
+
+    Query and key are 1x1 convolutions to ``channels // reduction`` (DANet uses C/8), value keeps
+    all channels. ``gamma`` starts at 0.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        qk_chs = max(1, channels // reduction)
+        self.query = nn.Conv2d(channels, qk_chs, kernel_size=1, **dd)
+        self.key = nn.Conv2d(channels, qk_chs, kernel_size=1, **dd)
+        self.value = nn.Conv2d(channels, channels, kernel_size=1, **dd)
+        self.gamma = nn.Parameter(torch.zeros(1, **dd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # B, N, C'
+        k = self.key(x).flatten(2)  # B, C', N
+        attn = torch.softmax(torch.bmm(q, k), dim=-1)  # B, N, N: row i = weights of every position for i
+        v = self.value(x).flatten(2)  # B, C, N
+        out = torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w)
+        return self.gamma * out + x
+
+
+class ChannelAttention(nn.Module):
+    """DANet channel attention module (CAM): ``out = gamma * (softmax(max(E) - E) . A) + x``, E = A A^T.
+
+    DANet subtracts the energy from its row maximum before the softmax (it sharpens the contrast
+    between channels and keeps the exponent bounded); we follow it. ``gamma`` starts at 0.
+    """
+
+    def __init__(self, channels: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        a = x.flatten(2)  # B, C, N
+        energy = torch.bmm(a, a.transpose(1, 2))  # B, C, C
+        energy = energy.amax(dim=-1, keepdim=True) - energy
+        attn = torch.softmax(energy, dim=-1)
+        out = torch.bmm(attn, a).reshape(b, c, h, w)
+        return self.gamma * out + x
+
+
+class DualAttention(nn.Module):
+    """Position and channel attention on one feature map, fused by their mean (DATH-1's shared extractor).
+
+    DANet fuses its two modules by a sum; we take the mean so that, with both scales at 0, the
+    module is the identity and DATH-1 starts as the plain (ImageNet-initialised) AlexNet.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8, device=None, dtype=None) -> None:
+        super().__init__()
+        self.position = PositionAttention(channels, reduction, device=device, dtype=dtype)
+        self.channel = ChannelAttention(channels, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.position(x) + self.channel(x))
+
+
+def create_attention(kind: str, channels: int, device=None, dtype=None) -> nn.Module:
+    """Build the attention module named ``kind`` (one of ``ATTENTION_KINDS``) for ``channels`` maps."""
+    dd = {'device': device, 'dtype': dtype}
+    module: Optional[nn.Module] = None
+    if kind == 'none':
+        module = nn.Identity()
+    elif kind == 'position':
+        module = PositionAttention(channels, **dd)
+    elif kind == 'channel':
+        module = ChannelAttention(channels, **dd)
+    elif kind == 'dual':
+        module = DualAttention(channels, **dd)
+    elif kind == 'se':
+        module = SEModule(channels, rd_ratio=1. / 16, **dd)
+    if module is None:
+        raise ValueError(f'unknown attention {kind!r}; expected one of {ATTENTION_KINDS}')
+    return module

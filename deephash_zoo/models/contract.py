@@ -1,0 +1,131 @@
+"""What every deephash-zoo model promises beyond timm: code lengths, ``encode``, input checks.
+
+``forward`` returns relaxed codes in (-1, 1) (tanh), all lengths concatenated in ascending order;
+``encode`` turns them into sign codes in {-1, +1} (int8) or bits packed 8 per byte in
+``numpy.packbits`` order (first bit = most significant, +1 -> 1, -1 -> 0), which is what FAISS
+binary indexes take. A relaxed value of exactly 0 encodes as +1.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import register_notrace_function
+
+__all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'pack_signs', 'init_weights', 'HUB_ORG']
+
+HUB_ORG = 'deephash-zoo'  # one Hugging Face organisation holds every published checkpoint
+
+
+@register_notrace_function  # reason: shape checks are Python control flow; FX keeps the call as a leaf
+def check_images(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    """Refuse what the network cannot take, with the expected shape in the message."""
+    expected = '(batch, ' + str(in_chans) + ', height, width) float images'
+    if x.dim() != 4:
+        raise ValueError('expected ' + expected + ', got a tensor of rank ' + str(x.dim()))
+    if x.shape[1] != in_chans:
+        raise ValueError('expected ' + expected + ', got ' + str(x.shape[1]) + ' channels')
+    if not x.is_floating_point():
+        raise ValueError('expected ' + expected + ' (normalised, floating point), got an integer tensor; '
+                         'convert with the model transform (timm.data.create_transform)')
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError('expected images of at least ' + str(min_size) + 'x' + str(min_size) + ' pixels, got '
+                         + str(x.shape[2]) + 'x' + str(x.shape[3]))
+
+
+def resolve_bits(num_classes: Optional[int], default_bits: Sequence[int], bits: Optional[Sequence[int]] = None
+                 ) -> Tuple[int, ...]:
+    """Code lengths from timm's ``num_classes`` and an optional explicit ``bits``.
+
+    ``num_classes`` is the total code width. When it is the sum of the model's lengths (or None)
+    the model keeps its lengths; 0 removes the hash layer; any other value gives one code of that
+    many bits (timm's generic ``num_classes=`` knob). ``bits`` sets the lengths exactly.
+    """
+    if bits is not None:
+        out = tuple(int(b) for b in bits)
+        if num_classes is not None and num_classes != sum(out):
+            raise ValueError(f'num_classes={num_classes} does not match bits={out} (sum {sum(out)})')
+    elif num_classes is None or num_classes == sum(default_bits):
+        out = tuple(default_bits)
+    elif num_classes == 0:
+        out = ()
+    elif num_classes > 0:
+        out = (int(num_classes),)
+    else:
+        raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+    if any(b <= 0 for b in out):
+        raise ValueError(f'code lengths must be positive, got {out}')
+    if list(out) != sorted(set(out)):
+        raise ValueError(f'code lengths must be distinct and ascending, got {out}')
+    return out
+
+
+def init_weights(model: nn.Module) -> None:
+    """AlexNet-style initialisation for training from scratch (ImageNet weights replace it)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def pack_signs(signs: torch.Tensor) -> torch.Tensor:
+    """Pack {-1,+1} codes (n, bits) into uint8 (n, ceil(bits/8)) exactly as ``numpy.packbits(axis=1)``."""
+    n, bits = signs.shape
+    ones = (signs > 0).to(torch.uint8)
+    pad = (-bits) % 8
+    if pad:
+        ones = torch.cat([ones, ones.new_zeros(n, pad)], dim=1)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=signs.device)
+    return (ones.reshape(n, -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
+
+
+class HashingMixin:
+    """``encode`` and code-length bookkeeping shared by every hash model.
+
+    Subclasses set ``bits`` (tuple of current code lengths), ``in_chans`` and ``min_input_size``
+    (no class-level annotations: TorchScript would read them and cannot type ``Tuple[int, ...]``).
+    """
+
+    @torch.jit.ignore
+    def code_slices(self) -> Dict[int, slice]:
+        """Where each length sits in ``forward``'s output."""
+        out, start = {}, 0
+        for b in self.bits:
+            out[b] = slice(start, start + b)
+            start += b
+        return out
+
+    @torch.jit.ignore
+    def split_codes(self, codes: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """``forward`` output -> {length: codes of that length}."""
+        return {b: codes[:, s] for b, s in self.code_slices().items()}
+
+    @torch.jit.ignore
+    def encode(self, x: torch.Tensor, bits: Optional[int] = None, packed: bool = False) -> torch.Tensor:
+        """Binary codes of images ``x`` (eval mode, no grad).
+
+        Returns int8 {-1,+1} codes of shape (batch, bits), or with ``packed`` uint8 of shape
+        (batch, ceil(bits/8)). ``bits=None`` gives all lengths concatenated (multi-length models).
+        """
+        if not self.bits:
+            raise ValueError('this model has no hash layer (num_classes=0); nothing to encode')
+        slices = self.code_slices()
+        if bits is not None and bits not in slices:
+            raise ValueError(f'this model has code lengths {self.bits}; got bits={bits}')
+        check_images(x, self.in_chans, self.min_input_size)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError('images contain NaN or infinite values')
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                relaxed = self(x)
+        finally:
+            self.train(was_training)
+        if bits is not None:
+            relaxed = relaxed[:, slices[bits]]
+        signs = torch.where(relaxed >= 0, 1, -1).to(torch.int8)
+        return pack_signs(signs) if packed else signs

@@ -1,0 +1,144 @@
+"""Hash heads: fc6/fc7 per stream or branch, then one tanh hash layer per code length.
+
+fc6/fc7 are convolutions (as timm's VGG ``ConvMlp``): fc6 is a 6x6 convolution over the 6x6
+conv5 map, so torchvision's Linear weights map onto it by a reshape, larger inputs simply give a
+larger map that the global pool averages, and smaller inputs are brought up to 6x6 first.
+
+A head combines its paths in one of two ways:
+- ``'sum'`` (DATH): the feature map holds one channel block per stream; stream i's block goes
+  through fc6/fc7 number i and the fc7 outputs are summed (the paper's fc7 + fc7').
+- ``'concat'`` (ADMTH): every branch sees the whole feature map; the fc7 outputs are
+  concatenated and hash layer k reads branch k's block (hard parameter sharing up to conv5).
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d, register_notrace_module
+
+__all__ = ['FcMlp', 'HashLayer', 'HashHead', 'POOL_TYPES']
+
+POOL_TYPES = ('avg', 'max', 'avgmax', '')
+
+
+@register_notrace_module  # reason: FX cannot trace the small-map guard
+class FcMlp(nn.Module):
+    """AlexNet's fc6 + fc7 as convolutions, each after dropout and followed by ReLU."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            hidden: int = 4096,
+            kernel_size: int = 6,
+            drop_rate: float = 0.5,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.kernel_size = kernel_size
+        self.drop6 = nn.Dropout(drop_rate)
+        self.fc6 = nn.Conv2d(in_chs, hidden, kernel_size, **dd)
+        self.act6 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(drop_rate)
+        self.fc7 = nn.Conv2d(hidden, hidden, 1, **dd)
+        self.act7 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] < self.kernel_size or x.shape[-1] < self.kernel_size:
+            # small inputs: repeat the map up to the fc6 window (nearest exports to ONNX Resize)
+            size = (max(self.kernel_size, x.shape[-2]), max(self.kernel_size, x.shape[-1]))
+            x = F.interpolate(x, size=size, mode='nearest')
+        x = self.act6(self.fc6(self.drop6(x)))
+        return self.act7(self.fc7(self.drop7(x)))
+
+
+class HashLayer(nn.Module):
+    """One ``Linear -> tanh`` per code length, outputs concatenated in ascending length order.
+
+    With ``split_input`` the input holds one equal block per length (ADMTH's branches) and layer
+    k reads block k; otherwise every layer reads the whole input. No lengths: the identity, which
+    is timm's ``num_classes=0`` (the head returns its pre-logits features).
+    """
+
+    def __init__(self, in_features: int, bits: Sequence[int], split_input: bool = False, device=None, dtype=None):
+        super().__init__()
+        self.bits = tuple(bits)
+        self.split_input = split_input and len(self.bits) > 0
+        block = in_features // len(self.bits) if self.split_input else in_features
+        self.block = block
+        self.fc = nn.ModuleList([nn.Linear(block, b, device=device, dtype=dtype) for b in self.bits])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.bits) == 0:
+            return x
+        codes: List[torch.Tensor] = []
+        for i, fc in enumerate(self.fc):
+            xi = x[:, i * self.block:(i + 1) * self.block] if self.split_input else x
+            codes.append(torch.tanh(fc(xi)))
+        return torch.cat(codes, dim=1)
+
+
+class HashHead(nn.Module):
+    """fc6/fc7 for each path, global pool, combination, hash layer.
+
+    ``global_pool=''`` means no global pool. Without a hash layer (``num_classes=0``) the head then
+    returns the unpooled features, as timm models do for ``reset_classifier(0, '')``; with one, the
+    fc7 map is flattened, which is AlexNet itself at 224x224 (fc7 is 1x1 there).
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            num_paths: int,
+            combine: str,
+            bits: Sequence[int],
+            hidden: int = 4096,
+            drop_rate: float = 0.5,
+            global_pool: str = 'avg',
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if combine not in ('sum', 'concat'):
+            raise ValueError(f"combine must be 'sum' or 'concat', got {combine!r}")
+        self.combine = combine
+        self.num_paths = num_paths
+        self.path_chs = in_chs // num_paths if combine == 'sum' else in_chs
+        self.hidden = hidden
+        self.hidden_size = hidden if combine == 'sum' else hidden * num_paths
+        self.mlps = nn.ModuleList([FcMlp(self.path_chs, hidden, drop_rate=drop_rate, **dd) for _ in range(num_paths)])
+        self.global_pool = ''
+        self.pool = SelectAdaptivePool2d(pool_type='avg', flatten=True)
+        self.hash = HashLayer(self.hidden_size, (), **dd)
+        self.reset(bits, global_pool, **dd)
+
+    def reset(self, bits: Sequence[int], global_pool: str, device=None, dtype=None) -> None:
+        """Replace the hash layer (and the pool): what timm's ``reset_classifier`` does."""
+        if global_pool not in POOL_TYPES:
+            raise ValueError(f'global_pool must be one of {POOL_TYPES}, got {global_pool!r}')
+        self.pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = global_pool
+        split = self.combine == 'concat' and len(bits) == self.num_paths
+        self.hash = HashLayer(self.hidden_size, bits, split_input=split, device=device, dtype=dtype)
+        self.pool.train(self.training)  # new modules follow the model's train/eval mode
+        self.hash.train(self.training)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == '' and len(self.hash.bits) == 0:
+            return x
+        feats: List[torch.Tensor] = []
+        for i, mlp in enumerate(self.mlps):
+            xi = x[:, i * self.path_chs:(i + 1) * self.path_chs] if self.combine == 'sum' else x
+            feats.append(self.pool(mlp(xi)))
+        if self.combine == 'sum':
+            h = feats[0]
+            for f in feats[1:]:
+                h = h + f
+        else:
+            h = torch.cat(feats, dim=1)
+        if pre_logits:
+            return h
+        return self.hash(h)
