@@ -1,0 +1,105 @@
+"""``deephash-encode``: create a model, encode a few images, print their codes and the time it took."""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+import deephash_zoo
+from deephash_zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+from ._common import UserError, run_main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='deephash-encode', description=__doc__)
+    p.add_argument('--model', default='dath_alexnet_32', help='registered model name (default: %(default)s)')
+    p.add_argument('--pretrained', action='store_true', help="load the model's published weights (Hub or cache)")
+    p.add_argument('--images', nargs='*', type=Path, default=None, help='image files (default: Fashion-MNIST)')
+    p.add_argument('--fmnist-dir', type=Path, default=None, help='folder of the Fashion-MNIST idx files')
+    p.add_argument('--num', type=int, default=8, help='Fashion-MNIST test images to encode (default: %(default)s)')
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's, 224)")
+    p.add_argument('--bits', type=int, default=None, help='code length to print (multi-length models)')
+    p.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is reported')
+    p.add_argument('--seed', type=int, default=0, help='seed of the randomly initialised weights')
+    p.add_argument('--json', type=Path, default=None, help='also write codes and timings here')
+    return p
+
+
+def _load_images(args: argparse.Namespace) -> tuple:
+    if args.images:
+        pil, names = [], []
+        for path in args.images:
+            try:
+                pil.append(Image.open(path).convert('RGB'))
+            except (OSError, ValueError) as e:
+                raise UserError(f'{path}: not a readable image ({e})') from e
+            names.append(path.name)
+        return pil, names
+    if args.num <= 0:
+        raise UserError(f'--num must be positive, got {args.num}')
+    images, labels = load_fashion_mnist('test', args.fmnist_dir)
+    pil = [Image.fromarray(img, mode='L').convert('RGB') for img in images[:args.num]]
+    return pil, [FASHION_MNIST_CLASSES[int(y)] for y in labels[:args.num]]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    model = timm.create_model(args.model, pretrained=args.pretrained).eval()
+    build_s = time.perf_counter() - start
+    if args.bits is not None and args.bits not in model.bits:
+        raise UserError(f'{args.model} has code lengths {model.bits}; got --bits {args.bits}')
+    cfg = resolve_data_config(model=model)
+    if args.img_size:
+        cfg['input_size'] = (3, args.img_size, args.img_size)
+    transform = create_transform(**cfg)
+    pil, names = _load_images(args)
+    batch = torch.stack([transform(img) for img in pil])
+
+    model.encode(batch[:1])  # warm-up
+    times = []
+    for _ in range(max(1, args.repeats)):
+        t0 = time.perf_counter()
+        codes = model.encode(batch, bits=args.bits)
+        times.append(time.perf_counter() - t0)
+    ms_per_image = 1000 * statistics.median(times) / len(batch)
+
+    bits = codes.shape[1]
+    print(f'{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, '
+          f'{"published" if args.pretrained else "random (seed " + str(args.seed) + ")"} weights, '
+          f'input {cfg["input_size"][1]}x{cfg["input_size"][2]}, {bits}-bit codes')
+    width = max(len(n) for n in names)
+    rows = []
+    for name, code in zip(names, codes.numpy(), strict=True):
+        bit_string = ''.join('1' if b > 0 else '0' for b in code)
+        hex_code = np.packbits(code > 0).tobytes().hex()
+        print(f'  {name:<{width}}  {bit_string}  0x{hex_code}')
+        rows.append(dict(item=name, bits=bit_string, hex=hex_code))
+    print(f'model built in {build_s:.2f} s; encoding {len(batch)} images: {ms_per_image:.2f} ms/image '
+          f'(median of {len(times)}, torch {torch.__version__}, {torch.get_num_threads()} threads)')
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(args.json.suffix + '.tmp')
+        tmp.write_text(json.dumps(dict(model=args.model, input_size=cfg['input_size'], bits=bits, codes=rows,
+                                       ms_per_image=ms_per_image, build_seconds=build_s,
+                                       version=deephash_zoo.__version__), indent=2))
+        tmp.replace(args.json)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == '__main__':
+    cli()

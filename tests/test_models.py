@@ -1,0 +1,239 @@
+"""The model contract: shapes, ranges, encode, gradients, attention at init, parameter counts."""
+import numpy as np
+import pytest
+import timm
+import torch
+from timm.data import create_transform, resolve_data_config
+
+import deephash_zoo
+from deephash_zoo.models import list_hash_models
+
+SMALL = 64  # documented minimum is 63; 64 keeps every test on CPU fast
+ALL_NAMES = list_hash_models()
+
+
+@pytest.fixture(scope='module')
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, SMALL, SMALL, generator=torch.Generator().manual_seed(0))
+
+
+def test_every_paper_name_is_registered():
+    expected = {f'{v}_{b}' for v in ('dath_alexnet', 'dath_s', 'dath_c', 'dath_n', 'dath1') for b in (16, 32, 48, 64)}
+    expected |= {'admth_cnnf_multi', 'dmlh_cnnf_multi'} | {f'admth_cnnf_{b}' for b in (16, 32, 48, 64)}
+    assert set(ALL_NAMES) == expected
+
+
+@pytest.mark.parametrize('name', ALL_NAMES)
+def test_shapes_ranges_and_encode(name, images):
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        relaxed = model(images)
+    assert relaxed.shape == (2, model.num_classes) == (2, sum(model.bits))
+    assert torch.isfinite(relaxed).all() and relaxed.abs().max() < 1
+    signs = model.encode(images)
+    assert signs.dtype == torch.int8 and set(signs.unique().tolist()) <= {-1, 1}
+    assert torch.equal(signs, torch.where(relaxed >= 0, 1, -1).to(torch.int8))
+    packed = model.encode(images, packed=True)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, (model.num_classes + 7) // 8)
+    cfg = model.pretrained_cfg
+    for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier',
+                'hf_hub_id', 'license', 'tag'):
+        assert cfg.get(key), key
+    assert cfg['input_size'] == (3, 224, 224)
+    assert cfg['hf_hub_id'] == f'deephash-zoo/{name}.fmnist'
+
+
+def test_multi_length_order_and_selection(images):
+    model = timm.create_model('admth_cnnf_multi').eval()
+    assert model.bits == (16, 32, 48, 64)
+    with torch.no_grad():
+        relaxed = model(images)
+    split = model.split_codes(relaxed)
+    assert [v.shape[1] for v in split.values()] == [16, 32, 48, 64]
+    for bits, start in ((16, 0), (32, 16), (48, 48), (64, 96)):
+        expected = torch.where(relaxed[:, start:start + bits] >= 0, 1, -1).to(torch.int8)
+        assert torch.equal(model.encode(images, bits=bits), expected)
+    # each length comes from its own branch: changing branch 2's hash layer moves only its slice
+    with torch.no_grad():
+        model.head.hash.fc[2].bias.add_(0.5)
+        moved = model(images)
+    changed = (moved != relaxed).any(dim=0)
+    assert changed[48:96].all() and not changed[:48].any() and not changed[96:].any()
+
+
+@pytest.mark.parametrize('bits', [12, 32])
+def test_packing_round_trips_through_numpy(bits, images):
+    model = timm.create_model('dath_n_32', num_classes=bits).eval()
+    signs = model.encode(images).numpy()
+    packed = model.encode(images, packed=True).numpy()
+    np.testing.assert_array_equal(packed, np.packbits(signs > 0, axis=1))
+    unpacked = np.unpackbits(packed, axis=1, count=bits)
+    np.testing.assert_array_equal(np.where(unpacked == 1, 1, -1), signs)
+
+
+def _attention_scales(model: torch.nn.Module) -> dict:
+    return {n: p for n, p in model.named_parameters() if n.endswith('gamma')}
+
+
+@pytest.mark.parametrize('name', ['dath_alexnet_16', 'dath1_16', 'dath_s_16', 'dath_c_16'])
+def test_gradients_reach_attention_scales(name, images):
+    model = timm.create_model(name, num_labels=3).train()
+    codes = model(images)
+    (codes.sum() + model.label_logits(codes).sum()).backward()
+    scales = _attention_scales(model)
+    assert scales, 'no attention scale found'
+    for n, p in scales.items():
+        assert p.grad is not None and p.grad.abs().item() > 0, n
+    assert model.aux_classifier.weight.grad.abs().sum() > 0
+
+
+def test_gradients_reach_se_and_every_branch(images):
+    model = timm.create_model('admth_cnnf_multi', drop_rate=0.0).train()
+    model(images).pow(2).sum().backward()
+    se = model.trunk.attn
+    assert se.fc1.weight.grad.abs().sum() > 0 and se.fc2.weight.grad.abs().sum() > 0
+    for i, mlp in enumerate(model.head.mlps):
+        assert mlp.fc6.weight.grad.abs().sum() > 0, f'branch {i} fc6'
+        assert model.head.hash.fc[i].weight.grad.abs().sum() > 0, f'branch {i} hash layer'
+
+
+@pytest.mark.parametrize('name', ['dath_s_32', 'dath_c_32', 'dath1_32'])
+def test_zero_scale_attention_equals_plain_alexnet(name, images):
+    """With its scale(s) at their initial 0, an attention stream is exactly the plain AlexNet stream."""
+    attended = timm.create_model(name).eval()
+    plain = timm.create_model('dath_n_32').eval()
+    missing, unexpected = plain.load_state_dict(attended.state_dict(), strict=False)
+    assert not missing and all('.attn.' in k for k in unexpected)
+    with torch.no_grad():
+        # a fresh PAM still has random query/key/value convs: the scale alone must silence them
+        torch.testing.assert_close(attended(images), plain(images), rtol=0, atol=0)
+
+
+def test_zero_scale_two_streams_each_equal_plain_alexnet(images):
+    dath = timm.create_model('dath_alexnet_32').eval()
+    plain = timm.create_model('dath_n_32').eval()
+    with torch.no_grad():
+        for i in range(2):
+            plain.streams[0].load_state_dict(
+                {k: v for k, v in dath.streams[i].state_dict().items() if not k.startswith('attn.')})
+            torch.testing.assert_close(dath.streams[i](images), plain.streams[0](images), rtol=0, atol=0)
+        # and once the scale moves, the stream differs
+        dath.streams[0].attn.gamma.fill_(0.5)
+        assert not torch.equal(dath.streams[0](images), plain.streams[0](images))
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts():
+    # AlexNet trunk (torchvision layout), weights + biases:
+    #   conv1 64*3*11*11+64 = 23,296   conv2 192*64*5*5+192 = 307,392   conv3 384*192*3*3+384 = 663,936
+    #   conv4 256*384*3*3+256 = 884,992   conv5 256*256*3*3+256 = 590,080            -> 2,469,696
+    # fc6 (6x6 conv) 4096*256*6*6+4096 = 37,752,832;  fc7 4096*4096+4096 = 16,781,312 -> 54,534,144
+    # one AlexNet stream without fc8 = 57,003,840 (torchvision's 61,100,840 minus fc8's 4,097,000)
+    # PAM on 256 channels: query/key 256*32+32 = 8,224 each, value 256*256+256 = 65,792, gamma 1 -> 82,241
+    # CAM: gamma 1.  Hash layer 48 bits: 4096*48+48 = 196,656
+    # dath_alexnet_48 = 2 * 57,003,840 + 82,241 + 1 + 196,656 = 114,286,578
+    assert _count(timm.create_model('dath_alexnet_48', device='meta')) == 114_286_578
+    # CNN-F trunk: conv1 64*3*11*11+64 = 23,296  conv2 256*64*5*5+256 = 409,856
+    #   conv3..5 3 * (256*256*3*3+256) = 3 * 590,080 = 1,770,240                    -> 2,203,392
+    # SE (reduction 16 -> 16 channels): 256*16+16 + 16*256+256 = 8,464
+    # four branches of fc6+fc7: 4 * 54,534,144 = 218,136,576
+    # hash layers: 4096*(16+32+48+64) + (16+32+48+64) = 655,360 + 160 = 655,520
+    # admth_cnnf_multi = 2,203,392 + 8,464 + 218,136,576 + 655,520 = 221,003,952
+    assert _count(timm.create_model('admth_cnnf_multi', device='meta')) == 221_003_952
+    # DMLH is the same without SE
+    assert _count(timm.create_model('dmlh_cnnf_multi', device='meta')) == 221_003_952 - 8_464
+
+
+def test_timm_data_pipeline_feeds_the_model():
+    from PIL import Image
+
+    model = timm.create_model('dath_n_16').eval()
+    cfg = resolve_data_config(model=model)
+    assert cfg['input_size'] == (3, 224, 224) and cfg['crop_pct'] == 1.0
+    small = dict(cfg, input_size=(3, SMALL, SMALL))
+    x = create_transform(**small)(Image.new('RGB', (28, 28), (120, 30, 200))).unsqueeze(0)
+    assert model.encode(x).shape == (1, 16)
+
+
+def test_paper_input_size_gives_six_by_six_features():
+    model = timm.create_model('dath_alexnet_16').eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 224, 224))
+        assert feats.shape == (1, 512, 6, 6)
+        assert model.forward_head(feats, pre_logits=True).shape == (1, 4096)
+
+
+def test_features_only_taps():
+    model = timm.create_model('dath_alexnet_16', features_only=True)
+    outs = model(torch.randn(1, 3, 96, 96))
+    assert [o.shape[1] for o in outs] == model.feature_info.channels() == [128, 384, 512, 512]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize('bad, message', [
+    (torch.randn(2, 1, SMALL, SMALL), '1 channels'),
+    (torch.randn(3, SMALL, SMALL), 'rank 3'),
+    (torch.zeros(2, 3, SMALL, SMALL, dtype=torch.uint8), 'integer tensor'),
+    (torch.randn(2, 3, 32, 32), 'at least 63x63'),
+])
+def test_bad_images_are_refused_in_forward_and_encode(bad, message):
+    model = timm.create_model('dath_n_16').eval()
+    with pytest.raises(ValueError, match=message):
+        model(bad)
+    with pytest.raises(ValueError, match=message):
+        model.encode(bad)
+
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf')])
+def test_non_finite_images_are_refused_by_encode(value, images):
+    model = timm.create_model('dath_n_16')
+    bad = images.clone()
+    bad[0, 1, 3, 4] = value
+    with pytest.raises(ValueError, match='NaN or infinite'):
+        model.encode(bad)
+
+
+def test_unknown_bits_and_names(images):
+    model = timm.create_model('admth_cnnf_multi')
+    with pytest.raises(ValueError, match=r'code lengths \(16, 32, 48, 64\); got bits=20'):
+        model.encode(images, bits=20)
+    with pytest.raises(RuntimeError, match='Unknown model'):
+        timm.create_model('dath_alexnet_33')
+    with pytest.raises(ValueError, match="did you mean resnet50"):
+        deephash_zoo.hash_model('resnet5O', bits=16)
+    with pytest.raises(ValueError, match='distinct and ascending'):
+        timm.create_model('admth_cnnf_multi', bits=(32, 16))
+    headless = timm.create_model('dath_n_16', num_classes=0)
+    with pytest.raises(ValueError, match='no hash layer'):
+        headless.encode(images)
+
+
+def test_num_classes_and_reset_classifier_semantics(images):
+    model = timm.create_model('admth_cnnf_multi').eval()
+    model.reset_classifier(0)
+    assert model.bits == () and model(images).shape == (2, 4 * 4096)
+    model.reset_classifier(160)  # the sum of the branch lengths restores one hash layer per branch
+    assert model.bits == (16, 32, 48, 64) and model.head.hash.split_input
+    model.reset_classifier(24, bits=(8, 16))  # explicit lengths
+    assert model.bits == (8, 16) and model(images).shape == (2, 24)
+    model.reset_classifier(42)  # any other width: one code over all branches
+    assert model.bits == (42,) and model(images).shape == (2, 42)
+    with pytest.raises(ValueError, match='does not match'):
+        model.reset_classifier(10, bits=(4, 8))
+
+
+@pytest.mark.parametrize('backbone, kwargs', [('resnet18', {}), ('vit_tiny_patch16_224', {'img_size': 64})])
+def test_hash_head_on_other_backbone_families(backbone, kwargs):
+    model = deephash_zoo.hash_model(backbone, bits=(16, 32), num_labels=4, **kwargs)
+    x = torch.randn(2, 3, 64, 64)
+    codes = model(x)
+    assert codes.shape == (2, 48) and codes.abs().max() < 1
+    (codes.sum() + model.label_logits(codes).sum()).backward()
+    assert all(fc.weight.grad.abs().sum() > 0 for fc in model.hash.fc)
+    assert model.encode(x, bits=32, packed=True).shape == (2, 4)
+    assert model.pretrained_cfg['classifier'] == ('hash.fc.0', 'hash.fc.1')
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.head_hidden_size)
