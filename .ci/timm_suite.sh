@@ -4,6 +4,7 @@
 # Usage: .ci/timm_suite.sh [extra pytest args]     (uses $PYTHON, default .venv/bin/python)
 set -euo pipefail
 PYTHON=${PYTHON:-.venv/bin/python}
+PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")  # absolute: we cd below
 version=$("$PYTHON" -c 'import timm; print(timm.__version__)')
 work=${TIMM_SUITE_DIR:-.cache/timm-suite}
 mkdir -p "$work"
@@ -13,5 +14,5 @@ if [ ! -f "$work/timm-$version/tests/test_models.py" ]; then
 fi
 # GITHUB_ACTIONS=1 is how timm's CI runs it: it skips the tests that download weights.
 cd "$work/timm-$version"
-GITHUB_ACTIONS=1 "$OLDPWD/$PYTHON" -m pytest -p deephash_zoo -p no:cacheprovider -q tests/test_models.py \
+GITHUB_ACTIONS=1 "$PYTHON" -m pytest -p deephash_zoo -p no:cacheprovider -q tests/test_models.py \
     -k 'dath or admth or dmlh' "$@"

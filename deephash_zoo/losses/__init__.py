@@ -1,1 +1,15 @@
 """Training objectives of the two papers."""
+from .admth import ADMTHLoss, ConsistencyLoss, PairwiseLikelihoodLoss
+from .dath import ClassificationLoss, DATHLoss, QuantizationLoss, TripletLikelihoodLoss
+from .similarity import label_similarity
+
+__all__ = [
+    'ADMTHLoss',
+    'ClassificationLoss',
+    'ConsistencyLoss',
+    'DATHLoss',
+    'PairwiseLikelihoodLoss',
+    'QuantizationLoss',
+    'TripletLikelihoodLoss',
+    'label_similarity',
+]

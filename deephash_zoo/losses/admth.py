@@ -1,0 +1,123 @@
+"""ADMTH's objective (Eqs. 5-9 of the ADMTH paper): alpha * pairwise likelihood per branch + beta * consistency.
+
+The pairwise term is DPSH's negative log likelihood of the label similarities; the consistency term
+ties the codes of adjacent-length branches together through learned linear maps Q_k.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .similarity import check_batch, check_codes, label_similarity
+
+__all__ = ['PairwiseLikelihoodLoss', 'ConsistencyLoss', 'ADMTHLoss']
+
+
+class PairwiseLikelihoodLoss(nn.Module):
+    """PLoss (Eqs. 5-7), DPSH's negative log pairwise likelihood.
+
+    Paper symbols: phi_ij = 1/2 <b_i, b_j> (here on relaxed codes u in (-1, 1)), xi the sigmoid,
+    s_ij = 1 when items i and j share a label. -log p(s_ij | B) = log(1 + e^phi_ij) - s_ij phi_ij,
+    written as ``softplus(phi) - s * phi`` so that |phi| = 100 is exact and finite.
+
+    Normalisation: mean over the B (B - 1) ordered pairs i != j (the paper sums over S). A batch of
+    one item has no pair: the loss is 0, still attached to ``codes``.
+    """
+
+    def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
+        check_codes(codes)
+        check_batch(labels, codes.shape[0], 'codes')
+        batch = codes.shape[0]
+        s = label_similarity(labels).to(device=codes.device, dtype=codes.dtype)
+        phi = 0.5 * codes @ codes.T
+        off_diag = ~torch.eye(batch, dtype=torch.bool, device=codes.device)
+        per_pair = torch.where(off_diag, F.softplus(phi) - s * phi, phi.new_zeros(()))
+        return per_pair.sum() / max(batch * (batch - 1), 1)
+
+
+class ConsistencyLoss(nn.Module):
+    """CLoss (Eq. 8): sum_k ||H_{k+1} - Q_k(H_k)||^2 over adjacent code lengths L_k < L_{k+1}.
+
+    The paper says Q maps H_{k+1} to H_k but writes H_{k+1} - Q_k^T H_k, i.e. a map from the
+    shorter code into the longer one; we take the formula: ``Q_k = Linear(L_k, L_{k+1}, bias=False)``
+    applied to the shorter branch's tanh output. The Q_k are parameters of this module, learned
+    jointly with the network. Normalisation: squared L2 norm summed over bits and over the K - 1
+    adjacent pairs, mean over the batch. With one code length there is no pair and the loss is 0.
+    """
+
+    def __init__(self, bits: Sequence[int] = (16, 32, 48, 64)) -> None:
+        super().__init__()
+        self.bits = _check_bits(bits)
+        self.maps = nn.ModuleList(nn.Linear(short, long, bias=False) for short, long in pairwise(self.bits))
+
+    def forward(self, codes: Sequence[Tensor]) -> Tensor:
+        """``codes``: one (B, L_k) tensor per code length, in the order of ``bits``."""
+        if len(codes) != len(self.bits):
+            raise ValueError(f'expected {len(self.bits)} code tensors (bits={self.bits}), got {len(codes)}')
+        for k, (h, width) in enumerate(zip(codes, self.bits, strict=True)):
+            check_codes(h, f'codes[{k}]')
+            if h.shape != (codes[0].shape[0], width):
+                raise ValueError(f'codes[{k}] has shape {tuple(h.shape)}, expected (B={codes[0].shape[0]}, {width})')
+        total = codes[0].new_zeros(codes[0].shape[0])
+        for q, (short, long) in zip(self.maps, pairwise(codes), strict=True):
+            total = total + (long - q(short)).pow(2).sum(1)
+        if not self.maps:  # keep a graph to the codes so backward works with a single length
+            total = total + 0 * codes[0].sum(1)
+        return total.mean()
+
+    def extra_repr(self) -> str:
+        return f'bits={self.bits}'
+
+
+class ADMTHLoss(nn.Module):
+    """ADMTH's total loss, Eq. 9: alpha * sum_k PLoss(H_k) + beta * CLoss (paper: alpha = 20, beta = 1).
+
+    ``forward(codes, labels)``: ``codes`` is (B, sum(bits)), the per-length tanh codes concatenated
+    in ascending length order (what the ADMTH models return); ``labels`` class indices (B,) or
+    multi-hot (B, C). Returns ``{'loss', 'pairwise', 'consistency'}``, the last two unweighted
+    (pairwise summed over branches) for logging.
+
+    This module has parameters (the consistency maps Q_k): the trainer must pass
+    ``loss.parameters()`` to the optimiser along with the model's, and move it to the same device.
+    """
+
+    def __init__(self, bits: Sequence[int] = (16, 32, 48, 64), alpha: float = 20.0, beta: float = 1.0) -> None:
+        super().__init__()
+        self.bits = _check_bits(bits)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.pairwise = PairwiseLikelihoodLoss()
+        self.consistency = ConsistencyLoss(self.bits)
+
+    def forward(self, codes: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        check_codes(codes)
+        if codes.shape[1] != sum(self.bits):
+            raise ValueError(
+                f'codes have width {codes.shape[1]} but bits={self.bits} sum to {sum(self.bits)}; '
+                'expected the per-length codes concatenated in ascending length order'
+            )
+        check_batch(labels, codes.shape[0], 'codes')
+        branches = torch.split(codes, list(self.bits), dim=1)
+        pairwise = sum((self.pairwise(h, labels) for h in branches), codes.new_zeros(()))
+        consistency = self.consistency(branches)
+        return {
+            'loss': self.alpha * pairwise + self.beta * consistency,
+            'pairwise': pairwise,
+            'consistency': consistency,
+        }
+
+    def extra_repr(self) -> str:
+        return f'bits={self.bits}, alpha={self.alpha}, beta={self.beta}'
+
+
+def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:
+    bits = tuple(int(b) for b in bits)
+    if not bits or any(b <= 0 for b in bits):
+        raise ValueError(f'bits must be a non-empty sequence of positive code lengths, got {bits}')
+    if any(a >= b for a, b in pairwise(bits)):
+        raise ValueError(f'bits must be strictly ascending (shorter -> longer), got {bits}')
+    return bits

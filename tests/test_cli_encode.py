@@ -1,0 +1,43 @@
+"""The README's main command: deephash-encode on Fashion-MNIST, and its one-line errors."""
+import json
+
+import pytest
+
+from deephash_zoo.cli._common import run_main
+from deephash_zoo.cli.encode import main
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh installs it)')
+def test_encode_prints_codes_and_timing(tmp_path, capsys):
+    out = tmp_path / 'codes.json'
+    assert run_main(main, ['--model', 'admth_cnnf_16', '--num', '3', '--img-size', '64', '--repeats', '1',
+                           '--json', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert '16-bit codes' in printed and 'ms/image' in printed and 'Ankle boot' in printed
+    report = json.loads(out.read_text())
+    assert len(report['codes']) == 3 and all(len(r['bits']) == 16 for r in report['codes'])
+    assert report['ms_per_image'] > 0
+
+
+def test_encode_image_files(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new('RGB', (40, 30), (10, 200, 30)).save(tmp_path / 'a.png')
+    (tmp_path / 'b.png').write_bytes(b'not an image')
+    assert run_main(main, ['--model', 'dath_n_16', '--images', str(tmp_path / 'a.png'), '--img-size', '64',
+                           '--repeats', '1']) == 0
+    assert 'a.png' in capsys.readouterr().out
+    assert run_main(main, ['--model', 'dath_n_16', '--images', str(tmp_path / 'b.png')]) == 2
+    assert 'b.png: not a readable image' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--model', 'dath_alexnet_33'], 'Unknown model (dath_alexnet_33)'),
+    (['--model', 'dath_n_16', '--bits', '20'], 'has code lengths (16,); got --bits 20'),
+    (['--model', 'dath_n_16', '--fmnist-dir', '/nonexistent'], 'Fashion-MNIST file not found'),
+])
+def test_encode_errors_are_one_line(args, message, capsys):
+    assert run_main(main, args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1 and 'Traceback' not in err
