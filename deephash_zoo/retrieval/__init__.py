@@ -1,1 +1,19 @@
-"""Hamming-ranking retrieval metrics and indexes."""
+"""Hamming-ranking retrieval metrics (exact, chunked, fast) and FAISS binary indexes.
+
+The index module imports FAISS lazily (extra ``retrieval``), so the metrics work without it.
+"""
+from .codes import as_packed, hamming_distances
+from .index import HashIndex
+from .metrics import (
+    TIE_BREAK,
+    evaluate,
+    hamming_radius_precision_recall,
+    mean_average_precision,
+    precision_recall_at_n,
+    precision_recall_curve,
+)
+
+__all__ = [
+    'TIE_BREAK', 'HashIndex', 'as_packed', 'evaluate', 'hamming_distances', 'hamming_radius_precision_recall',
+    'mean_average_precision', 'precision_recall_at_n', 'precision_recall_curve',
+]

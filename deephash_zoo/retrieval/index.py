@@ -1,0 +1,311 @@
+"""A FAISS binary index of hash codes, saved as a folder with a manifest that says what it holds.
+
+The manifest records the index kind, code length, item ids and whatever the caller adds (model name,
+weights sha256) so a search with codes from another model or code length fails loudly instead of
+returning meaningless neighbours.  faiss is optional (extra ``retrieval``) and imported lazily.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .codes import _to_numpy, as_packed
+
+__all__ = ['HashIndex', 'INDEX_FILE', 'MANIFEST_FILE', 'KINDS']
+
+INDEX_FILE = 'index.faiss'
+MANIFEST_FILE = 'manifest.json'
+KINDS = ('flat', 'hnsw', 'ivf')
+_FORMAT = 'deephash-zoo-hash-index'
+_FORMAT_VERSION = 1
+_RESERVED = frozenset(
+    {'format', 'format_version', 'kind', 'bits', 'num_items', 'ids', 'params', 'index_sha256', 'faiss_version'}
+)
+
+
+def _faiss() -> Any:
+    """Import faiss on first use so the rest of the package works without it."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("faiss is not installed; pip install 'deephash-zoo[retrieval]'") from None
+    return faiss
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+class HashIndex:
+    """Hamming-distance nearest-neighbour index over packed hash codes (exact 'flat', 'hnsw' or 'ivf')."""
+
+    def __init__(self, index: Any, kind: str, bits: int, ids: list, manifest: dict[str, Any]) -> None:
+        self._index = index
+        self.kind = kind
+        self.bits = bits
+        self.ids = ids
+        self.manifest = manifest
+        self._int_ids = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        self._id_array = np.asarray(ids, dtype=np.int64 if self._int_ids else object)
+
+    # ------------------------------------------------------------------------------------------ build
+    @classmethod
+    def build(
+        cls,
+        packed_codes: Any,
+        bits: int,
+        ids: Sequence[int | str] | None = None,
+        kind: str = 'flat',
+        manifest_extra: Mapping[str, Any] | None = None,
+        *,
+        hnsw_m: int = 32,
+        ef_construction: int = 64,
+        ef_search: int = 64,
+        nlist: int | None = None,
+        nprobe: int = 8,
+    ) -> HashIndex:
+        """Build an index over ``(n, ceil(bits/8))`` packed (or ``(n, bits)`` sign) codes.
+
+        ``ids`` (default ``0..n-1``) are what searches return; ints or strings, stored in the manifest.
+        ``manifest_extra`` (e.g. ``{'model': ..., 'weights_sha256': ...}``) is stored at the manifest's
+        top level.  ``ivf`` trains its coarse quantiser on the codes themselves (``nlist`` defaults to
+        about sqrt(n)).
+        """
+        if kind not in KINDS:
+            raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+        packed, bits = as_packed(packed_codes, bits)
+        n = packed.shape[0]
+        if n == 0:
+            raise ValueError('cannot build an index over 0 codes; expected at least one')
+        ids = list(range(n)) if ids is None else _check_ids(ids, n)
+        extra = dict(manifest_extra or {})
+        clash = sorted(_RESERVED & extra.keys())
+        if clash:
+            raise ValueError(f'manifest_extra uses reserved keys {clash}')
+        faiss = _faiss()
+        d = 8 * packed.shape[1]  # FAISS needs whole bytes; zero padding bits do not change distances
+        params: dict[str, Any] = {}
+        if kind == 'flat':
+            index = faiss.IndexBinaryFlat(d)
+        elif kind == 'hnsw':
+            index = faiss.IndexBinaryHNSW(d, int(hnsw_m))
+            index.hnsw.efConstruction = int(ef_construction)
+            index.hnsw.efSearch = int(ef_search)
+            params = {'m': int(hnsw_m), 'ef_construction': int(ef_construction), 'ef_search': int(ef_search)}
+        else:
+            nlist = max(1, min(n, round(n**0.5))) if nlist is None else int(nlist)
+            if not 1 <= nlist <= n:
+                raise ValueError(f'nlist must be between 1 and the number of codes ({n}), got {nlist}')
+            quantizer = faiss.IndexBinaryFlat(d)
+            index = faiss.IndexBinaryIVF(quantizer, d, nlist)
+            index.own_fields = True
+            quantizer.this.disown()  # the IVF index frees it
+            index.train(packed)
+            index.nprobe = int(nprobe)
+            params = {'nlist': nlist, 'nprobe': int(nprobe)}
+        index.add(packed)
+        manifest = {
+            'format': _FORMAT,
+            'format_version': _FORMAT_VERSION,
+            'kind': kind,
+            'bits': bits,
+            'num_items': n,
+            'params': params,
+            'faiss_version': getattr(faiss, '__version__', 'unknown'),
+            **extra,
+            'ids': ids,
+        }
+        return cls(index, kind, bits, ids, manifest)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f'HashIndex(kind={self.kind!r}, bits={self.bits}, items={len(self)})'
+
+    # ----------------------------------------------------------------------------------------- tuning
+    @property
+    def nprobe(self) -> int:
+        """IVF lists visited per query (more: slower, higher recall)."""
+        self._require('ivf', 'nprobe')
+        return int(self._index.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._require('ivf', 'nprobe')
+        if int(value) < 1:
+            raise ValueError(f'nprobe must be >= 1, got {value}')
+        self._index.nprobe = int(value)
+        self.manifest['params']['nprobe'] = int(value)
+
+    @property
+    def ef_search(self) -> int:
+        """HNSW candidate-list size per query (more: slower, higher recall)."""
+        self._require('hnsw', 'ef_search')
+        return int(self._index.hnsw.efSearch)
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._require('hnsw', 'ef_search')
+        if int(value) < 1:
+            raise ValueError(f'ef_search must be >= 1, got {value}')
+        self._index.hnsw.efSearch = int(value)
+        self.manifest['params']['ef_search'] = int(value)
+
+    def _require(self, kind: str, what: str) -> None:
+        if self.kind != kind:
+            raise AttributeError(f'{what} applies to {kind!r} indexes, this one is {self.kind!r}')
+
+    # ---------------------------------------------------------------------------------------- search
+    def search(self, codes: Any, k: int, *, model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest items per query: ``(ids, distances)``, each ``(nq, k)``, nearest first.
+
+        ``model``, when given, must equal the manifest's ``model`` (codes of another model are
+        meaningless here).  ``k`` above the index size is clipped.  Slots an approximate index cannot
+        fill hold id -1 (None for string ids) and distance -1.
+        """
+        if model is not None and self.manifest.get('model') != model:
+            recorded = self.manifest.get('model')
+            raise ValueError(
+                f'model mismatch: the index was built from {recorded!r} codes but the query is for {model!r}'
+                if recorded is not None
+                else f'model mismatch: the index manifest records no model, but the query is for {model!r}'
+            )
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f'k must be a positive integer, got {k!r}')
+        packed = self._query_codes(codes)
+        k = min(int(k), len(self))
+        dist, pos = self._index.search(packed, k)
+        missing = pos < 0
+        ids = self._id_array[np.where(missing, 0, pos)]
+        if missing.any():
+            ids = ids.astype(object) if not self._int_ids else ids
+            ids[missing] = -1 if self._int_ids else None
+            dist = np.where(missing, -1, dist)
+        return ids, dist.astype(np.int32, copy=False)
+
+    def _query_codes(self, codes: Any) -> np.ndarray:
+        arr = _to_numpy(codes, 'query codes')
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        nbytes = -(-self.bits // 8)
+        if arr.ndim == 2 and arr.dtype == np.uint8 and arr.shape[1] == nbytes:
+            packed, _ = as_packed(arr, self.bits)
+        else:
+            packed, bits = as_packed(arr)
+            if bits != self.bits:
+                raise ValueError(f'query codes have {bits} bits but the index holds {self.bits}-bit codes')
+        return packed
+
+    # ----------------------------------------------------------------------------------------- save/load
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``index.faiss`` + ``manifest.json`` into folder ``path`` atomically.
+
+        Files go to a temporary sibling folder that is renamed into place only when complete, so a
+        crash or error never leaves a half-written index at ``path``.  With ``overwrite`` an existing
+        index folder (one with a manifest) is replaced; any other existing path is refused.
+        """
+        faiss = _faiss()
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f'{path} exists; pass overwrite=True to replace the index there')
+            if not (path / MANIFEST_FILE).is_file():
+                raise FileExistsError(
+                    f'{path} exists and is not an index folder (no {MANIFEST_FILE}); refusing to replace it'
+                )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}'
+        try:
+            tmp.mkdir()
+            faiss.write_index_binary(self._index, str(tmp / INDEX_FILE))
+            manifest = {**self.manifest, 'index_sha256': _sha256(tmp / INDEX_FILE)}
+            with open(tmp / MANIFEST_FILE, 'w', encoding='utf-8') as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            if path.exists():
+                old = path.parent / f'.{path.name}.old-{uuid.uuid4().hex[:8]}'
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.manifest = manifest
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HashIndex:
+        """Load a folder written by :meth:`save`, checking the manifest and the index file's checksum."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f'no index folder at {path}')
+        mpath, ipath = path / MANIFEST_FILE, path / INDEX_FILE
+        for p in (mpath, ipath):
+            if not p.is_file():
+                raise FileNotFoundError(f'{path} is not a complete index folder: {p.name} is missing')
+        try:
+            manifest = json.loads(mpath.read_text(encoding='utf-8'))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f'corrupt index manifest {mpath}: not valid JSON ({e})') from None
+        kind, bits, ids = _check_manifest(manifest, mpath)
+        want = manifest.get('index_sha256')
+        if want is not None and _sha256(ipath) != want:
+            raise ValueError(f'corrupt index: {ipath} does not match the sha256 recorded in the manifest')
+        faiss = _faiss()
+        try:
+            index = faiss.read_index_binary(str(ipath))
+        except RuntimeError as e:
+            raise ValueError(f'corrupt index file {ipath}: {str(e).splitlines()[0] if str(e) else e}') from None
+        if index.ntotal != len(ids) or index.d != 8 * (-(-bits // 8)):
+            raise ValueError(
+                f'corrupt index: {ipath} holds {index.ntotal} codes of {index.d} bits, '
+                f'the manifest says {len(ids)} codes of {bits} bits'
+            )
+        return cls(index, kind, bits, ids, manifest)
+
+
+def _check_ids(ids: Sequence[int | str], n: int) -> list:
+    ids = [int(i) if isinstance(i, np.integer) else i for i in ids]
+    if len(ids) != n:
+        raise ValueError(f'got {len(ids)} ids for {n} codes; expected one id per code')
+    if not all(isinstance(i, str) or (isinstance(i, int) and not isinstance(i, bool)) for i in ids):
+        raise ValueError('ids must be ints or strings (they are stored in the JSON manifest)')
+    return ids
+
+
+def _check_manifest(m: Any, mpath: Path) -> tuple[str, int, list]:
+    def bad(why: str) -> ValueError:
+        return ValueError(f'corrupt index manifest {mpath}: {why}')
+
+    if not isinstance(m, dict):
+        raise bad('expected a JSON object')
+    if m.get('format') != _FORMAT:
+        raise bad(f'format is {m.get("format")!r}, expected {_FORMAT!r}')
+    if m.get('format_version') != _FORMAT_VERSION:
+        raise bad(f'format_version {m.get("format_version")!r} is not supported (expected {_FORMAT_VERSION})')
+    kind, bits, n, ids = m.get('kind'), m.get('bits'), m.get('num_items'), m.get('ids')
+    if kind not in KINDS:
+        raise bad(f'kind {kind!r} is not one of {KINDS}')
+    if not isinstance(bits, int) or bits < 1:
+        raise bad(f'bits {bits!r} is not a positive integer')
+    if not isinstance(ids, list) or not isinstance(n, int) or len(ids) != n:
+        raise bad('ids must be a list with num_items entries')
+    if not isinstance(m.get('params', {}), dict):
+        raise bad('params must be an object')
+    return kind, bits, ids
