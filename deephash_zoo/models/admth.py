@@ -22,7 +22,7 @@ from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .contract import HUB_ORG, HashingMixin, check_images, init_weights, resolve_bits
+from .contract import HUB_ORG, HashingMixin, check_images, filter_state_dict, init_weights, resolve_bits
 from .head import HashHead
 from .trunks import MIN_INPUT_SIZE, ConvTrunk
 
@@ -141,6 +141,7 @@ def _create_admth(variant: str, pretrained: bool = False, **kwargs: Any) -> ADMT
         variant,
         pretrained,
         feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
+        pretrained_filter_fn=filter_state_dict,
         **kwargs,
     )
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 
-__all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'pack_signs', 'init_weights', 'HUB_ORG']
+__all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'pack_signs', 'init_weights', 'HUB_ORG',
+           'filter_state_dict']
 
 HUB_ORG = 'deephash-zoo'  # one Hugging Face organisation holds every published checkpoint
 
@@ -69,6 +70,14 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def filter_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: published weights carry DATH's training-only label classifier;
+    a model created without one (``num_labels=0``, the inference default) loads everything else."""
+    if getattr(model, 'aux_classifier', None) is None:
+        return {k: v for k, v in state_dict.items() if not k.startswith('aux_classifier.')}
+    return state_dict
 
 
 def pack_signs(signs: torch.Tensor) -> torch.Tensor:
