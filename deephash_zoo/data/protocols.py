@@ -1,0 +1,234 @@
+"""Retrieval protocols: which items are queries, which train the model, which form the database.
+
+The papers' numbers are only comparable under their splits, so the splits are named presets with the
+papers' counts (:data:`PROTOCOLS`), drawn uniformly at random from a seed. The papers (after DPSH / DHN)
+sample NUS-WIDE queries and training images per class (e.g. 100 / 500 per concept for NUS-WIDE-21); the
+counts here are theirs, the per-class stratification is not reproduced.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+from .coco import load_coco
+from .dataset import HashDataset
+from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from .listfile import load_list_file
+from .mosaic import compose_mosaic, mosaic_indices
+
+__all__ = ['PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'split_protocol']
+
+PathLike = Union[str, Path]
+Transform = Optional[Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Split counts of one benchmark. ``None`` counts mean "all that is left"."""
+
+    num_query: int
+    num_train: Optional[int]
+    train_from: str = 'database'  # 'database': training images are database images (DATH); 'rest': disjoint
+    num_database: Optional[int] = None
+    map_topk: Optional[int] = None  # the mAP@K the papers report; None: rank the whole database
+    description: str = ''
+
+
+PROTOCOLS: Dict[str, Protocol] = {
+    'nuswide21': Protocol(2100, 10500, 'database', None, 5000,
+                          'ADMTH Table 1 (DPSH protocol): NUS-WIDE, 21 most frequent concepts (~195 K images); '
+                          '2,100 queries, rest database, 10,500 training images from the database'),
+    'nuswide81': Protocol(5000, 10000, 'database', None, 5000,
+                          'DATH (DHN protocol): NUS-WIDE, 81 concepts (269,648 images); 5,000 queries, '
+                          'rest database, 10,000 training images drawn from the database'),
+    'coco': Protocol(5000, 10000, 'database', None, 5000,
+                     'DATH / ADMTH: MS-COCO, 122,218 labelled images; 5,000 queries, 117,218 database, '
+                     '10,000 training images drawn from the database'),
+    'fashion-mnist': Protocol(1000, None, 'database', None, None,
+                              '1,000 queries drawn from the 10,000 test images; database = the 60,000 training '
+                              'images; train = the training set (or a seeded subset of it by count)'),
+    'mosaic': Protocol(1000, 5000, 'database', 20000, None,
+                       '2x2 Fashion-MNIST mosaics (label = union of the 4 item classes): 1,000 query mosaics '
+                       'from the test images, 20,000 database mosaics from the training images, 5,000 training '
+                       'mosaics drawn from the database'),
+}
+_LABEL_COUNT_PRESET = {21: 'nuswide21', 81: 'nuswide81', 80: 'coco'}
+
+
+class Split(NamedTuple):
+    """Sorted index arrays into the dataset; query and database are disjoint."""
+
+    query: np.ndarray
+    train: np.ndarray
+    database: np.ndarray
+
+
+def _check_count(name: str, count: Optional[int]) -> None:
+    if count is not None and (not isinstance(count, (int, np.integer)) or count < 0):
+        raise ValueError(f'{name} must be a non-negative integer, got {count!r}')
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, count: int, name: str, what: str) -> np.ndarray:
+    if count > len(pool):
+        raise ValueError(f'{name}={count:,} but only {len(pool):,} {what}')
+    return np.sort(rng.choice(pool, count, replace=False)).astype(np.int64)
+
+
+def split_protocol(
+        num_items: int,
+        num_query: int,
+        num_train: Optional[int],
+        seed: int,
+        train_from: str = 'database',
+        query_pool: Optional[Sequence[int]] = None,
+        num_database: Optional[int] = None,
+) -> Split:
+    """Draw query / train / database indices over ``num_items`` items, deterministic from ``seed``.
+
+    Queries come from ``query_pool`` (default: all items); the database is every other item, or a seeded
+    sample of ``num_database`` of them. ``train_from='database'`` draws ``num_train`` training items from the
+    database (``None``: the whole database), as DATH's protocol does; ``'rest'`` draws them from the
+    non-query items first and keeps them out of the database.
+    """
+    for name, count in (('num_items', num_items), ('num_query', num_query), ('num_train', num_train),
+                        ('num_database', num_database)):
+        _check_count(name, count)
+    if train_from not in ('database', 'rest'):
+        raise ValueError(f"train_from must be 'database' or 'rest', got {train_from!r}")
+    if train_from == 'rest' and num_train is None:
+        raise ValueError("train_from='rest' needs a num_train count")
+    rng = np.random.default_rng(seed)
+    if query_pool is None:
+        pool = np.arange(num_items, dtype=np.int64)
+    else:
+        pool = np.asarray(query_pool, dtype=np.int64).reshape(-1)
+        if pool.size and (pool.min() < 0 or pool.max() >= num_items):
+            raise ValueError(f'query_pool indices must lie in 0..{num_items - 1}')
+        pool = np.unique(pool)
+    query = _draw(rng, pool, num_query, 'num_query', 'items can be queries')
+    rest = np.setdiff1d(np.arange(num_items, dtype=np.int64), query)
+    train = None
+    if train_from == 'rest':
+        train = _draw(rng, rest, int(num_train), 'num_train', f'items left after {num_query:,} queries')
+        rest = np.setdiff1d(rest, train)
+    database = rest if num_database is None else _draw(rng, rest, num_database, 'num_database', 'items left')
+    if not len(database):
+        raise ValueError(f'no items left for the database ({num_items:,} items, {num_query:,} queries)')
+    if train is None:
+        train = database if num_train is None else _draw(rng, database, num_train, 'num_train',
+                                                          'database items to train on')
+    return Split(query, train, database)
+
+
+# ------------------------------------------------------------------------------------------------ builders
+def _fashion_mnist_sets(root: Optional[PathLike]) -> Dict[str, tuple]:
+    return {split: load_fashion_mnist(split, root) for split in ('train', 'test')}
+
+
+def _build_fashion_mnist(root: Optional[PathLike], seed: int, subset: Optional[int], preset: Protocol,
+                         num_query: Optional[int], num_train: Optional[int]) -> Dict[str, HashDataset]:
+    src = _fashion_mnist_sets(root)
+    sets = {split: HashDataset(labels, images=images, class_names=FASHION_MNIST_CLASSES,
+                               ids=[f'{split}/{i}' for i in range(len(labels))])
+            for split, (images, labels) in src.items()}
+    nq = preset.num_query if num_query is None else num_query
+    rng = np.random.default_rng(seed)
+    query = _draw(rng, np.arange(len(sets['test'])), nq, 'num_query', 'Fashion-MNIST test images')
+    db = np.arange(len(sets['train']))
+    if subset is not None:
+        db = _draw(rng, db, subset, 'subset', 'Fashion-MNIST training images')
+    train = db if num_train is None else _draw(rng, db, num_train, 'num_train', 'database images to train on')
+    return {'train': sets['train'].subset(train), 'query': sets['test'].subset(query),
+            'database': sets['train'].subset(db)}
+
+
+def _mosaic_set(images: np.ndarray, labels: np.ndarray, n: int, seed: Sequence[int], grid: int, split: str
+                ) -> HashDataset:
+    index = mosaic_indices(len(images), n, seed, grid)
+    tiles, multi_hot = compose_mosaic(images, labels, index, len(FASHION_MNIST_CLASSES))
+    ids = [f'{split}:' + '+'.join(map(str, row)) for row in index.tolist()]  # which source items, for manifests
+    return HashDataset(multi_hot, images=tiles, class_names=FASHION_MNIST_CLASSES, ids=ids, single_label=False)
+
+
+def _build_mosaic(root: Optional[PathLike], seed: int, subset: Optional[int], preset: Protocol,
+                  num_query: Optional[int], num_train: Optional[int], grid: int) -> Dict[str, HashDataset]:
+    nq = preset.num_query if num_query is None else num_query
+    ndb = int(subset if subset is not None else preset.num_database or 0)
+    ntr = num_train if num_train is not None else min(int(preset.num_train or 0), ndb)
+    if not ndb:
+        raise ValueError('the mosaic database needs at least one mosaic')
+    if ntr > ndb:
+        raise ValueError(f'num_train={ntr:,} but only {ndb:,} database mosaics to train on')
+    src = _fashion_mnist_sets(root)
+    query = _mosaic_set(*src['test'], nq, (seed, 1), grid, 'test')
+    database = _mosaic_set(*src['train'], ndb, (seed, 2), grid, 'train')
+    train = database.subset(_draw(np.random.default_rng((seed, 3)), np.arange(ndb), ntr, 'num_train', 'mosaics'))
+    return {'train': train, 'query': query, 'database': database}
+
+
+def _preset_for(dataset: HashDataset, protocol: Optional[str], counts_given: bool, name: str) -> Protocol:
+    if protocol is None:
+        protocol = _LABEL_COUNT_PRESET.get(dataset.num_classes)
+    if protocol is None:
+        if counts_given:
+            return Protocol(0, None)
+        raise ValueError(f'{name}: {dataset.num_classes} label columns match no preset; pass protocol= '
+                         f'(one of {sorted(PROTOCOLS)}) or num_query= and num_train=')
+    if protocol not in PROTOCOLS:
+        raise ValueError(f'unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}')
+    return PROTOCOLS[protocol]
+
+
+def build_retrieval_data(
+        name: str,
+        root: Optional[PathLike] = None,
+        seed: int = 0,
+        subset: Optional[int] = None,
+        *,
+        protocol: Optional[str] = None,
+        num_query: Optional[int] = None,
+        num_train: Optional[int] = None,
+        transform: Transform = None,
+        train_transform: Transform = None,
+        check_images: bool = True,
+        grid: int = 2,
+) -> Dict[str, HashDataset]:
+    """``{'train', 'query', 'database'}`` datasets of a benchmark, split by its preset and ``seed``.
+
+    ``name``: ``'fashion-mnist'``, ``'mosaic'`` (``root`` = the Fashion-MNIST folder), ``'list:PATH'`` (a
+    DeepHash list file; ``root`` = image root, default its folder; preset from ``protocol`` or the label
+    count: 21 / 81 / 80 columns -> nuswide21 / nuswide81 / coco) or ``'coco:PATH'`` (an instances json;
+    ``root`` = its image folder, required). ``subset`` caps the database at a seeded sample of that size
+    for quick runs (mosaic: the number of database mosaics); the training count then shrinks to fit unless
+    ``num_train`` is given. ``num_query`` / ``num_train`` override the preset. ``transform`` applies to all
+    three sets, ``train_transform`` (default: ``transform``) to the training set.
+    """
+    for arg, value in (('subset', subset), ('num_query', num_query), ('num_train', num_train)):
+        _check_count(arg, value)
+    if name == 'fashion-mnist':
+        out = _build_fashion_mnist(root, seed, subset, PROTOCOLS[name], num_query, num_train)
+    elif name == 'mosaic':
+        out = _build_mosaic(root, seed, subset, PROTOCOLS[name], num_query, num_train, grid)
+    elif name.startswith(('list:', 'coco:')):
+        kind, path = name.split(':', 1)
+        if kind == 'list':
+            dataset = load_list_file(path, root, check_images)
+        else:
+            if root is None:
+                raise ValueError(f'{name}: pass root= the folder holding the images of {Path(path).name}')
+            dataset = load_coco(path, root)
+            protocol = protocol or 'coco'
+        preset = _preset_for(dataset, protocol, num_query is not None and num_train is not None, name)
+        nq = preset.num_query if num_query is None else num_query
+        ntr = preset.num_train if num_train is None else num_train
+        if subset is not None and num_train is None and ntr is not None:
+            ntr = min(ntr, subset)
+        split = split_protocol(len(dataset), nq, ntr, seed, preset.train_from, num_database=subset)
+        out = {'train': dataset.subset(split.train), 'query': dataset.subset(split.query),
+               'database': dataset.subset(split.database)}
+    else:
+        raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', 'mosaic', 'list:PATH' or 'coco:PATH'")
+    for key, ds in out.items():
+        ds.transform = train_transform if key == 'train' and train_transform is not None else transform
+    return out
