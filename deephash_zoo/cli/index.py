@@ -1,0 +1,168 @@
+"""``deephash-index``: build a FAISS Hamming index of a benchmark's database, and query it with image files.
+
+``build`` encodes the protocol's database set with a checkpoint and saves a :class:`HashIndex` folder whose
+manifest records what made the codes: ``model`` (architecture), ``model_bits`` (all its code lengths),
+``weights_sha256``, ``checkpoint`` (absolute path), ``dataset``, ``protocol``, ``img_size`` and
+``package_version``; the index's own ``bits`` is the code length indexed. ``query`` encodes image files with
+the checkpoint the manifest names (or ``--checkpoint``) and refuses one whose architecture, code lengths or
+weights differ from the index's: codes of another model are meaningless neighbours.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+import deephash_zoo
+
+from ._common import UserError, run_main
+from .eval import checkpoint_summary, data_defaults, load_for_retrieval, protocol_sets, resolve_device
+
+__all__ = ['main', 'cli']
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='deephash-index', description=(__doc__ or '').split('\n', 1)[0])
+    sub = p.add_subparsers(dest='command', required=True)
+    b = sub.add_parser('build', help="encode a benchmark's database set into an index folder")
+    b.add_argument('--checkpoint', required=True, help='checkpoint folder, or a run folder holding checkpoint/')
+    b.add_argument('--data', default=None,
+                   help="fashion-mnist | mosaic | list:PATH | coco:PATH (default: the checkpoint's dataset)")
+    b.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
+    b.add_argument('--kind', choices=('flat', 'hnsw', 'ivf'), default='flat', help='flat is exact (default)')
+    b.add_argument('--bits', type=int, default=None, help='code length to index (default: the longest)')
+    b.add_argument('--db-subset', type=int, default=None, help='index a seeded subset of this many items')
+    b.add_argument('--seed', type=int, default=None, help="protocol seed (default: the checkpoint's training seed)")
+    b.add_argument('--img-size', type=int, default=None, help="input size (default: the checkpoint's training size)")
+    b.add_argument('--batch-size', type=int, default=64)
+    b.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    b.add_argument('--out', type=Path, required=True, help='index folder to write (index.faiss + manifest.json)')
+    b.add_argument('--overwrite', action='store_true', help='replace an existing index folder at --out')
+    b.add_argument('--no-progress', action='store_true', help='no progress bar')
+    q = sub.add_parser('query', help='nearest database items of image files')
+    q.add_argument('--index', type=Path, required=True, help='index folder written by build')
+    q.add_argument('--image', type=Path, nargs='+', required=True, help='query image file(s)')
+    q.add_argument('-k', type=int, default=10, help='neighbours per image (default: %(default)s)')
+    q.add_argument('--checkpoint', default=None, help="checkpoint to encode with (default: the manifest's)")
+    q.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    q.add_argument('--json', action='store_true', help='print the results as JSON')
+    return p
+
+
+# -------------------------------------------------------------------------------------------------- build
+def build(args: argparse.Namespace) -> int:
+    from deephash_zoo.retrieval.encoding import encode_dataset, model_transform
+    from deephash_zoo.retrieval.index import MANIFEST_FILE, HashIndex
+
+    if args.out.exists() and not args.overwrite:
+        what = 'an index' if (args.out / MANIFEST_FILE).is_file() else 'not an index folder'
+        raise UserError(f'{args.out} exists ({what}); pass --overwrite to replace an index, or choose another --out')
+    ckpt = load_for_retrieval(args.checkpoint, resolve_device(args.device))
+    bits = max(ckpt.bits) if args.bits is None else args.bits
+    if bits not in ckpt.bits:
+        raise UserError(f'{ckpt.architecture} has code lengths {ckpt.bits}; got --bits {bits}')
+    img_size = args.img_size or ckpt.img_size
+    transform = model_transform(ckpt.model, img_size)
+    data, root, seed = data_defaults(ckpt, args.data, args.data_root, args.seed)
+    sets, protocol = protocol_sets(data, root, seed, transform, db_subset=args.db_subset, which=('database',))
+    database = sets['database']
+    codes = encode_dataset(ckpt.model, database, args.batch_size, next(ckpt.model.parameters()).device, bits,
+                           progress=not args.no_progress)
+    ids = database.ids if database.ids is not None else list(range(len(database)))
+    extra = dict(model=ckpt.architecture, model_bits=list(ckpt.bits), weights_sha256=ckpt.weights_sha256,
+                 checkpoint=str(ckpt.path), dataset=data, protocol=protocol, img_size=img_size,
+                 package_version=deephash_zoo.__version__)
+    index = HashIndex.build(codes, bits, ids=ids, kind=args.kind, manifest_extra=extra)
+    try:
+        index.save(args.out, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    print(f'{len(index):,} {data} database items, {bits}-bit codes of {ckpt.architecture} '
+          f'({args.kind} index) -> {args.out}')
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- query
+def _open_images(paths: List[Path]) -> List[Image.Image]:
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert('RGB'))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for missing/corrupt files
+            raise UserError(f'{path}: cannot open image ({e})') from None
+    return images
+
+
+def _check_checkpoint_fits(manifest: Dict[str, Any], path: str, index_bits: int) -> None:
+    """Refuse a checkpoint whose codes cannot be compared with the index's, before loading its weights."""
+    from deephash_zoo.hub.checkpoint import weights_sha256
+
+    ckpt, config = checkpoint_summary(path)
+    arch, bits = config['architecture'], tuple(config['bits'])
+    if manifest.get('model') is not None and arch != manifest['model']:
+        raise UserError(f"model mismatch: the index holds codes of {manifest['model']!r}, "
+                        f'the checkpoint {ckpt} is {arch!r}')
+    if index_bits not in bits:
+        raise UserError(f'code length mismatch: the index holds {index_bits}-bit codes, '
+                        f'the checkpoint {ckpt} has code lengths {bits}')
+    want, weights = manifest.get('weights_sha256'), ckpt / 'model.safetensors'
+    if want is not None and weights.is_file() and weights_sha256(weights) != want:
+        raise UserError(f'weights mismatch: the checkpoint {ckpt} is not the one the index was built with '
+                        f'(weights sha256 differs); rebuild the index or pass the original --checkpoint')
+
+
+def query(args: argparse.Namespace) -> int:
+    from deephash_zoo.retrieval.encoding import model_transform
+    from deephash_zoo.retrieval.index import HashIndex
+
+    if args.k < 1:
+        raise UserError(f'-k must be a positive integer, got {args.k}')
+    index = HashIndex.load(args.index)
+    manifest = index.manifest
+    path = args.checkpoint or manifest.get('checkpoint')
+    if path is None:
+        raise UserError(f'{args.index}: the manifest names no checkpoint; pass --checkpoint')
+    images = _open_images(args.image)
+    _check_checkpoint_fits(manifest, path, index.bits)
+    ckpt = load_for_retrieval(path, resolve_device(args.device))
+    transform = model_transform(ckpt.model, manifest.get('img_size') or ckpt.img_size)
+    batch = torch.stack([transform(im) for im in images]).to(next(ckpt.model.parameters()).device)
+    codes = ckpt.model.encode(batch, bits=index.bits, packed=True).cpu().numpy()
+    ids, dist = index.search(codes, args.k, model=manifest.get('model'))
+    results = [dict(image=str(p), ids=_plain(row_ids), distances=[int(d) for d in row_d])
+               for p, row_ids, row_d in zip(args.image, ids, dist, strict=True)]
+    if args.json:
+        print(json.dumps(dict(index=str(args.index), model=manifest.get('model'), bits=index.bits,
+                              kind=index.kind, results=results), indent=2))
+        return 0
+    print(f"{len(index):,} items, {index.bits}-bit codes of {manifest.get('model')} ({index.kind} index)")
+    for r in results:
+        print(f"{r['image']}:\n  rank  dist  id")
+        for rank, (item, d) in enumerate(zip(r['ids'], r['distances'], strict=True), 1):
+            print(f'  {rank:>4}  {d:>4}  {item}')
+    return 0
+
+
+def _plain(row: np.ndarray) -> list:
+    """ids as JSON-ready Python values (ints, strings, or None for unfilled approximate slots)."""
+    return [int(i) if isinstance(i, (int, np.integer)) else i for i in row.tolist()]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    return build(args) if args.command == 'build' else query(args)
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == '__main__':
+    cli()

@@ -1,0 +1,229 @@
+"""deephash-eval and deephash-index end to end on a tiny checkpoint: metrics.json equals evaluate() on codes
+computed here, plots are PNGs, index build/query round trips, and every refusal is one clear line."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import deephash_zoo  # noqa: F401  (registers the models)
+from deephash_zoo.cli._common import run_main
+from deephash_zoo.cli.eval import EVAL_NS
+from deephash_zoo.cli.eval import main as eval_main
+from deephash_zoo.cli.index import main as index_main
+from deephash_zoo.hub.checkpoint import save_checkpoint, weights_sha256
+from deephash_zoo.retrieval.encoding import encode_dataset, encode_dataset_lengths, model_transform
+from deephash_zoo.retrieval.metrics import evaluate
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+pytest.importorskip('faiss')
+
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+IMG = 64
+NQ, NDB = 40, 120
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _model(arch='dath_n_16', bits=(8, 16), seed=0):
+    torch.manual_seed(seed)
+    model = timm.create_model(arch)
+    if tuple(bits) != tuple(model.bits):
+        model.reset_classifier(sum(bits), bits=bits)
+    return model.eval()
+
+
+def _save(model, path):
+    training = dict(img_size=IMG, seed=0, data='fashion-mnist', data_root=None)
+    return save_checkpoint(model, path / 'checkpoint', dataset='fashion-mnist', training=training)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """A training-run folder holding a two-length (8, 16) checkpoint trained at 64x64."""
+    path = tmp_path_factory.mktemp('run')
+    model = _model()
+    _save(model, path)
+    return path, model
+
+
+def _one_line_error(capsys, code, *needles):
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1 and 'Traceback' not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+# ------------------------------------------------------------------------------------------- library
+def test_encode_dataset_matches_model_encode(run):
+    from deephash_zoo.data import HashDataset
+
+    _, model = run
+    rng = np.random.default_rng(0)
+    ds = HashDataset(rng.integers(0, 3, 10), images=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8))
+    ds.transform = model_transform(model, IMG)
+    batch = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert batch.shape[-2:] == (IMG, IMG)
+    both = encode_dataset(model, ds, batch_size=4, progress=False)
+    assert both.dtype == np.uint8 and np.array_equal(both, model.encode(batch, packed=True).numpy())
+    per = encode_dataset_lengths(model, ds, batch_size=4, progress=False)
+    for bits in (8, 16):
+        assert np.array_equal(per[bits], model.encode(batch, bits=bits, packed=True).numpy())
+    ds.transform = None  # falls back to the model's own transform (default 224 px) rather than uint8 tensors
+    assert encode_dataset(model, ds.subset([0, 1]), bits=8, progress=False).shape == (2, 1)
+    with pytest.raises(ValueError, match='code lengths'):
+        encode_dataset(model, ds, bits=32, progress=False)
+    with pytest.raises(ValueError, match='img_size'):
+        model_transform(model, 32)
+
+
+# ---------------------------------------------------------------------------------------------- eval
+@needs_fmnist
+def test_eval_metrics_json_equals_evaluate(run, tmp_path, capsys):
+    from deephash_zoo.data import build_retrieval_data
+
+    path, model = run
+    out = tmp_path / 'eval'
+    assert run_main(eval_main, ['--checkpoint', str(path), '--data', 'fashion-mnist', '--query-subset', str(NQ),
+                                '--db-subset', str(NDB), '--out', str(out), '--no-progress']) == 0
+    printed = capsys.readouterr().out
+    assert 'mAP@all' in printed and 'P@100' in printed and 'database index (stable)' in printed
+    report = json.loads((out / 'metrics.json').read_text())
+    assert report['model'] == 'dath_n_16' and report['img_size'] == IMG
+    assert report['weights_sha256'] == weights_sha256(path / 'checkpoint' / 'model.safetensors')
+    assert report['protocol']['num_queries'] == NQ and report['protocol']['num_database'] == NDB
+    assert sorted(report['results']) == ['16', '8']
+
+    # the same codes, computed here: documented protocol subsets, model.encode in the CLI's batches of 64
+    sets = build_retrieval_data('fashion-mnist', seed=0, transform=model_transform(model, IMG))
+    q = sets['query'].subset(np.sort(np.random.default_rng([0, 1]).choice(len(sets['query']), NQ, replace=False)))
+    db = sets['database'].subset(np.sort(np.random.default_rng([0, 2]).choice(len(sets['database']), NDB,
+                                                                              replace=False)))
+    for bits in (8, 16):
+        codes = [np.concatenate([model.encode(torch.stack([ds[i][0] for i in range(s, min(s + 64, len(ds)))]),
+                                              bits=bits, packed=True).numpy() for s in range(0, len(ds), 64)])
+                 for ds in (q, db)]
+        expected = evaluate(codes[0], codes[1], q.labels, db.labels, topk=None, ns=EVAL_NS, bits=bits)
+        assert report['results'][str(bits)] == expected
+    for name in ('pr_curve.png', 'p_at_n.png'):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    assert not list(out.glob('.*tmp*'))  # atomic writes leave no temporaries
+
+
+@needs_fmnist
+def test_eval_default_out_one_length_and_topk(run, capsys):
+    path, _ = run
+    assert run_main(eval_main, ['--checkpoint', str(path / 'checkpoint'), '--bits', '8', '--topk', '50',
+                                '--query-subset', '10', '--db-subset', '60', '--no-plots', '--no-progress']) == 0
+    report = json.loads((path / 'eval' / 'metrics.json').read_text())  # RUN/eval for RUN/checkpoint
+    assert list(report['results']) == ['8'] and report['results']['8']['map_topk'] == 50
+    assert 'mAP@50' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('args, needles', [
+    (['--checkpoint', '{tmp}/missing'], ['missing: neither a checkpoint folder']),
+    (['--checkpoint', '{run}', '--bits', '32'], ['code lengths (8, 16); got --bits 32']),
+    (['--checkpoint', '{run}', '--topk', '0'], None),  # argparse: exit status 2 with usage
+])
+def test_eval_errors(run, tmp_path, capsys, args, needles):
+    args = [a.format(tmp=tmp_path, run=run[0]) for a in args]
+    if needles is None:
+        with pytest.raises(SystemExit) as e:
+            run_main(eval_main, args)
+        assert e.value.code == 2 and "positive integer or 'all'" in capsys.readouterr().err
+    else:
+        _one_line_error(capsys, run_main(eval_main, args), *needles)
+
+
+# --------------------------------------------------------------------------------------------- index
+@pytest.fixture(scope='module')
+def built_index(run, tmp_path_factory):
+    if not HAS_FMNIST:
+        pytest.skip('dataset-fashion-mnist not installed (.ci/setup.sh)')
+    path, _ = run
+    out = tmp_path_factory.mktemp('idx') / 'index'
+    assert run_main(index_main, ['build', '--checkpoint', str(path), '--bits', '16', '--db-subset', str(NDB),
+                                 '--out', str(out), '--no-progress']) == 0
+    return out
+
+
+def test_index_build_and_query_round_trip(run, built_index, tmp_path, capsys):
+    from deephash_zoo.data import build_retrieval_data
+
+    capsys.readouterr()
+    manifest = json.loads((built_index / 'manifest.json').read_text())
+    assert manifest['model'] == 'dath_n_16' and manifest['bits'] == 16 and manifest['model_bits'] == [8, 16]
+    assert manifest['weights_sha256'] == weights_sha256(run[0] / 'checkpoint' / 'model.safetensors')
+    assert manifest['dataset'] == 'fashion-mnist' and manifest['img_size'] == IMG and manifest['num_items'] == NDB
+
+    db = build_retrieval_data('fashion-mnist', seed=0)['database']
+    picks = np.sort(np.random.default_rng([0, 2]).choice(len(db), NDB, replace=False))
+    assert manifest['ids'] == [db.ids[i] for i in picks]
+    item = db.ids[picks[7]]
+    db.load_image(int(picks[7])).save(tmp_path / 'q.png')
+    assert run_main(index_main, ['query', '--index', str(built_index), '--image', str(tmp_path / 'q.png'),
+                                 '-k', str(NDB), '--json']) == 0
+    result = json.loads(capsys.readouterr().out)['results'][0]
+    assert result['distances'][0] == 0 and result['distances'] == sorted(result['distances'])
+    assert result['distances'][result['ids'].index(item)] == 0  # itself, at distance 0 (random codes tie a lot)
+
+    assert run_main(index_main, ['query', '--index', str(built_index), '--image', str(tmp_path / 'q.png'),
+                                 str(tmp_path / 'q.png'), '-k', '3']) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('q.png:') == 2 and '16-bit codes of dath_n_16' in printed
+
+
+@pytest.fixture(scope='module')
+def synthetic_index(run, tmp_path_factory):
+    """An index whose manifest names the run's checkpoint, built from random codes (no data set needed)."""
+    from deephash_zoo.retrieval.index import HashIndex
+
+    path, _ = run
+    ckpt = path / 'checkpoint'
+    codes = np.packbits(np.random.default_rng(0).random((30, 16)) < 0.5, axis=1)
+    extra = dict(model='dath_n_16', model_bits=[8, 16], weights_sha256=weights_sha256(ckpt / 'model.safetensors'),
+                 checkpoint=str(ckpt), dataset='fashion-mnist', img_size=IMG)
+    return HashIndex.build(codes, 16, manifest_extra=extra).save(tmp_path_factory.mktemp('syn') / 'index')
+
+
+@pytest.mark.parametrize('arch, bits, seed, needle', [
+    ('dath_s_16', (16,), 0, "model mismatch: the index holds codes of 'dath_n_16'"),
+    ('dath_n_16', (32,), 0, 'code length mismatch: the index holds 16-bit codes'),
+    ('dath_n_16', (8, 16), 1, 'weights mismatch'),
+])
+def test_query_refuses_another_checkpoint(synthetic_index, tmp_path, capsys, arch, bits, seed, needle):
+    other = _save(_model(arch, bits, seed), tmp_path)
+    img = tmp_path / 'a.png'
+    from PIL import Image
+
+    Image.new('RGB', (30, 30), (200, 10, 10)).save(img)
+    code = run_main(index_main, ['query', '--index', str(synthetic_index), '--image', str(img),
+                                 '--checkpoint', str(other)])
+    _one_line_error(capsys, code, needle)
+
+
+def test_query_and_build_errors(run, synthetic_index, tmp_path, capsys):
+    bad = tmp_path / 'bad.png'
+    bad.write_bytes(b'not an image')
+    _one_line_error(capsys, run_main(index_main, ['query', '--index', str(synthetic_index), '--image', str(bad)]),
+                    'bad.png: cannot open image')
+    _one_line_error(capsys, run_main(index_main, ['query', '--index', str(tmp_path / 'nope'), '--image', str(bad)]),
+                    'no index folder')
+    _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(tmp_path / 'missing'),
+                                                  '--out', str(tmp_path / 'i')]), 'neither a checkpoint folder')
+    _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--out',
+                                                  str(synthetic_index)]), 'exists (an index); pass --overwrite')
+    _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--bits', '12',
+                                                  '--out', str(tmp_path / 'i')]), 'code lengths (8, 16)')
+
+
+def test_query_with_synthetic_index_encodes_with_manifest_checkpoint(synthetic_index, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new('RGB', (30, 30), (10, 200, 10)).save(tmp_path / 'g.png')
+    assert run_main(index_main, ['query', '--index', str(synthetic_index), '--image', str(tmp_path / 'g.png'),
+                                 '-k', '4', '--json']) == 0
+    result = json.loads(capsys.readouterr().out)['results'][0]
+    assert len(result['ids']) == 4 and all(isinstance(i, int) for i in result['ids'])
