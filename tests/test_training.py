@@ -1,0 +1,141 @@
+"""The trainer: loss falls, SIGKILL + --resume equals an uninterrupted run, DDP replicas agree."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deephash_zoo.training import TrainConfig, train
+from deephash_zoo.training.state import load_train_state, save_train_state
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+ROOT = Path(__file__).resolve().parents[1]
+# tiny runs: 64x64 inputs, DATH-N 16 bits, 96 training items, batches of 16 -> 6 steps an epoch
+TINY = ['--model', 'dath_n_16', '--data', 'fashion-mnist', '--img-size', '64', '--subset', '96',
+        '--batch-size', '16', '--lr', '3e-5', '--log-every', '1']
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+
+
+def _train_cmd(out: Path, *extra: str) -> list:
+    return [sys.executable, '-m', 'deephash_zoo.cli.train', *TINY, '--out', str(out), *extra]
+
+
+def _records(run: Path) -> list:
+    path = run / 'train_log.jsonl'
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _weights(run: Path) -> dict:
+    return load_file(str(run / 'checkpoint' / 'model.safetensors'))
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    reference = tmp_path / 'reference'
+    subprocess.run(_train_cmd(reference, '--epochs', '2'), env=_env(), check=True, capture_output=True)
+    epochs = [r for r in _records(reference) if r['event'] == 'epoch']
+    assert len(epochs) == 2 and epochs[1]['loss'] < epochs[0]['loss'], epochs  # and the loss falls
+
+    killed = tmp_path / 'killed'
+    proc = subprocess.Popen(_train_cmd(killed, '--epochs', '2'), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait until the second epoch has taken a step, then kill -9
+            if any(r['event'] == 'step' and r['epoch'] == 1 for r in _records(killed)):
+                break
+            assert proc.poll() is None, 'training ended before it could be killed'
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((killed / 'last' / 'state.json').read_text())
+    assert state['epoch'] == 1  # only the first epoch was complete
+    assert not any(p.name.startswith('.') for p in killed.iterdir()), 'a temporary folder was left behind'
+
+    subprocess.run(_train_cmd(killed, '--epochs', '2', '--resume'), env=_env(), check=True, capture_output=True)
+    ref, resumed = _weights(reference), _weights(killed)
+    assert ref.keys() == resumed.keys()
+    for k in ref:
+        assert torch.equal(ref[k], resumed[k]), k  # bit for bit
+    ref_loss = [r['loss'] for r in _records(reference) if r['event'] == 'step' and r['epoch'] == 1]
+    res_loss = [r['loss'] for r in _records(killed) if r['event'] == 'step' and r['epoch'] == 1][-len(ref_loss):]
+    assert ref_loss == res_loss
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path):
+    run = tmp_path / 'ddp'
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
+    proc = subprocess.run([*torchrun, '-m', 'deephash_zoo.cli.train', *TINY, '--batch-size', '8',
+                           '--max-steps', '3', '--out', str(run)], env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    end = [r for r in _records(run) if r['event'] == 'end']
+    assert len(end) == 1 and len(end[0]['replica_sha256']) == 2
+    assert end[0]['replicas_identical'] and len(set(end[0]['replica_sha256'])) == 1
+    start = next(r for r in _records(run) if r['event'] == 'start')
+    assert start['config']['world_size'] == 2
+
+
+@needs_fmnist
+def test_admth_multi_on_mosaic_learns_and_writes_a_checkpoint(tmp_path):
+    summary = train(TrainConfig(model='admth_cnnf_16', data='mosaic', out=str(tmp_path / 'run'), img_size=64,
+                                subset=64, batch_size=16, epochs=2, log_every=1))
+    records = _records(tmp_path / 'run')
+    epochs = [r for r in records if r['event'] == 'epoch']
+    assert epochs[1]['loss'] < epochs[0]['loss'], epochs
+    assert {'pairwise', 'consistency'} <= set(epochs[0])
+    config = json.loads((tmp_path / 'run' / 'checkpoint' / 'config.json').read_text())
+    assert config['architecture'] == 'admth_cnnf_16' and config['dataset'] == 'mosaic'
+    assert config['training']['optimizer'] == 'sgd' and summary['replicas_identical']
+
+
+def test_train_state_round_trip_without_pickle(tmp_path):
+    from deephash_zoo.losses import ADMTHLoss
+
+    model = torch.nn.Linear(4, 3)
+    loss = ADMTHLoss(bits=(2, 4))
+    opt = torch.optim.SGD([*model.parameters(), *loss.parameters()], lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
+    model(torch.randn(2, 4)).sum().backward()
+    loss.consistency.maps[0].weight.sum().backward()
+    opt.step()
+    sched.step()
+    torch.manual_seed(123)
+    save_train_state(tmp_path / 'last', model, loss, opt, sched, epoch=3, step=7, extra={'note': 'x'})
+    expected_next = torch.rand(3)
+
+    model2, loss2 = torch.nn.Linear(4, 3), ADMTHLoss(bits=(2, 4))
+    opt2 = torch.optim.SGD([*model2.parameters(), *loss2.parameters()], lr=0.1, momentum=0.9)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, 2, 0.5)
+    meta = load_train_state(tmp_path / 'last', model2, loss2, opt2, sched2)
+    assert meta['epoch'] == 3 and meta['step'] == 7 and meta['extra'] == {'note': 'x'}
+    assert torch.equal(torch.rand(3), expected_next)  # RNG restored
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    buffers = [o.state_dict()['state'][0]['momentum_buffer'] for o in (opt, opt2)]
+    assert torch.equal(*buffers)
+    assert sched2.state_dict() == sched.state_dict()
+    assert sorted(p.name for p in (tmp_path / 'last').iterdir()) == ['state.json', 'state.safetensors']
+
+
+def test_bad_training_requests(tmp_path):
+    with pytest.raises(ValueError, match='no training recipe'):
+        train(TrainConfig(model='resnet18', out=str(tmp_path / 'x')))
+    with pytest.raises(FileNotFoundError, match='no training state to resume'):
+        load_train_state(tmp_path / 'nothing', torch.nn.Linear(1, 1), torch.nn.Module(),
+                         torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1), None)
