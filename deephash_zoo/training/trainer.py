@@ -264,7 +264,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         sampler.set_epoch(epoch)
         train_module.train()
         sums: Dict[str, float] = {}
-        seen, t0 = 0, time.perf_counter()
+        seen, t0, t_first, seen_first = 0, time.perf_counter(), 0.0, 0
         bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=rank != 0, leave=False)
         for images, labels in bar:
             images = images.to(device, non_blocking=True)
@@ -284,6 +284,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v * len(images)
             seen += len(images)
+            if not t_first:  # the first step pays one-off allocations (optimiser state, caches)
+                t_first, seen_first = time.perf_counter(), seen
             bar.set_postfix({k: f'{v:.4f}' for k, v in values.items()})
             if step % cfg.log_every == 0 or step == 1:
                 log.record(event='step', epoch=epoch, step=step, lr=optimizer.param_groups[0]['lr'], **values)
@@ -294,8 +296,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if scheduler is not None:
             scheduler.step()
         means = {k: v / max(seen, 1) for k, v in sums.items()}
+        steady = (seen - seen_first) * world / (t0 + seconds - t_first) if seen > seen_first else None
         log.record(event='epoch', epoch=epoch, step=step, seconds=seconds, images_per_s=seen * world / seconds,
-                   **means)
+                   steady_images_per_s=steady, **means)
         if rank == 0:
             log.message(f'epoch {epoch + 1}/{cfg.epochs}: ' + ', '.join(f'{k} {v:.4f}' for k, v in means.items())
                         + f', {seconds:.1f} s')

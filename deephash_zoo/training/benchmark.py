@@ -1,0 +1,169 @@
+"""Training benchmarks (commands, not tests): ``python -m deephash_zoo.training.benchmark {throughput,multitask}``.
+
+* ``throughput``: the trainer's steady images/s (its own per-epoch measurement after the first
+  step: data loading, transforms, loss, backward, optimiser step, logging) against a bare loop of
+  forward + loss + backward + step on random tensors already in memory, same model, batch and
+  loss. A ratio near 1 means the data pipeline is never the bottleneck.
+* ``multitask``: time per epoch of one multi-length ADMTH (16/32/48/64 learned at once) against
+  the four single-length models trained one after the other on the same data, the ADMTH paper's
+  Table 3 framing (209.6 s vs 629.8 s, ratio 0.33).
+
+Both print a table and write JSON (``--out``). Every figure of one table comes from one run.
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import timm
+import torch
+
+from deephash_zoo.losses import ADMTHLoss, DATHLoss
+
+from .trainer import TrainConfig, family_defaults, train
+
+__all__ = ['main']
+
+
+def _machine() -> Dict[str, Any]:
+    cpu = platform.processor() or 'unknown'
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu=cpu, threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
+                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+
+def _epoch_record(run: Path) -> Dict[str, Any]:
+    records = [json.loads(line) for line in (run / 'train_log.jsonl').read_text().splitlines()]
+    return [r for r in records if r['event'] == 'epoch'][-1]
+
+
+def _trainer_epoch(model: str, data: str, img_size: int, batch: int, steps: int, out: Path,
+                   lr: Optional[float] = None) -> Dict[str, Any]:
+    train(TrainConfig(model=model, data=data, out=str(out), img_size=img_size, subset=batch * steps,
+                      batch_size=batch, epochs=1, lr=lr, log_every=10_000))
+    return _epoch_record(out)
+
+
+def _bare_loop(model_name: str, img_size: int, batch: int, steps: int, num_labels: int, lr: float) -> float:
+    """images/s of forward + loss + backward + step on in-memory random tensors."""
+    fam = family_defaults(model_name)
+    model = timm.create_model(model_name, **({'num_labels': num_labels} if fam['family'] == 'dath' else {}))
+    loss = DATHLoss() if fam['family'] == 'dath' else ADMTHLoss(bits=model.bits)
+    params = [*model.parameters(), *loss.parameters()]
+    opt = (torch.optim.RMSprop(params, lr=lr) if fam['optimizer'] == 'rmsprop'
+           else torch.optim.SGD(params, lr=lr, momentum=0.9))
+    x = torch.randn(batch, 3, img_size, img_size)
+    y = torch.randint(0, num_labels, (batch,))
+    model.train()
+
+    def step() -> None:
+        codes = model(x)
+        parts = loss(codes, model.label_logits(codes), y) if fam['family'] == 'dath' else loss(codes, y)
+        opt.zero_grad(set_to_none=True)
+        parts['loss'].backward()
+        opt.step()
+
+    step()  # warm-up, as the trainer's steady figure leaves out its first step
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def _throughput(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    lr = family_defaults(args.model)['lr']
+    rows = []
+    for rep in range(args.repeats):
+        rec = _trainer_epoch(args.model, args.data, args.img_size, args.batch_size, args.steps, work / f't{rep}')
+        bare = _bare_loop(args.model, args.img_size, args.batch_size, args.steps, 10, lr)
+        rows.append(dict(trainer=rec['steady_images_per_s'], bare=bare, ratio=rec['steady_images_per_s'] / bare))
+    ratio = statistics.median(r['ratio'] for r in rows)
+    return dict(benchmark='throughput', model=args.model, data=args.data, img_size=args.img_size,
+                batch_size=args.batch_size, steps=args.steps, runs=rows, median_ratio=ratio,
+                trainer_images_per_s=statistics.median(r['trainer'] for r in rows),
+                bare_images_per_s=statistics.median(r['bare'] for r in rows))
+
+
+def _multitask(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    models = ['admth_cnnf_multi', 'admth_cnnf_16', 'admth_cnnf_32', 'admth_cnnf_48', 'admth_cnnf_64']
+    seconds: Dict[str, List[float]] = {m: [] for m in models}
+    for rep in range(args.repeats):
+        for m in models:
+            rec = _trainer_epoch(m, 'mosaic', args.img_size, args.batch_size, args.steps, work / f'{m}-{rep}')
+            seconds[m].append(rec['seconds'])
+    med = {m: statistics.median(v) for m, v in seconds.items()}
+    singles = sum(med[m] for m in models[1:])
+    return dict(benchmark='multitask', data='mosaic', img_size=args.img_size, batch_size=args.batch_size,
+                steps=args.steps, seconds=seconds, median_seconds=med, multi_seconds=med[models[0]],
+                four_singles_seconds=singles, ratio=med[models[0]] / singles,
+                paper=dict(multi_seconds=209.6, four_singles_seconds=629.8, ratio=round(209.6 / 629.8, 3)))
+
+
+def _table(result: Dict[str, Any]) -> str:
+    m = result['machine']
+    head = f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, timm {m['timm']}, cuda {m['cuda']}"
+    if result['benchmark'] == 'throughput':
+        lines = [f"trainer vs bare loop: {result['model']} on {result['data']}, {result['img_size']}x"
+                 f"{result['img_size']}, batch {result['batch_size']}, {result['steps']} steps, "
+                 f"{len(result['runs'])} run(s)",
+                 f"{'run':>4} {'trainer img/s':>14} {'bare img/s':>11} {'ratio':>7}"]
+        for i, r in enumerate(result['runs']):
+            lines.append(f"{i:>4} {r['trainer']:>14.2f} {r['bare']:>11.2f} {r['ratio']:>7.3f}")
+        lines.append(f"median ratio {result['median_ratio']:.3f} (goal >= 0.9)")
+    else:
+        lines = [f"time per epoch on the mosaic ({result['steps']} steps of {result['batch_size']}, "
+                 f"{result['img_size']}x{result['img_size']}), median of {len(result['seconds']['admth_cnnf_multi'])}",
+                 f"{'model':<18} {'s/epoch':>8}"]
+        for name, s in result['median_seconds'].items():
+            lines.append(f'{name:<18} {s:>8.2f}')
+        lines.append(f"{'four singles':<18} {result['four_singles_seconds']:>8.2f}")
+        lines.append(f"ratio multi / four singles: {result['ratio']:.3f} (paper Table 3: 209.6 s / 629.8 s = "
+                     f"{result['paper']['ratio']}; goal <= 0.35)")
+    return '\n'.join([*lines, head])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m deephash_zoo.training.benchmark', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='what', required=True)
+    t = sub.add_parser('throughput', help='trainer images/s vs a bare forward+backward loop')
+    t.add_argument('--model', default='dath_alexnet_32')
+    t.add_argument('--data', default='fashion-mnist')
+    t.add_argument('--img-size', type=int, default=64)
+    t.add_argument('--batch-size', type=int, default=32)
+    t.add_argument('--steps', type=int, default=6)
+    t.add_argument('--repeats', type=int, default=3)
+    t.add_argument('--out', type=Path, default=Path('runs/benchmarks/train_throughput.json'))
+    m = sub.add_parser('multitask', help='one multi-length ADMTH vs four single-length models, s/epoch')
+    m.add_argument('--img-size', type=int, default=224)
+    m.add_argument('--batch-size', type=int, default=16)
+    m.add_argument('--steps', type=int, default=4)
+    m.add_argument('--repeats', type=int, default=1)
+    m.add_argument('--out', type=Path, default=Path('runs/benchmarks/train_multitask.json'))
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix='deephash-bench-') as tmp:
+        result = _throughput(args, Path(tmp)) if args.what == 'throughput' else _multitask(args, Path(tmp))
+    result['machine'] = _machine()
+    table = _table(result)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_suffix('.json.tmp')
+    tmp_out.write_text(json.dumps(dict(result, table=table), indent=2))
+    tmp_out.replace(args.out)
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
