@@ -13,23 +13,21 @@ Variants:
 * ``dmlh_cnnf_multi``: the same without attention (DMLH, the authors' earlier conference model).
 * ``admth_cnnf_{16,32,48,64}``: one branch, for the multi- vs single-task comparison (Table 3).
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
-import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
-from .contract import HUB_ORG, HashingMixin, check_images, filter_state_dict, init_weights, resolve_bits
+from .contract import HUB_ORG, filter_state_dict, init_weights
+from .hashnet import HashNet
 from .head import HashHead
-from .trunks import MIN_INPUT_SIZE, ConvTrunk
+from .trunks import ConvTrunk
 
 __all__ = ['ADMTH']
 
 
-class ADMTH(HashingMixin, nn.Module):
+class ADMTH(HashNet):
     """CNN-F trunk, SE channel attention, one fc6/fc7/hash branch per code length."""
 
     def __init__(
@@ -50,19 +48,10 @@ class ADMTH(HashingMixin, nn.Module):
             num_classes: timm's head width; see ``resolve_bits`` (defaults to ``sum(bits)``).
             in_chans: image channels.
             drop_rate: dropout before fc6 and fc7.
-            global_pool: pool after fc7 for inputs above 224 ('' = return unpooled features).
+            global_pool: pool after fc7 for inputs above 224 ('' = no pool; see ``HashHead``).
         """
-        super().__init__()
+        super().__init__(bits, num_classes, 0, in_chans, drop_rate)
         dd = {'device': device, 'dtype': dtype}
-        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
-        resolve_bits(None, self.default_bits)  # validates the branch lengths
-        self.bits = resolve_bits(num_classes, self.default_bits)
-        self.num_classes = sum(self.bits)
-        self.in_chans = in_chans
-        self.min_input_size = MIN_INPUT_SIZE
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-
         self.trunk = ConvTrunk('cnnf', attention, attn_after_pool=True, in_chans=in_chans, **dd)
         self.num_features = self.trunk.out_chs
         self.head = HashHead(
@@ -77,62 +66,11 @@ class ADMTH(HashingMixin, nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^trunk\.features\.0', blocks=[(r'^trunk\.features\.(\d+)', None), (r'^trunk\.attn', (99,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        assert not enable, 'gradient checkpointing not supported'
+    def _forward_taps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.trunk.forward_taps(x)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.hash
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
-                         bits: Optional[Sequence[int]] = None) -> None:
-        """New hash layer(s): ``sum(bits)`` keeps one per branch, another width gives one shared code."""
-        dd = get_device_dtype(self)
-        self.bits = resolve_bits(num_classes, self.default_bits, bits)
-        self.num_classes = sum(self.bits)
-        self.head.reset(self.bits, self.head.global_pool if global_pool is None else global_pool, **dd)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Taps at strides 4, 8, 16 and 32 (the last after SE attention)."""
-        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
-        check_images(x, self.in_chans, self.min_input_size)
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        taps = self.trunk.forward_taps(x)
-        intermediates = [taps[i] for i in take_indices]
-        if intermediates_only:
-            return intermediates
-        return taps[-1], intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the branches (the taps need the whole trunk)."""
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_chans, self.min_input_size)
+    def _trunk_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_admth(variant: str, pretrained: bool = False, **kwargs: Any) -> ADMTH:

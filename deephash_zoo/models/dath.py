@@ -15,23 +15,22 @@ Variants (the paper's ablations, Table 3):
 * ``dath1``: one shared AlexNet trunk carrying both attention modules on its conv5 map, fused by
   their mean (the paper's Figure 8 did not survive; see DESIGN.md for this reading).
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
-from .contract import HUB_ORG, HashingMixin, check_images, filter_state_dict, init_weights, resolve_bits
+from .contract import HUB_ORG, filter_state_dict, init_weights
+from .hashnet import HashNet
 from .head import HashHead
-from .trunks import MIN_INPUT_SIZE, ConvTrunk
+from .trunks import ConvTrunk
 
 __all__ = ['DATH']
 
 
-class DATH(HashingMixin, nn.Module):
+class DATH(HashNet):
     """One or two AlexNet streams with attention, summed fc7, tanh hash layer(s)."""
 
     def __init__(
@@ -54,19 +53,10 @@ class DATH(HashingMixin, nn.Module):
             num_labels: outputs of the auxiliary label classifier (0: none, as for inference).
             in_chans: image channels.
             drop_rate: dropout before fc6 and fc7 (AlexNet's 0.5).
-            global_pool: pool after fc7 for inputs above 224 ('' = return unpooled features).
+            global_pool: pool after fc7 for inputs above 224 ('' = no pool; see ``HashHead``).
         """
-        super().__init__()
+        super().__init__(bits, num_classes, num_labels, in_chans, drop_rate)
         dd = {'device': device, 'dtype': dtype}
-        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
-        self.bits = resolve_bits(num_classes, self.default_bits)
-        self.num_classes = sum(self.bits)
-        self.num_labels = num_labels
-        self.in_chans = in_chans
-        self.min_input_size = MIN_INPUT_SIZE
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-
         self.streams = nn.ModuleList([ConvTrunk('alexnet', a, in_chans=in_chans, **dd) for a in attention])
         self.num_features = sum(s.out_chs for s in self.streams)
         self.head = HashHead(
@@ -74,7 +64,7 @@ class DATH(HashingMixin, nn.Module):
             drop_rate=drop_rate, global_pool=global_pool, **dd,
         )
         self.head_hidden_size = self.head.hidden_size
-        self.aux_classifier = nn.Linear(self.num_classes, num_labels, **dd) if num_labels and self.bits else None
+        self._reset_label_classifier(**dd)
         self.feature_info = self._feature_info()
         init_weights(self)
 
@@ -93,77 +83,15 @@ class DATH(HashingMixin, nn.Module):
             blocks=[(r'^streams\.\d+\.features\.(\d+)', None), (r'^streams\.\d+\.attn', (99,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        assert not enable, 'gradient checkpointing not supported'
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.hash
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
-                         bits: Optional[Sequence[int]] = None) -> None:
-        """New hash layer(s) of ``num_classes`` bits in total (or exactly ``bits``); 0 removes it."""
-        dd = get_device_dtype(self)
-        self.bits = resolve_bits(num_classes, self.default_bits, bits)
-        self.num_classes = sum(self.bits)
-        self.head.reset(self.bits, self.head.global_pool if global_pool is None else global_pool, **dd)
-        if self.num_labels:
-            self.aux_classifier = nn.Linear(self.num_classes, self.num_labels, **dd) if self.bits else None
-            if self.aux_classifier is not None:
-                self.aux_classifier.train(self.training)
-
-    @torch.jit.ignore
-    def label_logits(self, codes: torch.Tensor) -> torch.Tensor:
-        """The auxiliary classifier ``c`` on the hash layer output (for the classification loss)."""
-        if self.aux_classifier is None:
-            raise ValueError('this model has no label classifier; create it with num_labels=<dataset labels>')
-        return self.aux_classifier(codes)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Taps at strides 4, 8, 16 (after attention) and 32, streams concatenated on channels."""
-        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
-        check_images(x, self.in_chans, self.min_input_size)
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+    def _forward_taps(self, x: torch.Tensor) -> List[torch.Tensor]:
         per_stream = [s.forward_taps(x) for s in self.streams]
-        taps = [torch.cat([t[i] for t in per_stream], dim=1) for i in range(len(self.feature_info))]
-        intermediates = [taps[i] for i in take_indices]
-        if intermediates_only:
-            return intermediates
-        return taps[-1], intermediates
+        return [torch.cat([t[i] for t in per_stream], dim=1) for i in range(len(self.feature_info))]
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the head (and nothing else: the taps share the whole trunk)."""
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_chans, self.min_input_size)
+    def _trunk_features(self, x: torch.Tensor) -> torch.Tensor:
         feats: List[torch.Tensor] = []
         for stream in self.streams:
             feats.append(stream(x))
         return torch.cat(feats, dim=1) if len(feats) > 1 else feats[0]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_dath(variant: str, pretrained: bool = False, **kwargs: Any) -> DATH:

@@ -1,0 +1,111 @@
+"""What DATH and ADMTH share: code-length bookkeeping, the optional label classifier and timm's
+head / feature API around a hash head. Subclasses build their trunk(s), ``head`` (a ``HashHead``)
+and ``feature_info``, and implement ``_trunk_features`` (the conv feature map) and ``_forward_taps``
+(the four taps). Input checks live here, beside ``forward``: FX's autowrap of ``check_images`` only
+patches the module that defines the traced ``forward``."""
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import get_device_dtype
+from timm.models._features import feature_take_indices
+
+from .contract import HashingMixin, check_images, resolve_bits
+from .trunks import MIN_INPUT_SIZE
+
+__all__ = ['HashNet']
+
+
+class HashNet(HashingMixin, nn.Module):
+    """Base of the paper models: ``forward = forward_head(forward_features(x))``."""
+
+    def __init__(self, bits: Union[int, Sequence[int]], num_classes: Optional[int], num_labels: int,
+                 in_chans: int, drop_rate: float) -> None:
+        super().__init__()
+        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
+        resolve_bits(None, self.default_bits)  # validates the lengths the model is built for
+        self.bits = resolve_bits(num_classes, self.default_bits)
+        self.num_classes = sum(self.bits)
+        self.num_labels = num_labels
+        self.in_chans = in_chans
+        self.min_input_size = MIN_INPUT_SIZE
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.aux_classifier = None  # built by _reset_label_classifier once the head exists
+
+    def _reset_label_classifier(self, **dd: Any) -> None:
+        self.aux_classifier = None
+        if self.num_labels and self.bits:
+            self.aux_classifier = nn.Linear(self.num_classes, self.num_labels, **dd)
+            nn.init.normal_(self.aux_classifier.weight, 0, 0.01)
+            nn.init.zeros_(self.aux_classifier.bias)
+            self.aux_classifier.train(self.training)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        assert not enable, 'gradient checkpointing not supported'
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.hash
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
+                         bits: Optional[Sequence[int]] = None) -> None:
+        """New hash layer(s): ``num_classes`` bits in total, or exactly ``bits``; 0 removes them.
+
+        ``num_classes`` equal to the sum of the model's lengths keeps one layer per length (per
+        branch for ADMTH); another width gives one code of that width (see ``resolve_bits``).
+        """
+        dd = get_device_dtype(self)
+        self.bits = resolve_bits(num_classes, self.default_bits, bits)
+        self.num_classes = sum(self.bits)
+        self.head.reset(self.bits, self.head.global_pool if global_pool is None else global_pool, **dd)
+        self._reset_label_classifier(**dd)
+
+    @torch.jit.ignore
+    def label_logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """The auxiliary label classifier on the hash layer output (DATH's classification loss)."""
+        if self.aux_classifier is None:
+            raise ValueError('this model has no label classifier; create it with num_labels=<dataset labels>')
+        return self.aux_classifier(codes)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Taps at strides 4, 8, 16 and 32 (``feature_info``); the last is ``forward_features``."""
+        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
+        check_images(x, self.in_chans, self.min_input_size)
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        taps = self._forward_taps(x)
+        intermediates = [taps[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        return taps[-1], intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the head; the taps need the whole trunk, so nothing else goes."""
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.in_chans, self.min_input_size)
+        return self._trunk_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
