@@ -15,6 +15,7 @@ from timm.data import create_transform, resolve_data_config
 
 import deephash_zoo
 from deephash_zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from deephash_zoo.hub import create_pretrained
 
 from ._common import UserError, run_main
 
@@ -55,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    model = timm.create_model(args.model, pretrained=args.pretrained).eval()
+    model = (create_pretrained(args.model) if args.pretrained else timm.create_model(args.model)).eval()
     build_s = time.perf_counter() - start
     if args.bits is not None and args.bits not in model.bits:
         raise UserError(f'{args.model} has code lengths {model.bits}; got --bits {args.bits}')

@@ -1,16 +1,20 @@
-"""A checkpoint folder is timm's Hub layout: ``config.json`` + ``model.safetensors`` (+ ``README.md``).
+"""A checkpoint folder is timm's Hub layout: ``config.json`` + ``model.safetensors`` + ``README.md``.
 
 timm's own ``save_for_hf`` writes it (so ``timm.create_model('hf-hub:...')`` and ``local-dir:``
 read it back), with our fields at the top level of ``config.json``: ``bits``, ``num_labels``,
-``dataset`` and ``training``. It is written into a temporary sibling folder and renamed into
-place, so a reader never sees half a checkpoint. Weights are safetensors only: nothing here
-unpickles.
+``dataset`` and ``training``. Code lengths other than the architecture's default go into
+``model_args`` too where timm can rebuild them that way, so ``pretrained=True`` gets the same
+head. ``README.md`` is the model card rendered from ``hub_cards/TEMPLATE.md`` (no metrics yet;
+``deephash-card`` / ``deephash-push`` add them). The folder is written into a temporary sibling
+and renamed into place, so a reader never sees half a checkpoint. Weights are safetensors only:
+nothing here unpickles.
 """
 import hashlib
 import json
 import os
 import shutil
-import tempfile
+import stat
+import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -25,6 +29,7 @@ __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'load_checkpoint', 'read_check
 
 CHECKPOINT_FILES = ('config.json', 'model.safetensors')
 _REQUIRED_KEYS = ('architecture', 'num_classes', 'pretrained_cfg', 'bits')
+_PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.ckpt', '.pkl')
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -48,14 +53,47 @@ def weights_sha256(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
+def _state_shapes(model: torch.nn.Module) -> Dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _bits_model_args(model: torch.nn.Module) -> Dict[str, Any]:
+    """``{'bits': [...]}`` when the lengths differ from the default and timm can rebuild them from it.
+
+    DATH's lengths only shape the hash layer, so ``bits=`` rebuilds it; ADMTH's ``bits`` also sets
+    its branches, so there a single shared code is rebuilt from ``num_classes`` alone (timm's own
+    knob) and other combinations only load through :func:`load_checkpoint`.
+    """
+    bits = tuple(int(b) for b in model.bits)
+    arch = getattr(model, 'pretrained_cfg', {}).get('architecture')
+    if not arch or bits == tuple(getattr(model, 'default_bits', bits)):
+        return {}
+    want = _state_shapes(model)
+    labels = int(getattr(model, 'num_labels', 0) or 0)
+    extra = {'num_labels': labels} if labels else {}
+    for args in ({}, {'bits': list(bits)}):
+        try:
+            probe = timm.create_model(arch, num_classes=sum(bits), device='meta', **extra, **args)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if _state_shapes(probe) == want:
+            return args
+    return {}
+
+
 def save_checkpoint(
         model: torch.nn.Module,
         out_dir: Union[str, Path],
         dataset: Optional[str] = None,
         training: Optional[Dict[str, Any]] = None,
         extra_files: Optional[Dict[str, str]] = None,
+        card: bool = True,
 ) -> Path:
-    """Write ``model`` as a checkpoint folder at ``out_dir`` (atomically) and return its path."""
+    """Write ``model`` as a checkpoint folder at ``out_dir`` (atomically) and return its path.
+
+    ``card`` renders ``README.md`` from the template when the source tree's ``hub_cards/`` is there
+    (an installed wheel without it writes no card); ``extra_files['README.md']`` replaces it.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = dict(
@@ -64,10 +102,17 @@ def save_checkpoint(
         dataset=dataset,
         training=training or {},
     )
-    model_args = {'num_labels': config['num_labels']} if config['num_labels'] else None
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+    model_args = dict(_bits_model_args(model))
+    if config['num_labels']:
+        model_args['num_labels'] = config['num_labels']
+    tmp = out_dir.parent / f'.{out_dir.name}.{uuid.uuid4().hex[:8]}'
+    tmp.mkdir()  # not mkdtemp (0700): a checkpoint is as readable as the user's other folders
     try:
-        save_for_hf(model, str(tmp), model_config=config, model_args=model_args, safe_serialization=True)
+        save_for_hf(model, str(tmp), model_config=config, model_args=model_args or None, safe_serialization=True)
+        # safetensors writes 0600; give the weights the permissions config.json got from the umask
+        os.chmod(tmp / 'model.safetensors', stat.S_IMODE((tmp / 'config.json').stat().st_mode))
+        if card and 'README.md' not in (extra_files or {}):
+            _write_default_card(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         replace_dir(tmp, out_dir)
@@ -75,6 +120,17 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_default_card(folder: Path) -> None:
+    """The card is documentation, not needed to load: without the template (an installed wheel) or Jinja2
+    (huggingface_hub renders with it) the checkpoint is written without one rather than not at all."""
+    from huggingface_hub.utils import is_jinja_available
+
+    from .card import TEMPLATE_PATH, render_card, write_card
+
+    if TEMPLATE_PATH.is_file() and is_jinja_available():
+        write_card(render_card(folder), folder / 'README.md')
 
 
 def resolve_checkpoint_dir(path: Union[str, Path]) -> Path:
@@ -95,9 +151,25 @@ def read_checkpoint_config(ckpt_dir: Union[str, Path]) -> Dict[str, Any]:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f'{path}: not valid JSON ({e})') from e
+    if not isinstance(config, dict):
+        raise ValueError(f'{path}: expected a JSON object with keys {list(_REQUIRED_KEYS)}, '
+                         f'got {type(config).__name__}')
     missing = [k for k in _REQUIRED_KEYS if k not in config]
     if missing:
         raise ValueError(f'{path}: missing keys {missing}; expected {list(_REQUIRED_KEYS)}')
+    bits = config['bits']
+    if (not isinstance(bits, list) or not bits or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
+                                                           for b in bits)):
+        raise ValueError(f'{path}: "bits" must be a non-empty list of positive code lengths, got {bits!r}')
+    if config['num_classes'] != sum(bits):
+        raise ValueError(f'{path}: "num_classes" {config["num_classes"]!r} is not the sum of "bits" {bits} '
+                         f'({sum(bits)})')
+    arch = config['architecture']
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise ValueError(f'{path}: "architecture" {arch!r} is not a registered model; expected one of '
+                         f'deephash_zoo.list_hash_models() (is deephash_zoo imported?)')
+    if not isinstance(config['pretrained_cfg'], dict):
+        raise ValueError(f'{path}: "pretrained_cfg" must be an object (timm\'s pretrained config)')
     return config
 
 
@@ -107,14 +179,17 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
     config = read_checkpoint_config(ckpt_dir)
     weights = ckpt_dir / 'model.safetensors'
     if not weights.is_file():
-        raise FileNotFoundError(f'{weights}: missing (only safetensors weights are loaded)')
+        pickled = sorted(p.name for p in ckpt_dir.iterdir() if p.name.endswith(_PICKLE_SUFFIXES))
+        hint = f'; found {pickled}, which are pickle files and never loaded' if pickled else ''
+        raise FileNotFoundError(f'{weights}: missing (only safetensors weights are loaded){hint}')
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f'{weights}: corrupt or truncated safetensors file ({e})') from e
     args = dict(config.get('model_args') or {})
     args.pop('num_classes', None)
-    args.setdefault('num_labels', config.get('num_labels', 0))
+    if config.get('num_labels'):  # only DATH takes num_labels; ADMTH has no label classifier
+        args.setdefault('num_labels', config['num_labels'])
     arch = config['architecture']
     model = timm.create_model(arch, pretrained=False, num_classes=sum(config['bits']), **args)
     if tuple(model.bits) != tuple(config['bits']):
@@ -126,6 +201,9 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
     if missing or unexpected or wrong:
         detail = '; '.join(f'{what}: {keys[:4]}{" ..." if len(keys) > 4 else ""}' for what, keys in
                            (('missing', missing), ('unexpected', unexpected), ('shape mismatch', wrong)) if keys)
+        if missing or unexpected:  # which top-level modules each side has: another architecture shows at a glance
+            held, expected = (sorted({k.split('.')[0] for k in keys}) for keys in (state, own))
+            detail += f'; the file holds {held}, {arch} expects {expected}'
         raise ValueError(f'{weights}: weights do not fit {arch} with bits {tuple(config["bits"])} ({detail})')
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -133,9 +133,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _dath(variant: str, bits: int, pretrained: bool, **kwargs: Any) -> DATH:
-    model_args = dict(attention=_VARIANTS[variant], bits=bits)
-    return _create_dath(f'{variant}_{bits}', pretrained=pretrained, **dict(model_args, **kwargs))
+def _dath(variant: str, name_bits: int, pretrained: bool, **kwargs: Any) -> DATH:
+    # ``bits=`` in kwargs (a checkpoint with other lengths) overrides the name's length
+    model_args = dict(attention=_VARIANTS[variant], bits=name_bits)
+    return _create_dath(f'{variant}_{name_bits}', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -1,0 +1,178 @@
+"""Publish a checkpoint folder to the Hugging Face Hub through huggingface_hub.
+
+The upload folder is built first, then uploaded as one commit: ``config.json`` (local paths in the
+training config reduced to their last component), ``model.safetensors`` (hard-linked where the
+filesystem allows) and ``README.md`` rendered from the config and metrics. Before anything is
+uploaded the folder is loaded back through timm's own ``local-dir:`` path, which is what
+``hf-hub:`` users will run. ``dry_run`` stops after building; nothing remote is touched.
+"""
+import json
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from huggingface_hub import HfApi, get_token
+
+from .cache import place_file
+from .card import render_card, strip_local_path, write_card
+from .checkpoint import load_checkpoint, read_checkpoint_config, replace_dir, resolve_checkpoint_dir
+
+__all__ = ['UploadPlan', 'MissingTokenError', 'PushError', 'build_upload_folder', 'push_checkpoint', 'check_repo_id']
+
+PathLike = Union[str, Path]
+UPLOAD_FILES = ('config.json', 'model.safetensors', 'README.md')
+
+
+class MissingTokenError(ValueError):
+    """No Hugging Face token: uploading cannot start (a ValueError, so CLIs print it as one line)."""
+
+
+class PushError(ValueError):
+    """The Hub refused or failed the upload; the message names the repository and the Hub's answer."""
+
+
+@dataclass
+class UploadPlan:
+    """What is (or would be) uploaded: the folder, its files with sizes, and where."""
+
+    repo_id: str
+    folder: Path
+    files: List[Tuple[str, int]]
+    private: bool = False
+    scrubbed: List[str] = field(default_factory=list)  # config keys whose local paths were shortened
+    commit_url: Optional[str] = None
+    kept: bool = True  # False: the folder was temporary and is gone
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+    @property
+    def url(self) -> str:
+        return f'https://huggingface.co/{self.repo_id}'
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``ORG/NAME`` as the Hub accepts it, or a ValueError saying what is wrong."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
+        raise ValueError(f'--repo-id {repo_id!r}: expected ORG/NAME, e.g. deephash-zoo/dath_alexnet_32.fmnist')
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f'--repo-id {repo_id!r}: {e}') from None
+    return repo_id
+
+
+def _scrubbed_config(config: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """config.json without local paths (training.out, data_root, init; list:/coco: dataset paths)."""
+    out = json.loads(json.dumps(config))
+    changed = []
+    if out.get('dataset') is not None and strip_local_path(out['dataset']) != out['dataset']:
+        out['dataset'] = strip_local_path(out['dataset'])
+        changed.append('dataset')
+    training = out.get('training') or {}
+    for key, value in list(training.items()):
+        if isinstance(value, str) and strip_local_path(value) != value:
+            training[key] = strip_local_path(value)
+            changed.append(f'training.{key}')
+    return out, changed
+
+
+def _verify_with_timm(folder: Path) -> None:
+    """Load the folder as users will (timm's ``local-dir:``), strictly; a failure names the folder."""
+    import timm
+
+    try:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    except Exception as e:  # noqa: BLE001  (whatever timm raises, the message names the folder)
+        first = str(e).strip().split('\n')[0]
+        raise ValueError(f'{folder}: timm cannot load this upload folder ({first})') from e
+
+
+def build_upload_folder(
+        checkpoint_dir: PathLike,
+        out_dir: PathLike,
+        repo_id: str,
+        metrics: Optional[PathLike] = None,
+        efficiency: Optional[PathLike] = None,
+        verify: bool = True,
+) -> UploadPlan:
+    """Write the folder that would be uploaded to ``repo_id`` at ``out_dir`` (atomically)."""
+    check_repo_id(repo_id)
+    ckpt = resolve_checkpoint_dir(checkpoint_dir)
+    config = read_checkpoint_config(ckpt)
+    if verify:
+        load_checkpoint(ckpt)  # our own checks first: their errors name the file and what was expected
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f'.{out_dir.name}.{uuid.uuid4().hex[:8]}'
+    tmp.mkdir()
+    try:
+        clean, scrubbed = _scrubbed_config(config)
+        (tmp / 'config.json').write_text(json.dumps(clean, indent=2) + '\n')
+        place_file(ckpt / 'model.safetensors', tmp / 'model.safetensors')
+        write_card(render_card(tmp, metrics=metrics, efficiency=efficiency, repo_id=repo_id), tmp / 'README.md')
+        if verify:
+            _verify_with_timm(tmp)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = [(name, (out_dir / name).stat().st_size) for name in UPLOAD_FILES]
+    return UploadPlan(repo_id=repo_id, folder=out_dir, files=files, scrubbed=scrubbed)
+
+
+def push_checkpoint(
+        checkpoint_dir: PathLike,
+        repo_id: str,
+        private: bool = False,
+        metrics: Optional[PathLike] = None,
+        efficiency: Optional[PathLike] = None,
+        dry_run: bool = False,
+        out_dir: Optional[PathLike] = None,
+        api: Optional[Any] = None,
+        token: Optional[str] = None,
+        commit_message: Optional[str] = None,
+) -> UploadPlan:
+    """Build the upload folder and (unless ``dry_run``) create ``repo_id`` and upload it as one commit.
+
+    The token (``token``, else ``huggingface_hub.get_token()``: ``HF_TOKEN`` or ``hf auth login``) is
+    checked before any work. ``api`` replaces ``HfApi(token=...)`` (tests pass a recording fake).
+    ``out_dir`` keeps the folder; without it the folder lives in a temporary directory, removed at the end.
+    """
+    check_repo_id(repo_id)
+    if not dry_run:
+        token = token or get_token()
+        if not token:
+            raise MissingTokenError('no Hugging Face token: set HF_TOKEN or run `hf auth login` '
+                                    '(--dry-run builds and lists the upload without one)')
+    scratch = None
+    if out_dir is None:
+        scratch = Path(tempfile.mkdtemp(prefix='deephash-push-'))
+        out_dir = scratch / repo_id.split('/')[1]
+    try:
+        plan = build_upload_folder(checkpoint_dir, out_dir, repo_id, metrics=metrics, efficiency=efficiency)
+        plan.private = private
+        if not dry_run:
+            client = api if api is not None else HfApi(token=token)
+            arch = read_checkpoint_config(plan.folder)['architecture']
+            try:
+                client.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
+                info = client.upload_folder(
+                    repo_id=repo_id, folder_path=str(plan.folder), repo_type='model',
+                    commit_message=commit_message or f'Upload {arch} checkpoint (deephash-zoo)',
+                )
+            except (OSError, ValueError) as e:  # huggingface_hub's HTTP errors are OSErrors
+                first = str(e).strip().split('\n')[0]
+                raise PushError(f'{repo_id}: upload failed ({type(e).__name__}: {first})') from e
+            plan.commit_url = getattr(info, 'commit_url', None) or (str(info) if info is not None else None)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    plan.kept = scratch is None
+    return plan

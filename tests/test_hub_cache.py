@@ -1,0 +1,114 @@
+"""``pretrained=True`` through timm's own Hub path, offline: a checkpoint seeded into a Hugging Face cache
+loads bit for bit by the model name, ``hf-hub:``, ``local-dir:`` and ``pretrained_cfg_overlay(file=...)``.
+
+huggingface_hub reads ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` once, when it is imported (its
+``constants`` module), and this process imported it long ago; so the loading runs in a fresh Python
+with the environment set, and nothing in timm or huggingface_hub is mocked.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import deephash_zoo  # noqa: F401  (registers the models)
+from deephash_zoo.hub.cache import repo_cache_folder, seed_hf_cache
+from deephash_zoo.hub.checkpoint import save_checkpoint
+
+REPO_ID = 'deephash-zoo/dath_n_16.fmnist'  # dath_n_16's hf_hub_id: what pretrained=True asks the Hub for
+ROOT = Path(__file__).resolve().parents[1]
+
+_LOADER = r'''
+import json, sys
+import timm, torch
+import deephash_zoo
+from deephash_zoo.hub.cache import create_pretrained
+
+ckpt, out = sys.argv[1], sys.argv[2]
+x = torch.load(out + '/x.pt', weights_only=True)
+names = {
+    'pretrained': lambda: timm.create_model('dath_n_16', pretrained=True),
+    'hf-hub': lambda: timm.create_model('hf-hub:deephash-zoo/dath_n_16.fmnist', pretrained=True),
+    'local-dir': lambda: timm.create_model('local-dir:' + ckpt, pretrained=True),
+    'file': lambda: timm.create_model('dath_n_16', pretrained=True,
+                                      pretrained_cfg_overlay=dict(file=ckpt + '/model.safetensors')),
+    'helper': lambda: create_pretrained('dath_n_16'),
+}
+codes = {}
+for key, make in names.items():
+    with torch.no_grad():
+        codes[key] = make().eval()(x)
+torch.save(codes, out + '/codes.pt')
+errors = {}
+for name in ('dath_n_32', 'hf-hub:nobody/not-a-repo'):
+    try:
+        create_pretrained(name)
+    except FileNotFoundError as e:
+        errors[name] = str(e)
+import huggingface_hub.constants as c
+json.dump(dict(errors=errors, offline=c.HF_HUB_OFFLINE, cache=c.HF_HUB_CACHE), open(out + '/report.json', 'w'))
+'''
+
+
+@pytest.fixture(scope='module')
+def seeded(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model('dath_n_16', num_labels=10).eval()
+    root = tmp_path_factory.mktemp('hub')
+    ckpt = save_checkpoint(model, root / 'checkpoint', dataset='fashion-mnist', training=dict(img_size=64))
+    cache = root / 'hf-cache'
+    snapshot = seed_hf_cache(ckpt, REPO_ID, cache)
+    return model, ckpt, cache, snapshot
+
+
+def test_cache_layout(seeded):
+    _, ckpt, cache, snapshot = seeded
+    repo = cache / 'models--deephash-zoo--dath_n_16.fmnist'
+    assert repo_cache_folder(REPO_ID, cache) == repo
+    rev = (repo / 'refs' / 'main').read_text()
+    assert len(rev) == 40 and snapshot == repo / 'snapshots' / rev
+    assert sorted(p.name for p in snapshot.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    for f in snapshot.iterdir():  # relative links into blobs/, as huggingface_hub writes them
+        assert f.is_symlink() and f.resolve().parent == (repo / 'blobs').resolve()
+        assert f.read_bytes() == (ckpt / f.name).read_bytes()
+    assert seed_hf_cache(ckpt, REPO_ID, cache) == snapshot  # same files, same revision
+    with pytest.raises(ValueError, match="repo id 'dath_n_16': expected ORG/NAME"):
+        seed_hf_cache(ckpt, 'dath_n_16', cache)
+
+
+def test_huggingface_hub_reads_its_environment_at_import(monkeypatch, tmp_path):
+    """Why the loading below runs in a subprocess: setting the variables now changes nothing."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path))
+    assert constants.HF_HUB_CACHE != str(tmp_path)
+
+
+def test_pretrained_loads_offline_through_timm(seeded, tmp_path):
+    model, ckpt, cache, _ = seeded
+    x = torch.randn(2, 3, 64, 64)
+    torch.save(x, tmp_path / 'x.pt')
+    with torch.no_grad():
+        expected = model(x)
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    env.pop('HF_TOKEN', None)
+    proc = subprocess.run([sys.executable, '-c', _LOADER, str(ckpt), str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / 'report.json').read_text())
+    assert report['offline'] is True and report['cache'] == str(cache)
+    codes = torch.load(tmp_path / 'codes.pt', weights_only=True)
+    assert sorted(codes) == ['file', 'helper', 'hf-hub', 'local-dir', 'pretrained']
+    for key, out in codes.items():
+        assert torch.equal(out, expected), key
+    # a repository that is not in the cache: one line naming it, the cache folder, and the way out
+    msg = report['errors']['dath_n_32']
+    assert msg.startswith('deephash-zoo/dath_n_32.fmnist: weights not found: offline (HF_HUB_OFFLINE=1)')
+    assert f'{cache}/models--deephash-zoo--dath_n_32.fmnist/snapshots/<rev>/model.safetensors' in msg
+    assert 'seed_hf_cache' in msg and 'local-dir:' in msg and '\n' not in msg
+    assert report['errors']['hf-hub:nobody/not-a-repo'].startswith('nobody/not-a-repo: weights not found')

@@ -1,0 +1,166 @@
+"""Model cards: rendered from config.json + metrics.json through hub_cards/TEMPLATE.md, parsed back with
+huggingface_hub, and every number traced to those files."""
+import json
+import re
+
+import numpy as np
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+
+import deephash_zoo  # noqa: F401  (registers the models)
+from deephash_zoo.cli._common import run_main
+from deephash_zoo.cli.card import main as card_main
+from deephash_zoo.hub.card import PAPERS, TEMPLATE_PATH, paper_for, render_card
+from deephash_zoo.hub.checkpoint import save_checkpoint, weights_sha256
+from deephash_zoo.retrieval.metrics import TIE_BREAK, evaluate
+
+BITS = (8, 16)
+
+
+def _metrics(ckpt, arch='dath_n_16', seed=0):
+    """A metrics.json in deephash-eval's schema, its numbers from evaluate() on random codes."""
+    rng = np.random.default_rng(seed)
+    ql, dl = rng.integers(0, 10, 30), rng.integers(0, 10, 90)
+    results = {}
+    for b in BITS:
+        q = rng.choice([-1, 1], size=(30, b)).astype(np.int8)
+        d = rng.choice([-1, 1], size=(90, b)).astype(np.int8)
+        results[str(b)] = evaluate(q, d, np.eye(10)[ql], np.eye(10)[dl], topk=None, ns=(10, 100, 500, 1000), bits=b)
+    sha = weights_sha256(ckpt / 'model.safetensors')
+    return dict(schema_version=1, model=arch, checkpoint=str(ckpt), weights_sha256=sha,
+                dataset='fashion-mnist', img_size=64, results=results, tie_break=TIE_BREAK, package_version='0.1.0',
+                protocol=dict(data='fashion-mnist', seed=0, num_queries=30, num_database=90, protocol_num_queries=1000,
+                              protocol_num_database=60000, query_subset=30, db_subset=90, map_topk='all', num_labels=10,
+                              multi_label=False))
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model('dath_n_16')
+    model.reset_classifier(sum(BITS), bits=BITS)
+    root = tmp_path_factory.mktemp('card')
+    path = save_checkpoint(model, root / 'checkpoint', dataset='fashion-mnist',
+                           training=dict(epochs=3, lr=1e-5, img_size=64, seed=0, data_root='/home/me/fmnist'))
+    report = _metrics(path)
+    (root / 'metrics.json').write_text(json.dumps(report, indent=2))
+    return path, root / 'metrics.json', report
+
+
+def test_card_round_trips_through_huggingface_hub(ckpt, tmp_path, capsys):
+    path, metrics, report = ckpt
+    out = tmp_path / 'hub_cards' / 'dath_n_16.fmnist.md'
+    assert run_main(card_main, ['--checkpoint', str(path), '--metrics', str(metrics), '--out', str(out)]) == 0
+    assert 'wrote' in capsys.readouterr().out
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # written atomically: no temporary left
+    card = ModelCard.load(out)
+    data = card.data
+    assert data.library_name == 'timm' and data.license == 'apache-2.0'
+    assert data.tags == ['image-retrieval', 'hashing', 'timm'] and data.pipeline_tag == 'image-feature-extraction'
+    assert data.datasets == ['zalando-datasets/fashion_mnist']
+    by_bits = {r.metric_config: r for r in data.eval_results}
+    assert sorted(by_bits) == ['16 bits', '8 bits']
+    for b in BITS:
+        r = by_bits[f'{b} bits']
+        assert r.metric_value == report['results'][str(b)]['map']  # exactly the JSON's number
+        assert (r.task_type, r.metric_type, r.metric_name) == ('image-retrieval', 'map', f'mAP@all ({b} bits)')
+        assert r.dataset_type == 'zalando-datasets/fashion_mnist' and r.dataset_split == 'test'
+    text = card.text
+    assert PAPERS['dath'].bibtex() in text and 'doi     = {10.3389/fnbot.2021.728161}' in text
+    assert "import deephash_zoo" in text and "timm.create_model('dath_n_16', pretrained=True)" in text
+    assert 'deephash-export --onnx --checkpoint dath_n_16.fmnist' in text
+    assert 'Not measured.' in text and '/home/me' not in text
+    # the results table: each cell is the JSON's value, formatted
+    rows = [line for line in text.splitlines() if re.match(r'\| (8|16) \|', line)]
+    assert len(rows) == 2
+    for line in rows:
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        r = report['results'][cells[0]]
+        want = [r['map'], r['p_at_n']['100'], r['p_at_n']['500'], r['p_at_n']['1000'], r['precision_radius2'],
+                r['recall_radius2']]
+        assert cells[1:] == [f'{v:.4f}' for v in want]
+    assert 'P@N with N above 90 counts the whole database' in text
+
+
+def _batch(ms, lo, hi, batch):
+    return dict(ms_per_image=ms, min=lo, max=hi, q25=ms, q75=ms, images_per_s=1000.0 / ms, repeats=3, batch=batch)
+
+
+def _bench_json(arch):
+    """deephash-export --bench's efficiency.json (schema_version 1), two models, one runtime that did not run."""
+    def model(name, ms):
+        return dict(model=name, bits=[16], params=1, weight_bytes=4, inputs='random', rows=[
+            dict(runtime='ONNX Runtime fp32', device='cpu', precision='fp32', status='ok', reason='',
+                 config=dict(threads=1), probes=[], batches={'1': _batch(ms, ms - 1, ms + 1, 1),
+                                                             '64': _batch(ms / 2, ms / 2 - 0.5, ms / 2 + 0.5, 64)},
+                 sign_agreement=0.99875, max_abs_diff=1e-6),
+            dict(runtime='ORT TensorRT fp16', device='cuda', precision='fp16', status='not run',
+                 reason='no CUDA device', config={}, probes=[], batches={}, sign_agreement=None, max_abs_diff=None)])
+    return dict(schema_version=1, command='deephash-export --bench --models x --out export', generated='2025-01-01',
+                machine=dict(cpu='AMD EPYC', cores=2, usable_cores=2, gpu='none (no CUDA device)', torch='2.14.1',
+                             onnxruntime='1.32.0'),
+                settings=dict(img_size=224, large_batch=64), wall_seconds=1.0,
+                models=[model(arch, 33.25), model('admth_cnnf_multi', 91.5)])
+
+
+def test_efficiency_row_absent_file_and_other_repo(ckpt, tmp_path):
+    path, metrics, _ = ckpt
+    eff = tmp_path / 'efficiency.json'
+    eff.write_text(json.dumps(_bench_json('dath_n_16')))
+    text = str(render_card(path, metrics, efficiency=eff))
+    assert '| ONNX Runtime fp32 | cpu | fp32 | 33.25 [32.25-34.25] | 16.62 [16.12-17.12] | 60.2 | 0.9988 |' in text
+    assert '| ORT TensorRT fp16 | cuda | fp16 | not run: no CUDA device |' in text
+    assert '91.50' not in text and 'AMD EPYC' in text and '224x224 input' in text
+    eff.write_text(json.dumps(_bench_json('dath_alexnet_16')))
+    assert 'efficiency.json` has no row for `dath_n_16`' in str(render_card(path, metrics, efficiency=eff))
+    eff.write_text(json.dumps({'rows': []}))
+    with pytest.raises(ValueError, match=r'efficiency\.json: expected deephash-export --bench output'):
+        render_card(path, metrics, efficiency=eff)
+    text = str(render_card(path, metrics, efficiency=tmp_path / 'missing.json'))
+    assert 'Not measured (`' in text and 'missing.json` does not exist yet)' in text
+    card = render_card(path, metrics, repo_id='someone/my-hash')
+    assert "timm.create_model('hf-hub:someone/my-hash', pretrained=True)" in card.text
+    assert card.data.to_dict()['model-index'][0]['name'] == 'my-hash'
+
+
+def test_card_without_metrics_has_no_model_index(ckpt):
+    path, _, _ = ckpt
+    card = render_card(path)
+    assert card.data.eval_results is None and 'model-index' not in str(card)
+    assert 'Not evaluated yet' in card.text
+
+
+def test_refuses_metrics_of_other_weights_or_models(ckpt, tmp_path, capsys):
+    path, _, report = ckpt
+    other = dict(report, weights_sha256='0' * 64)
+    with pytest.raises(ValueError, match=r'measured on weights sha256 000000000000\.\.\., but .*model\.safetensors '
+                                         r'has [0-9a-f]{12}\.\.\.; re-run deephash-eval'):
+        render_card(path, other)
+    with pytest.raises(ValueError, match=r"metrics of 'admth_cnnf_16', but .* holds 'dath_n_16'"):
+        render_card(path, dict(report, model='admth_cnnf_16'))
+    bad = tmp_path / 'm.json'
+    bad.write_text(json.dumps({'schema_version': 2}))
+    assert run_main(card_main, ['--checkpoint', str(path), '--metrics', str(bad), '--out', str(tmp_path / 'c.md')]) == 2
+    err = capsys.readouterr().err
+    assert 'm.json: expected deephash-eval metrics with schema_version 1, got 2' in err and err.count('\n') == 1
+    assert not (tmp_path / 'c.md').exists()
+    broken = dict(report, results={'16': {'map': 0.5}})
+    with pytest.raises(ValueError, match=r"results\['16'\] lacks \['p_at_n', 'precision_radius2'"):
+        bad.write_text(json.dumps(broken))
+        render_card(path, bad)
+
+
+def test_papers_and_template():
+    assert paper_for('dath_alexnet_32') is PAPERS['dath'] and paper_for('dmlh_cnnf_multi') is PAPERS['admth']
+    admth = PAPERS['admth'].bibtex()
+    assert admth.startswith('@article{wang2023admth,') and 'number  = {5}' in admth and 'pages   = {1226}' in admth
+    assert 'author  = {Wang, L. and Meng, Z. and Dong, F. and Yang, X. and Xi, X. and Nie, X.}' in admth
+    assert 'doi     = {10.3390/electronics12051226}' in admth
+    # no number typed into the template: outside Jinja expressions only definitions (the r<=2 metric, the code
+    # alphabet {-1, +1}, the HF_HUB_OFFLINE=1 switch); names such as int8 or sha256 are not numbers
+    literal = re.sub(r'{{.*?}}|{%.*?%}|{#.*?#}', '', TEMPLATE_PATH.read_text(), flags=re.S)
+    for definition in ('r<=2', '{-1, +1}', 'HF_HUB_OFFLINE=1'):
+        literal = literal.replace(definition, '')
+    assert re.findall(r'(?<![\w.])[-+]?\d+(?:\.\d+)?(?!\w)', literal) == []

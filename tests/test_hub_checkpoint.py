@@ -1,0 +1,166 @@
+"""Checkpoint folders: timm's Hub layout with a card, safetensors only, and one clear error per bad input."""
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import deephash_zoo  # noqa: F401  (registers the models)
+from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+
+PACKAGE = Path(deephash_zoo.__file__).parent
+IMG = 64
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    """A dath_n_16 checkpoint with DATH's label classifier (10 labels), and the model it came from."""
+    torch.manual_seed(0)
+    model = timm.create_model('dath_n_16', num_labels=10).eval()
+    path = save_checkpoint(model, tmp_path_factory.mktemp('ckpt') / 'checkpoint', dataset='fashion-mnist',
+                           training=dict(epochs=1, img_size=IMG, seed=0, lr=1e-5, out='/home/someone/runs/x'))
+    return path, model
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_layout_config_and_card(saved):
+    path, model = saved
+    assert sorted(p.name for p in path.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert not [p for p in path.parent.iterdir() if p.name.startswith('.')]  # no temporary sibling left
+    config = json.loads((path / 'config.json').read_text())
+    assert config['architecture'] == 'dath_n_16' and config['num_classes'] == 16
+    assert config['bits'] == [16] and config['num_labels'] == 10 and config['dataset'] == 'fashion-mnist'
+    assert config['training']['img_size'] == IMG
+    assert config['pretrained_cfg']['mean'] == list(model.pretrained_cfg['mean'])
+    assert config['model_args']['num_labels'] == 10
+    card = (path / 'README.md').read_text()
+    assert card.startswith('---\n') and 'library_name: timm' in card and 'model-index' not in card
+    assert (path / 'model.safetensors').stat().st_mode & 0o777 == (path / 'config.json').stat().st_mode & 0o777
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(load_checkpoint(path)(x), model(x))
+
+
+def test_admth_round_trip(tmp_path):
+    """ADMTH has no label classifier: loading must not hand it num_labels."""
+    torch.manual_seed(1)
+    model = timm.create_model('admth_cnnf_16').eval()
+    path = save_checkpoint(model, tmp_path / 'ckpt', dataset='mosaic', card=False)
+    assert sorted(p.name for p in path.iterdir()) == ['config.json', 'model.safetensors']
+    x = torch.randn(1, 3, IMG, IMG)
+    assert torch.equal(load_checkpoint(path)(x), model(x))
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_truncated_and_corrupt_weights(saved, tmp_path):
+    path, _ = saved
+    bad = _copy(path, tmp_path / 'truncated')
+    data = (bad / 'model.safetensors').read_bytes()
+    (bad / 'model.safetensors').write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r'truncated/model\.safetensors: corrupt or truncated safetensors'):
+        load_checkpoint(bad)
+    (bad / 'model.safetensors').write_bytes(b'\x00' * 64)
+    with pytest.raises(ValueError, match=r'model\.safetensors: corrupt or truncated'):
+        load_checkpoint(bad)
+
+
+def test_weights_of_another_architecture_or_length(saved, tmp_path):
+    path, _ = saved
+    other = save_checkpoint(timm.create_model('admth_cnnf_16'), tmp_path / 'admth', card=False)
+    wrong_arch = _copy(path, tmp_path / 'wrong_arch')
+    shutil.copyfile(other / 'model.safetensors', wrong_arch / 'model.safetensors')
+    with pytest.raises(ValueError, match=r"wrong_arch/model\.safetensors: weights do not fit dath_n_16 with bits "
+                                         r"\(16,\) \(missing: .*the file holds \['head', 'trunk'\], dath_n_16 "
+                                         r"expects \['aux_classifier', 'head', 'streams'\]"):
+        load_checkpoint(wrong_arch)
+    wrong_bits = _copy(path, tmp_path / 'wrong_bits')
+    config = json.loads((wrong_bits / 'config.json').read_text())
+    config.update(bits=[32], num_classes=32)
+    (wrong_bits / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r'weights do not fit dath_n_16 with bits \(32,\) \(shape mismatch: '
+                                         r"\['head\.hash\.fc\.0\.weight'"):
+        load_checkpoint(wrong_bits)
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda c: c.pop('bits'), r"missing keys \['bits'\]; expected \['architecture', 'num_classes', "),
+    (lambda c: c.pop('architecture'), r"missing keys \['architecture'\]"),
+    (lambda c: c.update(bits=[16, -8]), r'"bits" must be a non-empty list of positive code lengths'),
+    (lambda c: c.update(num_classes=12), r'"num_classes" 12 is not the sum of "bits" \[16\] \(16\)'),
+    (lambda c: c.update(architecture='dath_n_17'), r"\"architecture\" 'dath_n_17' is not a registered model"),
+    (lambda c: c.update(pretrained_cfg=None), r'"pretrained_cfg" must be an object'),
+])
+def test_config_errors_name_the_file(saved, tmp_path, edit, message):
+    path, _ = saved
+    folder = tmp_path / 'c'
+    folder.mkdir()
+    config = json.loads((path / 'config.json').read_text())
+    edit(config)
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r'c/config\.json: ' + message):
+        read_checkpoint_config(folder)
+
+
+def test_not_json_and_pickle_only_folders(saved, tmp_path):
+    path, _ = saved
+    folder = tmp_path / 'p'
+    folder.mkdir()
+    (folder / 'config.json').write_text('{"architecture": ')
+    with pytest.raises(ValueError, match=r'p/config\.json: not valid JSON'):
+        read_checkpoint_config(folder)
+    shutil.copyfile(path / 'config.json', folder / 'config.json')
+    (folder / 'pytorch_model.bin').write_bytes(b'not loaded')
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors: missing \(only safetensors weights are "
+                                                r"loaded\); found \['pytorch_model\.bin'\], which are pickle"):
+        load_checkpoint(folder)
+    with pytest.raises(FileNotFoundError, match='neither a checkpoint folder'):
+        load_checkpoint(tmp_path / 'nothing')
+
+
+# ------------------------------------------------------------------------------------------- no pickle
+_PICKLE_MODULES = {'pickle', 'cPickle', '_pickle', 'dill', 'joblib', 'cloudpickle', 'shelve', 'marshal'}
+
+
+def _pickle_uses(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (f'import {a.name}' for a in node.names if a.name.split('.')[0] in _PICKLE_MODULES)
+        elif isinstance(node, ast.ImportFrom) and (node.module or '').split('.')[0] in _PICKLE_MODULES:
+            yield f'from {node.module} import ...'
+        elif isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            kw = {k.arg: k.value for k in node.keywords}
+            if func in ('torch.load', 'load') or func.endswith('.torch.load'):
+                weights_only = kw.get('weights_only')
+                if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
+                    yield f'{ast.unparse(node)} (without weights_only=True)'
+            if func.split('.')[-1] in ('loads', 'load') and func.split('.')[0] in _PICKLE_MODULES:
+                yield ast.unparse(node)
+            allow = kw.get('allow_pickle')
+            if allow is not None and not (isinstance(allow, ast.Constant) and allow.value is False):
+                yield f'{ast.unparse(node)} (allow_pickle)'
+
+
+def test_no_pickle_anywhere_in_the_package():
+    """Weights are safetensors only: no module imports pickle, and torch.load always has weights_only=True."""
+    sources = sorted(PACKAGE.rglob('*.py'))
+    assert len(sources) > 20
+    found = []
+    for src in sources:
+        text = src.read_text()
+        found += [f'{src.relative_to(PACKAGE)}: {use}' for use in _pickle_uses(ast.parse(text))]
+        # and by plain text, for what the AST walk could miss (aliases, strings passed to exec)
+        for line_no, line in enumerate(text.splitlines(), 1):
+            code = line.split('#')[0]
+            if 'torch.load(' in code and 'weights_only=True' not in code and '``' not in code:
+                found.append(f'{src.relative_to(PACKAGE)}:{line_no}: {line.strip()}')
+    assert not found, found
+    probe = ast.parse('import pickle\nx = torch.load(p)\ny = np.load(p, allow_pickle=True)')  # the checker works
+    assert list(_pickle_uses(probe)) == ['import pickle', 'torch.load(p) (without weights_only=True)',
+                                         'np.load(p, allow_pickle=True) (allow_pickle)']

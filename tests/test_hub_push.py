@@ -1,0 +1,139 @@
+"""deephash-push: the upload folder, the dry run, the token check, and the upload itself through a recording
+stand-in for ``huggingface_hub.HfApi`` (the only thing replaced: the network boundary)."""
+import json
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard, constants
+
+import deephash_zoo  # noqa: F401  (registers the models)
+from deephash_zoo.cli._common import run_main
+from deephash_zoo.cli.push import main as push_main
+from deephash_zoo.hub import push as push_module
+from deephash_zoo.hub.checkpoint import load_checkpoint, save_checkpoint, weights_sha256
+from tests.test_hub_card import _metrics
+
+REPO = 'someone/dath_n_16.fmnist'
+
+
+class RecordingApi:
+    """Stands in for HfApi: records what would go to the Hub, and what the folder held at upload time."""
+
+    instances: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+        self.calls = []
+        RecordingApi.instances.append(self)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(('create_repo', repo_id, kwargs))
+        return f'https://huggingface.co/{repo_id}'
+
+    def upload_folder(self, **kwargs):
+        from pathlib import Path
+
+        folder = Path(kwargs['folder_path'])
+        self.uploaded = {p.name: p.read_bytes() for p in folder.iterdir()}
+        self.calls.append(('upload_folder', kwargs['repo_id'], kwargs))
+
+        class Info:
+            commit_url = f'https://huggingface.co/{kwargs["repo_id"]}/commit/abc123'
+        return Info()
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model('dath_n_16', num_labels=10).eval()
+    root = tmp_path_factory.mktemp('push')
+    path = save_checkpoint(model, root / 'checkpoint', dataset='fashion-mnist',
+                           training=dict(epochs=1, img_size=64, seed=0, out='/home/me/runs/x', data_root=None))
+    report = _metrics(path)
+    report['results'] = {'16': report['results']['16']}
+    (root / 'metrics.json').write_text(json.dumps(report))
+    return path, root / 'metrics.json', report
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path):
+    for var in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_OIDC_RESOURCE'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'no-token'))
+
+
+def test_dry_run_builds_and_lists(ckpt, tmp_path, no_token, capsys, monkeypatch):
+    path, metrics, report = ckpt
+    monkeypatch.setattr(push_module, 'HfApi', RecordingApi)
+    RecordingApi.instances.clear()
+    out = tmp_path / 'upload'
+    assert run_main(push_main, ['--checkpoint', str(path), '--repo-id', REPO, '--dry-run', '--metrics', str(metrics),
+                                '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert RecordingApi.instances == []  # nothing remote, and no token needed
+    assert f'would upload to https://huggingface.co/{REPO}' in printed
+    for name in ('config.json', 'model.safetensors', 'README.md'):
+        assert name in printed
+    assert '228.3 MB' in printed and 'training.out' in printed and f'upload folder: {out}' in printed
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((out / 'config.json').read_text())
+    assert config['training']['out'] == 'x'  # no local path leaves the machine
+    assert weights_sha256(out / 'model.safetensors') == report['weights_sha256']
+    card = ModelCard.load(out / 'README.md')
+    assert card.data.eval_results[0].metric_value == report['results']['16']['map']
+    assert f"timm.create_model('hf-hub:{REPO}', pretrained=True)" in card.text
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(load_checkpoint(out)(x), load_checkpoint(path)(x))
+
+
+def test_without_token_one_line_before_any_work(tmp_path, no_token, capsys, monkeypatch):
+    monkeypatch.setattr(push_module, 'HfApi', RecordingApi)
+    RecordingApi.instances.clear()
+    code = run_main(push_main, ['--checkpoint', str(tmp_path / 'does-not-exist'), '--repo-id', REPO,
+                                '--out', str(tmp_path / 'upload')])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1, err
+    assert err.startswith('error: no Hugging Face token: set HF_TOKEN or run `hf auth login`')
+    assert RecordingApi.instances == [] and not (tmp_path / 'upload').exists()
+
+
+def test_upload_goes_through_hfapi(ckpt, tmp_path, monkeypatch, capsys):
+    path, metrics, _ = ckpt
+    monkeypatch.setenv('HF_TOKEN', 'hf_test_token')
+    monkeypatch.setattr(push_module, 'HfApi', RecordingApi)
+    RecordingApi.instances.clear()
+    assert run_main(push_main, ['--checkpoint', str(path.parent), '--repo-id', REPO, '--private',
+                                '--metrics', str(metrics)]) == 0
+    printed = capsys.readouterr().out
+    (api,) = RecordingApi.instances
+    assert api.token == 'hf_test_token'
+    (create, upload) = api.calls
+    assert create == ('create_repo', REPO, dict(private=True, exist_ok=True, repo_type='model'))
+    assert upload[0] == 'upload_folder' and upload[1] == REPO and upload[2]['repo_type'] == 'model'
+    assert sorted(api.uploaded) == ['README.md', 'config.json', 'model.safetensors']
+    assert api.uploaded['model.safetensors'] == (path / 'model.safetensors').read_bytes()
+    assert 'commit: https://huggingface.co/someone/dath_n_16.fmnist/commit/abc123' in printed
+    assert 'temporary (removed)' in printed
+
+
+def test_library_call_and_refusals(ckpt, tmp_path):
+    path, _, _ = ckpt
+
+    class FailingApi(RecordingApi):
+        def upload_folder(self, **kwargs):
+            raise OSError('403 Forbidden: you cannot write to someone')
+
+    api = FailingApi()
+    with pytest.raises(push_module.PushError, match=r'someone/dath_n_16\.fmnist: upload failed \(OSError: 403'):
+        push_module.push_checkpoint(path, REPO, api=api, token='t', out_dir=tmp_path / 'u')
+    assert api.calls[0][0] == 'create_repo'
+    with pytest.raises(ValueError, match="--repo-id 'dath_n_16': expected ORG/NAME"):
+        push_module.push_checkpoint(path, 'dath_n_16', dry_run=True)
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'config.json').write_text((path / 'config.json').read_text())
+    (broken / 'model.safetensors').write_bytes(b'\x01' * 100)
+    with pytest.raises(ValueError, match=r'broken/model\.safetensors: corrupt or truncated'):
+        push_module.push_checkpoint(broken, REPO, dry_run=True, out_dir=tmp_path / 'u2')
+    assert not (tmp_path / 'u2').exists()
