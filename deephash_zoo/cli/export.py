@@ -1,0 +1,103 @@
+"""``deephash-export``: verified ONNX / int8 / TensorRT exports of a hash model, or the efficiency table.
+
+  deephash-export --onnx --model dath_alexnet_32 --out export/            # random weights (seeded)
+  deephash-export --onnx --int8 --checkpoint runs/x --out export/         # a trained checkpoint
+  deephash-export --bench --models dath_alexnet_32,admth_cnnf_multi --out export/
+
+Every graph is compared with PyTorch (max abs difference, share of agreeing sign bits) and refused
+below the thresholds of deephash_zoo.export.verify; a refused export writes nothing.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ._common import UserError, run_main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='deephash-export', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group('what to do (at least one)')
+    what.add_argument('--onnx', action='store_true', help='export the fp32 ONNX graph (implied by --int8/--tensorrt)')
+    what.add_argument('--int8', action='store_true', help='also write an int8 graph (onnxruntime quantisation)')
+    what.add_argument('--tensorrt', action='store_true', help='also build a TensorRT engine (onnxruntime-gpu)')
+    what.add_argument('--bench', action='store_true', help='measure runtimes, write efficiency.{md,json,png}')
+    p.add_argument('--model', default=None, help='registered model name (random weights unless --checkpoint)')
+    p.add_argument('--checkpoint', type=Path, default=None, help='checkpoint folder or training run folder')
+    p.add_argument('--pretrained', action='store_true', help="the model's published weights (Hub or cache)")
+    p.add_argument('--seed', type=int, default=0, help='seed of random weights (default: %(default)s)')
+    p.add_argument('--out', type=Path, default=Path('export'), help='output folder (default: %(default)s)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help="input size (default: the checkpoint's training size, else the model's 224)")
+    p.add_argument('--sign-output', action='store_true', help='add int8 {-1,+1} sign outputs (signs / signs_<bits>)')
+    p.add_argument('--int8-mode', choices=('static', 'dynamic'), default='static',
+                   help='static: calibrated on Fashion-MNIST training images (default); dynamic: weights only')
+    p.add_argument('--fp16', action='store_true', help='TensorRT engine in fp16')
+    p.add_argument('--verify-images', type=int, default=32, help='Fashion-MNIST test images in the verification')
+    p.add_argument('--fmnist-dir', type=Path, default=None, help='folder of the Fashion-MNIST idx files')
+    bench = p.add_argument_group('--bench')
+    bench.add_argument('--models', default='dath_alexnet_32,admth_cnnf_multi', help='comma-separated model names')
+    bench.add_argument('--repeats', type=int, default=10, help='timed runs at batch 1 (default: %(default)s)')
+    bench.add_argument('--repeats-large', type=int, default=3, help='timed runs at the large batch (default: 3)')
+    bench.add_argument('--large-batch', type=int, default=64, help='the large batch size (default: %(default)s)')
+    bench.add_argument('--threads', type=int, default=None, help='fix the intra-op thread count (default: tuned)')
+    bench.add_argument('--no-compile', action='store_true', help='skip the torch.compile rows')
+    return p
+
+
+def _export(args: argparse.Namespace) -> int:
+    from deephash_zoo.export import check_requirements, export_verified, load_model_source, prepare_out_dir
+
+    int8 = args.int8_mode if args.int8 else None
+    check_requirements(int8, args.tensorrt)  # before building a model: missing packages fail in a second
+    prepare_out_dir(args.out)
+    source = load_model_source(args.model, args.checkpoint, args.img_size, args.pretrained, args.seed)
+    print(f'{source.name}: codes {list(source.bits)}, input {source.img_size}x{source.img_size}, '
+          f'weights sha256 {source.weights_sha256[:16]}... ({source.weights_of})', flush=True)
+    result = export_verified(source, args.out, sign_output=args.sign_output, int8=int8, tensorrt=args.tensorrt,
+                             fp16=args.fp16, num_real=args.verify_images, fmnist_root=args.fmnist_dir,
+                             progress=lambda msg: print(f'  {msg}', flush=True))
+    for name, report in result.reports.items():
+        inputs = ', '.join(f'{k} {v["sign_agreement"]:.4f}' for k, v in report['inputs'].items())
+        print(f'{name}: max abs diff {report["max_abs_diff"]:.2e}, sign agreement {report["sign_agreement"]:.4f} '
+              f'({report["bits_compared"]} bits; {inputs}); threshold >= {report["thresholds"]["min_sign_agreement"]}'
+              f' -> verified')
+    print('wrote ' + ', '.join(str(f) for f in result.files))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from deephash_zoo.export.bench import BenchSettings, run_bench
+
+    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "no CUDA runtime" on CPU hosts
+    models = [m.strip() for m in args.models.split(',') if m.strip()]
+    if not models:
+        raise UserError('--models is empty')
+    settings = BenchSettings(img_size=args.img_size or 224, repeats=args.repeats, repeats_large=args.repeats_large,
+                             large_batch=args.large_batch, threads=args.threads, compile=not args.no_compile,
+                             fmnist_root=args.fmnist_dir)
+    result = run_bench(models, settings, args.out, progress=lambda msg: print(f'  {msg}', flush=True))
+    print(result['markdown'])
+    print('wrote ' + ', '.join(result['files']))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if not (args.onnx or args.int8 or args.tensorrt or args.bench):
+        raise UserError('nothing to do: pass --onnx (and --int8 / --tensorrt) or --bench')
+    if args.verify_images < 1:
+        raise UserError(f'--verify-images must be positive, got {args.verify_images}')
+    if args.bench and (args.onnx or args.int8 or args.tensorrt):
+        raise UserError('--bench measures models by name; run the export (--onnx ...) as a separate command')
+    return _bench(args) if args.bench else _export(args)
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == '__main__':
+    cli()

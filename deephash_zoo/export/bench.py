@@ -1,0 +1,563 @@
+"""The efficiency table: ms per image at batch 1 and a large batch, per runtime, all in one process.
+
+Runtimes (a row each; one that cannot run says why instead of vanishing): PyTorch eager, as shipped
+and with oneDNN off (see below); torch.compile (inductor with ``freezing``, which pre-packs weights as
+ORT does; plain inductor measured 383 ms against eager's 420 ms on dath_alexnet_32, as it keeps the
+per-call weight re-layout); ONNX Runtime fp32, int8 dynamic and int8 static (see :mod:`.quantize`); and
+with a CUDA device PyTorch fp32 and fp16 autocast, ORT CUDA and ORT TensorRT fp32/fp16.
+
+How it measures, and why:
+* Inputs are Fashion-MNIST test images through the model's transform (random normalised images when
+  the files are absent): batch 1 is the first image, the large batch the first N. Weights are random
+  (seed 0): time does not depend on them. ms/image = wall time of one call / batch size, preprocessing
+  excluded (the DATH paper's Table 5 measure).
+* Each runtime gets warm-up calls, then timed calls; the table shows the median and the min-max range
+  (the JSON also has the quartiles). Defaults: batch 1: 2 warm-up + 10 timed; batch 64: 1 + 3, so the two
+  models of ``export/efficiency.md`` at 224x224 take about 5 minutes on 2 cores (compiles included).
+* Tuning: unless ``threads`` is fixed, each CPU runtime is probed at batch 1 with 1 thread and with all
+  usable cores and runs with the faster (on a shared 2-core machine one thread often wins: OpenMP and
+  ORT's spinning threads wait on a core another process holds). ORT fp32 also probes graph optimisation
+  level (basic / extended / all) and IO binding; int8 graphs run at level all (QDQ fusion needs it).
+  Every probe is recorded in the JSON.
+* Sign agreement and max abs difference of each row's batch outputs against eager's are reported: a
+  fast row that changes the codes is not a speed-up.
+
+Why eager is slow on CPU at batch 1, measured (dath_n_16, 224x224, 1 thread): 138 ms a call, of which
+127 ms is fc6, the 6x6 convolution over the 6x6 conv5 map, because oneDNN converts its 151 MB weight to
+its blocked layout on every call; with ``torch.backends.mkldnn`` off the same model takes 33 ms. ORT,
+``torch.compile`` with freezing and TensorRT convert weights once. At batch 1 the "oneDNN off" row is
+the fair eager baseline (at batch 64 oneDNN wins: the re-layout is paid once per batch); the ratios
+against both are in the table.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import timm
+import torch
+
+import deephash_zoo
+
+from .onnx_export import INPUT_NAME, ModelSource, export_onnx, require, state_sha256
+from .quantize import quantize_int8
+from .tensorrt import GPU_INSTALL, TRT_PROVIDER, tensorrt_session
+from .verify import create_session, fashion_mnist_batch
+
+__all__ = ['BenchSettings', 'machine_info', 'bench_model', 'run_bench', 'render_markdown', 'plot_png']
+
+SCHEMA_VERSION = 1
+EAGER_NO_MKLDNN = 'PyTorch eager, oneDNN off'
+Progress = Optional[Callable[[str], None]]
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class BenchSettings:
+    """What to measure and how often (defaults: the repository's ``export/efficiency.*``)."""
+
+    img_size: int = 224
+    repeats: int = 10
+    repeats_large: int = 3
+    warmup: int = 2
+    warmup_large: int = 1
+    large_batch: int = 64
+    threads: Optional[int] = None  # None: probe 1 and all usable cores per runtime
+    compile: bool = True
+    probe_repeats: int = 3
+    calibration_images: int = 64
+    fmnist_root: Optional[Union[str, Path]] = None
+
+    def command(self, models: List[str], out: Union[str, Path]) -> str:
+        """The command line that regenerates the table with these settings."""
+        cmd = (f'deephash-export --bench --models {",".join(models)} --img-size {self.img_size} '
+               f'--repeats {self.repeats} --repeats-large {self.repeats_large} --large-batch {self.large_batch}')
+        cmd += f' --threads {self.threads}' if self.threads else ''
+        cmd += '' if self.compile else ' --no-compile'
+        return cmd + f' --out {out}'
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_info() -> Dict[str, Any]:
+    """CPU, cores, GPU, library versions and load: the header of the table."""
+    ort = require('onnxruntime')
+    onnx = require('onnx')
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (no CUDA device)'
+    try:
+        load = Path('/proc/loadavg').read_text().split()[:3]
+    except OSError:
+        load = []
+    return dict(cpu=_cpu_model(), cores=os.cpu_count(), usable_cores=_usable_cores(), gpu=gpu,
+                python=platform.python_version(), torch=torch.__version__, onnxruntime=ort.__version__,
+                onnx=onnx.__version__, timm=timm.__version__, numpy=np.__version__,
+                deephash_zoo=deephash_zoo.__version__, ort_providers=ort.get_available_providers(),
+                load_average_start=load)
+
+
+def _stats(seconds: List[float], batch: int) -> Dict[str, Any]:
+    ms = np.array(seconds) * 1000.0 / batch
+    median = float(np.median(ms))
+    return dict(ms_per_image=median, min=float(ms.min()), max=float(ms.max()), q25=float(np.percentile(ms, 25)),
+                q75=float(np.percentile(ms, 75)), images_per_s=1000.0 / median, repeats=len(ms), batch=batch)
+
+
+def _time(run: Runner, x: np.ndarray, warmup: int, repeats: int) -> Tuple[Dict[str, Any], np.ndarray]:
+    out = None
+    for _ in range(warmup):
+        out = run(x)
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = run(x)
+        seconds.append(time.perf_counter() - t0)
+    return _stats(seconds, len(x)), np.asarray(out)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    return f'{type(e).__name__}: {text}'[:200]
+
+
+# ------------------------------------------------------------------------------------------------ runners
+@contextlib.contextmanager
+def _onednn(enabled: bool) -> Iterator[None]:
+    """Switch oneDNN convolutions for the duration (``mkldnn.flags`` would also touch TF32 and warn)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _torch_runner(model: torch.nn.Module, device: str = 'cpu', fp16: bool = False, mkldnn: bool = True) -> Runner:
+    def run(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).to(device)
+        with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16, enabled=fp16), _onednn(mkldnn):
+            y = model(t)
+        if device != 'cpu':
+            torch.cuda.synchronize()
+        return y.float().cpu().numpy()
+    return run
+
+
+def _compiled_runner(model: torch.nn.Module) -> Runner:
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model, dynamic=False)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with inductor_config.patch(freezing=True), torch.inference_mode():
+            return compiled(torch.from_numpy(x)).numpy()
+    return run
+
+
+def _ort_runner(session, io_binding: bool = False) -> Runner:
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if io_binding:
+            binding = session.io_binding()
+            binding.bind_cpu_input(INPUT_NAME, x)
+            for name in outputs:
+                binding.bind_output(name)
+            session.run_with_iobinding(binding)
+            res = binding.copy_outputs_to_cpu()
+        else:
+            res = session.run(None, {INPUT_NAME: x})
+        return np.concatenate(res, axis=1)
+    return run
+
+
+@dataclass
+class _Row:
+    runtime: str
+    device: str
+    precision: str
+    status: str = 'ok'  # ok | failed | not run
+    reason: str = ''
+    config: Dict[str, Any] = field(default_factory=dict)
+    probes: List[Dict[str, Any]] = field(default_factory=list)
+    batches: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    sign_agreement: Optional[float] = None
+    max_abs_diff: Optional[float] = None
+
+
+class _ModelBench:
+    """One model's rows: shared inputs, the eager reference, temporary graphs."""
+
+    def __init__(self, name: str, settings: BenchSettings, workdir: Path, say: Callable[[str], None]) -> None:
+        self.name, self.s, self.workdir, self.say = name, settings, workdir, say
+        torch.manual_seed(0)
+        self.model = timm.create_model(name).eval()
+        size = settings.img_size
+        try:
+            self.inputs_from = f'Fashion-MNIST test images 0..{settings.large_batch - 1}'
+            self.large = fashion_mnist_batch(self.model, size, 'test', 0, settings.large_batch, settings.fmnist_root)
+        except FileNotFoundError:
+            self.inputs_from = 'random normalised images (Fashion-MNIST not found)'
+            chans = int(getattr(self.model, 'in_chans', 3))
+            self.large = np.random.default_rng(0).standard_normal((settings.large_batch, chans, size, size),
+                                                                  dtype=np.float32)
+        self.one = np.ascontiguousarray(self.large[:1])
+        self.reference: Optional[np.ndarray] = None
+        self.graphs: Dict[str, Path] = {}
+        self.thread_options = [settings.threads] if settings.threads else sorted({1, _usable_cores()})
+
+    # -- measurement of one runtime: probe configurations at batch 1, then time the best at both batches
+    def measure(self, row: _Row, configs: List[Dict[str, Any]], make: Callable[[Dict[str, Any]], Runner]) -> _Row:
+        self.say(f'{self.name}: {row.runtime}')
+        try:
+            best, best_ms, run = None, float('inf'), None
+            for config in configs:
+                candidate = make(config)
+                ms = _time(candidate, self.one, 1, self.s.probe_repeats)[0]['ms_per_image']
+                row.probes.append(dict(config, ms_per_image=ms))
+                if ms < best_ms:
+                    best, best_ms, run = config, ms, candidate
+                del candidate
+            row.config = dict(best or {})
+            self._apply_threads(row.config)
+            row.batches['1'], _ = _time(run, self.one, self.s.warmup, self.s.repeats)
+            row.batches[str(self.s.large_batch)], out = _time(run, self.large, self.s.warmup_large,
+                                                              self.s.repeats_large)
+            if self.reference is None:
+                self.reference = out
+            else:
+                row.sign_agreement = float(((out >= 0) == (self.reference >= 0)).mean())
+                row.max_abs_diff = float(np.abs(out - self.reference).max())
+        except Exception as e:  # a runtime that breaks is a row that says why, not a crashed table
+            row.status, row.reason = 'failed', _reason(e)
+        finally:
+            run = None
+            gc.collect()
+        return row
+
+    @staticmethod
+    def _apply_threads(config: Dict[str, Any]) -> None:
+        if config.get('threads') and config.get('torch_threads', True):
+            torch.set_num_threads(int(config['threads']))
+
+    def _torch_make(self, build: Callable[[], Runner]) -> Callable[[Dict[str, Any]], Runner]:
+        cache: Dict[str, Runner] = {}
+
+        def make(config: Dict[str, Any]) -> Runner:
+            torch.set_num_threads(int(config['threads']))
+            if 'run' not in cache:
+                cache['run'] = build()
+            return cache['run']
+        return make
+
+    def _ort_make(self, graph: str) -> Callable[[Dict[str, Any]], Runner]:
+        state: Dict[str, Any] = {}  # one session per (threads, level): IO binding variants share it
+
+        def make(config: Dict[str, Any]) -> Runner:
+            key = (config['threads'], config['opt_level'])
+            if state.get('key') != key:
+                state.clear()
+                state.update(key=key, session=create_session(self.graphs[graph], threads=config['threads'],
+                                                             opt_level=config['opt_level']))
+            return _ort_runner(state['session'], config['io_binding'])
+        return make
+
+    # -- the rows
+    def rows(self) -> List[_Row]:
+        s, threads = self.s, self.thread_options
+        rows = [self.measure(_Row('PyTorch eager', 'cpu', 'fp32'), [{'threads': t} for t in threads],
+                             self._torch_make(lambda: _torch_runner(self.model))),
+                self.measure(_Row(EAGER_NO_MKLDNN, 'cpu', 'fp32'), [{'threads': t} for t in threads],
+                             self._torch_make(lambda: _torch_runner(self.model, mkldnn=False)))]
+        if s.compile:
+            rows.append(self.measure(_Row('torch.compile (inductor, freezing)', 'cpu', 'fp32'),
+                                     [{'threads': t} for t in threads],
+                                     self._torch_make(lambda: _compiled_runner(self.model))))
+            torch._dynamo.reset()
+        else:
+            rows.append(_Row('torch.compile (inductor, freezing)', 'cpu', 'fp32', 'not run', 'skipped (--no-compile)'))
+        rows += self._onnx_rows()
+        rows += self._gpu_rows()
+        return rows
+
+    def _export_graphs(self) -> None:
+        source = ModelSource(self.model, self.name, self.s.img_size, state_sha256(self.model), 'random (seed 0)')
+        self.say(f'{self.name}: exporting fp32, quantising int8 (dynamic, static)')
+        self.graphs['fp32'] = export_onnx(source, self.workdir / f'{self.name}.onnx')
+        self.graphs['int8-dynamic'] = quantize_int8(self.graphs['fp32'], self.workdir / f'{self.name}.int8d.onnx',
+                                                    'dynamic')
+        calibration = (fashion_mnist_batch(self.model, self.s.img_size, 'train', 0, self.s.calibration_images,
+                                           self.s.fmnist_root) if self.inputs_from.startswith('Fashion') else
+                       self.large[:self.s.calibration_images])
+        self.graphs['int8-static'] = quantize_int8(self.graphs['fp32'], self.workdir / f'{self.name}.int8s.onnx',
+                                                   'static', calibration)
+
+    def _onnx_rows(self) -> List[_Row]:
+        labels = [('ONNX Runtime fp32', 'fp32'), ('ONNX Runtime int8 dynamic', 'int8-dynamic'),
+                  ('ONNX Runtime int8 static (QDQ)', 'int8-static')]
+        try:
+            self._export_graphs()
+        except Exception as e:
+            return [_Row(label, 'cpu', prec, 'failed', f'export: {_reason(e)}') for label, prec in labels]
+        rows = []
+        for label, prec in labels:
+            levels = ('basic', 'extended', 'all') if prec == 'fp32' else ('all',)
+            bindings = (False, True) if prec == 'fp32' else (False,)
+            configs = [dict(threads=t, opt_level=lvl, io_binding=io, torch_threads=False)
+                       for t in self.thread_options for lvl in levels for io in bindings]
+            rows.append(self.measure(_Row(label, 'cpu', prec), configs, self._ort_make(prec)))
+        return rows
+
+    def _gpu_rows(self) -> List[_Row]:
+        ort = require('onnxruntime')
+        providers = ort.get_available_providers()
+        specs = [('PyTorch CUDA', 'fp32'), ('PyTorch CUDA autocast', 'fp16'), ('ONNX Runtime CUDA', 'fp32'),
+                 ('ONNX Runtime TensorRT', 'fp32'), ('ONNX Runtime TensorRT', 'fp16')]
+        if not torch.cuda.is_available():
+            return [_Row(r, 'cuda', p, 'not run', 'no CUDA device') for r, p in specs]
+        shape = tuple(self.one.shape[1:])
+        makers: List[Callable[[Dict[str, Any]], Runner]] = [
+            lambda _c: _torch_runner(self.model, 'cuda'),
+            lambda _c: _torch_runner(self.model, 'cuda', fp16=True),
+            lambda _c: _ort_runner(create_session(self.graphs['fp32'],
+                                                  providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])),
+            lambda _c: _ort_runner(tensorrt_session(self.graphs['fp32'], self.workdir / 'trt-fp32', False, shape,
+                                                    self.s.large_batch)),
+            lambda _c: _ort_runner(tensorrt_session(self.graphs['fp32'], self.workdir / 'trt-fp16', True, shape,
+                                                    self.s.large_batch)),
+        ]
+        missing = {2: 'CUDAExecutionProvider', 3: TRT_PROVIDER, 4: TRT_PROVIDER}
+        rows = []
+        self.model.to('cuda')
+        try:
+            for i, ((runtime, prec), make) in enumerate(zip(specs, makers, strict=True)):
+                if i in missing and 'fp32' not in self.graphs:
+                    rows.append(_Row(runtime, 'cuda', prec, 'not run', 'no ONNX graph (export failed)'))
+                elif i in missing and missing[i] not in providers:
+                    rows.append(_Row(runtime, 'cuda', prec, 'not run',
+                                     f'onnxruntime has no {missing[i]} ({GPU_INSTALL})'))
+                else:
+                    rows.append(self.measure(_Row(runtime, 'cuda', prec), [{}], make))
+        finally:
+            self.model.to('cpu')
+            torch.cuda.empty_cache()
+        return rows
+
+
+def bench_model(name: str, settings: BenchSettings, progress: Progress = None) -> Dict[str, Any]:
+    """Every runtime's row for one model (temporary graphs are deleted afterwards)."""
+    say = progress or (lambda _m: None)
+    threads_before = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory(prefix='deephash-bench-') as tmp:
+            bench = _ModelBench(name, settings, Path(tmp), say)
+            rows = bench.rows()
+            model = bench.model
+            weight_bytes = int(sum(p.numel() * p.element_size() for p in model.parameters()))
+            result = dict(model=name, bits=list(model.bits), params=int(sum(p.numel() for p in model.parameters())),
+                          weight_bytes=weight_bytes, inputs=bench.inputs_from, rows=[asdict(r) for r in rows])
+            del bench, model
+            gc.collect()
+    finally:
+        torch.set_num_threads(threads_before)
+    return result
+
+
+def run_bench(models: List[str], settings: BenchSettings, out_dir: Union[str, Path],
+              progress: Progress = None) -> Dict[str, Any]:
+    """Measure ``models`` and write ``efficiency.md``, ``efficiency.json`` and ``efficiency.png`` to ``out_dir``."""
+    from .pipeline import prepare_out_dir
+
+    unknown = [m for m in models if not timm.is_model(m)]
+    if unknown:
+        raise ValueError(f'Unknown model ({", ".join(unknown)}); list them with `python -c "import deephash_zoo; '
+                         f'print(deephash_zoo.list_hash_models())"`')
+    out = prepare_out_dir(out_dir)
+    started = time.perf_counter()
+    data: Dict[str, Any] = dict(schema_version=SCHEMA_VERSION, command=settings.command(models, out_dir),
+                                generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                                machine=machine_info(), settings={k: str(v) if isinstance(v, Path) else v
+                                                                  for k, v in asdict(settings).items()},
+                                models=[bench_model(m, settings, progress) for m in models])
+    data['wall_seconds'] = round(time.perf_counter() - started, 1)
+    try:
+        data['machine']['load_average_end'] = Path('/proc/loadavg').read_text().split()[:3]
+    except OSError:
+        pass
+    markdown = render_markdown(data)
+    files = []
+    for name, write in (('efficiency.json', lambda p: p.write_text(json.dumps(data, indent=2) + '\n')),
+                        ('efficiency.md', lambda p: p.write_text(markdown)),
+                        ('efficiency.png', lambda p: plot_png(data, p))):
+        final = out / name
+        tmp = out / f'.{name}.tmp'
+        try:
+            write(tmp)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        files.append(str(final))
+    return dict(data=data, markdown=markdown, files=files)
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _cell(b: Optional[Dict[str, Any]]) -> str:
+    if not b:
+        return ''
+    return f'{b["ms_per_image"]:.2f} [{b["min"]:.2f}-{b["max"]:.2f}]'
+
+
+def _speedup(row: Dict[str, Any], eager: Optional[Dict[str, Any]], batch: str) -> str:
+    if not eager or row['status'] != 'ok' or eager['status'] != 'ok' or batch not in row['batches']:
+        return ''
+    return f'{eager["batches"][batch]["ms_per_image"] / row["batches"][batch]["ms_per_image"]:.2f}x'
+
+
+def _config(row: Dict[str, Any]) -> str:
+    c = row['config']
+    parts = [f'{c["threads"]} thr'] if c.get('threads') else []
+    if 'opt_level' in c:
+        parts.append(f'opt {c["opt_level"]}' + (', IO binding' if c.get('io_binding') else ''))
+    return ', '.join(parts)
+
+
+def _goal_lines(model: Dict[str, Any]) -> List[str]:
+    rows = {r['runtime']: r for r in model['rows']}
+    eager, plain = rows.get('PyTorch eager'), rows.get(EAGER_NO_MKLDNN)
+    lines = []
+    for runtime, goal in (('ONNX Runtime fp32', 2.0), ('ONNX Runtime int8 static (QDQ)', 2.5),
+                          ('ONNX Runtime int8 dynamic', 2.5)):
+        row = rows.get(runtime)
+        ratio = _speedup(row, eager, '1') if row else ''
+        if ratio:
+            met = 'met' if float(ratio[:-1]) >= goal else 'not met'
+            fair = _speedup(row, plain, '1') if plain else ''
+            lines.append(f'{runtime} vs eager at batch 1: {ratio} (goal >= {goal}x: {met})'
+                         + (f'; vs eager with oneDNN off: {fair}' if fair else ''))
+    fp32 = rows.get('ONNX Runtime fp32')
+    if fp32 and fp32['status'] == 'ok':
+        probes = ', '.join(f'{p["threads"]} thr {p["opt_level"]}{" +IO" if p["io_binding"] else ""} '
+                           f'{p["ms_per_image"]:.1f}' for p in fp32['probes'])
+        lines.append(f'ONNX Runtime fp32 tuning probes at batch 1 (ms/img, {probes}); chosen: {_config(fp32)}')
+        ms = fp32['batches']['1']['ms_per_image']
+        lines.append(f'fp32 weights read per image at batch 1: {model["weight_bytes"] / 1e6:.0f} MB; at {ms:.1f} ms '
+                     f'that is {model["weight_bytes"] / ms / 1e6:.1f} GB/s of weight traffic alone (DESIGN.md: ~47 '
+                     f'GB/s is what this machine kind reads), the rest is convolution arithmetic')
+    return lines
+
+
+def render_markdown(data: Dict[str, Any]) -> str:
+    """The table as committed in ``export/efficiency.md`` (regenerated by the command in its header)."""
+    m, s = data['machine'], data['settings']
+    large = str(s['large_batch'])
+    out = [
+        '# Encoding efficiency',
+        '',
+        f'Generated by `{data["command"]}` ({data["generated"]}, {data["wall_seconds"]} s); do not edit by hand.',
+        '',
+        f'**Machine:** {m["cpu"]}, {m["cores"]} cores ({m["usable_cores"]} usable); GPU: {m["gpu"]}; '
+        f'Python {m["python"]}, torch {m["torch"]}, onnxruntime {m["onnxruntime"]}, onnx {m["onnx"]}, '
+        f'timm {m["timm"]}, numpy {m["numpy"]}, deephash-zoo {m["deephash_zoo"]}; '
+        f'load average {" ".join(m.get("load_average_start", []))} at start, '
+        f'{" ".join(m.get("load_average_end", []))} at end (the machine is shared).',
+        '',
+        f'**Settings:** {s["img_size"]}x{s["img_size"]} inputs, random weights (seed 0; time does not depend on '
+        f'them), model forward only (preprocessing excluded). Batch 1: {s["warmup"]} warm-up + {s["repeats"]} timed '
+        f'calls; batch {large}: {s["warmup_large"]} + {s["repeats_large"]}. Cells: ms per image, median '
+        f'[min-max]. Threads: ' + (f'{s["threads"]} for every runtime.' if s['threads'] else
+                                    'each CPU runtime probed at batch 1 with 1 thread and with all usable cores '
+                                    '(ORT fp32 also: optimisation level, IO binding); the faster configuration runs.')
+        + f' Sign agreement / max abs diff: the batch-{large} codes against PyTorch eager\'s.',
+        '',
+    ]
+    for model in data['models']:
+        rows = model['rows']
+        eager = next((r for r in rows if r['runtime'] == 'PyTorch eager'), None)
+        out += [f'## {model["model"]}', '',
+                f'{model["params"]:,} parameters ({model["weight_bytes"] / 1e6:.0f} MB fp32), codes '
+                f'{model["bits"]}; inputs: {model["inputs"]}.', '',
+                f'| runtime | device | precision | config | batch 1 ms/img | img/s | vs eager | batch {large} '
+                f'ms/img | img/s | vs eager | sign agreement | max abs diff |',
+                '| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+        for r in rows:
+            if r['status'] != 'ok':
+                out.append(f'| {r["runtime"]} | {r["device"]} | {r["precision"]} | {r["status"]}: {r["reason"]} '
+                           f'| | | | | | | | |')
+                continue
+            b1, bl = r['batches'].get('1'), r['batches'].get(large)
+            agree = '' if r['sign_agreement'] is None else f'{r["sign_agreement"]:.4f}'
+            diff = '' if r['max_abs_diff'] is None else f'{r["max_abs_diff"]:.1e}'
+            out.append(f'| {r["runtime"]} | {r["device"]} | {r["precision"]} | {_config(r)} | {_cell(b1)} | '
+                       f'{b1["images_per_s"]:.1f} | {_speedup(r, eager, "1")} | {_cell(bl)} | '
+                       f'{bl["images_per_s"]:.1f} | {_speedup(r, eager, large)} | {agree} | {diff} |')
+        out += [''] + [f'- {line}' for line in _goal_lines(model)] + ['']
+    out += [
+        '## The papers\' framing',
+        '',
+        'Table 5 of the DATH paper (Jiang et al. 2021) reports the average *encoding time per image* in ms: '
+        'the model forward only, preprocessing removed, 16-bit codes on MS-COCO, on an NVIDIA GTX 1080 Ti. '
+        'Its values did not survive in our copy of the paper; the text says DATH takes close to twice as long '
+        'as the single-stream baselines because of its second AlexNet stream and attention modules. The '
+        '"batch 1 ms/img" column above is that quantity, measured here on the CPU (and on a GPU where present).',
+        '',
+    ]
+    return '\n'.join(out)
+
+
+def plot_png(data: Dict[str, Any], path: Union[str, Path]) -> Path:
+    """Bar chart: ms per image per runtime, batch 1 and the large batch, one panel per model (log scale)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    large = str(data['settings']['large_batch'])
+    models = data['models']
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = [r for r in model['rows'] if r['status'] == 'ok']
+        labels = [r['runtime'].replace('ONNX Runtime', 'ORT')
+                  + ('' if any(p in r['runtime'] for p in ('fp32', 'fp16', 'int8')) else f' ({r["precision"]})')
+                  for r in rows]
+        y = np.arange(len(rows))
+        for offset, batch, colour in ((-0.2, '1', '#4c72b0'), (0.2, large, '#dd8452')):
+            values = [r['batches'][batch]['ms_per_image'] for r in rows]
+            ax.barh(y + offset, values, height=0.4, color=colour, label=f'batch {batch}')
+            for yi, v in zip(y, values, strict=True):
+                ax.text(v, yi + offset, f' {v:.1f}', va='center', fontsize=7)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale('log')
+        ax.set_xlabel('ms per image (median, log scale)')
+        ax.set_title(f'{model["model"]} ({data["settings"]["img_size"]}x{data["settings"]["img_size"]})')
+        ax.legend(fontsize=8, loc='lower right')
+    fig.suptitle(f'{data["machine"]["cpu"]}, {data["machine"]["usable_cores"]} cores; GPU: {data["machine"]["gpu"]}',
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110, format='png')
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,175 @@
+"""Check an exported graph against PyTorch: max abs difference and the share of agreeing sign bits.
+
+An export is only as good as the codes it produces, and codes are signs: a graph whose relaxed outputs
+differ by 1e-6 but flip bits near 0 would change retrieval. Every graph is run on the same fixed inputs
+as the PyTorch model: real Fashion-MNIST test images through the model's own eval transform (what a
+deployment sees) and seeded random inputs at batch 1 and at a larger batch (the dynamic batch axis and
+values outside the data's range). The figures are pooled over all of them and held to a threshold:
+
+==========  ======================  =================  ==================================================
+precision   sign agreement >=       max abs diff <=    why
+==========  ======================  =================  ==================================================
+fp32        0.999                   1e-3               same arithmetic up to summation order (we see 3e-7)
+fp16        0.99                    5e-2               TensorRT fp16: 10-bit mantissa through ~10 layers
+int8        0.98                    (reported only)    4x fewer weight bytes; only the bits matter
+==========  ======================  =================  ==================================================
+
+Agreement is pooled over every bit of every input (e.g. 41 images x 32 bits), not per batch, so one
+flipped bit of a single random image cannot fail an int8 export on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from deephash_zoo.data import load_fashion_mnist
+from deephash_zoo.retrieval.encoding import model_transform
+
+from .onnx_export import INPUT_NAME, output_names, require
+
+__all__ = ['Thresholds', 'FP32', 'FP16', 'INT8', 'VerificationError', 'fashion_mnist_batch', 'verification_inputs',
+           'torch_codes', 'create_session', 'onnx_codes', 'compare', 'verify_session']
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a graph must reach; ``max_abs_diff=None`` reports the difference without enforcing it."""
+
+    min_sign_agreement: float
+    max_abs_diff: Optional[float]
+
+
+FP32 = Thresholds(0.999, 1e-3)
+FP16 = Thresholds(0.99, 5e-2)
+INT8 = Thresholds(0.98, None)
+
+
+class VerificationError(ValueError):
+    """The graph disagrees with PyTorch beyond its threshold; the export is refused."""
+
+
+def fashion_mnist_batch(model: nn.Module, img_size: int, split: str = 'test', start: int = 0, num: int = 32,
+                        root: Optional[Union[str, Path]] = None) -> np.ndarray:
+    """``num`` Fashion-MNIST images from ``start`` of ``split``, through the model's eval transform (float32)."""
+    images, _ = load_fashion_mnist(split, root)
+    if start + num > len(images):
+        raise ValueError(f'asked for images {start}..{start + num} of the {split} split, which has {len(images)}')
+    transform = model_transform(model, img_size)
+    batch = [transform(Image.fromarray(img).convert('RGB')) for img in images[start:start + num]]
+    return torch.stack(batch).numpy().astype(np.float32)
+
+
+def verification_inputs(model: nn.Module, img_size: int, num_real: int = 32, random_batches: Sequence[int] = (1, 8),
+                        seed: int = 0, root: Optional[Union[str, Path]] = None) -> Dict[str, np.ndarray]:
+    """The fixed inputs every graph is checked on: real images, then seeded random ones per batch size."""
+    inputs = {'fashion-mnist': fashion_mnist_batch(model, img_size, 'test', 0, num_real, root)}
+    rng = np.random.default_rng(seed)
+    chans = inputs['fashion-mnist'].shape[1]
+    for n in random_batches:
+        inputs[f'random_b{n}'] = rng.standard_normal((n, chans, img_size, img_size), dtype=np.float32)
+    return inputs
+
+
+def torch_codes(model: nn.Module, inputs: Dict[str, np.ndarray], chunk: int = 16) -> Dict[str, np.ndarray]:
+    """The model's relaxed codes (all lengths concatenated) for each input, in eval mode."""
+    model.eval()
+    out = {}
+    with torch.inference_mode():
+        for name, x in inputs.items():
+            parts = [model(torch.from_numpy(x[i:i + chunk])).float().numpy() for i in range(0, len(x), chunk)]
+            out[name] = np.concatenate(parts)
+    return out
+
+
+def create_session(path: Union[str, Path], providers: Optional[List[Any]] = None, threads: Optional[int] = None,
+                   opt_level: str = 'all'):
+    """An onnxruntime session (CPU unless ``providers`` says otherwise), quiet, with the given tuning."""
+    ort = require('onnxruntime')
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ORT's warnings about unused initialisers are not the user's
+    so.graph_optimization_level = {
+        'disable': ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        'basic': ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        'extended': ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        'all': ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=providers or ['CPUExecutionProvider'])
+
+
+def onnx_codes(session, inputs: Dict[str, np.ndarray], bits: Sequence[int], chunk: int = 16
+               ) -> Tuple[Dict[str, np.ndarray], Optional[bool]]:
+    """The graph's relaxed codes per input (outputs re-concatenated in ``bits`` order).
+
+    Also whether its sign outputs, when it has them, are exactly the signs of its relaxed outputs
+    (None without sign outputs). Outputs named otherwise than :func:`output_names` fail verification.
+    """
+    names = [o.name for o in session.get_outputs()]
+    has_signs = any(n.startswith('signs') for n in names)
+    expected = output_names(bits, has_signs)
+    if names != expected or [i.name for i in session.get_inputs()] != [INPUT_NAME]:
+        raise VerificationError(f'graph outputs {names} / inputs {[i.name for i in session.get_inputs()]}; '
+                                f'expected {expected} / [{INPUT_NAME!r}]')
+    out, signs_ok = {}, True if has_signs else None
+    for key, x in inputs.items():
+        parts = []
+        for i in range(0, len(x), chunk):
+            res = session.run(None, {INPUT_NAME: x[i:i + chunk]})
+            codes = np.concatenate(res[:len(bits)], axis=1).astype(np.float32)
+            if has_signs:
+                signs = np.concatenate(res[len(bits):], axis=1)
+                signs_ok = signs_ok and bool(np.array_equal(signs, np.where(codes >= 0, 1, -1).astype(np.int8)))
+            parts.append(codes)
+        out[key] = np.concatenate(parts)
+    return out, signs_ok
+
+
+def compare(reference: Dict[str, np.ndarray], candidate: Dict[str, np.ndarray], bits: Sequence[int]
+            ) -> Dict[str, Any]:
+    """Max abs difference and sign agreement per input, per length, and pooled over everything."""
+    per_input, agree, total, worst = {}, 0, 0, 0.0
+    per_len = {b: [0, 0] for b in bits}
+    for key, ref in reference.items():
+        got = candidate[key]
+        if got.shape != ref.shape:
+            raise VerificationError(f'{key}: graph output shape {got.shape}, PyTorch {ref.shape}')
+        same = (ref >= 0) == (got >= 0)
+        diff = float(np.abs(ref - got).max())
+        per_input[key] = dict(batch=int(ref.shape[0]), max_abs_diff=diff, sign_agreement=float(same.mean()),
+                              bits_compared=int(same.size))
+        agree, total, worst = agree + int(same.sum()), total + int(same.size), max(worst, diff)
+        start = 0
+        for b in bits:
+            per_len[b][0] += int(same[:, start:start + b].sum())
+            per_len[b][1] += int(same[:, start:start + b].size)
+            start += b
+    return dict(max_abs_diff=worst, sign_agreement=agree / total, bits_compared=total,
+                sign_agreement_per_length={str(b): a / n for b, (a, n) in per_len.items()}, inputs=per_input)
+
+
+def verify_session(session, reference: Dict[str, np.ndarray], inputs: Dict[str, np.ndarray], bits: Sequence[int],
+                   thresholds: Thresholds, label: str) -> Dict[str, Any]:
+    """Run ``session`` on ``inputs``, compare with PyTorch's ``reference``; raise unless within ``thresholds``."""
+    got, signs_ok = onnx_codes(session, inputs, bits)
+    report = compare(reference, got, bits)
+    report.update(graph=label, providers=list(session.get_providers()), thresholds=asdict(thresholds),
+                  sign_outputs_match=signs_ok)
+    failures = []
+    if report['sign_agreement'] < thresholds.min_sign_agreement:
+        failures.append(f'sign agreement {report["sign_agreement"]:.4f} < {thresholds.min_sign_agreement}')
+    if thresholds.max_abs_diff is not None and not report['max_abs_diff'] <= thresholds.max_abs_diff:
+        failures.append(f'max abs diff {report["max_abs_diff"]:.3g} > {thresholds.max_abs_diff}')
+    if signs_ok is False:
+        failures.append('sign outputs differ from the signs of the code outputs')
+    report['passed'] = not failures
+    if failures:
+        raise VerificationError(f'{label}: disagrees with PyTorch ({"; ".join(failures)})')
+    return report

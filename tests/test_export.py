@@ -1,0 +1,209 @@
+"""deephash-export: verified ONNX / int8 exports, all-or-nothing writes, one-line errors, the bench table.
+
+Small and CPU-only: DATH-N 16 bits and ADMTH 16 bits at 64x64 (the verification still runs on real
+Fashion-MNIST images through the model transform, as a user's export does).
+"""
+import json
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from deephash_zoo.cli._common import run_main
+from deephash_zoo.cli.export import main
+from deephash_zoo.hub.checkpoint import save_checkpoint, weights_sha256
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+onnx = pytest.importorskip('onnx')
+ort = pytest.importorskip('onnxruntime')
+pytestmark = pytest.mark.skipif(not HAS_FMNIST, reason='verification needs dataset-fashion-mnist (.ci/setup.sh)')
+
+SMALL = ['--img-size', '64', '--verify-images', '16']
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+
+
+def _error(args, capsys) -> str:
+    assert run_main(main, args) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'Traceback' not in err, err
+    return err
+
+
+@pytest.fixture(scope='module')
+def fp32_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp('fp32')
+    assert main(['--onnx', '--model', 'dath_n_16', '--sign-output', '--out', str(out), *SMALL]) == 0
+    return out
+
+
+@pytest.fixture(scope='module')
+def multi_checkpoint(tmp_path_factory):
+    """A dath_n checkpoint with four code lengths, trained (nominally) at 64x64."""
+    torch.manual_seed(1)
+    model = timm.create_model('dath_n_16')
+    model.reset_classifier(160, bits=(16, 32, 48, 64))
+    return save_checkpoint(model, tmp_path_factory.mktemp('ck') / 'ck', dataset='fashion-mnist',
+                           training={'img_size': 64})
+
+
+def test_fp32_export_is_checked_named_dynamic_and_carries_metadata(fp32_export):
+    path = fp32_export / 'dath_n_16.onnx'
+    onnx.checker.check_model(str(path), full_check=True)
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta['deephash.model'] == 'dath_n_16' and json.loads(meta['deephash.bits']) == [16]
+    assert json.loads(meta['deephash.input_size']) == [3, 64, 64]
+    assert json.loads(meta['deephash.mean']) == pytest.approx([0.485, 0.456, 0.406])
+    assert json.loads(meta['deephash.std']) == pytest.approx([0.229, 0.224, 0.225])
+    assert meta['deephash.interpolation'] == 'bilinear' and meta['deephash.precision'] == 'fp32'
+    assert meta['deephash.package_version'] and 'in-memory state dict' in meta['deephash.weights_sha256_of']
+    torch.manual_seed(0)  # the CLI's default seed: the same random weights, the same hash
+    model = timm.create_model('dath_n_16').eval()
+    from deephash_zoo.export import state_sha256
+
+    assert meta['deephash.weights_sha256'] == state_sha256(model)
+
+    sess = _session(path)
+    assert [i.name for i in sess.get_inputs()] == ['images'] and [o.name for o in sess.get_outputs()] == ['codes',
+                                                                                                         'signs']
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        codes, signs = sess.run(None, {'images': x.numpy()})
+        assert codes.shape == (batch, 16) and signs.dtype == np.int8
+        np.testing.assert_allclose(codes, model(x).detach().numpy(), atol=1e-4)
+        np.testing.assert_array_equal(signs, model.encode(x).numpy())
+
+    report = json.loads((fp32_export / 'verification.json').read_text())['graphs']['dath_n_16.onnx']
+    assert report['passed'] and report['sign_agreement'] >= 0.999 and report['max_abs_diff'] <= 1e-3
+    assert set(report['inputs']) == {'fashion-mnist', 'random_b1', 'random_b8'}
+    assert report['inputs']['fashion-mnist']['batch'] == 16 and report['sign_outputs_match'] is True
+    assert sorted(p.name for p in fp32_export.iterdir()) == ['dath_n_16.onnx', 'verification.json']
+
+
+def test_multi_length_checkpoint_has_one_output_per_length(multi_checkpoint, tmp_path, capsys):
+    assert main(['--onnx', '--checkpoint', str(multi_checkpoint), '--verify-images', '8', '--out', str(tmp_path)]) == 0
+    assert 'sign agreement 1.0000' in capsys.readouterr().out
+    path = tmp_path / 'dath_n_16.onnx'
+    sess = _session(path)
+    assert [o.name for o in sess.get_outputs()] == ['codes_16', 'codes_32', 'codes_48', 'codes_64']
+    outs = sess.run(None, {'images': np.zeros((2, 3, 64, 64), np.float32)})
+    assert [o.shape for o in outs] == [(2, 16), (2, 32), (2, 48), (2, 64)]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta['deephash.bits']) == [16, 32, 48, 64]
+    assert json.loads(meta['deephash.input_size']) == [3, 64, 64]  # the checkpoint's training size
+    assert meta['deephash.weights_sha256'] == weights_sha256(multi_checkpoint / 'model.safetensors')
+    assert 'checkpoint model.safetensors' in meta['deephash.weights_sha256_of']
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
+    """A graph whose hash layer was corrupted after export disagrees with PyTorch: refused, folder untouched."""
+    from onnx import numpy_helper
+
+    import deephash_zoo.export.pipeline as pipeline
+
+    real_export = pipeline.export_onnx
+
+    def corrupted(source, path, **kwargs):
+        real_export(source, path, **kwargs)
+        proto = onnx.load(str(path))
+        weight = next(t for t in proto.graph.initializer if 'hash' in t.name and t.name.endswith('weight'))
+        weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+        onnx.save(proto, str(path))
+        return path
+
+    monkeypatch.setattr(pipeline, 'export_onnx', corrupted)
+    (tmp_path / 'verification.json').write_text('{"schema_version": 1, "graphs": {}}')
+    err = _error(['--onnx', '--model', 'dath_n_16', '--out', str(tmp_path), *SMALL], capsys)
+    assert 'disagrees with PyTorch (sign agreement 0.0000 < 0.999' in err and 'nothing written' in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['verification.json']  # no graph, no temp folder
+    assert json.loads((tmp_path / 'verification.json').read_text())['graphs'] == {}
+
+
+def test_int8_static_agrees_with_pytorch(tmp_path, capsys):
+    assert main(['--onnx', '--int8', '--model', 'admth_cnnf_16', '--out', str(tmp_path), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert 'admth_cnnf_16.int8.onnx: max abs diff' in printed
+    reports = json.loads((tmp_path / 'verification.json').read_text())['graphs']
+    int8 = reports['admth_cnnf_16.int8.onnx']
+    assert int8['precision'] == 'int8-static' and int8['passed'] and int8['sign_agreement'] >= 0.98
+    assert int8['thresholds'] == {'min_sign_agreement': 0.98, 'max_abs_diff': None}
+    assert reports['admth_cnnf_16.onnx']['sign_agreement'] >= 0.999
+    proto = onnx.load(str(tmp_path / 'admth_cnnf_16.int8.onnx'))
+    ops = {n.op_type for n in proto.graph.node}
+    assert 'QuantizeLinear' in ops and 'DequantizeLinear' in ops
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta['deephash.precision'] == 'int8-static' and 'Fashion-MNIST training images' in meta[
+        'deephash.quantization']
+    assert (tmp_path / 'admth_cnnf_16.int8.onnx').stat().st_size < (tmp_path / 'admth_cnnf_16.onnx').stat().st_size / 3
+
+
+def test_tensorrt_absent_is_one_line_and_writes_nothing(tmp_path, capsys):
+    if 'TensorrtExecutionProvider' in ort.get_available_providers():
+        pytest.skip('TensorRT is installed here')
+    err = _error(['--onnx', '--tensorrt', '--model', 'dath_n_16', '--out', str(tmp_path / 'o'), *SMALL], capsys)
+    assert 'TensorRT is not available' in err and 'TensorrtExecutionProvider' in err
+    assert "pip install 'deephash-zoo[gpu]'" in err
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--onnx', '--model', 'dath_alexnet_33'], 'Unknown model (dath_alexnet_33)'),
+    (['--model', 'dath_n_16'], 'nothing to do: pass --onnx'),
+    (['--onnx'], 'pass --model NAME, --checkpoint DIR, or both'),
+    (['--onnx', '--model', 'dath_n_16', '--img-size', '32'], '--img-size must be >= 63 for dath_n_16, got 32'),
+    (['--onnx', '--checkpoint', '/nonexistent/run'], '/nonexistent/run: neither a checkpoint folder'),
+    (['--bench', '--models', 'dath_n_16,nope_7'], 'Unknown model (nope_7)'),
+])
+def test_bad_requests_are_one_line(args, message, tmp_path, capsys):
+    assert message in _error([*args, '--out', str(tmp_path / 'o')], capsys)
+
+
+def test_checkpoint_of_another_model(multi_checkpoint, tmp_path, capsys):
+    err = _error(['--onnx', '--model', 'dath_alexnet_32', '--checkpoint', str(multi_checkpoint),
+                  '--out', str(tmp_path)], capsys)
+    assert 'the checkpoint holds dath_n_16, not dath_alexnet_32' in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_folder_not_writable(tmp_path, capsys):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('x')
+    for out in (blocker, blocker / 'sub'):  # root ignores permission bits: a file in the way is what fails
+        err = _error(['--onnx', '--model', 'dath_n_16', '--out', str(out)], capsys)
+        assert f'{out}: output folder not writable' in err
+
+
+def test_missing_onnxruntime(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import fails as if not installed
+    err = _error(['--onnx', '--model', 'dath_n_16', '--out', str(tmp_path)], capsys)
+    assert "onnxruntime is not installed; install it with pip install 'deephash-zoo[export]'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_writes_table_json_and_chart(tmp_path, capsys):
+    from deephash_zoo.export.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(img_size=64, repeats=2, repeats_large=1, warmup=1, warmup_large=0, large_batch=4,
+                             threads=1, compile=False, probe_repeats=1, calibration_images=8)
+    result = run_bench(['dath_n_16'], settings, tmp_path)
+    data = json.loads((tmp_path / 'efficiency.json').read_text())
+    assert data['machine']['cpu'] and data['machine']['torch'] == torch.__version__
+    rows = {(r['runtime'], r['precision']): r for r in data['models'][0]['rows']}
+    for key in [('PyTorch eager', 'fp32'), ('ONNX Runtime fp32', 'fp32'), ('ONNX Runtime int8 static (QDQ)',
+                                                                         'int8-static')]:
+        assert rows[key]['status'] == 'ok', rows[key]
+        assert rows[key]['batches']['1']['ms_per_image'] > 0 and rows[key]['batches']['4']['repeats'] == 1
+    assert rows[('ONNX Runtime fp32', 'fp32')]['sign_agreement'] == 1.0
+    assert rows[('torch.compile (inductor, freezing)', 'fp32')]['status'] == 'not run'
+    if not torch.cuda.is_available():
+        assert rows[('PyTorch CUDA', 'fp32')]['reason'] == 'no CUDA device'
+    md = (tmp_path / 'efficiency.md').read_text()
+    assert md == result['markdown'] and '`deephash-export --bench --models dath_n_16 --img-size 64' in md
+    assert '| ONNX Runtime fp32 | cpu | fp32 |' in md and 'Table 5' in md
+    assert (tmp_path / 'efficiency.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['efficiency.json', 'efficiency.md', 'efficiency.png']
