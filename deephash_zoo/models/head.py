@@ -45,11 +45,25 @@ class FcMlp(nn.Module):
         self.fc7 = nn.Conv2d(hidden, hidden, 1, **dd)
         self.act7 = nn.ReLU(inplace=True)
 
+    @torch.jit.unused
+    def _as_matmul(self, x: torch.Tensor) -> bool:
+        """Run fc6/fc7 as matrix products when the map is exactly fc6's window (224x224 and every
+        small input). Same numbers as the convolutions, but eager CPU convolution re-lays fc6's
+        151 MB weight on every call (batch-1 encoding was ~4x slower). Graph exports keep the
+        convolutions: there the weights stay initialisers that ONNX Runtime and its int8
+        quantiser use directly (a reshaped 37 M-element weight is not constant-folded)."""
+        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+        return not exporting and x.shape[-2] == self.kernel_size and x.shape[-1] == self.kernel_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] < self.kernel_size or x.shape[-1] < self.kernel_size:
             # small inputs: repeat the map up to the fc6 window (nearest exports to ONNX Resize)
             size = (max(self.kernel_size, x.shape[-2]), max(self.kernel_size, x.shape[-1]))
             x = F.interpolate(x, size=size, mode='nearest')
+        if not torch.jit.is_scripting() and self._as_matmul(x):
+            x = self.act6(F.linear(self.drop6(x).flatten(1), self.fc6.weight.flatten(1), self.fc6.bias))
+            x = self.act7(F.linear(self.drop7(x), self.fc7.weight.flatten(1), self.fc7.bias))
+            return x[:, :, None, None]
         x = self.act6(self.fc6(self.drop6(x)))
         return self.act7(self.fc7(self.drop7(x)))
 
