@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default (Fashion-MNIST, small CPU settings):
-# encode a few images with a fresh model, train DATH, evaluate its retrieval, export it to ONNX.
+# encode a few images with a fresh model, train DATH, evaluate its retrieval, export it to ONNX
+# (fp32 + int8, each verified against PyTorch).
 # Usage: bash .ci/main_job.sh [RUN_DIR]    (default runs/main-job); needs .ci/setup.sh first.
 set -euo pipefail
 run=${1:-runs/main-job}
@@ -13,3 +14,5 @@ step "train dath_alexnet_32 on 1,024 Fashion-MNIST images at 64x64 (3 epochs)"
     --batch-size 64 --epochs 3 --lr 3e-6 --out "$run"
 step "evaluate: 500 test queries against 5,000 training images"
 "$bin/deephash-eval" --checkpoint "$run" --query-subset 500 --db-subset 5000 --no-progress
+step "export to ONNX (fp32 and int8), verified against PyTorch"
+"$bin/deephash-export" --onnx --int8 --checkpoint "$run" --out "$run/onnx"
