@@ -48,6 +48,7 @@ import timm
 import torch
 
 import deephash_zoo
+from deephash_zoo.utils import cpu_model, usable_cores
 
 from .onnx_export import INPUT_NAME, ModelSource, export_onnx, require, state_sha256
 from .quantize import quantize_int8
@@ -87,23 +88,6 @@ class BenchSettings:
         return cmd + f' --out {out}'
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def machine_info() -> Dict[str, Any]:
     """CPU, cores, GPU, library versions and load: the header of the table."""
     ort = require('onnxruntime')
@@ -113,7 +97,7 @@ def machine_info() -> Dict[str, Any]:
         load = Path('/proc/loadavg').read_text().split()[:3]
     except OSError:
         load = []
-    return dict(cpu=_cpu_model(), cores=os.cpu_count(), usable_cores=_usable_cores(), gpu=gpu,
+    return dict(cpu=cpu_model(), cores=os.cpu_count(), usable_cores=usable_cores(), gpu=gpu,
                 python=platform.python_version(), torch=torch.__version__, onnxruntime=ort.__version__,
                 onnx=onnx.__version__, timm=timm.__version__, numpy=np.__version__,
                 deephash_zoo=deephash_zoo.__version__, ort_providers=ort.get_available_providers(),
@@ -228,7 +212,7 @@ class _ModelBench:
         self.one = np.ascontiguousarray(self.large[:1])
         self.reference: Optional[np.ndarray] = None
         self.graphs: Dict[str, Path] = {}
-        self.thread_options = [settings.threads] if settings.threads else sorted({1, _usable_cores()})
+        self.thread_options = [settings.threads] if settings.threads else sorted({1, usable_cores()})
 
     # -- measurement of one runtime: probe configurations at batch 1, then time the best at both batches
     def measure(self, row: _Row, configs: List[Dict[str, Any]], make: Callable[[Dict[str, Any]], Runner]) -> _Row:

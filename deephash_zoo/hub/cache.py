@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from deephash_zoo.utils import file_sha256
+
 from .checkpoint import read_checkpoint_config, resolve_checkpoint_dir
 
 __all__ = ['seed_hf_cache', 'hf_cache_dir', 'repo_cache_folder', 'hub_repo_id', 'create_pretrained', 'place_file']
@@ -44,14 +46,6 @@ def _check_repo_id(repo_id: str) -> None:
     parts = repo_id.split('/')
     if len(parts) != 2 or not all(parts):
         raise ValueError(f'repo id {repo_id!r}: expected ORG/NAME (e.g. deephash-zoo/dath_n_16.fmnist)')
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def place_file(src: Path, dst: Path) -> None:
@@ -92,7 +86,7 @@ def seed_hf_cache(
     files = [ckpt / name for name in SEEDED_FILES if (ckpt / name).is_file()]
     if not (ckpt / 'model.safetensors').is_file():
         raise FileNotFoundError(f'{ckpt / "model.safetensors"}: missing; a checkpoint needs safetensors weights')
-    digests = {f.name: _file_sha256(f) for f in files}
+    digests = {f.name: file_sha256(f) for f in files}
     if revision is None:
         revision = hashlib.sha1(''.join(f'{n}:{d};' for n, d in sorted(digests.items())).encode()).hexdigest()
     elif len(revision) != 40 or any(c not in '0123456789abcdef' for c in revision):

@@ -9,7 +9,6 @@ head. ``README.md`` is the model card rendered from ``hub_cards/TEMPLATE.md`` (n
 and renamed into place, so a reader never sees half a checkpoint. Weights are safetensors only:
 nothing here unpickles.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.models import save_for_hf
+
+from deephash_zoo.utils import file_sha256
 
 __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint_config', 'weights_sha256',
            'replace_dir', 'resolve_checkpoint_dir']
@@ -45,12 +46,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 def weights_sha256(path: Union[str, Path]) -> str:
-    """sha256 of a weights file (what manifests and ONNX metadata record)."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a weights file (what manifests, cards and ONNX metadata record)."""
+    return file_sha256(path)
 
 
 def _state_shapes(model: torch.nn.Module) -> Dict[str, tuple]:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from deephash_zoo.utils import cpu_model, usable_cores
+
 from .codes import code_words, distance_dtype, hamming_distances, hamming_from_words
 from .metrics import TIE_BREAK, _rank_topk, mean_average_precision
 
@@ -86,22 +88,10 @@ def numpy_topk(q: np.ndarray, db: np.ndarray, k: int, bits: int, chunk: int = 16
 
 # --------------------------------------------------------------------------------------------- helpers
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return {
-        'cpu': cpu,
+        'cpu': cpu_model(),
         'cores': os.cpu_count(),
-        'usable_cores': usable,
+        'usable_cores': usable_cores(),
         'loadavg_1min': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
         'python': platform.python_version(),
         'numpy': np.__version__,

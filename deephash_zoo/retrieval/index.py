@@ -6,7 +6,6 @@ returning meaningless neighbours.  faiss is optional (extra ``retrieval``) and i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deephash_zoo.utils import file_sha256
 
 from .codes import _to_numpy, as_packed
 
@@ -38,14 +39,6 @@ def _faiss() -> Any:
     except ImportError:
         raise ImportError("faiss is not installed; pip install 'deephash-zoo[retrieval]'") from None
     return faiss
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 class HashIndex:
@@ -231,7 +224,7 @@ class HashIndex:
         try:
             tmp.mkdir()
             faiss.write_index_binary(self._index, str(tmp / INDEX_FILE))
-            manifest = {**self.manifest, 'index_sha256': _sha256(tmp / INDEX_FILE)}
+            manifest = {**self.manifest, 'index_sha256': file_sha256(tmp / INDEX_FILE)}
             with open(tmp / MANIFEST_FILE, 'w', encoding='utf-8') as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
@@ -265,7 +258,7 @@ class HashIndex:
             raise ValueError(f'corrupt index manifest {mpath}: not valid JSON ({e})') from None
         kind, bits, ids = _check_manifest(manifest, mpath)
         want = manifest.get('index_sha256')
-        if want is not None and _sha256(ipath) != want:
+        if want is not None and file_sha256(ipath) != want:
             raise ValueError(f'corrupt index: {ipath} does not match the sha256 recorded in the manifest')
         faiss = _faiss()
         try:

@@ -12,7 +12,6 @@ Both print a table and write JSON (``--out``). Every figure of one table comes f
 """
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import timm
 import torch
 
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
+from deephash_zoo.utils import cpu_model
 
 from .trainer import TrainConfig, family_defaults, train
 
@@ -31,15 +31,7 @@ __all__ = ['main']
 
 
 def _machine() -> Dict[str, Any]:
-    cpu = platform.processor() or 'unknown'
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(cpu=cpu, threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
+    return dict(cpu=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
