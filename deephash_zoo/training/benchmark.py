@@ -25,7 +25,7 @@ import torch
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.utils import cpu_model
 
-from .trainer import TrainConfig, family_defaults, train
+from .trainer import TrainConfig, _build_optimizer, family_defaults, train
 
 __all__ = ['main']
 
@@ -53,8 +53,7 @@ def _bare_loop(model_name: str, img_size: int, batch: int, steps: int, num_label
     model = timm.create_model(model_name, **({'num_labels': num_labels} if fam['family'] == 'dath' else {}))
     loss = DATHLoss() if fam['family'] == 'dath' else ADMTHLoss(bits=model.bits)
     params = [*model.parameters(), *loss.parameters()]
-    opt = (torch.optim.RMSprop(params, lr=lr) if fam['optimizer'] == 'rmsprop'
-           else torch.optim.SGD(params, lr=lr, momentum=0.9))
+    opt = _build_optimizer(fam['optimizer'], params, lr, fam['weight_decay'], momentum=0.9)  # as the trainer
     x = torch.randn(batch, 3, img_size, img_size)
     y = torch.randint(0, num_labels, (batch,))
     model.train()
