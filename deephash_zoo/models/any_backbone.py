@@ -27,23 +27,13 @@ class BackboneHash(HashingMixin, nn.Module):
         super().__init__()
         dd = get_device_dtype(backbone)
         self.backbone = backbone
-        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
-        self.bits = resolve_bits(num_classes, self.default_bits)
-        self.num_classes = sum(self.bits)
-        self.num_labels = num_labels
+        self._init_codes(bits, num_classes, num_labels)
         self.in_chans = int(getattr(backbone, 'in_chans', 3))
         cfg_min = backbone.pretrained_cfg.get('min_input_size')
         self.min_input_size = int(cfg_min[-1]) if cfg_min else 1
         self.num_features = backbone.num_features
         self.head_hidden_size = getattr(backbone, 'head_hidden_size', backbone.num_features)
-        self.hash = HashLayer(self.head_hidden_size, self.bits, **dd)
-        self.aux_classifier = nn.Linear(self.num_classes, num_labels, **dd) if num_labels and self.bits else None
-        for m in [self.hash, self.aux_classifier]:
-            if m is not None:
-                for p in m.modules():
-                    if isinstance(p, nn.Linear):
-                        nn.init.normal_(p.weight, 0, 0.01)
-                        nn.init.zeros_(p.bias)
+        self._reset_hash(**dd)
         self.pretrained_cfg: Dict[str, Any] = dict(
             backbone.pretrained_cfg,
             num_classes=self.num_classes,
@@ -58,20 +48,17 @@ class BackboneHash(HashingMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
                          bits: Optional[Sequence[int]] = None) -> None:
-        dd = get_device_dtype(self)
         self.bits = resolve_bits(num_classes, self.default_bits, bits)
         self.num_classes = sum(self.bits)
-        self.hash = HashLayer(self.head_hidden_size, self.bits, **dd)
-        self.hash.train(self.training)
-        if self.num_labels:
-            self.aux_classifier = nn.Linear(self.num_classes, self.num_labels, **dd) if self.bits else None
+        self._reset_hash(**get_device_dtype(self))
 
-    @torch.jit.ignore
-    def label_logits(self, codes: torch.Tensor) -> torch.Tensor:
-        """The auxiliary label classifier on the codes (for DATH's classification loss)."""
-        if self.aux_classifier is None:
-            raise ValueError('this model has no label classifier; create it with num_labels=<dataset labels>')
-        return self.aux_classifier(codes)
+    def _reset_hash(self, **dd: Any) -> None:
+        self.hash = HashLayer(self.head_hidden_size, self.bits, **dd)
+        for fc in self.hash.fc:
+            nn.init.normal_(fc.weight, 0, 0.01)
+            nn.init.zeros_(fc.bias)
+        self.hash.train(self.training)
+        self._reset_label_classifier(**dd)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.in_chans, self.min_input_size)

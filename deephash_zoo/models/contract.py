@@ -5,7 +5,7 @@
 ``numpy.packbits`` order (first bit = most significant, +1 -> 1, -1 -> 0), which is what FAISS
 binary indexes take. A relaxed value of exactly 0 encodes as +1.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -97,6 +97,31 @@ class HashingMixin:
     Subclasses set ``bits`` (tuple of current code lengths), ``in_chans`` and ``min_input_size``
     (no class-level annotations: TorchScript would read them and cannot type ``Tuple[int, ...]``).
     """
+
+    def _init_codes(self, bits: Union[int, Sequence[int]], num_classes: Optional[int], num_labels: int) -> None:
+        """Code lengths the model is built for (``default_bits``), current ones, label classifier slot."""
+        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
+        resolve_bits(None, self.default_bits)  # validates the lengths the model is built for
+        self.bits = resolve_bits(num_classes, self.default_bits)
+        self.num_classes = sum(self.bits)
+        self.num_labels = num_labels
+        self.aux_classifier = None
+
+    def _reset_label_classifier(self, **dd: Any) -> None:
+        """(Re)build the auxiliary label classifier on the codes when the model has labels and codes."""
+        self.aux_classifier = None
+        if self.num_labels and self.bits:
+            self.aux_classifier = nn.Linear(self.num_classes, self.num_labels, **dd)
+            nn.init.normal_(self.aux_classifier.weight, 0, 0.01)
+            nn.init.zeros_(self.aux_classifier.bias)
+            self.aux_classifier.train(self.training)
+
+    @torch.jit.ignore
+    def label_logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """The auxiliary label classifier on the codes (DATH's classification loss)."""
+        if self.aux_classifier is None:
+            raise ValueError('this model has no label classifier; create it with num_labels=<dataset labels>')
+        return self.aux_classifier(codes)
 
     @torch.jit.ignore
     def code_slices(self) -> Dict[int, slice]:

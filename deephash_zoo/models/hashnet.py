@@ -3,7 +3,7 @@ head / feature API around a hash head. Subclasses build their trunk(s), ``head``
 and ``feature_info``, and implement ``_trunk_features`` (the conv feature map) and ``_forward_taps``
 (the four taps). Input checks live here, beside ``forward``: FX's autowrap of ``check_images`` only
 patches the module that defines the traced ``forward``."""
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,24 +22,11 @@ class HashNet(HashingMixin, nn.Module):
     def __init__(self, bits: Union[int, Sequence[int]], num_classes: Optional[int], num_labels: int,
                  in_chans: int, drop_rate: float) -> None:
         super().__init__()
-        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
-        resolve_bits(None, self.default_bits)  # validates the lengths the model is built for
-        self.bits = resolve_bits(num_classes, self.default_bits)
-        self.num_classes = sum(self.bits)
-        self.num_labels = num_labels
+        self._init_codes(bits, num_classes, num_labels)
         self.in_chans = in_chans
         self.min_input_size = MIN_INPUT_SIZE
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        self.aux_classifier = None  # built by _reset_label_classifier once the head exists
-
-    def _reset_label_classifier(self, **dd: Any) -> None:
-        self.aux_classifier = None
-        if self.num_labels and self.bits:
-            self.aux_classifier = nn.Linear(self.num_classes, self.num_labels, **dd)
-            nn.init.normal_(self.aux_classifier.weight, 0, 0.01)
-            nn.init.zeros_(self.aux_classifier.bias)
-            self.aux_classifier.train(self.training)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -61,13 +48,6 @@ class HashNet(HashingMixin, nn.Module):
         self.num_classes = sum(self.bits)
         self.head.reset(self.bits, self.head.global_pool if global_pool is None else global_pool, **dd)
         self._reset_label_classifier(**dd)
-
-    @torch.jit.ignore
-    def label_logits(self, codes: torch.Tensor) -> torch.Tensor:
-        """The auxiliary label classifier on the hash layer output (DATH's classification loss)."""
-        if self.aux_classifier is None:
-            raise ValueError('this model has no label classifier; create it with num_labels=<dataset labels>')
-        return self.aux_classifier(codes)
 
     def forward_intermediates(
             self,
