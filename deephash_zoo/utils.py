@@ -1,11 +1,38 @@
-"""Small helpers several modules share: file digests and a description of the machine."""
+"""Small helpers several modules share: atomic writes, file digests, a description of the machine."""
 import hashlib
 import os
 import platform
+import shutil
+import uuid
 from pathlib import Path
 from typing import Union
 
-__all__ = ['file_sha256', 'cpu_model', 'usable_cores']
+__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'write_atomic', 'replace_dir']
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling and rename it over ``path``: readers never see half a file."""
+    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, replacing what was there, never leaving neither."""
+    if final.exists():
+        old = final.with_name(f'.{final.name}.old-{uuid.uuid4().hex[:8]}')
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def file_sha256(path: Union[str, Path]) -> str:

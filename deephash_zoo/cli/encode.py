@@ -16,6 +16,7 @@ from timm.data import create_transform, resolve_data_config
 import deephash_zoo
 from deephash_zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from deephash_zoo.hub import create_pretrained
+from deephash_zoo.utils import write_atomic
 
 from ._common import UserError, run_main
 
@@ -90,11 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'(median of {len(times)}, torch {torch.__version__}, {torch.get_num_threads()} threads)')
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(args.json.suffix + '.tmp')
-        tmp.write_text(json.dumps(dict(model=args.model, input_size=cfg['input_size'], bits=bits, codes=rows,
-                                       ms_per_image=ms_per_image, build_seconds=build_s,
-                                       version=deephash_zoo.__version__), indent=2))
-        tmp.replace(args.json)
+        write_atomic(args.json, json.dumps(dict(
+            model=args.model, input_size=cfg['input_size'], bits=bits, codes=rows, ms_per_image=ms_per_image,
+            build_seconds=build_s, version=deephash_zoo.__version__), indent=2).encode())
     return 0
 
 

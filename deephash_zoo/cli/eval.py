@@ -45,7 +45,6 @@ import io
 import json
 import os
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -55,6 +54,7 @@ import torch
 
 import deephash_zoo
 from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
+from deephash_zoo.utils import write_atomic
 
 from ._common import UserError, run_main
 
@@ -157,20 +157,6 @@ def protocol_sets(data: str, root: Optional[str], seed: int, transform: Any, que
     info['num_labels'] = int(first.num_classes)
     info['multi_label'] = not all(s.single_label for s in out.values())
     return out, info
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling and rename it over ``path``: readers never see half a file."""
-    tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------- eval only

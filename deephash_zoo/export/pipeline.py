@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import deephash_zoo
-from deephash_zoo.hub.checkpoint import replace_dir
+from deephash_zoo.utils import replace_dir
 
 from .onnx_export import ExportError, ModelSource, export_onnx, require
 from .quantize import INT8_MODES, quantize_int8

@@ -8,12 +8,13 @@ A card refuses metrics measured on other weights (their ``weights_sha256`` must 
 """
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from deephash_zoo.utils import write_atomic
 
 from .checkpoint import read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
 
@@ -348,13 +349,6 @@ def write_card(card: ModelCard, path: PathLike) -> Path:
     """Write ``card`` to ``path`` atomically (a temporary sibling renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
-    try:
-        with open(tmp, 'x', encoding='utf-8') as f:  # 'x': a fresh file with the usual permissions (umask)
-            f.write(str(card))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, str(card).encode('utf-8'))
     return path
 

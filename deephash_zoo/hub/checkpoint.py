@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 
-from deephash_zoo.utils import file_sha256
+from deephash_zoo.utils import file_sha256, replace_dir
 
 __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint_config', 'weights_sha256',
            'replace_dir', 'resolve_checkpoint_dir']
@@ -31,18 +31,6 @@ __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'load_checkpoint', 'read_check
 CHECKPOINT_FILES = ('config.json', 'model.safetensors')
 _REQUIRED_KEYS = ('architecture', 'num_classes', 'pretrained_cfg', 'bits')
 _PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.ckpt', '.pkl')
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing what was there, never leaving neither."""
-    if final.exists():
-        old = final.with_name(final.name + '.old')
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def weights_sha256(path: Union[str, Path]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from deephash_zoo.utils import file_sha256
+from deephash_zoo.utils import file_sha256, replace_dir
 
 from .codes import _to_numpy, as_packed
 
@@ -229,13 +229,7 @@ class HashIndex:
                 json.dump(manifest, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            if path.exists():
-                old = path.parent / f'.{path.name}.old-{uuid.uuid4().hex[:8]}'
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -23,7 +23,7 @@ import timm
 import torch
 
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
-from deephash_zoo.utils import cpu_model
+from deephash_zoo.utils import cpu_model, write_atomic
 
 from .trainer import TrainConfig, _build_optimizer, family_defaults, train
 
@@ -149,9 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = _table(result)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix('.json.tmp')
-    tmp_out.write_text(json.dumps(dict(result, table=table), indent=2))
-    tmp_out.replace(args.out)
+    write_atomic(args.out, json.dumps(dict(result, table=table), indent=2).encode())
     print(f'wrote {args.out}')
     return 0
 

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from deephash_zoo.hub.checkpoint import replace_dir
+from deephash_zoo.utils import replace_dir
 
 __all__ = ['save_train_state', 'load_train_state']
 
