@@ -55,7 +55,8 @@ from .quantize import quantize_int8
 from .tensorrt import GPU_INSTALL, TRT_PROVIDER, tensorrt_session
 from .verify import create_session, fashion_mnist_batch
 
-__all__ = ['BenchSettings', 'machine_info', 'bench_model', 'run_bench', 'render_markdown', 'plot_png']
+__all__ = ['BenchSettings', 'machine_info', 'bench_model', 'run_bench', 'render_markdown', 'plot_png',
+           'eager_encoding_time']
 
 SCHEMA_VERSION = 1
 EAGER_NO_MKLDNN = 'PyTorch eager, oneDNN off'
@@ -121,6 +122,18 @@ def _time(run: Runner, x: np.ndarray, warmup: int, repeats: int) -> Tuple[Dict[s
         out = run(x)
         seconds.append(time.perf_counter() - t0)
     return _stats(seconds, len(x)), np.asarray(out)
+
+
+def eager_encoding_time(name: str, img_size: int = 224, warmup: int = 2, repeats: int = 10, batch: int = 1,
+                        **model_kwargs: Any) -> Dict[str, Any]:
+    """ms/image of PyTorch eager at ``batch``, measured as the table's eager row (random weights, seed 0,
+    preprocessing excluded): the DATH paper's Table 5 figure for one model, without exporting anything."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, **model_kwargs).eval()
+    chans = int(getattr(model, 'in_chans', 3))
+    x = np.random.default_rng(0).standard_normal((batch, chans, img_size, img_size), dtype=np.float32)
+    stats, _ = _time(_torch_runner(model), x, warmup, repeats)
+    return dict(stats, img_size=img_size, threads=torch.get_num_threads())
 
 
 def _reason(e: BaseException) -> str:

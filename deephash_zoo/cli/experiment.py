@@ -1,0 +1,100 @@
+"""``deephash-experiment``: rerun one of the papers' tables (DATH ablation, ADMTH multi-task study) on
+this machine, with fixed seeds, and write its JSON and markdown tables.
+
+Without ``--publish`` everything goes under ``--work`` (default ``runs/experiments/KEY``). With it the
+JSON and markdown go to ``hub_cards/results/``, the tables into README.md between the experiment's
+markers, and a model card per kept checkpoint (first seed) into ``hub_cards/``: the repository's
+results are this command's output, never typed.
+"""
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ._common import UserError, run_main
+
+__all__ = ['main', 'cli']
+
+_CARDS = Path('hub_cards')
+
+
+def _ints(text: str) -> List[int]:
+    try:
+        return [int(t) for t in text.split(',') if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    from deephash_zoo.experiments import BUDGETS, EXPERIMENTS, KEEP_CHOICES
+
+    p = argparse.ArgumentParser(prog='deephash-experiment', description=(__doc__ or '').split('\n\n')[0])
+    p.add_argument('experiment', choices=sorted(EXPERIMENTS), help='ablation: DATH and its variants; '
+                   'multitask: ADMTH multi-length vs DMLH vs four single-length ADMTH')
+    p.add_argument('--data', choices=('fashion-mnist', 'mosaic'), default=None,
+                   help='dataset (default: fashion-mnist for ablation, mosaic for multitask)')
+    p.add_argument('--budget', choices=sorted(BUDGETS), default='cpu-small',
+                   help='cpu-small: < 30 min on 2 CPU cores; paper: the papers\' settings (GPU); tiny: tests')
+    p.add_argument('--seeds', type=_ints, default=None, help="comma-separated seeds (default: the budget's)")
+    p.add_argument('--bits', type=_ints, default=None, help='code lengths (default: 16,32,48,64)')
+    p.add_argument('--arms', default=None, help='comma-separated arm labels to run, e.g. DATH,DATH-N (default: all)')
+    p.add_argument('--work', type=Path, default=None,
+                   help='run folders and cells.jsonl (default: runs/experiments/KEY)')
+    p.add_argument('--resume', action='store_true', help="keep the cells already in WORK/cells.jsonl")
+    p.add_argument('--keep', choices=KEEP_CHOICES, default='first-seed',
+                   help='checkpoints to keep for cards and deephash-push (default: %(default)s)')
+    p.add_argument('--init', default=None, help='initial weights (safetensors in the model layout), e.g. ImageNet')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    p.add_argument('--no-encoding-time', action='store_true', help='skip the eager encoding-time measurement')
+    p.add_argument('--publish', action='store_true', help='write hub_cards/results/, the README block and the cards')
+    p.add_argument('--readme', type=Path, default=Path('README.md'), help='README to fill with --publish')
+    p.add_argument('--cards', type=Path, default=_CARDS, help='card folder with --publish (default: hub_cards)')
+    p.add_argument('--efficiency', type=Path, default=Path('export/efficiency.json'),
+                   help="efficiency JSON for the cards' speed table (missing: \"Not measured\")")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from deephash_zoo.experiments import experiment_key, get_budget, render_markdown, run_experiment
+    from deephash_zoo.experiments.plan import BITS, default_data
+    from deephash_zoo.experiments.publish import markers, update_readme, write_cards, write_outputs
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    data = args.data or default_data(args.experiment)[0]
+    budget = get_budget(args.budget)
+    key = experiment_key(args.experiment, data, budget.name)
+    work = args.work or Path('runs/experiments') / key
+    out = args.cards / 'results' if args.publish else work
+    if args.publish:
+        if budget.name == 'tiny':
+            raise UserError('the tiny budget is for tests (its numbers mean nothing); do not --publish it')
+        if not args.readme.is_file():
+            raise UserError(f'{args.readme}: not found; --publish fills its results block (or pass --readme)')
+        if markers(key)[0] not in args.readme.read_text():
+            start, end = markers(key)
+            raise UserError(f'{args.readme} has no block for {key}; add the lines {start} and {end} first')
+    arms = tuple(a.strip() for a in args.arms.split(',')) if args.arms else ()
+    command = 'deephash-experiment ' + ' '.join(shlex.quote(a) for a in argv)
+    result = run_experiment(args.experiment, data, budget, work, bits=tuple(args.bits or BITS), only=arms,
+                            seeds=args.seeds, resume=args.resume, keep=args.keep, init=args.init,
+                            device=args.device, measure_encoding=not args.no_encoding_time, command=command)
+    json_rel = f'{out.as_posix()}/{key}.json'
+    markdown = render_markdown(result, json_path=json_rel)
+    paths = write_outputs(result, markdown, out, key)
+    print(markdown)
+    print(f"wrote {paths['json']} and {paths['markdown']}")
+    if args.publish:
+        update_readme(args.readme, key, markdown.replace('### ', '#### ', 1))
+        cards = write_cards(result, args.cards, efficiency=args.efficiency)
+        print(f'updated {args.readme} ({key}); wrote {len(cards)} card(s) to {args.cards}')
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == '__main__':
+    cli()

@@ -1,0 +1,215 @@
+"""An experiment's JSON as tables: mean +- std over seeds, the papers' own numbers beside them (labelled
+as other datasets), and which of the papers' orderings these runs confirm, contradict or cannot tell.
+
+An ordering "A beats B" is *confirmed* at a code length when mean(A) - mean(B) exceeds std(A) + std(B)
+over the seeds, *contradicted* when mean(B) - mean(A) does, and *cannot tell* otherwise.
+"""
+import statistics
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict']
+
+_DATA_NAMES = {'fashion-mnist': 'Fashion-MNIST', 'mosaic': 'the Fashion-MNIST 2x2 mosaic (multi-label)'}
+
+PAPER_NOTES = {
+    'ablation': [
+        'The DATH paper (Jiang et al. 2021) reports NUS-WIDE and MS-COCO (not CIFAR-10), with mAP@5000 after '
+        'ImageNet pre-training at 224x224 for 200 epochs. Its Tables 2, 3, 5 and 6 did not survive in our copy '
+        'of the paper, so no absolute mAP is quoted here; its text gives:',
+        'DATH vs the best traditional method on deep features, NUS-WIDE: +7.9 / +5.4 / +6.6 / +5.8 points of mAP '
+        'at 16 / 32 / 48 / 64 bits; vs the deep method GAH on MS-COCO: +5.6 / +5.2 / +3.9 / +4.1 points.',
+        'Table 3 (variants): DATH-S beats DATH-C and both beat DATH-N ("adding spatial attention improves the model '
+        'more significantly"); DATH beats both single attentions; the gain from attention shrinks as codes grow; '
+        'DATH "can almost achieve better results" than DATH-1.',
+        'Table 5: DATH\'s encoding time is "close to twice" that of other deep methods (GTX 1080Ti). Table 6: DATH '
+        'trains slower per epoch than DATH-1.',
+    ],
+    'multitask': [
+        'The ADMTH paper (Wang et al. 2023), CNN-F pre-trained on ImageNet, 224x224, mAP@5000: NUS-WIDE '
+        '76.2 / 79.5 / 80.4 / 83.7 and MS-COCO 67.7 / 72.8 / 73.0 / 74.2 at 16 / 32 / 48 / 64 bits (Tables 4, 5).',
+        'Table 3: training one multi-length model took 209.6 s against 629.8 s for the four single-length models '
+        '(ratio 0.33, average over 150 epochs). Table 2: splitting into branches at the first fully connected '
+        'layer beats splitting at the convolutional layers (not run here: our models split at fc6 only).',
+        'Its ablations: the attention module helps (ADMTH above DMLH), and learning the lengths together is at '
+        'least as good as learning them one by one.',
+    ],
+}
+
+# (claim text, better arm, worse arm); arms missing from a run are skipped
+_CLAIMS = {
+    'ablation': [
+        ('position attention helps', 'DATH-S', 'DATH-N'),
+        ('channel attention helps', 'DATH-C', 'DATH-N'),
+        ('position attention helps more than channel attention', 'DATH-S', 'DATH-C'),
+        ('two attention streams beat position attention alone', 'DATH', 'DATH-S'),
+        ('two attention streams beat channel attention alone', 'DATH', 'DATH-C'),
+        ('two streams beat one shared trunk', 'DATH', 'DATH-1'),
+    ],
+    'multitask': [
+        ('attention helps', 'ADMTH (multi-length)', 'DMLH (multi-length)'),
+        ('multi-length learning beats single-length learning', 'ADMTH (multi-length)', 'ADMTH (single-length)'),
+    ],
+}
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
+    values = list(values)
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+
+def _cells_of(result: Dict[str, Any], model: str) -> List[Dict[str, Any]]:
+    return [c for c in result['cells'] if c['model'] == model]
+
+
+def summarize(result: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Per arm: mAP and P@100 (mean, std, n) per code length; training seconds per epoch and in total
+    (the arm's models summed, per seed); encoding ms/image (the arm's models summed)."""
+    out = {}
+    for arm in result['arms']:
+        per_bits = {}
+        for b, model in arm['models'].items():
+            cells = _cells_of(result, model)
+            per_bits[b] = dict(map=_mean_std([c['results'][b]['map'] for c in cells]),
+                               p_at_100=_mean_std([c['results'][b]['p_at_n']['100'] for c in cells]))
+        models = list(dict.fromkeys(arm['models'].values()))
+        seeds = result['seeds']
+        totals = [sum(c['train_seconds'] for m in models for c in _cells_of(result, m) if c['seed'] == s)
+                  for s in seeds]
+        enc = result.get('encoding', {}).get('models', {})
+        # an arm of one model per length is compared per model (the paper's Table 5 times its 16-bit models);
+        # the single-length ADMTH arm stands for the four models a multi-length one replaces: summed
+        costed = models if result['experiment'] == 'multitask' else models[:1]
+        out[arm['label']] = dict(
+            bits=per_bits, models=models,
+            epoch_seconds=_mean_std([c['epoch_seconds'] for m in models for c in _cells_of(result, m)]),
+            images_per_s=_mean_std([c['images_per_s'] for m in models for c in _cells_of(result, m)]),
+            train_seconds_total=_mean_std(totals),
+            costed=costed, params=sum(result['params'][m] for m in costed),
+            encode_ms=sum(enc[m]['ms_per_image'] for m in costed) if all(m in enc for m in costed) else None,
+        )
+    return out
+
+
+def verdict(better: Tuple[float, float, int], worse: Tuple[float, float, int]) -> str:
+    """'confirmed', 'contradicted' or 'cannot tell' for "better beats worse" (see the module docstring)."""
+    diff, spread = better[0] - worse[0], better[1] + worse[1]
+    if better[2] < 2 or worse[2] < 2:
+        return 'cannot tell'  # one seed has no spread to judge by
+    if diff > spread:
+        return 'confirmed'
+    if -diff > spread:
+        return 'contradicted'
+    return 'cannot tell'
+
+
+def claims(result: Dict[str, Any], summary: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Each paper ordering with its verdict per code length (mAP), plus the multi-task time claim."""
+    summary = summary or summarize(result)
+    out = []
+    for text, better, worse in _CLAIMS.get(result['experiment'], []):
+        if better not in summary or worse not in summary:
+            continue
+        per_bits = {b: verdict(summary[better]['bits'][b]['map'], summary[worse]['bits'][b]['map'])
+                    for b in summary[better]['bits'] if b in summary[worse]['bits']}
+        out.append(dict(claim=text, better=better, worse=worse, per_bits=per_bits))
+    ratio = multitask_time(result, summary)
+    if ratio is not None:
+        mean, std, n = ratio['ratio']
+        v = 'cannot tell' if n < 2 else 'confirmed' if mean + std < 1 else 'contradicted' if mean - std > 1 \
+            else 'cannot tell'
+        out.append(dict(claim='one multi-length model trains in less time than the four single-length models',
+                        better='ADMTH (multi-length)', worse='ADMTH (single-length)', per_bits={'time': v}))
+    return out
+
+
+def multitask_time(result: Dict[str, Any], summary: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Total training seconds of the multi-length ADMTH against the four singles, per seed and as a ratio."""
+    multi, single = summary.get('ADMTH (multi-length)'), summary.get('ADMTH (single-length)')
+    if multi is None or single is None or len(single['models']) < 2:
+        return None
+    ratios = []
+    for s in result['seeds']:
+        m = sum(c['train_seconds'] for c in _cells_of(result, multi['models'][0]) if c['seed'] == s)
+        t = sum(c['train_seconds'] for mm in single['models'] for c in _cells_of(result, mm) if c['seed'] == s)
+        ratios.append(m / t)
+    return dict(multi=multi['train_seconds_total'], singles=single['train_seconds_total'],
+                ratio=_mean_std(ratios))
+
+
+def _pm(ms: Tuple[float, float, int], digits: int = 3) -> str:
+    return f'{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}' if ms[2] > 1 else f'{ms[0]:.{digits}f}'
+
+
+def _table(head: List[str], rows: List[List[str]]) -> List[str]:
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(' --- ' for _ in head) + '|']
+    return lines + ['| ' + ' | '.join(r) + ' |' for r in rows]
+
+
+def _describe_verdicts(per_bits: Dict[str, str]) -> str:
+    groups: Dict[str, List[str]] = {}
+    for b, v in per_bits.items():
+        groups.setdefault(v, []).append(b)
+    parts = []
+    for v in ('confirmed', 'contradicted', 'cannot tell'):
+        if v in groups:
+            where = ', '.join(groups[v])
+            parts.append(v if where == 'time' else f'{v} at {where} bits')
+    return '; '.join(parts)
+
+
+def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, heading_level: int = 3) -> str:
+    """The experiment's tables as GitHub markdown (the README block and the .md file are this text)."""
+    summary = summarize(result)
+    budget, machine = result['budget'], result['machine']
+    bits = [str(b) for b in result['bits']]
+    topk = (budget.get('topk') or {}).get(result['data'])
+    metric = f'mAP@{topk}' if topk else 'mAP@all'
+    title = 'DATH ablation' if result['experiment'] == 'ablation' else 'ADMTH multi-task study'
+    h = '#' * heading_level
+    seeds = ', '.join(str(s) for s in result['seeds'])
+    lines = [f'{h} {title} on {_DATA_NAMES.get(result["data"], result["data"])} ({budget["name"]} budget)', '',
+             f'Generated by `{result["command"]}` on {result["generated"][:10]}: {machine["cpu"]}, '
+             f'{machine["usable_cores"]} usable cores, GPU: {machine["gpu"] or "none"}; '
+             f'{result["wall_seconds"] / 60:.1f} min wall time'
+             + (f' (resumed: {result["resumed_cells"]} cells from an earlier run)' if result.get('resumed_cells')
+                else '') + '.',
+             f'Budget: {budget["description"]}. Mean ± std over seeds {seeds}'
+             + (f'; raw JSON: `{json_path}`' if json_path else '') + '.', '']
+    chance = result['chance']
+    lines += [f'**{metric}** (random codes score {chance["map"]:.3f} on these query and database sets)', '']
+    lines += _table(['model'] + [f'{b} bits' for b in bits],
+                    [[label] + [_pm(s['bits'][b]['map']) if b in s['bits'] else '' for b in bits]
+                     for label, s in summary.items()])
+    lines += ['', f'**P@100** (random codes: {chance["p_at_100"]:.3f})', '']
+    lines += _table(['model'] + [f'{b} bits' for b in bits],
+                    [[label] + [_pm(s['bits'][b]['p_at_100']) if b in s['bits'] else '' for b in bits]
+                     for label, s in summary.items()])
+    enc = result.get('encoding') or {}
+    enc_head = f'encode ms/image ({enc.get("runtime", "eager")}, batch 1, {enc.get("img_size", 224)}x' \
+               f'{enc.get("img_size", 224)})'
+    cost_rows = []
+    for label, s in summary.items():
+        which = f' ({len(s["costed"])} models)' if len(s['costed']) > 1 else \
+            f' ({s["costed"][0]})' if len(s['models']) > 1 else ''
+        cost_rows.append([label, f'{s["params"]:,}{which}', _pm(s['epoch_seconds'], 1), _pm(s['images_per_s'], 1),
+                          _pm(s['train_seconds_total'], 1),
+                          '' if s['encode_ms'] is None else f'{s["encode_ms"]:.1f}{which}'])
+    lines += ['', '**Cost** (the DATH paper\'s Tables 5 and 6 framing; training at the budget\'s input size, '
+              'encoding at the papers\')', '']
+    lines += _table(['model', 'parameters', 'train s/epoch (each model)', 'train images/s',
+                     'train s in total (all the arm\'s models, per seed)', enc_head], cost_rows)
+    mt = multitask_time(result, summary)
+    if mt is not None:
+        lines += ['', f'**Training time, one multi-length model vs four single-length models** (same data, '
+                  f'epochs and batch): {_pm(mt["multi"], 1)} s vs {_pm(mt["singles"], 1)} s, ratio '
+                  f'{_pm(mt["ratio"])} (the paper: 209.6 s vs 629.8 s, ratio 0.33).']
+    lines += ['', '**The papers\' own numbers** (other datasets, other budgets: not comparable with the rows '
+              'above)', '']
+    lines += [f'- {n}' for n in PAPER_NOTES[result['experiment']]]
+    found = claims(result, summary)
+    if found:
+        lines += ['', '**The papers\' orderings in these runs** (mAP; confirmed / contradicted when the means '
+                  'differ by more than the sum of their standard deviations)', '']
+        for c in found:
+            lines.append(f'- {c["claim"]} ({c["better"]} over {c["worse"]}): {_describe_verdicts(c["per_bits"])}.')
+    return '\n'.join(lines) + '\n'

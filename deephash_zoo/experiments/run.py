@@ -1,0 +1,142 @@
+"""Run an experiment: every (arm, seed) cell, resumable, then the measurements no training needs.
+
+Cells are appended to ``WORK/cells.jsonl`` as they finish, so ``resume=True`` after an interruption
+re-trains only what is missing (each cell is deterministic given its seed). Seeds run in the outer
+loop: a run stopped early still has every model at the first seed.
+"""
+import datetime
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+
+import deephash_zoo
+from deephash_zoo.utils import cpu_model, usable_cores
+
+from .budgets import Budget
+from .plan import BITS, arms_for
+from .runs import chance_level, run_cell
+
+__all__ = ['SCHEMA_VERSION', 'KEEP_CHOICES', 'run_experiment', 'experiment_key']
+
+SCHEMA_VERSION = 1
+KEEP_CHOICES = ('none', 'first-seed', 'all')
+ENCODE_IMG_SIZE = 224  # the papers' input size, as in export/efficiency.md
+
+
+def experiment_key(experiment: str, data: str, budget: str) -> str:
+    """File stem and README marker name of one experiment's outputs, e.g. ``ablation-fashion-mnist-cpu-small``."""
+    return f'{experiment}-{data}-{budget}'
+
+
+def _load_cells(path: Path) -> Dict[Tuple[str, int], Dict[str, Any]]:
+    cells: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                cells[(row['model'], int(row['seed']))] = row
+    return cells
+
+
+def _machine() -> Dict[str, Any]:
+    try:
+        load = Path('/proc/loadavg').read_text().split()[:3]
+    except OSError:
+        load = []
+    return dict(cpu=cpu_model(), usable_cores=usable_cores(), torch_threads=torch.get_num_threads(),
+                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                deephash_zoo=deephash_zoo.__version__, load_average=load)
+
+
+def _num_params(model: str) -> int:
+    with torch.device('meta'):
+        m = timm.create_model(model)
+    return sum(p.numel() for p in m.parameters())
+
+
+def _encoding(experiment: str, arms: List[Any], say: Callable[[str], None]) -> Dict[str, Any]:
+    """Eager ms/image at batch 1 and 224x224 (the DATH paper's Table 5 measure): the first (shortest-code)
+    model of each ablation arm, as the paper times 16-bit models; every model of the multi-task study."""
+    from deephash_zoo.export.bench import eager_encoding_time
+
+    out = {}
+    for arm in arms:
+        models = arm.distinct_models if experiment == 'multitask' else arm.distinct_models[:1]
+        for model in models:
+            say(f'encoding time: {model}')
+            out[model] = eager_encoding_time(model, ENCODE_IMG_SIZE)
+    return out
+
+
+def run_experiment(
+        experiment: str,
+        data: str,
+        budget: Budget,
+        work: Path,
+        bits: Sequence[int] = BITS,
+        only: Sequence[str] = (),
+        seeds: Optional[Sequence[int]] = None,
+        resume: bool = False,
+        keep: str = 'first-seed',
+        init: Optional[str] = None,
+        device: str = 'auto',
+        measure_encoding: bool = True,
+        command: str = '',
+        say: Callable[[str], None] = print,
+) -> Dict[str, Any]:
+    """Train and evaluate every cell of ``experiment`` on ``data``; returns the experiment's JSON dict."""
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f'keep must be one of {KEEP_CHOICES}, got {keep!r}')
+    arms = arms_for(experiment, tuple(bits), tuple(only))
+    seeds = tuple(budget.seeds if seeds is None else seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f'seeds must be distinct and at least one, got {list(seeds)}')
+    work.mkdir(parents=True, exist_ok=True)
+    cells_path = work / 'cells.jsonl'
+    if not resume and cells_path.exists():
+        cells_path.unlink()
+    done = _load_cells(cells_path)
+    resumed = len(done)
+    models = list(dict.fromkeys(m for arm in arms for m in arm.distinct_models))
+    machine_start = _machine()
+    t0 = time.perf_counter()
+    total = len(models) * len(seeds)
+    for seed in seeds:
+        for model in models:
+            if (model, seed) in done:
+                continue
+            keep_this = keep == 'all' or (keep == 'first-seed' and seed == seeds[0])
+            t_cell = time.perf_counter()
+            row = run_cell(model, data, budget, seed, work / f'{model}-seed{seed}', keep=keep_this, init=init,
+                           device=device)
+            with open(cells_path, 'a') as f:
+                f.write(json.dumps(row) + '\n')
+            done[(model, seed)] = row
+            best = max(r['map'] for r in row['results'].values())
+            say(f'[{len(done)}/{total}] {model} seed {seed}: best mAP {best:.4f}, '
+                f'{time.perf_counter() - t_cell:.0f} s (elapsed {time.perf_counter() - t0:.0f} s)')
+    train_wall = time.perf_counter() - t0
+    encoding = _encoding(experiment, arms, say) if measure_encoding else {}
+    say('chance level (random codes)')
+    chance = chance_level(data, budget, seeds[0])
+    return dict(
+        schema_version=SCHEMA_VERSION, experiment=experiment, data=data, budget=asdict(budget),
+        seeds=list(seeds), bits=list(bits),
+        arms=[dict(label=a.label, description=a.description, models={str(b): m for b, m in a.models.items()})
+              for a in arms],
+        params={m: _num_params(m) for m in models},
+        cells=[done[(m, s)] for s in seeds for m in models],
+        encoding=dict(img_size=ENCODE_IMG_SIZE, batch=1, runtime='PyTorch eager', models=encoding),
+        chance=chance, init=init,
+        wall_seconds=time.perf_counter() - t0, train_wall_seconds=train_wall,
+        machine=dict(machine_start, load_average_end=_machine()['load_average']),
+        generated=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        command=command, resumed_cells=resumed,
+    )

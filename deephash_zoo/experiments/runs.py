@@ -1,0 +1,106 @@
+"""One cell of an experiment: train one model with one seed under a budget, then measure its retrieval.
+
+The run goes through the same code a user runs (:func:`deephash_zoo.training.train`, the checkpoint
+loader, the retrieval metrics), and leaves a ``metrics.json`` in ``deephash-eval``'s schema beside its
+checkpoint, so ``deephash-card`` and ``deephash-push`` take the checkpoint as it is.
+"""
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+import deephash_zoo
+from deephash_zoo.training.trainer import TrainConfig, family_defaults, train
+from deephash_zoo.utils import write_atomic
+
+from .budgets import Budget
+
+__all__ = ['EVAL_NS', 'run_cell', 'chance_level', 'epoch_records']
+
+EVAL_NS = (10, 50, 100, 500, 1000)
+
+
+def epoch_records(run_dir: Path) -> List[Dict[str, Any]]:
+    """The trainer's per-epoch records (seconds, images/s, mean losses) from ``train_log.jsonl``."""
+    lines = (run_dir / 'train_log.jsonl').read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get('event') == 'epoch']
+
+
+def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int, img_size: Optional[int]) -> Dict[str, Any]:
+    """deephash-eval's metrics report of the run's checkpoint, on the budget's query/database subsets."""
+    from deephash_zoo.cli.eval import SCHEMA_VERSION, load_for_retrieval, protocol_sets, transform_size
+    from deephash_zoo.retrieval.encoding import encode_dataset_lengths, model_transform
+    from deephash_zoo.retrieval.metrics import TIE_BREAK, evaluate
+
+    ckpt = load_for_retrieval(run_dir / 'checkpoint', 'cpu')
+    transform = model_transform(ckpt.model, img_size)
+    sets, protocol = protocol_sets(data, None, seed, transform, budget.query_subset, budget.db_subset)
+    topk = budget.topk_for(data)
+    protocol['map_topk'] = 'all' if topk is None else topk
+    codes = {name: encode_dataset_lengths(ckpt.model, ds, ckpt.bits, 64, 'cpu', progress=False)
+             for name, ds in sets.items()}
+    results = {str(b): evaluate(codes['query'][b], codes['database'][b], sets['query'].labels,
+                                sets['database'].labels, topk=topk, ns=EVAL_NS, bits=b)
+               for b in ckpt.bits}
+    return {'schema_version': SCHEMA_VERSION, 'model': ckpt.architecture, 'checkpoint': str(ckpt.path),
+            'weights_sha256': ckpt.weights_sha256, 'dataset': data, 'protocol': protocol,
+            'img_size': int(transform_size(ckpt.model, img_size)), 'results': results, 'tie_break': TIE_BREAK,
+            'package_version': deephash_zoo.__version__}
+
+
+def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, keep: bool = False,
+             init: Optional[str] = None, device: str = 'auto') -> Dict[str, Any]:
+    """Train ``model`` on ``data`` with ``seed``, evaluate it, and return the row of the experiment's JSON.
+
+    ``keep``: leave the checkpoint (and its metrics.json) in ``run_dir`` for cards and pushing; the
+    resumable training state is always removed, and without ``keep`` the whole run folder is.
+    """
+    family = family_defaults(model)['family']
+    t0 = time.perf_counter()
+    train(TrainConfig(model=model, data=data, out=str(run_dir), epochs=budget.epochs_for(family),
+                      batch_size=budget.batch_size, img_size=budget.img_size, subset=budget.train_subset,
+                      max_steps=budget.max_steps, seed=seed, log_every=10_000, init=init, device=device,
+                      loss_args=budget.loss_args_for(family)))
+    train_wall = time.perf_counter() - t0
+    epochs = epoch_records(run_dir)
+    report = _evaluate(run_dir, data, budget, seed, budget.img_size)
+    row = dict(
+        model=model, data=data, seed=seed,
+        results={b: dict(map=r['map'], p_at_n=r['p_at_n'], precision_radius2=r['precision_radius2'])
+                 for b, r in report['results'].items()},
+        epoch_seconds=statistics.median(e['seconds'] for e in epochs),
+        train_seconds=sum(e['seconds'] for e in epochs),
+        images_per_s=statistics.median(e['images_per_s'] for e in epochs),
+        steps=int(epochs[-1]['step']), epochs=len(epochs), final_loss=float(epochs[-1]['loss']),
+        train_wall_seconds=train_wall, eval_seconds=time.perf_counter() - t0 - train_wall,
+        weights_sha256=report['weights_sha256'],
+    )
+    shutil.rmtree(run_dir / 'last', ignore_errors=True)
+    if keep:
+        (run_dir / 'eval').mkdir(exist_ok=True)
+        write_atomic(run_dir / 'eval' / 'metrics.json', (json.dumps(report, indent=2) + '\n').encode())
+        row['checkpoint'] = str(run_dir / 'checkpoint')
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return row
+
+
+def chance_level(data: str, budget: Budget, seed: int, bits: int = 32) -> Dict[str, float]:
+    """mAP and P@100 of random codes on the budget's query/database sets: what ranking by nothing scores.
+
+    On the mosaic most pairs share a label, so its chance level is high; a table is read against it.
+    """
+    from deephash_zoo.cli.eval import protocol_sets
+    from deephash_zoo.retrieval.metrics import evaluate
+
+    sets, _ = protocol_sets(data, None, seed, None, budget.query_subset, budget.db_subset)
+    rng = np.random.default_rng([seed, 7])
+    q = rng.integers(0, 256, (len(sets['query']), bits // 8), dtype=np.uint8)
+    d = rng.integers(0, 256, (len(sets['database']), bits // 8), dtype=np.uint8)
+    r = evaluate(q, d, sets['query'].labels, sets['database'].labels, topk=budget.topk_for(data), ns=EVAL_NS,
+                 bits=bits)
+    return dict(map=r['map'], p_at_100=r['p_at_n']['100'], bits=bits)

@@ -1,0 +1,161 @@
+"""deephash-experiment at the tiny budget (two training steps per cell): the JSON, the markdown table and the
+README block are produced and say the same numbers; resuming re-trains nothing; verdicts follow the rule."""
+import json
+import re
+import statistics
+
+import pytest
+
+from deephash_zoo.cli.experiment import main
+from deephash_zoo.experiments import BUDGETS, arms_for, get_budget, render_markdown, summarize
+from deephash_zoo.experiments.publish import markers, update_readme, write_cards
+from deephash_zoo.experiments.report import claims, verdict
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='Fashion-MNIST not installed (apt-get install '
+                                                         'dataset-fashion-mnist)')
+
+
+def _table_rows(markdown: str, title: str) -> dict:
+    """{arm label: [cell texts]} of the markdown table that follows the bold ``title`` line."""
+    block = markdown.split(f'**{title}**', 1)[1].split('\n\n', 2)[1]
+    rows = {}
+    for line in block.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _mean_from_cells(result: dict, model: str, bits: str, key: str = 'map') -> float:
+    vals = [c['results'][bits][key] if key == 'map' else c['results'][bits]['p_at_n']['100']
+            for c in result['cells'] if c['model'] == model]
+    return statistics.fmean(vals)
+
+
+def _check_agree(result: dict, markdown: str) -> None:
+    """Every mAP / P@100 cell of the markdown equals the mean over seeds of the JSON's cells (3 decimals)."""
+    for title, key in (('mAP@', 'map'), ('P@100', 'p100')):
+        head = next(t for t in re.findall(r'\*\*([^*]+)\*\*', markdown) if t.startswith(title))
+        rows = _table_rows(markdown, head)
+        assert set(rows) == {a['label'] for a in result['arms']}
+        for arm in result['arms']:
+            for i, bits in enumerate(str(b) for b in result['bits']):
+                model = arm['models'][bits]
+                shown = float(rows[arm['label']][i].split('±')[0])
+                assert shown == pytest.approx(_mean_from_cells(result, model, bits, key), abs=5e-4)
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_ablation_tiny_json_and_table_agree_and_resume(tmp_path, capsys):
+    work = tmp_path / 'work'
+    argv = ['ablation', '--budget', 'tiny', '--arms', 'DATH-S,DATH-N', '--bits', '16,32', '--work', str(work),
+            '--keep', 'first-seed']
+    assert main(argv) == 0
+    key = 'ablation-fashion-mnist-tiny'
+    result = json.loads((work / f'{key}.json').read_text())
+    markdown = (work / f'{key}.md').read_text()
+    assert result['seeds'] == list(BUDGETS['tiny'].seeds) and len(result['cells']) == 2 * 4
+    assert all(c['steps'] == 2 for c in result['cells'])
+    _check_agree(result, markdown)
+    assert markdown in capsys.readouterr().out
+    # the claim DATH-S over DATH-N is judged at both lengths
+    assert 'position attention helps (DATH-S over DATH-N)' in markdown
+    # first-seed checkpoints are kept with their metrics; the others are gone
+    kept = sorted(p.name for p in work.iterdir() if p.is_dir())
+    assert kept == ['dath_n_16-seed0', 'dath_n_32-seed0', 'dath_s_16-seed0', 'dath_s_32-seed0']
+    assert not (work / 'dath_n_16-seed0' / 'last').exists()
+    cards = write_cards(result, tmp_path / 'cards')
+    assert sorted(p.name for p in cards) == [f'{k.split("-seed")[0]}.fmnist.md' for k in kept]
+    card = cards[0].read_text()
+    cell = next(c for c in result['cells'] if c['model'] == 'dath_n_16' and c['seed'] == 0)
+    assert 'model-index' in card and f"{cell['results']['16']['map']}" in card
+
+    # resume: every cell is read back, nothing is trained again, the numbers are the same
+    assert main(argv + ['--resume', '--no-encoding-time']) == 0
+    again = json.loads((work / f'{key}.json').read_text())
+    assert again['resumed_cells'] == 8 and again['cells'] == result['cells']
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_multitask_tiny_reports_time_ratio(tmp_path):
+    work = tmp_path / 'work'
+    argv = ['multitask', '--budget', 'tiny', '--bits', '16,32', '--arms', 'ADMTH (multi-length),ADMTH (single-length)',
+            '--work', str(work), '--keep', 'none', '--no-encoding-time', '--seeds', '0,1']
+    assert main(argv) == 0
+    key = 'multitask-mosaic-tiny'
+    result = json.loads((work / f'{key}.json').read_text())
+    markdown = (work / f'{key}.md').read_text()
+    assert result['budget']['topk']['mosaic'] == 10 and 'mAP@10' in markdown
+    _check_agree(result, markdown)
+    models = {c['model'] for c in result['cells']}
+    assert models == {'admth_cnnf_multi', 'admth_cnnf_16', 'admth_cnnf_32'}
+    assert not any(p.is_dir() for p in work.iterdir())  # --keep none
+    multi = [c['train_seconds'] for c in result['cells'] if c['model'] == 'admth_cnnf_multi']
+    singles = [sum(c['train_seconds'] for c in result['cells'] if c['seed'] == s and c['model'] != 'admth_cnnf_multi')
+               for s in (0, 1)]
+    expected = statistics.fmean(m / s for m, s in zip(multi, singles, strict=True))
+    ratio = float(re.search(r'ratio ([0-9.]+) ±', markdown).group(1))
+    assert ratio == pytest.approx(expected, abs=5e-4)
+    assert 'the paper: 209.6 s vs 629.8 s' in markdown
+
+
+def _fake_result(maps: dict) -> dict:
+    """An ablation result with the given per-seed mAPs {arm label: [seed0, seed1, seed2]} at 16 bits."""
+    arms = [a for a in arms_for('ablation', (16,)) if a.label in maps]
+    cells = []
+    for arm in arms:
+        for seed, m in enumerate(maps[arm.label]):
+            cells.append(dict(model=arm.models[16], seed=seed, results={'16': dict(map=m, p_at_n={'100': m})},
+                              epoch_seconds=1.0, images_per_s=10.0, train_seconds=1.0))
+    return dict(experiment='ablation', data='fashion-mnist', seeds=[0, 1, 2], bits=[16],
+                arms=[dict(label=a.label, description=a.description, models={'16': a.models[16]}) for a in arms],
+                params={a.models[16]: 1 for a in arms}, cells=cells, encoding={}, chance=dict(map=0.1, p_at_100=0.1),
+                budget=dict(name='cpu-small', description='d', topk={}), wall_seconds=60.0,
+                generated='2026-11-25T00:00',
+                command='deephash-experiment ablation', machine=dict(cpu='x', usable_cores=2, gpu=None))
+
+
+def test_verdicts_follow_the_spread_rule():
+    assert verdict((0.50, 0.01, 3), (0.40, 0.01, 3)) == 'confirmed'
+    assert verdict((0.40, 0.01, 3), (0.50, 0.01, 3)) == 'contradicted'
+    assert verdict((0.50, 0.06, 3), (0.40, 0.05, 3)) == 'cannot tell'
+    assert verdict((0.50, 0.0, 1), (0.40, 0.0, 1)) == 'cannot tell'  # one seed: no spread to judge by
+    result = _fake_result({'DATH-S': [0.50, 0.51, 0.52], 'DATH-C': [0.30, 0.31, 0.29],
+                           'DATH-N': [0.40, 0.60, 0.20]})
+    found = {c['claim']: c['per_bits']['16'] for c in claims(result)}
+    assert found == {'position attention helps': 'cannot tell', 'channel attention helps': 'cannot tell',
+                     'position attention helps more than channel attention': 'confirmed'}
+    markdown = render_markdown(result)
+    assert '(DATH-S over DATH-C): confirmed at 16 bits.' in markdown
+    assert summarize(result)['DATH-S']['bits']['16']['map'][0] == pytest.approx(0.51)
+
+
+def test_readme_block_is_replaced_between_markers_only(tmp_path):
+    readme = tmp_path / 'README.md'
+    start, end = markers('ablation-fashion-mnist-cpu-small')
+    readme.write_text(f'intro\n{start}\nold table\n{end}\noutro\n')
+    update_readme(readme, 'ablation-fashion-mnist-cpu-small', 'new table\n')
+    assert readme.read_text() == f'intro\n{start}\nnew table\n{end}\noutro\n'
+    update_readme(readme, 'ablation-fashion-mnist-cpu-small', 'newer\n')  # idempotent: the markers stay
+    assert readme.read_text() == f'intro\n{start}\nnewer\n{end}\noutro\n'
+    with pytest.raises(ValueError, match='no block for multitask-mosaic-cpu-small'):
+        update_readme(readme, 'multitask-mosaic-cpu-small', 'x')
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+    from deephash_zoo.cli._common import run_main
+
+    assert run_main(main, ['ablation', '--budget', 'tiny', '--publish', '--work', str(tmp_path)]) == 2
+    assert 'tiny budget is for tests' in capsys.readouterr().err
+    assert run_main(main, ['ablation', '--arms', 'DATH-X', '--work', str(tmp_path)]) == 2
+    assert "has no arm ['DATH-X']" in capsys.readouterr().err
+    assert run_main(main, ['ablation', '--bits', '24', '--work', str(tmp_path)]) == 2
+    assert 'code lengths must be among' in capsys.readouterr().err
+    readme = tmp_path / 'README.md'
+    readme.write_text('no markers\n')
+    assert run_main(main, ['multitask', '--publish', '--readme', str(readme), '--work', str(tmp_path)]) == 2
+    assert 'has no block for multitask-mosaic-cpu-small' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='unknown budget'):
+        get_budget('huge')
