@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 import deephash_zoo  # noqa: F401  (registers the models)
@@ -12,39 +11,27 @@ from deephash_zoo.cli._common import run_main
 from deephash_zoo.cli.eval import EVAL_NS
 from deephash_zoo.cli.eval import main as eval_main
 from deephash_zoo.cli.index import main as index_main
-from deephash_zoo.hub.checkpoint import save_checkpoint, weights_sha256
+from deephash_zoo.hub.checkpoint import weights_sha256
 from deephash_zoo.retrieval.encoding import encode_dataset, encode_dataset_lengths, model_transform
 from deephash_zoo.retrieval.metrics import evaluate
+from tests.conftest import TINY_IMG, TINY_NDB, save_tiny, tiny_model
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
 pytest.importorskip('faiss')
 
 needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
-IMG = 64
-NQ, NDB = 40, 120
+IMG = TINY_IMG
+NQ, NDB = 40, TINY_NDB
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
-def _model(arch='dath_n_16', bits=(8, 16), seed=0):
-    torch.manual_seed(seed)
-    model = timm.create_model(arch)
-    if tuple(bits) != tuple(model.bits):
-        model.reset_classifier(sum(bits), bits=bits)
-    return model.eval()
-
-
-def _save(model, path):
-    training = dict(img_size=IMG, seed=0, data='fashion-mnist', data_root=None)
-    return save_checkpoint(model, path / 'checkpoint', dataset='fashion-mnist', training=training)
+_model, _save = tiny_model, save_tiny
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    """A training-run folder holding a two-length (8, 16) checkpoint trained at 64x64."""
-    path = tmp_path_factory.mktemp('run')
-    model = _model()
-    _save(model, path)
-    return path, model
+def run(tiny_run):
+    """A training-run folder holding a two-length (8, 16) checkpoint trained at 64x64 (shared, conftest)."""
+    return tiny_run
 
 
 def _one_line_error(capsys, code, *needles):
@@ -139,14 +126,9 @@ def test_eval_errors(run, tmp_path, capsys, args, needles):
 
 # --------------------------------------------------------------------------------------------- index
 @pytest.fixture(scope='module')
-def built_index(run, tmp_path_factory):
-    if not HAS_FMNIST:
-        pytest.skip('dataset-fashion-mnist not installed (.ci/setup.sh)')
-    path, _ = run
-    out = tmp_path_factory.mktemp('idx') / 'index'
-    assert run_main(index_main, ['build', '--checkpoint', str(path), '--bits', '16', '--db-subset', str(NDB),
-                                 '--out', str(out), '--no-progress']) == 0
-    return out
+def built_index(tiny_index):
+    """The run's 16-bit index of NDB Fashion-MNIST training images (shared, conftest)."""
+    return tiny_index
 
 
 def test_index_build_and_query_round_trip(run, built_index, tmp_path, capsys):

@@ -33,6 +33,9 @@ folder ``RUN`` holding ``checkpoint/``, else ``CHECKPOINT/eval/``), each file at
   N above the database size counts the whole database.
 * ``pr_curve.png`` (precision vs recall over Hamming radius 0..bits) and ``p_at_n.png`` (P@N vs N), one
   line per code length.
+* ``retrieval_grid.png``: ``--grid-rows`` queries (default 6, picked by the protocol seed and spread over the
+  labels, :func:`deephash_zoo.retrieval.grid.pick_queries`), each followed by its top 10 database items at the
+  longest code length evaluated, with distances, relevant ones framed green and irrelevant ones red.
 
 Subsets (``--query-subset`` / ``--db-subset``) are drawn from the full protocol split with
 ``numpy.random.default_rng([seed, 1])`` (queries) and ``[seed, 2]`` (database), so a subset never mixes
@@ -58,11 +61,13 @@ from deephash_zoo.utils import write_atomic
 
 from ._common import UserError, run_main
 
-__all__ = ['EVAL_NS', 'SCHEMA_VERSION', 'LoadedCheckpoint', 'load_for_retrieval', 'protocol_sets', 'main', 'cli']
+__all__ = ['EVAL_NS', 'SCHEMA_VERSION', 'Evaluation', 'LoadedCheckpoint', 'load_for_retrieval', 'protocol_sets',
+           'run_evaluation', 'main', 'cli']
 
 SCHEMA_VERSION = 1
 EVAL_NS: Tuple[int, ...] = (10, 50, 100, 200, 500, 1000, 2000, 5000)  # P@N / R@N points (DEFAULT_NS and more)
 TABLE_NS: Tuple[int, ...] = (100, 500, 1000)
+GRID_ROWS, GRID_TOPK = 6, 10
 
 
 # ------------------------------------------------------------------------------------------ shared with index
@@ -200,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=None, help="protocol seed (default: the checkpoint's training seed)")
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--no-plots', action='store_true', help='write metrics.json only (no matplotlib needed)')
+    p.add_argument('--grid-rows', type=int, default=GRID_ROWS,
+                   help='queries in retrieval_grid.png (default: %(default)s; 0: no grid)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
 
@@ -270,8 +277,22 @@ def plot_pngs(report: Dict[str, Any]) -> Dict[str, bytes]:
     return {'pr_curve.png': _png(pr), 'p_at_n.png': _png(pn)}
 
 
+@dataclass
+class Evaluation:
+    """What an evaluation computed: the metrics.json dict, and the sets and codes behind it (for the grid)."""
+
+    report: Dict[str, Any]
+    sets: Dict[str, Any]
+    codes: Dict[str, Dict[int, np.ndarray]]  # 'query' / 'database' -> {bits: packed codes}
+
+
 def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
     """Everything but printing and writing: the metrics.json dict."""
+    return run_evaluation(args).report
+
+
+def run_evaluation(args: argparse.Namespace) -> Evaluation:
+    """Load, encode and score: :func:`evaluate_checkpoint` with the encoded sets kept."""
     from deephash_zoo.retrieval.encoding import encode_dataset_lengths, model_transform
     from deephash_zoo.retrieval.metrics import TIE_BREAK, evaluate
 
@@ -295,7 +316,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
     results = {str(b): evaluate(codes['query'][b], codes['database'][b], sets['query'].labels,
                                 sets['database'].labels, topk=topk, ns=EVAL_NS, bits=b)
                for b in lengths}
-    return {
+    report = {
         'schema_version': SCHEMA_VERSION,
         'model': ckpt.architecture,
         'checkpoint': str(ckpt.path),
@@ -307,6 +328,24 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
         'tie_break': TIE_BREAK,
         'package_version': deephash_zoo.__version__,
     }
+    return Evaluation(report, sets, codes)
+
+
+def grid_png(ev: Evaluation, rows: int) -> bytes:
+    """``retrieval_grid.png``: seeded queries spread over the labels, each with its top 10 at the longest
+    code length evaluated (ties by database index, as in the metrics)."""
+    from deephash_zoo.retrieval import grid
+
+    report, query, database = ev.report, ev.sets['query'], ev.sets['database']
+    bits = max(int(b) for b in report['results'])
+    picks = grid.pick_queries(query.labels, rows, seed=report['protocol']['seed'])
+    positions, distances = grid.nearest(ev.codes['query'][bits][picks], ev.codes['database'][bits], GRID_TOPK)
+    cells = grid.ranked_rows([query.load_image(int(i)) for i in picks], query.labels[picks], database,
+                             positions, distances)
+    proto = report['protocol']
+    title = (f"{report['model']}, {bits}-bit codes, on {report['dataset']}: top {GRID_TOPK} of "
+             f"{proto['num_database']:,} database items by Hamming distance (ties by database index)")
+    return grid.grid_png(cells, title)
 
 
 def transform_size(model: torch.nn.Module, img_size: Optional[int]) -> int:
@@ -320,10 +359,15 @@ def transform_size(model: torch.nn.Module, img_size: Optional[int]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    report = evaluate_checkpoint(args)
+    if args.grid_rows < 0:
+        raise UserError(f'--grid-rows must be 0 or more, got {args.grid_rows}')
+    ev = run_evaluation(args)
+    report = ev.report
     out = args.out or default_out(Path(report['checkpoint']))
     out.mkdir(parents=True, exist_ok=True)
     files = {} if args.no_plots else plot_pngs(report)
+    if not args.no_plots and args.grid_rows:
+        files['retrieval_grid.png'] = grid_png(ev, args.grid_rows)
     for name, data in files.items():
         write_atomic(out / name, data)
     write_atomic(out / 'metrics.json', (json.dumps(report, indent=2) + '\n').encode())  # last: marks completion

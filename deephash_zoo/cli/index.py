@@ -5,7 +5,10 @@ manifest records what made the codes: ``model`` (architecture), ``model_bits`` (
 ``weights_sha256``, ``checkpoint`` (absolute path), ``dataset``, ``protocol``, ``img_size`` and
 ``package_version``; the index's own ``bits`` is the code length indexed. ``query`` encodes image files with
 the checkpoint the manifest names (or ``--checkpoint``) and refuses one whose architecture, code lengths or
-weights differ from the index's: codes of another model are meaningless neighbours.
+weights differ from the index's: codes of another model are meaningless neighbours. ``query --grid PNG``
+also draws each image with its neighbours (:mod:`deephash_zoo.retrieval.grid`), the database images rebuilt
+from the manifest's data set and protocol; an image file carries no label, so the frames are grey (relevance
+unknown) and the captions give each neighbour's label.
 """
 from __future__ import annotations
 
@@ -13,10 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-import numpy as np
-import torch
 from PIL import Image
 
 import deephash_zoo
@@ -24,7 +25,11 @@ import deephash_zoo
 from ._common import UserError, run_main
 from .eval import checkpoint_summary, data_defaults, load_for_retrieval, protocol_sets, resolve_device
 
-__all__ = ['main', 'cli']
+if TYPE_CHECKING:
+    from deephash_zoo.retrieval.index import HashIndex
+    from deephash_zoo.retrieval.search import HashSearcher, SearchResult
+
+__all__ = ['index_sets', 'open_searcher', 'main', 'cli']
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument('--checkpoint', default=None, help="checkpoint to encode with (default: the manifest's)")
     q.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     q.add_argument('--json', action='store_true', help='print the results as JSON')
+    q.add_argument('--grid', type=Path, default=None, metavar='PNG',
+                   help='also write the images and their neighbours as a grid PNG')
     return p
 
 
@@ -76,7 +83,7 @@ def build(args: argparse.Namespace) -> int:
                            progress=not args.no_progress)
     ids = database.ids if database.ids is not None else list(range(len(database)))
     extra = dict(model=ckpt.architecture, model_bits=list(ckpt.bits), weights_sha256=ckpt.weights_sha256,
-                 checkpoint=str(ckpt.path), dataset=data, protocol=protocol, img_size=img_size,
+                 checkpoint=str(ckpt.path), dataset=data, data_root=root, protocol=protocol, img_size=img_size,
                  package_version=deephash_zoo.__version__)
     index = HashIndex.build(codes, bits, ids=ids, kind=args.kind, manifest_extra=extra)
     try:
@@ -118,26 +125,60 @@ def _check_checkpoint_fits(manifest: Dict[str, Any], path: str, index_bits: int)
                         f'(weights sha256 differs); rebuild the index or pass the original --checkpoint')
 
 
-def query(args: argparse.Namespace) -> int:
+def open_searcher(index: HashIndex | Path, checkpoint: Optional[str] = None, device: str = 'auto') -> HashSearcher:
+    """An index (or index folder) with the checkpoint that made it (or ``checkpoint``, checked to fit first)."""
     from deephash_zoo.retrieval.encoding import model_transform
     from deephash_zoo.retrieval.index import HashIndex
+    from deephash_zoo.retrieval.search import HashSearcher
 
+    if not isinstance(index, HashIndex):
+        index = HashIndex.load(index)
+    manifest = index.manifest
+    path = checkpoint or manifest.get('checkpoint')
+    if path is None:
+        raise UserError('the index manifest names no checkpoint; pass --checkpoint')
+    _check_checkpoint_fits(manifest, path, index.bits)
+    ckpt = load_for_retrieval(path, resolve_device(device))
+    return HashSearcher(ckpt.model, index, model_transform(ckpt.model, manifest.get('img_size') or ckpt.img_size))
+
+
+def index_sets(manifest: Dict[str, Any], which: Sequence[str] = ('database',)) -> Dict[str, Any]:
+    """The protocol sets an index was built from (the database, in index order; the queries on request),
+    rebuilt from its manifest: for showing images, not encoding them (no transform)."""
+    data, proto = manifest.get('dataset'), manifest.get('protocol') or {}
+    if not data or 'seed' not in proto:
+        raise UserError('the index manifest does not record its data set and protocol; rebuild the index')
+    root = manifest.get('data_root')
+    if 'data_root' not in manifest:  # indexes built before data_root was recorded: the checkpoint's training root
+        try:
+            root = (checkpoint_summary(manifest['checkpoint'])[1].get('training') or {}).get('data_root')
+        except (KeyError, FileNotFoundError, ValueError):
+            root = None
+    try:
+        sets, _ = protocol_sets(data, root, int(proto['seed']), None, db_subset=proto.get('db_subset'), which=which)
+    except (FileNotFoundError, ValueError, UserError) as e:
+        raise UserError(f"cannot rebuild the index's {data} database to show its images: {e}") from None
+    ids = sets['database'].ids or list(range(len(sets['database'])))
+    if ids != manifest.get('ids'):
+        raise UserError(f"the {data} database rebuilt from the manifest does not hold the index's items "
+                        '(different data files?); cannot show its images')
+    return sets
+
+
+def query(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise UserError(f'-k must be a positive integer, got {args.k}')
-    index = HashIndex.load(args.index)
-    manifest = index.manifest
-    path = args.checkpoint or manifest.get('checkpoint')
-    if path is None:
-        raise UserError(f'{args.index}: the manifest names no checkpoint; pass --checkpoint')
+    from deephash_zoo.retrieval.index import HashIndex
+
+    index = HashIndex.load(args.index)  # a missing index is reported before an unreadable image
     images = _open_images(args.image)
-    _check_checkpoint_fits(manifest, path, index.bits)
-    ckpt = load_for_retrieval(path, resolve_device(args.device))
-    transform = model_transform(ckpt.model, manifest.get('img_size') or ckpt.img_size)
-    batch = torch.stack([transform(im) for im in images]).to(next(ckpt.model.parameters()).device)
-    codes = ckpt.model.encode(batch, bits=index.bits, packed=True).cpu().numpy()
-    ids, dist = index.search(codes, args.k, model=manifest.get('model'))
-    results = [dict(image=str(p), ids=_plain(row_ids), distances=[int(d) for d in row_d])
-               for p, row_ids, row_d in zip(args.image, ids, dist, strict=True)]
+    searcher = open_searcher(index, args.checkpoint, args.device)
+    manifest = index.manifest
+    found = searcher.search(images, args.k)
+    results = [dict(image=str(p), ids=row_ids, distances=[int(d) for d in row_d])
+               for p, row_ids, row_d in zip(args.image, found.ids, found.distances, strict=True)]
+    if args.grid is not None:
+        _write_grid(args.grid, images, found, manifest, [p.name for p in args.image])
     if args.json:
         print(json.dumps(dict(index=str(args.index), model=manifest.get('model'), bits=index.bits,
                               kind=index.kind, results=results), indent=2))
@@ -147,12 +188,24 @@ def query(args: argparse.Namespace) -> int:
         print(f"{r['image']}:\n  rank  dist  id")
         for rank, (item, d) in enumerate(zip(r['ids'], r['distances'], strict=True), 1):
             print(f'  {rank:>4}  {d:>4}  {item}')
+    if args.grid is not None:
+        print(f'wrote {args.grid}')
     return 0
 
 
-def _plain(row: np.ndarray) -> list:
-    """ids as JSON-ready Python values (ints, strings, or None for unfilled approximate slots)."""
-    return [int(i) if isinstance(i, (int, np.integer)) else i for i in row.tolist()]
+def _write_grid(path: Path, images: List[Image.Image], found: SearchResult, manifest: Dict[str, Any], names: List[str]
+                ) -> None:
+    """The query images and their neighbours as a grid PNG; grey frames: an image file has no label."""
+    from deephash_zoo.retrieval import grid
+    from deephash_zoo.utils import write_atomic
+
+    database = index_sets(manifest)['database']
+    rows = grid.ranked_rows(images, None, database, found.positions, found.distances)
+    rows = [[grid.GridCell(row[0].image, name, query=True), *row[1:]] for row, name in zip(rows, names, strict=True)]
+    title = (f"{manifest.get('model')}, {manifest['bits']}-bit codes: nearest of {manifest['num_items']:,} "
+             f"{manifest.get('dataset')} items (grey frames: the query's label is unknown)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, grid.grid_png(rows, title))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,80 @@
+"""Query a hash index with images: encode them with the index's model, search, and time both steps.
+
+``deephash-index query`` and the demo page answer through this one class, so the page shows exactly what
+the command prints for the same image and checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .index import HashIndex
+
+__all__ = ['HashSearcher', 'SearchResult', 'bit_string']
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Neighbours of each query image, nearest first, with the packed codes and where the time went."""
+
+    ids: List[list]  # per query: the index's item ids (-1 / None for slots an approximate index left empty)
+    positions: np.ndarray  # (nq, k) int64 rows of the index (-1: empty slot)
+    distances: np.ndarray  # (nq, k) int32 Hamming distances
+    codes: np.ndarray  # (nq, ceil(bits/8)) packed uint8 query codes
+    encode_ms: float  # transform + forward pass, all queries
+    search_ms: float  # index search, all queries
+
+
+class HashSearcher:
+    """A model and the index built from its codes; ``search(images, k)`` answers image queries.
+
+    ``transform`` maps a PIL image to the model's input tensor (``model_transform(model, img_size)`` at the
+    size the index was built with).
+    """
+
+    def __init__(self, model: torch.nn.Module, index: HashIndex, transform: Callable[[Image.Image], torch.Tensor]
+                 ) -> None:
+        self.model = model.eval()
+        self.index = index
+        self.transform = transform
+        self.device = next(model.parameters()).device
+        self._row = {item: row for row, item in enumerate(index.ids)}
+
+    @property
+    def bits(self) -> int:
+        return self.index.bits
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Packed ``(n, ceil(bits/8))`` codes of PIL images, at the index's code length."""
+        batch = torch.stack([self.transform(im.convert('RGB')) for im in images]).to(self.device)
+        with torch.no_grad():
+            return self.model.encode(batch, bits=self.index.bits, packed=True).cpu().numpy()
+
+    def search(self, images: Sequence[Image.Image], k: int) -> SearchResult:
+        """The k nearest index items of each image (k above the index size is clipped)."""
+        if not images:
+            raise ValueError('no query images')
+        start = time.perf_counter()
+        codes = self.encode(images)
+        encoded = time.perf_counter()
+        ids, dist = self.index.search(codes, k, model=self.index.manifest.get('model'))
+        searched = time.perf_counter()
+        rows = np.array([[self._row.get(_plain(i), -1) for i in row] for row in ids], dtype=np.int64)
+        return SearchResult(ids=[[_plain(i) for i in row] for row in ids], positions=rows, distances=dist,
+                            codes=codes, encode_ms=1000 * (encoded - start), search_ms=1000 * (searched - encoded))
+
+
+def _plain(item: Any) -> Any:
+    """An id as a JSON-ready Python value (numpy ints become ints)."""
+    return int(item) if isinstance(item, (int, np.integer)) else item
+
+
+def bit_string(packed: np.ndarray, bits: int, group: int = 8) -> str:
+    """One packed code as '0'/'1' characters (numpy packbits order: +1 -> 1), a space every ``group`` bits."""
+    chars = ''.join('1' if b else '0' for b in np.unpackbits(np.asarray(packed, dtype=np.uint8), count=bits))
+    return ' '.join(chars[i:i + group] for i in range(0, len(chars), group)) if group else chars
