@@ -48,11 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--no-encoding-time', action='store_true', help='skip the eager encoding-time measurement')
     p.add_argument('--publish', action='store_true', help='write hub_cards/results/, the README block and the cards')
+    p.add_argument('--render-only', action='store_true',
+                   help="train nothing: re-render the tables (and with --publish the README block and cards) from "
+                        "the experiment's JSON already written")
     p.add_argument('--readme', type=Path, default=Path('README.md'), help='README to fill with --publish')
     p.add_argument('--cards', type=Path, default=_CARDS, help='card folder with --publish (default: hub_cards)')
     p.add_argument('--efficiency', type=Path, default=Path('export/efficiency.json'),
                    help="efficiency JSON for the cards' speed table (missing: \"Not measured\")")
     return p
+
+
+def _read_result(path: Path) -> dict:
+    import json
+
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f'{path}: no results to render; run the experiment first') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f'{path}: not valid JSON ({e})') from None
+    if not isinstance(result, dict) or result.get('schema_version') != 1 or 'cells' not in result:
+        raise UserError(f'{path}: not a deephash-experiment result (schema_version 1 with cells)')
+    return result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -77,9 +94,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise UserError(f'{args.readme} has no block for {key}; add the lines {start} and {end} first')
     arms = tuple(a.strip() for a in args.arms.split(',')) if args.arms else ()
     command = 'deephash-experiment ' + ' '.join(shlex.quote(a) for a in argv)
-    result = run_experiment(args.experiment, data, budget, work, bits=tuple(args.bits or BITS), only=arms,
-                            seeds=args.seeds, resume=args.resume, keep=args.keep, init=args.init,
-                            device=args.device, measure_encoding=not args.no_encoding_time, command=command)
+    if args.render_only:
+        result = _read_result(out / f'{key}.json')
+    else:
+        result = run_experiment(args.experiment, data, budget, work, bits=tuple(args.bits or BITS), only=arms,
+                                seeds=args.seeds, resume=args.resume, keep=args.keep, init=args.init,
+                                device=args.device, measure_encoding=not args.no_encoding_time, command=command)
     json_rel = f'{out.as_posix()}/{key}.json'
     markdown = render_markdown(result, json_path=json_rel)
     paths = write_outputs(result, markdown, out, key)
