@@ -9,7 +9,7 @@ import pytest
 from deephash_zoo.cli.experiment import main
 from deephash_zoo.experiments import BUDGETS, arms_for, get_budget, render_markdown, summarize
 from deephash_zoo.experiments.publish import markers, update_readme, write_cards
-from deephash_zoo.experiments.report import claims, verdict
+from deephash_zoo.experiments.report import at_chance, claims, verdict
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
 needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='Fashion-MNIST not installed (apt-get install '
@@ -130,6 +130,14 @@ def test_verdicts_follow_the_spread_rule():
     markdown = render_markdown(result)
     assert '(DATH-S over DATH-C): confirmed at 16 bits.' in markdown
     assert summarize(result)['DATH-S']['bits']['16']['map'][0] == pytest.approx(0.51)
+    assert 'At the random-codes level' not in markdown
+
+
+def test_rows_at_the_random_codes_level_are_named():
+    result = _fake_result({'DATH-S': [0.50, 0.51, 0.52], 'DATH-N': [0.10, 0.11, 0.09]})
+    assert at_chance(result, summarize(result)) == ['DATH-N']
+    assert 'At the random-codes level (mean within one std of 0.100) at every length: DATH-N.' in \
+        render_markdown(result)
 
 
 def test_readme_block_is_replaced_between_markers_only(tmp_path):

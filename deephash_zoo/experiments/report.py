@@ -7,7 +7,7 @@ over the seeds, *contradicted* when mean(B) - mean(A) does, and *cannot tell* ot
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict']
+__all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', 'at_chance']
 
 _DATA_NAMES = {'fashion-mnist': 'Fashion-MNIST', 'mosaic': 'the Fashion-MNIST 2x2 mosaic (multi-label)'}
 
@@ -88,6 +88,13 @@ def summarize(result: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
             encode_ms=sum(enc[m]['ms_per_image'] for m in costed) if all(m in enc for m in costed) else None,
         )
     return out
+
+
+def at_chance(result: Dict[str, Any], summary: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Arms whose mAP is within one standard deviation of random codes' at every code length."""
+    level = result['chance']['map']
+    return [label for label, s in summary.items()
+            if all(abs(v['map'][0] - level) <= max(v['map'][1], 1e-3) for v in s['bits'].values())]
 
 
 def verdict(better: Tuple[float, float, int], worse: Tuple[float, float, int]) -> str:
@@ -186,6 +193,11 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
     lines += _table(['model'] + [f'{b} bits' for b in bits],
                     [[label] + [_pm(s['bits'][b]['map']) if b in s['bits'] else '' for b in bits]
                      for label, s in summary.items()])
+    flat = at_chance(result, summary)
+    if flat:
+        lines += ['', f'At the random-codes level (mean within one std of {chance["map"]:.3f}) at every length: '
+                  f'{", ".join(flat)}. These runs learned no measurable ranking at this budget; their orderings '
+                  f'below say nothing about the methods.']
     lines += ['', f'**P@100** (random codes: {chance["p_at_100"]:.3f})', '']
     lines += _table(['model'] + [f'{b} bits' for b in bits],
                     [[label] + [_pm(s['bits'][b]['p_at_100']) if b in s['bits'] else '' for b in bits]
