@@ -18,6 +18,7 @@ from deephash_zoo.cli._common import run_main
 from deephash_zoo.demo.browser import find_chromium
 from deephash_zoo.demo.uploads import UploadError, open_upload
 from tests.conftest import TINY_IMG, save_tiny, tiny_model
+from tests.test_data_fashion_mnist import HAS_FMNIST
 
 STARTUP_S = 180  # import torch + gradio, load the checkpoint and Fashion-MNIST, warm up, serve
 EXAMPLES = 3
@@ -65,6 +66,25 @@ def test_newest_checkpoint_picks_the_latest_fashion_mnist_run(tmp_path):
     os.utime(new / 'model.safetensors', (0, 0))
     assert newest_checkpoint(tmp_path) == old
     assert newest_checkpoint(tmp_path, dataset='mosaic') is None
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+def test_default_index_is_built_once_per_weights(tmp_path, capsys):
+    pytest.importorskip('faiss')
+    from deephash_zoo.cli.demo import _parser, default_index
+
+    run = tmp_path / 'runs' / 'tiny'
+    save_tiny(tiny_model(), run)
+    args = _parser().parse_args(['--runs', str(tmp_path / 'runs'), '--db-subset', '40', '--device', 'cpu'])
+    index = default_index(args)  # no --checkpoint: the newest under --runs
+    assert index == run / 'demo-index' and args.checkpoint == str(run / 'checkpoint')
+    manifest = json.loads((index / 'manifest.json').read_text())
+    assert manifest['dataset'] == 'fashion-mnist' and manifest['num_items'] == 40
+    assert 'building the default index' in capsys.readouterr().out
+    assert default_index(args) == index and 'building' not in capsys.readouterr().out  # fresh: reused
+    save_tiny(tiny_model(seed=1), run)  # new weights: rebuilt
+    assert default_index(args) == index and 'building' in capsys.readouterr().out
+    assert json.loads((index / 'manifest.json').read_text())['weights_sha256'] != manifest['weights_sha256']
 
 
 # ------------------------------------------------------------------------------------------ the server

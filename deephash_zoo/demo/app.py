@@ -10,6 +10,7 @@ Neighbour thumbnails are framed like the result grids: green when they share a l
 query, red when not, grey for uploads (an uploaded image has no label).
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -124,7 +125,7 @@ def build_demo(data: DemoData, initial: Optional[int] = 0) -> gr.Blocks:
         except UploadError as e:
             gr.Warning(str(e))
             return _empty(f'**Not searched:** {e}')
-        return answer(data, image, str(path).rsplit('/', 1)[-1])
+        return answer(data, image, Path(path).name)
 
     def on_select(evt: gr.SelectData) -> Tuple:
         return run_example(int(evt.index))
