@@ -167,3 +167,20 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
     assert 'has no block for multitask-mosaic-cpu-small' in capsys.readouterr().err
     with pytest.raises(ValueError, match='unknown budget'):
         get_budget('huge')
+
+
+@pytest.mark.parametrize('key', ['ablation-fashion-mnist-cpu-small', 'ablation-mosaic-cpu-small',
+                                 'multitask-mosaic-cpu-small'])
+def test_committed_tables_are_the_render_of_the_committed_json(key):
+    """README blocks and hub_cards/results/*.md are exactly what the command renders from the raw JSON."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = json.loads((root / 'hub_cards' / 'results' / f'{key}.json').read_text())
+    markdown = render_markdown(result, json_path=f'hub_cards/results/{key}.json')
+    assert (root / 'hub_cards' / 'results' / f'{key}.md').read_text() == markdown
+    start, end = markers(key)
+    readme = (root / 'README.md').read_text()
+    block = readme.split(start + '\n', 1)[1].split(end, 1)[0]
+    assert block == markdown.replace('### ', '#### ', 1)
+    assert len(result['seeds']) == 3 and result['budget']['name'] == 'cpu-small'
