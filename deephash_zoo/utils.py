@@ -1,13 +1,14 @@
 """Small helpers several modules share: atomic writes, file digests, a description of the machine."""
 import hashlib
+import json
 import os
 import platform
 import shutil
 import uuid
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
-__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'write_atomic', 'replace_dir']
+__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'write_atomic', 'replace_dir', 'read_json']
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -22,6 +23,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_json(path: Union[str, Path], missing: str) -> Any:
+    """The parsed JSON file at ``path``; one-line errors naming it: ``missing`` says what writes the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{path}: {missing}') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{path}: not valid JSON ({e})') from e
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -59,14 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_result(path: Path) -> dict:
-    import json
+    from deephash_zoo.utils import read_json
 
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f'{path}: no results to render; run the experiment first') from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f'{path}: not valid JSON ({e})') from None
+    result = read_json(path, 'no results to render; run the experiment first')
     if not isinstance(result, dict) or result.get('schema_version') != 1 or 'cells' not in result:
         raise UserError(f'{path}: not a deephash-experiment result (schema_version 1 with cells)')
     return result

@@ -9,25 +9,19 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 import deephash_zoo
-from deephash_zoo.training.trainer import TrainConfig, family_defaults, train
+from deephash_zoo.training.trainer import TrainConfig, epoch_records, family_defaults, train
 from deephash_zoo.utils import write_atomic
 
 from .budgets import Budget
 
-__all__ = ['EVAL_NS', 'run_cell', 'chance_level', 'epoch_records']
+__all__ = ['EVAL_NS', 'run_cell', 'chance_level']
 
 EVAL_NS = (10, 50, 100, 500, 1000)
-
-
-def epoch_records(run_dir: Path) -> List[Dict[str, Any]]:
-    """The trainer's per-epoch records (seconds, images/s, mean losses) from ``train_log.jsonl``."""
-    lines = (run_dir / 'train_log.jsonl').read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get('event') == 'epoch']
 
 
 def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int, img_size: Optional[int]) -> Dict[str, Any]:

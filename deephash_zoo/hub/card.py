@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from deephash_zoo.utils import write_atomic
+from deephash_zoo.utils import read_json, write_atomic
 
 from .checkpoint import read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
 
@@ -119,12 +119,7 @@ def default_repo_id(config: Dict[str, Any]) -> Optional[str]:
 def load_metrics(path: PathLike) -> Dict[str, Any]:
     """``deephash-eval``'s metrics.json, checked for what a card reads (schema_version 1)."""
     path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f'{path}: metrics file not found (deephash-eval writes metrics.json)') from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path}: not valid JSON ({e})') from e
+    report = read_json(path, 'metrics file not found (deephash-eval writes metrics.json)')
     if not isinstance(report, dict) or report.get('schema_version') != METRICS_SCHEMA:
         found = report.get('schema_version') if isinstance(report, dict) else type(report).__name__
         raise ValueError(f'{path}: expected deephash-eval metrics with schema_version {METRICS_SCHEMA}, got {found}')
@@ -145,10 +140,7 @@ def load_efficiency(path: Optional[PathLike]) -> Optional[Dict[str, Any]]:
     """The efficiency JSON (``deephash-export --bench``), or None when no path is given or it does not exist."""
     if path is None or not Path(path).is_file():
         return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path}: not valid JSON ({e})') from e
+    return read_json(path, 'efficiency JSON not found (deephash-export --bench writes it)')
 
 
 def _ms(batch: Optional[Dict[str, Any]]) -> str:

@@ -25,7 +25,7 @@ import torch
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.utils import cpu_model, write_atomic
 
-from .trainer import TrainConfig, _build_optimizer, family_defaults, train
+from .trainer import TrainConfig, _build_optimizer, epoch_records, family_defaults, train
 
 __all__ = ['main']
 
@@ -35,16 +35,11 @@ def _machine() -> Dict[str, Any]:
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
-def _epoch_record(run: Path) -> Dict[str, Any]:
-    records = [json.loads(line) for line in (run / 'train_log.jsonl').read_text().splitlines()]
-    return [r for r in records if r['event'] == 'epoch'][-1]
-
-
 def _trainer_epoch(model: str, data: str, img_size: int, batch: int, steps: int, out: Path,
                    lr: Optional[float] = None) -> Dict[str, Any]:
     train(TrainConfig(model=model, data=data, out=str(out), img_size=img_size, subset=batch * steps,
                       batch_size=batch, epochs=1, lr=lr, log_every=10_000))
-    return _epoch_record(out)
+    return epoch_records(out)[-1]
 
 
 def _bare_loop(model_name: str, img_size: int, batch: int, steps: int, num_labels: int, lr: float) -> float:

@@ -30,7 +30,7 @@ from deephash_zoo.losses import ADMTHLoss, DATHLoss
 
 from .state import load_train_state, save_train_state
 
-__all__ = ['TrainConfig', 'train', 'family_defaults', 'HashObjective']
+__all__ = ['TrainConfig', 'train', 'family_defaults', 'HashObjective', 'epoch_records']
 
 
 @dataclass
@@ -164,6 +164,12 @@ class _RunLog:
         if self.rank == 0:
             tqdm.write(text)
         self.record(event='message', text=text)
+
+
+def epoch_records(run_dir: Path) -> List[Dict[str, Any]]:
+    """The per-epoch records (seconds, images/s, mean losses) of a run folder's ``train_log.jsonl``."""
+    lines = (Path(run_dir) / 'train_log.jsonl').read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get('event') == 'epoch']
 
 
 def _prepare_data(cfg: TrainConfig, model: nn.Module):
