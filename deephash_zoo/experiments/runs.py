@@ -1,7 +1,7 @@
 """One cell of an experiment: train one model with one seed under a budget, then measure its retrieval.
 
-The run goes through the same code a user runs (:func:`deephash_zoo.training.train`, the checkpoint
-loader, the retrieval metrics), and leaves a ``metrics.json`` in ``deephash-eval``'s schema beside its
+The run goes through the same code a user runs (:func:`deephash_zoo.training.train`, then
+``deephash-eval``'s evaluation with the budget's subsets), and leaves that ``metrics.json`` beside its
 checkpoint, so ``deephash-card`` and ``deephash-push`` take the checkpoint as it is.
 """
 import json
@@ -13,37 +13,25 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-import deephash_zoo
 from deephash_zoo.training.trainer import TrainConfig, epoch_records, family_defaults, train
 from deephash_zoo.utils import write_atomic
 
 from .budgets import Budget
 
-__all__ = ['EVAL_NS', 'run_cell', 'chance_level']
-
-EVAL_NS = (10, 50, 100, 500, 1000)
+__all__ = ['run_cell', 'chance_level']
 
 
-def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int, img_size: Optional[int]) -> Dict[str, Any]:
-    """deephash-eval's metrics report of the run's checkpoint, on the budget's query/database subsets."""
-    from deephash_zoo.cli.eval import SCHEMA_VERSION, load_for_retrieval, protocol_sets, transform_size
-    from deephash_zoo.retrieval.encoding import encode_dataset_lengths, model_transform
-    from deephash_zoo.retrieval.metrics import TIE_BREAK, evaluate
+def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int) -> Dict[str, Any]:
+    """The metrics report of ``deephash-eval`` on the run's checkpoint, with the budget's subsets and mAP@K."""
+    from deephash_zoo.cli.eval import _parser, evaluate_checkpoint
 
-    ckpt = load_for_retrieval(run_dir / 'checkpoint', 'cpu')
-    transform = model_transform(ckpt.model, img_size)
-    sets, protocol = protocol_sets(data, None, seed, transform, budget.query_subset, budget.db_subset)
     topk = budget.topk_for(data)
-    protocol['map_topk'] = 'all' if topk is None else topk
-    codes = {name: encode_dataset_lengths(ckpt.model, ds, ckpt.bits, 64, 'cpu', progress=False)
-             for name, ds in sets.items()}
-    results = {str(b): evaluate(codes['query'][b], codes['database'][b], sets['query'].labels,
-                                sets['database'].labels, topk=topk, ns=EVAL_NS, bits=b)
-               for b in ckpt.bits}
-    return {'schema_version': SCHEMA_VERSION, 'model': ckpt.architecture, 'checkpoint': str(ckpt.path),
-            'weights_sha256': ckpt.weights_sha256, 'dataset': data, 'protocol': protocol,
-            'img_size': int(transform_size(ckpt.model, img_size)), 'results': results, 'tie_break': TIE_BREAK,
-            'package_version': deephash_zoo.__version__}
+    argv = ['--checkpoint', str(run_dir / 'checkpoint'), '--data', data, '--seed', str(seed), '--device', 'cpu',
+            '--topk', 'all' if topk is None else str(topk), '--no-plots', '--no-progress']
+    for flag, value in (('--query-subset', budget.query_subset), ('--db-subset', budget.db_subset),
+                        ('--img-size', budget.img_size)):
+        argv += [flag, str(value)] if value is not None else []
+    return evaluate_checkpoint(_parser().parse_args(argv))
 
 
 def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, keep: bool = False,
@@ -61,7 +49,7 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
                       loss_args=budget.loss_args_for(family)))
     train_wall = time.perf_counter() - t0
     epochs = epoch_records(run_dir)
-    report = _evaluate(run_dir, data, budget, seed, budget.img_size)
+    report = _evaluate(run_dir, data, budget, seed)
     row = dict(
         model=model, data=data, seed=seed,
         results={b: dict(map=r['map'], p_at_n=r['p_at_n'], precision_radius2=r['precision_radius2'])
@@ -88,7 +76,7 @@ def chance_level(data: str, budget: Budget, seed: int, bits: int = 32) -> Dict[s
 
     On the mosaic most pairs share a label, so its chance level is high; a table is read against it.
     """
-    from deephash_zoo.cli.eval import protocol_sets
+    from deephash_zoo.cli.eval import EVAL_NS, protocol_sets
     from deephash_zoo.retrieval.metrics import evaluate
 
     sets, _ = protocol_sets(data, None, seed, None, budget.query_subset, budget.db_subset)
