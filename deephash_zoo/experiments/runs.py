@@ -38,15 +38,15 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
              init: Optional[str] = None, device: str = 'auto') -> Dict[str, Any]:
     """Train ``model`` on ``data`` with ``seed``, evaluate it, and return the row of the experiment's JSON.
 
-    ``keep``: leave the checkpoint (and its metrics.json) in ``run_dir`` for cards and pushing; the
-    resumable training state is always removed, and without ``keep`` the whole run folder is.
+    ``keep``: leave the checkpoint (and its metrics.json) in ``run_dir`` for cards and pushing; without it
+    the run folder is removed. No resumable training state is written: a cell is redone, not resumed.
     """
     family = family_defaults(model)['family']
     t0 = time.perf_counter()
     train(TrainConfig(model=model, data=data, out=str(run_dir), epochs=budget.epochs_for(family),
                       batch_size=budget.batch_size, img_size=budget.img_size, subset=budget.train_subset,
                       max_steps=budget.max_steps, seed=seed, log_every=10_000, init=init, device=device,
-                      loss_args=budget.loss_args_for(family)))
+                      loss_args=budget.loss_args_for(family), save_state=False))
     train_wall = time.perf_counter() - t0
     epochs = epoch_records(run_dir)
     report = _evaluate(run_dir, data, budget, seed)
@@ -61,7 +61,6 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
         train_wall_seconds=train_wall, eval_seconds=time.perf_counter() - t0 - train_wall,
         weights_sha256=report['weights_sha256'],
     )
-    shutil.rmtree(run_dir / 'last', ignore_errors=True)
     if keep:
         (run_dir / 'eval').mkdir(exist_ok=True)
         write_atomic(run_dir / 'eval' / 'metrics.json', (json.dumps(report, indent=2) + '\n').encode())

@@ -60,6 +60,7 @@ class TrainConfig:
     amp: bool = True
     device: str = 'auto'
     loss_args: Dict[str, float] = field(default_factory=dict)
+    save_state: bool = True  # False: no resumable last/ (for callers that never resume, e.g. experiments)
 
 
 def family_defaults(model_name: str) -> Dict[str, Any]:
@@ -309,8 +310,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             log.message(f'epoch {epoch + 1}/{cfg.epochs}: ' + ', '.join(f'{k} {v:.4f}' for k, v in means.items())
                         + f', {seconds:.1f} s')
             done_epochs = epoch + 1 if not stop else epoch
-            save_train_state(out / 'last', model, loss, optimizer, scheduler, epoch=done_epochs, step=step,
-                             extra=dict(complete=not stop))
+            if cfg.save_state:
+                save_train_state(out / 'last', model, loss, optimizer, scheduler, epoch=done_epochs, step=step,
+                                 extra=dict(complete=not stop))
             save_checkpoint(model, out / 'checkpoint', dataset=cfg.data, training=run_config)
         if stop:
             break
