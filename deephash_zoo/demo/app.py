@@ -56,11 +56,8 @@ class DemoData:
 
 
 def _thumb(image: Image.Image, color: Tuple[int, int, int]) -> Image.Image:
-    image = image.convert('RGB')
-    scale = THUMB / max(image.size)
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
-    return ImageOps.expand(ImageOps.pad(image, (THUMB, THUMB), color=(255, 255, 255)), border=5, fill=color)
+    """A gallery thumbnail scaled as the grids' cells are, framed in ``color``."""
+    return ImageOps.expand(grid.fit_square(image, THUMB), border=5, fill=color)
 
 
 def _preview(image: Image.Image, side: int = 196) -> Image.Image:

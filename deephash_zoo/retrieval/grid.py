@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .codes import hamming_distances
 
 __all__ = ['GridCell', 'GridLayout', 'QUERY', 'RELEVANT', 'IRRELEVANT', 'UNKNOWN', 'label_text', 'nearest',
-           'pick_queries', 'ranked_rows', 'relevance', 'render_grid', 'grid_png']
+           'pick_queries', 'ranked_rows', 'relevance', 'render_grid', 'grid_png', 'fit_square']
 
 Color = Tuple[int, int, int]
 QUERY: Color = (31, 119, 180)  # blue
@@ -160,7 +160,7 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)  # Pillow's bundled font: the same pixels on every machine
 
 
-def _fit(image: Image.Image, side: int) -> Image.Image:
+def fit_square(image: Image.Image, side: int) -> Image.Image:
     """Scale into a ``side`` square keeping the aspect ratio (nearest neighbour for small images: crisp
     pixels), centred on white."""
     image = image.convert('RGB')
@@ -205,7 +205,7 @@ def render_grid(rows: Sequence[Sequence[GridCell]], title: str = '', layout: Opt
         for c, cell in enumerate(row):
             x, y = layout.origin(r, c)
             draw.rectangle((x, y, x + layout.box - 1, y + layout.box - 1), fill=cell.color)
-            canvas.paste(_fit(cell.image, layout.cell), (x + layout.frame, y + layout.frame))
+            canvas.paste(fit_square(cell.image, layout.cell), (x + layout.frame, y + layout.frame))
             top = 'query' if cell.query else f'd={cell.distance}' if cell.distance is not None else ''
             ty = y + layout.box + 2
             draw.text((x, ty), top, fill=_TEXT, font=bold)
