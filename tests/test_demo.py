@@ -219,17 +219,16 @@ def test_page_renders_results_in_headless_chromium(server, tmp_path):
     from deephash_zoo.demo.browser import dump_dom, screenshot
 
     started = time.perf_counter()
-    # the ?example=1 answer comes from the page's load event, a round trip to the server that Chromium's
-    # virtual time budget does not always wait for on a loaded machine: render again (bounded) until it is in
-    for _ in range(3):
-        dom = dump_dom(server + '?example=1')
-        if 'example 1 (' in dom:
-            break
+    # the ?example=1 answer comes from the page's load event, a server round trip: wait (bounded) until it is in
+    answered = ("document.body.innerText.includes('example 1 (')"
+                " && document.querySelectorAll('#neighbours img').length >= 10")
+    dom = dump_dom(server + '?example=1', until=answered, timeout=60)
     assert 'id="neighbours"' in dom and 'id="code"' in dom
     gallery = dom[dom.index('id="neighbours"'):]
     assert gallery.count('<img') >= 10 and 'd=' in gallery  # thumbnails with their distance captions
     assert 'example 1 (' in dom and 'encode' in dom  # the ?example=1 answer, with its timing
-    png = screenshot(server, tmp_path / 'page.png', size=(1280, 900))
+    png = screenshot(server, tmp_path / 'page.png', size=(1280, 900),
+                     until="document.querySelectorAll('#neighbours img').length >= 10", timeout=60)
     elapsed = time.perf_counter() - started
     pixels = np.asarray(Image.open(png).convert('L'), dtype=np.float32)
     assert pixels.shape == (900, 1280)
@@ -237,3 +236,20 @@ def test_page_renders_results_in_headless_chromium(server, tmp_path):
     right = pixels[250:650, 400:]  # the neighbour gallery's area: dark Fashion-MNIST thumbnails on white
     assert (right < 40).mean() > 0.1, 'no result thumbnails where the gallery should be'
     print(f'chromium: DOM + screenshot in {elapsed:.1f} s')
+
+
+@pytest.mark.skipif(find_chromium() is None,
+                    reason="no Chromium on PATH: apt-get install chromium (.ci/setup.sh does when run as root)")
+def test_browser_waits_for_what_the_page_must_show(tmp_path):
+    """A capture waits for a late answer (here 1.5 s of script time) rather than a fixed budget, and says
+    what never appeared when the deadline passes."""
+    from deephash_zoo.demo.browser import dump_dom
+
+    page = tmp_path / 'late.html'
+    page.write_text("<html><body><p id='a'>waiting</p><script>setTimeout(() => "
+                    "{document.getElementById('a').textContent = 'late answer'}, 1500)</script></body></html>")
+    started = time.perf_counter()
+    dom = dump_dom(page.as_uri(), until="document.body.innerText.includes('late answer')", timeout=30)
+    assert 'late answer' in dom and time.perf_counter() - started >= 1.5
+    with pytest.raises(TimeoutError, match=r"did not show .*'the impossible'.* within 3 s"):
+        dump_dom(page.as_uri(), until="document.body.innerText.includes('the impossible')", timeout=3)

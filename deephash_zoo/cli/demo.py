@@ -159,7 +159,8 @@ def take_screenshot(data: Any, args: argparse.Namespace) -> int:
     port = free_port()
     launch(demo, '127.0.0.1', port, block=False)
     try:
-        screenshot(f'http://127.0.0.1:{port}/', args.screenshot, args.screenshot_size)
+        screenshot(f'http://127.0.0.1:{port}/', args.screenshot, args.screenshot_size,
+                   until="document.querySelectorAll('#neighbours img').length > 0")  # the answer's thumbnails
     finally:
         demo.close()
     t = data.last_timing

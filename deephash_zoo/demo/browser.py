@@ -2,24 +2,37 @@
 
 The README's screenshot and the demo's browser test come from the same calls. Nothing is downloaded: when
 no Chromium is on PATH, :func:`find_chromium` says so and the caller skips or stops with that message.
-``--virtual-time-budget`` lets the page's scripts (Gradio's front end, its load event) finish before the
-capture; network waits do not consume it, so the server's answer arrives first.
+
+Chromium is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``: JSON messages,
+each ended by a NUL byte, on the child's file descriptors 3 and 4), so no websocket library is needed. That
+lets a capture wait for what the page must show, e.g. the answer of Gradio's load event, a server round
+trip that a fixed ``--virtual-time-budget`` does not always wait for on a loaded machine, instead of
+guessing a delay.
 """
 from __future__ import annotations
 
+import base64
+import fcntl
+import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ['CHROMIUM_NAMES', 'find_chromium', 'dump_dom', 'screenshot']
+__all__ = ['CHROMIUM_NAMES', 'PAGE_SETTLED', 'find_chromium', 'HeadlessPage', 'dump_dom', 'screenshot']
 
 CHROMIUM_NAMES = ('chromium', 'chromium-browser')
 _FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-          '--disable-extensions', '--no-first-run', '--hide-scrollbars', '--mute-audio')
+          '--disable-extensions', '--no-first-run', '--hide-scrollbars', '--mute-audio', '--remote-debugging-pipe')
+
+# a page is settled when it (not the blank start page) has loaded and every <img> in it has finished decoding
+PAGE_SETTLED = ("location.href !== 'about:blank' && document.readyState === 'complete'"
+                " && Array.from(document.images).every(i => i.complete)")
 
 
 def find_chromium() -> Optional[str]:
@@ -31,36 +44,171 @@ def find_chromium() -> Optional[str]:
     return None
 
 
-def _run(args: List[str], timeout: float) -> subprocess.CompletedProcess:
-    chromium = find_chromium()
-    if chromium is None:
-        raise FileNotFoundError("no Chromium on PATH (apt-get install chromium); it renders the demo page")
-    with tempfile.TemporaryDirectory(prefix='deephash-chromium-') as profile:  # fresh profile: no state kept
-        return subprocess.run([chromium, *_FLAGS, f'--user-data-dir={profile}', *args], capture_output=True,
-                              timeout=timeout, check=False)
+class HeadlessPage:
+    """One headless Chromium showing one page; a context manager that always stops the browser.
+
+    ``wait_for(js)`` polls a JavaScript expression until it is true, ``html()`` and ``png()`` capture the page.
+    """
+
+    def __init__(self, url: str, size: Tuple[int, int] = (1280, 1000), timeout: float = 90.0):
+        self.url, self.size, self.timeout = url, size, timeout
+        self._deadline = time.monotonic() + timeout
+        self._next_id = 0
+        self._buffer = b''
+        self._proc: Optional[subprocess.Popen] = None
+        self._profile: Optional[tempfile.TemporaryDirectory] = None
+        self._session = ''
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> HeadlessPage:
+        chromium = find_chromium()
+        if chromium is None:
+            raise FileNotFoundError("no Chromium on PATH (apt-get install chromium); it renders the demo page")
+        self._profile = tempfile.TemporaryDirectory(prefix='deephash-chromium-')  # fresh profile: no state kept
+        to_child, self._write_fd = os.pipe()  # the child reads commands on its fd 3
+        self._read_fd, from_child = os.pipe()  # and writes answers and events on its fd 4
+
+        def wire_pipes() -> None:  # runs in the child between fork and exec
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 16) for fd in (to_child, from_child)]  # so 3 and 4 cannot clash
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        try:
+            self._proc = subprocess.Popen(
+                [chromium, *_FLAGS, f'--user-data-dir={self._profile.name}',
+                 f'--window-size={self.size[0]},{self.size[1]}', 'about:blank'],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(3, 4), preexec_fn=wire_pipes)
+        finally:
+            os.close(to_child)
+            os.close(from_child)
+        try:
+            target = self._call('Target.createTarget', {'url': 'about:blank'})['targetId']
+            self._session = self._call('Target.attachToTarget', {'targetId': target, 'flatten': True})['sessionId']
+            self._call('Emulation.setDeviceMetricsOverride',
+                       {'width': self.size[0], 'height': self.size[1], 'deviceScaleFactor': 1, 'mobile': False})
+            self._call('Page.navigate', {'url': self.url})
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._proc is not None:
+            try:
+                if self._proc.poll() is None:
+                    self._send('Browser.close', {}, session='')
+                    self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        for fd in (self._write_fd, self._read_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._profile is not None:
+            self._profile.cleanup()
+            self._profile = None
+
+    # ------------------------------------------------------------------------------------------ protocol
+    def _send(self, method: str, params: Dict[str, Any], session: Optional[str] = None) -> int:
+        self._next_id += 1
+        message: Dict[str, Any] = {'id': self._next_id, 'method': method, 'params': params}
+        session = self._session if session is None else session
+        if session:
+            message['sessionId'] = session
+        os.write(self._write_fd, json.dumps(message).encode() + b'\0')
+        return self._next_id
+
+    def _read_message(self) -> Dict[str, Any]:
+        while b'\0' not in self._buffer:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f'chromium did not finish with {self.url} within {self.timeout:.0f} s')
+            ready, _, _ = select.select([self._read_fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._read_fd, 1 << 20)
+            if not chunk:
+                code = self._proc.poll() if self._proc is not None else None
+                raise RuntimeError(f'chromium exited (code {code}) while rendering {self.url}')
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b'\0', 1)
+        return json.loads(raw)
+
+    def _call(self, method: str, params: Optional[Dict[str, Any]] = None, session: Optional[str] = None) -> Dict:
+        """Send one command and return its result; events that arrive meanwhile are not needed and dropped."""
+        wanted = self._send(method, params or {}, session)
+        while True:
+            message = self._read_message()
+            if message.get('id') != wanted:
+                continue
+            if 'error' in message:
+                raise RuntimeError(f'chromium refused {method} on {self.url}: {message["error"].get("message")}')
+            return message.get('result', {})
+
+    def _evaluate(self, expression: str) -> Any:
+        result = self._call('Runtime.evaluate', {'expression': expression, 'returnByValue': True})
+        if 'exceptionDetails' in result:
+            text = result['exceptionDetails'].get('exception', {}).get('description') or result['exceptionDetails']
+            raise RuntimeError(f'the page could not evaluate {expression!r}: {text}')
+        return result.get('result', {}).get('value')
+
+    # ------------------------------------------------------------------------------------------ page
+    def wait_for(self, expression: str, what: str = '', poll: float = 0.2) -> None:
+        """Poll the JavaScript ``expression`` until it is truthy; TimeoutError naming ``what`` at the deadline.
+
+        An expression that throws (the document is still being replaced, ``document.body`` not there yet)
+        counts as not yet true; the last such error is named if the deadline passes.
+        """
+        last_error = ''
+        while True:
+            try:
+                if self._evaluate(f'Boolean({expression})'):
+                    return
+            except RuntimeError as e:
+                last_error = f' (last error: {e})'
+            if time.monotonic() + poll >= self._deadline:
+                raise TimeoutError(f'{self.url} did not show {what or expression} within {self.timeout:.0f} s'
+                                   f'{last_error}')
+            time.sleep(poll)
+
+    def html(self) -> str:
+        """The page's DOM as HTML text."""
+        return self._evaluate('document.documentElement.outerHTML')
+
+    def png(self) -> bytes:
+        """A PNG of the viewport."""
+        return base64.b64decode(self._call('Page.captureScreenshot', {'format': 'png'})['data'])
 
 
-def screenshot(url: str, out: Path, size: Tuple[int, int] = (1280, 1000), budget_ms: int = 15000,
+def _settled_and(until: Optional[str]) -> str:
+    return PAGE_SETTLED if until is None else f'{PAGE_SETTLED} && ({until})'
+
+
+def dump_dom(url: str, until: Optional[str] = None, timeout: float = 90.0) -> str:
+    """The page's DOM once it has settled and the JavaScript condition ``until`` (if any) holds."""
+    with HeadlessPage(url, timeout=timeout) as page:
+        page.wait_for(_settled_and(until), until or 'a loaded page')
+        return page.html()
+
+
+def screenshot(url: str, out: Path, size: Tuple[int, int] = (1280, 1000), until: Optional[str] = None,
                timeout: float = 90.0) -> Path:
-    """Render ``url`` at ``size`` (width, height) and write a PNG screenshot to ``out`` (atomically)."""
+    """Render ``url`` at ``size`` (width, height) once settled (and ``until`` holds); write a PNG atomically."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    with HeadlessPage(url, size=size, timeout=timeout) as page:
+        page.wait_for(_settled_and(until), until or 'a loaded page')
+        data = page.png()
     tmp = out.with_name(f'.{out.stem}.tmp-{uuid.uuid4().hex[:8]}.png')
     try:
-        done = _run([f'--window-size={size[0]},{size[1]}', f'--virtual-time-budget={budget_ms}',
-                     f'--screenshot={tmp}', url], timeout)
-        if done.returncode != 0 or not tmp.is_file():
-            tail = done.stderr.decode(errors='replace').strip().splitlines()[-1:] or ['no output']
-            raise RuntimeError(f'chromium could not screenshot {url}: exit {done.returncode}: {tail[0]}')
+        tmp.write_bytes(data)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
-
-
-def dump_dom(url: str, budget_ms: int = 15000, timeout: float = 90.0) -> str:
-    """The page's DOM after its scripts ran, as HTML text."""
-    done = _run([f'--virtual-time-budget={budget_ms}', '--dump-dom', url], timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f'chromium could not render {url}: exit {done.returncode}')
-    return done.stdout.decode(errors='replace')
