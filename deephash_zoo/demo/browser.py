@@ -174,8 +174,16 @@ class HeadlessPage:
                 last_error = f' (last error: {e})'
             if time.monotonic() + poll >= self._deadline:
                 raise TimeoutError(f'{self.url} did not show {what or expression} within {self.timeout:.0f} s'
-                                   f'{last_error}')
+                                   f'{last_error}; the page read: {self._visible_text()!r}')
             time.sleep(poll)
+
+    def _visible_text(self, limit: int = 400) -> str:
+        """The start of the page's text, for error messages (empty when even that cannot be read)."""
+        self._deadline += 5  # a last look past the deadline, bounded
+        try:
+            return self._evaluate(f"document.body ? document.body.innerText.slice(0, {limit}) : ''") or ''
+        except (RuntimeError, TimeoutError):
+            return ''
 
     def html(self) -> str:
         """The page's DOM as HTML text."""
