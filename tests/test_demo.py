@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -251,5 +252,7 @@ def test_browser_waits_for_what_the_page_must_show(tmp_path):
     started = time.perf_counter()
     dom = dump_dom(page.as_uri(), until="document.body.innerText.includes('late answer')", timeout=30)
     assert 'late answer' in dom and time.perf_counter() - started >= 1.5
+    profiles = set(Path(tempfile.gettempdir()).glob('deephash-chromium-*'))
     with pytest.raises(TimeoutError, match=r"did not show .*'the impossible'.* within 3 s"):
         dump_dom(page.as_uri(), until="document.body.innerText.includes('the impossible')", timeout=3)
+    assert set(Path(tempfile.gettempdir()).glob('deephash-chromium-*')) <= profiles, 'a browser profile was left'

@@ -20,9 +20,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
+
+from deephash_zoo.utils import write_atomic
 
 __all__ = ['CHROMIUM_NAMES', 'PAGE_SETTLED', 'find_chromium', 'HeadlessPage', 'dump_dom', 'screenshot']
 
@@ -52,18 +53,19 @@ class HeadlessPage:
 
     def __init__(self, url: str, size: Tuple[int, int] = (1280, 1000), timeout: float = 90.0):
         self.url, self.size, self.timeout = url, size, timeout
-        self._deadline = time.monotonic() + timeout
         self._next_id = 0
         self._buffer = b''
         self._proc: Optional[subprocess.Popen] = None
         self._profile: Optional[tempfile.TemporaryDirectory] = None
         self._session = ''
+        self._write_fd = self._read_fd = -1  # our ends of the two pipes, once open
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> HeadlessPage:
         chromium = find_chromium()
         if chromium is None:
             raise FileNotFoundError("no Chromium on PATH (apt-get install chromium); it renders the demo page")
+        self._deadline = time.monotonic() + self.timeout  # one deadline for start, page load, waits and capture
         self._profile = tempfile.TemporaryDirectory(prefix='deephash-chromium-')  # fresh profile: no state kept
         to_child, self._write_fd = os.pipe()  # the child reads commands on its fd 3
         self._read_fd, from_child = os.pipe()  # and writes answers and events on its fd 4
@@ -74,22 +76,22 @@ class HeadlessPage:
             os.dup2(high[1], 4)
 
         try:
-            self._proc = subprocess.Popen(
-                [chromium, *_FLAGS, f'--user-data-dir={self._profile.name}',
-                 f'--window-size={self.size[0]},{self.size[1]}', 'about:blank'],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=(3, 4), preexec_fn=wire_pipes)
-        finally:
-            os.close(to_child)
-            os.close(from_child)
-        try:
+            try:
+                self._proc = subprocess.Popen(
+                    [chromium, *_FLAGS, f'--user-data-dir={self._profile.name}',
+                     f'--window-size={self.size[0]},{self.size[1]}', 'about:blank'],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    pass_fds=(3, 4), preexec_fn=wire_pipes)
+            finally:  # the child holds its own copies of these ends
+                os.close(to_child)
+                os.close(from_child)
             target = self._call('Target.createTarget', {'url': 'about:blank'})['targetId']
             self._session = self._call('Target.attachToTarget', {'targetId': target, 'flatten': True})['sessionId']
             self._call('Emulation.setDeviceMetricsOverride',
                        {'width': self.size[0], 'height': self.size[1], 'deviceScaleFactor': 1, 'mobile': False})
             self._call('Page.navigate', {'url': self.url})
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(None, None, None)  # no browser, pipe or profile left behind
             raise
         return self
 
@@ -106,10 +108,9 @@ class HeadlessPage:
                 self._proc.wait()
             self._proc = None
         for fd in (self._write_fd, self._read_fd):
-            try:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
+        self._write_fd = self._read_fd = -1
         if self._profile is not None:
             self._profile.cleanup()
             self._profile = None
@@ -185,6 +186,10 @@ class HeadlessPage:
         except (RuntimeError, TimeoutError):
             return ''
 
+    def settle(self, until: Optional[str] = None) -> None:
+        """Wait until the page has settled (:data:`PAGE_SETTLED`) and the JavaScript condition ``until`` holds."""
+        self.wait_for(PAGE_SETTLED if until is None else f'{PAGE_SETTLED} && ({until})', until or 'a loaded page')
+
     def html(self) -> str:
         """The page's DOM as HTML text."""
         return self._evaluate('document.documentElement.outerHTML')
@@ -194,14 +199,10 @@ class HeadlessPage:
         return base64.b64decode(self._call('Page.captureScreenshot', {'format': 'png'})['data'])
 
 
-def _settled_and(until: Optional[str]) -> str:
-    return PAGE_SETTLED if until is None else f'{PAGE_SETTLED} && ({until})'
-
-
 def dump_dom(url: str, until: Optional[str] = None, timeout: float = 90.0) -> str:
     """The page's DOM once it has settled and the JavaScript condition ``until`` (if any) holds."""
     with HeadlessPage(url, timeout=timeout) as page:
-        page.wait_for(_settled_and(until), until or 'a loaded page')
+        page.settle(until)
         return page.html()
 
 
@@ -211,12 +212,7 @@ def screenshot(url: str, out: Path, size: Tuple[int, int] = (1280, 1000), until:
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with HeadlessPage(url, size=size, timeout=timeout) as page:
-        page.wait_for(_settled_and(until), until or 'a loaded page')
+        page.settle(until)
         data = page.png()
-    tmp = out.with_name(f'.{out.stem}.tmp-{uuid.uuid4().hex[:8]}.png')
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, data)
     return out
