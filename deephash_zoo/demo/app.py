@@ -74,14 +74,10 @@ def answer(data: DemoData, image: Image.Image, name: str, labels: Optional[np.nd
     data.last_timing = {'encode_ms': found.encode_ms, 'search_ms': found.search_ms}
     db, names = data.database, data.database.class_names
     positions = found.positions[0]
-    rows = [(int(p), int(d), item) for p, d, item in zip(positions, found.distances[0], found.ids[0], strict=True)
-            if p >= 0]
-    rel = (grid.relevance(labels, db.labels[[p for p, _, _ in rows]]) if labels is not None and rows
-           else [None] * len(rows))
-    gallery = []
-    for (p, d, _), r in zip(rows, rel, strict=True):
-        color = grid.UNKNOWN if r is None else grid.RELEVANT if r else grid.IRRELEVANT
-        gallery.append((_thumb(db.load_image(p), color), f'd={d} · {grid.label_text(db.labels[p], names)}'))
+    # the grids' row of cells: neighbour images, labels, distances and frames by relevance (grey: unknown)
+    row = grid.ranked_rows([image], None if labels is None else np.asarray(labels)[None], db, found.positions,
+                           found.distances)[0]
+    gallery = [(_thumb(cell.image, cell.color), f'd={cell.distance} · {cell.label}') for cell in row[1:]]
     index = data.searcher.index
     timing = (f'encode **{found.encode_ms:.1f} ms** + search **{found.search_ms:.2f} ms** '
               f'({index.kind} index of {len(index):,} items, {data.searcher.device})')
