@@ -165,6 +165,9 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
     readme.write_text('no markers\n')
     assert run_main(main, ['multitask', '--publish', '--readme', str(readme), '--work', str(tmp_path)]) == 2
     assert 'has no block for multitask-mosaic-cpu-small' in capsys.readouterr().err
+    missing = ['multitask', '--publish', '--readme', str(tmp_path / 'NOPE.md'), '--work', str(tmp_path)]
+    assert run_main(main, missing) == 2
+    assert 'NOPE.md: not found' in capsys.readouterr().err
     with pytest.raises(ValueError, match='unknown budget'):
         get_budget('huge')
 

@@ -70,7 +70,7 @@ def _read_result(path: Path) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
     from deephash_zoo.experiments import experiment_key, get_budget, render_markdown, run_experiment
     from deephash_zoo.experiments.plan import BITS, default_data
-    from deephash_zoo.experiments.publish import markers, update_readme, write_cards, write_outputs
+    from deephash_zoo.experiments.publish import check_readme, update_readme, write_cards, write_outputs
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -82,11 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.publish:
         if budget.name == 'tiny':
             raise UserError('the tiny budget is for tests (its numbers mean nothing); do not --publish it')
-        if not args.readme.is_file():
-            raise UserError(f'{args.readme}: not found; --publish fills its results block (or pass --readme)')
-        if markers(key)[0] not in args.readme.read_text():
-            start, end = markers(key)
-            raise UserError(f'{args.readme} has no block for {key}; add the lines {start} and {end} first')
+        check_readme(args.readme, key)  # before hours of training, not after
     arms = tuple(a.strip() for a in args.arms.split(',')) if args.arms else ()
     command = 'deephash-experiment ' + ' '.join(shlex.quote(a) for a in argv)
     if args.render_only:

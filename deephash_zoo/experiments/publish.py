@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from deephash_zoo.utils import write_atomic
 
-__all__ = ['write_outputs', 'update_readme', 'markers', 'write_cards', 'DATA_TAGS']
+__all__ = ['write_outputs', 'check_readme', 'update_readme', 'markers', 'write_cards', 'DATA_TAGS']
 
 DATA_TAGS = {'fashion-mnist': 'fmnist', 'mosaic': 'mosaic'}  # the Hub repo suffix of a checkpoint trained on it
 
@@ -26,17 +26,29 @@ def write_outputs(result: Dict[str, Any], markdown: str, out_dir: Path, key: str
     return paths
 
 
-def update_readme(readme: Path, key: str, markdown: str) -> None:
-    """Replace the text between the two markers of ``key`` in ``readme`` with ``markdown``.
-
-    The README must already hold both markers (a results section is placed by a person, filled by code)."""
-    text = readme.read_text()
+def _block(key: str) -> re.Pattern:
     start, end = markers(key)
-    pattern = re.compile(re.escape(start) + r'.*?' + re.escape(end), re.S)
-    if not pattern.search(text):
+    return re.compile(re.escape(start) + r'.*?' + re.escape(end), re.S)
+
+
+def check_readme(readme: Path, key: str) -> str:
+    """The text of ``readme``, which must hold both markers of ``key``'s block (a results section is placed
+    by a person, filled by code); checked before an experiment runs, and again when its block is written."""
+    if not readme.is_file():
+        raise ValueError(f'{readme}: not found; --publish fills its results block (or pass --readme)')
+    text = readme.read_text()
+    if not _block(key).search(text):
+        start, end = markers(key)
         raise ValueError(f'{readme} has no block for {key}; add the two lines\n{start}\n{end}\n'
-                         f'where its tables belong, or pass --no-readme')
-    write_atomic(readme, pattern.sub(lambda _: f'{start}\n{markdown}{end}', text, count=1).encode())
+                         'where its tables belong (or pass --readme)')
+    return text
+
+
+def update_readme(readme: Path, key: str, markdown: str) -> None:
+    """Replace the text between the two markers of ``key`` in ``readme`` with ``markdown``."""
+    text = check_readme(readme, key)
+    start, end = markers(key)
+    write_atomic(readme, _block(key).sub(lambda _: f'{start}\n{markdown}{end}', text, count=1).encode())
 
 
 def write_cards(result: Dict[str, Any], cards_dir: Path, efficiency: Optional[Path] = None,
