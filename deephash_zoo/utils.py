@@ -6,9 +6,9 @@ import platform
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, List, Union
 
-__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'write_atomic', 'replace_dir', 'read_json']
+__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'load_average', 'write_atomic', 'replace_dir', 'read_json']
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -73,3 +73,12 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def load_average() -> List[str]:
+    """The 1, 5 and 15 minute load averages as /proc/loadavg writes them (empty where there is none):
+    benchmark tables print them, since this kind of machine is shared."""
+    try:
+        return Path('/proc/loadavg').read_text().split()[:3]
+    except OSError:
+        return []

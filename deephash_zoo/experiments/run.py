@@ -16,7 +16,7 @@ import timm
 import torch
 
 import deephash_zoo
-from deephash_zoo.utils import cpu_model, usable_cores
+from deephash_zoo.utils import cpu_model, load_average, usable_cores
 
 from .budgets import Budget
 from .plan import BITS, arms_for
@@ -45,14 +45,10 @@ def _load_cells(path: Path) -> Dict[Tuple[str, int], Dict[str, Any]]:
 
 
 def _machine() -> Dict[str, Any]:
-    try:
-        load = Path('/proc/loadavg').read_text().split()[:3]
-    except OSError:
-        load = []
     return dict(cpu=cpu_model(), usable_cores=usable_cores(), torch_threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
-                deephash_zoo=deephash_zoo.__version__, load_average=load)
+                deephash_zoo=deephash_zoo.__version__, load_average=load_average())
 
 
 def _num_params(model: str) -> int:
@@ -136,7 +132,7 @@ def run_experiment(
         encoding=dict(img_size=ENCODE_IMG_SIZE, batch=1, runtime='PyTorch eager', models=encoding),
         chance=chance, init=init,
         wall_seconds=time.perf_counter() - t0, train_wall_seconds=train_wall,
-        machine=dict(machine_start, load_average_end=_machine()['load_average']),
+        machine=dict(machine_start, load_average_end=load_average()),
         generated=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         command=command, resumed_cells=resumed,
     )

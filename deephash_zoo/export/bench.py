@@ -48,7 +48,7 @@ import timm
 import torch
 
 import deephash_zoo
-from deephash_zoo.utils import cpu_model, usable_cores
+from deephash_zoo.utils import cpu_model, load_average, usable_cores
 
 from .onnx_export import INPUT_NAME, ModelSource, export_onnx, require, state_sha256
 from .quantize import quantize_int8
@@ -94,15 +94,11 @@ def machine_info() -> Dict[str, Any]:
     ort = require('onnxruntime')
     onnx = require('onnx')
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (no CUDA device)'
-    try:
-        load = Path('/proc/loadavg').read_text().split()[:3]
-    except OSError:
-        load = []
     return dict(cpu=cpu_model(), cores=os.cpu_count(), usable_cores=usable_cores(), gpu=gpu,
                 python=platform.python_version(), torch=torch.__version__, onnxruntime=ort.__version__,
                 onnx=onnx.__version__, timm=timm.__version__, numpy=np.__version__,
                 deephash_zoo=deephash_zoo.__version__, ort_providers=ort.get_available_providers(),
-                load_average_start=load)
+                load_average_start=load_average())
 
 
 def _stats(seconds: List[float], batch: int) -> Dict[str, Any]:
@@ -401,10 +397,7 @@ def run_bench(models: List[str], settings: BenchSettings, out_dir: Union[str, Pa
                                                                   for k, v in asdict(settings).items()},
                                 models=[bench_model(m, settings, progress) for m in models])
     data['wall_seconds'] = round(time.perf_counter() - started, 1)
-    try:
-        data['machine']['load_average_end'] = Path('/proc/loadavg').read_text().split()[:3]
-    except OSError:
-        pass
+    data['machine']['load_average_end'] = load_average()
     markdown = render_markdown(data)
     files = []
     for name, write in (('efficiency.json', lambda p: p.write_text(json.dumps(data, indent=2) + '\n')),
