@@ -64,8 +64,9 @@ class HashSearcher:
         encoded = time.perf_counter()
         ids, dist = self.index.search(codes, k, model=self.index.manifest.get('model'))
         searched = time.perf_counter()
-        rows = np.array([[self._row.get(_plain(i), -1) for i in row] for row in ids], dtype=np.int64)
-        return SearchResult(ids=[[_plain(i) for i in row] for row in ids], positions=rows, distances=dist,
+        plain = [[_plain(i) for i in row] for row in ids]
+        rows = np.array([[self._row.get(i, -1) for i in row] for row in plain], dtype=np.int64)
+        return SearchResult(ids=plain, positions=rows, distances=dist,
                             codes=codes, encode_ms=1000 * (encoded - start), search_ms=1000 * (searched - encoded))
 
 
