@@ -1,5 +1,11 @@
 """Fixtures several test modules share: a tiny checkpoint (random weights, saved in a run folder) and a
-Fashion-MNIST index built from it, each made once per session."""
+Fashion-MNIST index built from it, each made once per session, and folders for one module's shared files."""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
 import pytest
 import timm
 import torch
@@ -10,6 +16,32 @@ from tests.test_data_fashion_mnist import HAS_FMNIST
 
 TINY_IMG = 64
 TINY_NDB = 120  # database items in the tiny index
+# The most the suite holds on disk at once, with room to spare: 1.5 GB measured, in the SIGKILL-resume test
+# (a run's train state and weights, and their next copy written beside them before the rename).
+DISK_NEEDED_GIB = float(os.environ.get('DEEPHASH_TEST_DISK_GIB', '2'))
+
+
+def _temp_root(config: pytest.Config) -> Path:
+    """Where pytest puts tmp_path folders: --basetemp, else $PYTEST_DEBUG_TEMPROOT, else the system's temp dir."""
+    root = Path(config.option.basetemp or os.environ.get('PYTEST_DEBUG_TEMPROOT') or tempfile.gettempdir())
+    while not root.exists():
+        root = root.parent
+    return root
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    root = _temp_root(config)
+    return f'temp folders in {root}: {shutil.disk_usage(root).free / 2**30:.1f} GiB free'
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying why, where the disk cannot hold the suite's checkpoints (rather than dozens of
+    'No space left on device' errors from deep inside torch and onnx, as a nearly full CI disk once gave)."""
+    root = _temp_root(session.config)
+    free = shutil.disk_usage(root).free / 2**30
+    if free < DISK_NEEDED_GIB:
+        pytest.exit(f'only {free:.1f} GiB free in {root}; the test suite needs {DISK_NEEDED_GIB:g} GiB there for '
+                    'the checkpoints it writes: free some space, or pass --basetemp on a larger disk', returncode=1)
 
 
 def tiny_model(arch: str = 'dath_n_16', bits=(8, 16), seed: int = 0) -> torch.nn.Module:
@@ -25,6 +57,29 @@ def save_tiny(model: torch.nn.Module, run_dir):
     """Save ``model`` as ``run_dir/checkpoint``, recorded as trained on Fashion-MNIST at 64x64."""
     training = dict(img_size=TINY_IMG, seed=0, data='fashion-mnist', data_root=None)
     return save_checkpoint(model, run_dir / 'checkpoint', dataset='fashion-mnist', training=training)
+
+
+class ModuleTempFolders:
+    """``tmp_path_factory.mktemp`` for one test module, whose folders go when the module's tests are done.
+
+    Why: a module-scoped fixture's checkpoint (about 220 MB) would otherwise stay on disk until the whole
+    session ends, and a CI machine's disk may have only a few GB to spare.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir()
+        return path
+
+
+@pytest.fixture(scope='module')
+def module_tmp(request, tmp_path_factory) -> Iterator[ModuleTempFolders]:
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit('.', 1)[-1])
+    yield ModuleTempFolders(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

@@ -158,7 +158,7 @@ def test_index_build_and_query_round_trip(run, built_index, tmp_path, capsys):
 
 
 @pytest.fixture(scope='module')
-def synthetic_index(run, tmp_path_factory):
+def synthetic_index(run, module_tmp):
     """An index whose manifest names the run's checkpoint, built from random codes (no data set needed)."""
     from deephash_zoo.retrieval.index import HashIndex
 
@@ -167,7 +167,7 @@ def synthetic_index(run, tmp_path_factory):
     codes = np.packbits(np.random.default_rng(0).random((30, 16)) < 0.5, axis=1)
     extra = dict(model='dath_n_16', model_bits=[8, 16], weights_sha256=weights_sha256(ckpt / 'model.safetensors'),
                  checkpoint=str(ckpt), dataset='fashion-mnist', img_size=IMG)
-    return HashIndex.build(codes, 16, manifest_extra=extra).save(tmp_path_factory.mktemp('syn') / 'index')
+    return HashIndex.build(codes, 16, manifest_extra=extra).save(module_tmp.mktemp('syn') / 'index')
 
 
 @pytest.mark.parametrize('arch, bits, seed, needle', [

@@ -110,11 +110,11 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> 
 
 
 @pytest.fixture(scope='module')
-def server(tiny_index, tmp_path_factory):
+def server(tiny_index, module_tmp):
     """``deephash-demo --index`` on a free localhost port; stopped (SIGTERM, then SIGKILL) after the module."""
     pytest.importorskip('gradio')
     port = _free_port()
-    log = tmp_path_factory.mktemp('demo') / 'server.log'
+    log = module_tmp.mktemp('demo') / 'server.log'
     env = {k: v for k, v in os.environ.items() if not k.startswith('GRADIO_SERVER_')}
     env.update(GRADIO_ANALYTICS_ENABLED='False', HF_HUB_OFFLINE='1')
     cmd = [sys.executable, '-m', 'deephash_zoo.cli.demo', '--index', str(tiny_index), '--port', str(port),

@@ -35,19 +35,19 @@ def _error(args, capsys) -> str:
 
 
 @pytest.fixture(scope='module')
-def fp32_export(tmp_path_factory):
-    out = tmp_path_factory.mktemp('fp32')
+def fp32_export(module_tmp):
+    out = module_tmp.mktemp('fp32')
     assert main(['--onnx', '--model', 'dath_n_16', '--sign-output', '--out', str(out), *SMALL]) == 0
     return out
 
 
 @pytest.fixture(scope='module')
-def multi_checkpoint(tmp_path_factory):
+def multi_checkpoint(module_tmp):
     """A dath_n checkpoint with four code lengths, trained (nominally) at 64x64."""
     torch.manual_seed(1)
     model = timm.create_model('dath_n_16')
     model.reset_classifier(160, bits=(16, 32, 48, 64))
-    return save_checkpoint(model, tmp_path_factory.mktemp('ck') / 'ck', dataset='fashion-mnist',
+    return save_checkpoint(model, module_tmp.mktemp('ck') / 'ck', dataset='fashion-mnist',
                            training={'img_size': 64})
 
 

@@ -55,10 +55,10 @@ json.dump(dict(errors=errors, offline=c.HF_HUB_OFFLINE, cache=c.HF_HUB_CACHE), o
 
 
 @pytest.fixture(scope='module')
-def seeded(tmp_path_factory):
+def seeded(module_tmp):
     torch.manual_seed(0)
     model = timm.create_model('dath_n_16', num_labels=10).eval()
-    root = tmp_path_factory.mktemp('hub')
+    root = module_tmp.mktemp('hub')
     ckpt = save_checkpoint(model, root / 'checkpoint', dataset='fashion-mnist', training=dict(img_size=64))
     cache = root / 'hf-cache'
     snapshot = seed_hf_cache(ckpt, REPO_ID, cache)

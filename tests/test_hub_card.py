@@ -37,11 +37,11 @@ def _metrics(ckpt, arch='dath_n_16', seed=0):
 
 
 @pytest.fixture(scope='module')
-def ckpt(tmp_path_factory):
+def ckpt(module_tmp):
     torch.manual_seed(0)
     model = timm.create_model('dath_n_16')
     model.reset_classifier(sum(BITS), bits=BITS)
-    root = tmp_path_factory.mktemp('card')
+    root = module_tmp.mktemp('card')
     path = save_checkpoint(model, root / 'checkpoint', dataset='fashion-mnist',
                            training=dict(epochs=3, lr=1e-5, img_size=64, seed=0, data_root='/home/me/fmnist'))
     report = _metrics(path)

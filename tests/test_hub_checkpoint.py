@@ -16,11 +16,11 @@ IMG = 64
 
 
 @pytest.fixture(scope='module')
-def saved(tmp_path_factory):
+def saved(module_tmp):
     """A dath_n_16 checkpoint with DATH's label classifier (10 labels), and the model it came from."""
     torch.manual_seed(0)
     model = timm.create_model('dath_n_16', num_labels=10).eval()
-    path = save_checkpoint(model, tmp_path_factory.mktemp('ckpt') / 'checkpoint', dataset='fashion-mnist',
+    path = save_checkpoint(model, module_tmp.mktemp('ckpt') / 'checkpoint', dataset='fashion-mnist',
                            training=dict(epochs=1, img_size=IMG, seed=0, lr=1e-5, out='/home/someone/runs/x'))
     return path, model
 

@@ -29,11 +29,11 @@ OUR_CONVS = (0, 4, 8, 10, 12)
 
 # ------------------------------------------------------------------------------------------- torchvision
 @pytest.fixture(scope='module')
-def alexnet(tmp_path_factory):
+def alexnet(module_tmp):
     """A torchvision AlexNet with random weights, saved as torchvision publishes it (a state dict)."""
     torch.manual_seed(0)
     tv = torchvision.models.alexnet(weights=None).eval()
-    path = tmp_path_factory.mktemp('tv') / 'alexnet-owt-test.pth'
+    path = module_tmp.mktemp('tv') / 'alexnet-owt-test.pth'
     torch.save(tv.state_dict(), path)
     return tv, path
 
@@ -160,8 +160,8 @@ def _np_conv(x_hwc, f_hwcn, bias, stride, pad):
 
 
 @pytest.fixture(scope='module')
-def vggf(tmp_path_factory):
-    path = tmp_path_factory.mktemp('mcn') / 'imagenet-vgg-f.mat'
+def vggf(module_tmp):
+    path = module_tmp.mktemp('mcn') / 'imagenet-vgg-f.mat'
     raw = _write_mat(path, CNNF, AVERAGE.reshape(3, 1))
     convs = [layer for layer in raw['layers'] if layer.type == 'conv']
     return path, {layer.name: (layer.weights[0], layer.weights[1]) for layer in convs}

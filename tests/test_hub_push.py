@@ -44,10 +44,10 @@ class RecordingApi:
 
 
 @pytest.fixture(scope='module')
-def ckpt(tmp_path_factory):
+def ckpt(module_tmp):
     torch.manual_seed(0)
     model = timm.create_model('dath_n_16', num_labels=10).eval()
-    root = tmp_path_factory.mktemp('push')
+    root = module_tmp.mktemp('push')
     path = save_checkpoint(model, root / 'checkpoint', dataset='fashion-mnist',
                            training=dict(epochs=1, img_size=64, seed=0, out='/home/me/runs/x', data_root=None))
     report = _metrics(path)
