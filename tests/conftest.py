@@ -16,8 +16,8 @@ from tests.test_data_fashion_mnist import HAS_FMNIST
 
 TINY_IMG = 64
 TINY_NDB = 120  # database items in the tiny index
-# The most the suite holds on disk at once, with room to spare: 1.5 GB measured, in the SIGKILL-resume test
-# (a run's train state and weights, and their next copy written beside them before the rename).
+# The most the suite holds on disk at once, with room to spare: 1,656 MiB measured over a whole run (df sampled
+# every 0.5 s), mostly the SIGKILL-resume test's train state and weights and their next copy before the rename.
 DISK_NEEDED_GIB = float(os.environ.get('DEEPHASH_TEST_DISK_GIB', '2'))
 
 

@@ -48,7 +48,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     epochs = [r for r in _records(reference) if r['event'] == 'epoch']
     assert len(epochs) == 2 and epochs[1]['loss'] < epochs[0]['loss'], epochs  # and the loss falls
     ref = _weights(reference)
-    for folder in ('last', 'checkpoint'):  # 0.6 GB of train state and weights this test no longer reads
+    for folder in ('last', 'checkpoint'):  # about 0.5 GB of train state and weights not read again
         shutil.rmtree(reference / folder)
 
     killed = tmp_path / 'killed'
