@@ -75,7 +75,7 @@ def newest_checkpoint(runs: Path, dataset: str = 'fashion-mnist') -> Optional[Pa
 
 def default_index(args: argparse.Namespace) -> Path:
     """The Fashion-MNIST index of the given or newest checkpoint, built (or rebuilt) when missing or stale."""
-    from deephash_zoo.hub.checkpoint import weights_sha256
+    from deephash_zoo.hub.checkpoint import run_folder, weights_sha256
     from deephash_zoo.retrieval.index import MANIFEST_FILE, HashIndex
 
     from .eval import checkpoint_summary
@@ -88,7 +88,7 @@ def default_index(args: argparse.Namespace) -> Path:
                             f'first: `{TRAIN_FIRST}` (or pass --index / --checkpoint)')
         args.checkpoint = str(found)
     ckpt, _ = checkpoint_summary(args.checkpoint)
-    out = (ckpt.parent if ckpt.name == 'checkpoint' else ckpt) / DEFAULT_INDEX
+    out = run_folder(ckpt) / DEFAULT_INDEX
     if (out / MANIFEST_FILE).is_file():
         try:
             m = HashIndex.load(out).manifest

@@ -56,7 +56,13 @@ import numpy as np
 import torch
 
 import deephash_zoo
-from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
+from deephash_zoo.hub.checkpoint import (
+    load_checkpoint,
+    read_checkpoint_config,
+    resolve_checkpoint_dir,
+    run_folder,
+    weights_sha256,
+)
 from deephash_zoo.utils import write_atomic
 
 from ._common import UserError, run_main
@@ -213,8 +219,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def default_out(ckpt_dir: Path) -> Path:
     """``RUN/eval`` for ``RUN/checkpoint``, else ``CHECKPOINT/eval``."""
-    run = ckpt_dir.parent if ckpt_dir.name == 'checkpoint' else ckpt_dir
-    return run / 'eval'
+    return run_folder(ckpt_dir) / 'eval'
 
 
 def format_table(report: Dict[str, Any]) -> str:

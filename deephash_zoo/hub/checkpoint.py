@@ -26,7 +26,7 @@ from timm.models import save_for_hf
 from deephash_zoo.utils import file_sha256, replace_dir
 
 __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint_config', 'weights_sha256',
-           'replace_dir', 'resolve_checkpoint_dir']
+           'replace_dir', 'resolve_checkpoint_dir', 'run_folder']
 
 CHECKPOINT_FILES = ('config.json', 'model.safetensors')
 _REQUIRED_KEYS = ('architecture', 'num_classes', 'pretrained_cfg', 'bits')
@@ -127,6 +127,13 @@ def resolve_checkpoint_dir(path: Union[str, Path]) -> Path:
         return path / 'checkpoint'
     raise FileNotFoundError(f'{path}: neither a checkpoint folder (config.json + model.safetensors) '
                             f'nor a training run holding one in checkpoint/')
+
+
+def run_folder(ckpt_dir: Union[str, Path]) -> Path:
+    """The training run a checkpoint folder belongs to: ``RUN`` for ``RUN/checkpoint`` (as ``deephash-train``
+    writes it), else the checkpoint folder itself; what is derived from the checkpoint goes beside it there."""
+    path = Path(ckpt_dir)
+    return path.parent if path.name == 'checkpoint' else path
 
 
 def read_checkpoint_config(ckpt_dir: Union[str, Path]) -> Dict[str, Any]:
