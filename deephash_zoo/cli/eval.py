@@ -222,6 +222,14 @@ def default_out(ckpt_dir: Path) -> Path:
     return run_folder(ckpt_dir) / 'eval'
 
 
+def write_metrics(report: Dict[str, Any], out: Path) -> Path:
+    """``OUT/metrics.json``, written atomically; deephash-eval writes it last, so it marks a finished run."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / 'metrics.json'
+    write_atomic(path, (json.dumps(report, indent=2) + '\n').encode())
+    return path
+
+
 def format_table(report: Dict[str, Any]) -> str:
     """The printed summary: one row per code length."""
     proto = report['protocol']
@@ -375,7 +383,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         files['retrieval_grid.png'] = grid_png(ev, args.grid_rows)
     for name, data in files.items():
         write_atomic(out / name, data)
-    write_atomic(out / 'metrics.json', (json.dumps(report, indent=2) + '\n').encode())  # last: marks completion
+    write_metrics(report, out)  # last: marks completion
     print(format_table(report))
     print(f"wrote {', '.join(['metrics.json', *files])} to {out}")
     return 0

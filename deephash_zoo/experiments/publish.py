@@ -55,6 +55,7 @@ def write_cards(result: Dict[str, Any], cards_dir: Path, efficiency: Optional[Pa
                 org: str = 'deephash-zoo') -> List[Path]:
     """One card per kept checkpoint of ``result``: ``CARDS/<model>.<data tag>.md`` with its model-index
     metrics (the checkpoint's own metrics.json, first seed) and the efficiency table when given."""
+    from deephash_zoo.cli.eval import default_out
     from deephash_zoo.hub.card import render_card, write_card
 
     tag = DATA_TAGS.get(result['data'], result['data'].replace(':', '-'))
@@ -64,7 +65,7 @@ def write_cards(result: Dict[str, Any], cards_dir: Path, efficiency: Optional[Pa
         if not ckpt or not (Path(ckpt) / 'model.safetensors').is_file():
             continue
         repo_id = f'{org}/{cell["model"]}.{tag}'
-        metrics = Path(ckpt).parent / 'eval' / 'metrics.json'
+        metrics = default_out(Path(ckpt)) / 'metrics.json'  # as run_cell wrote it
         card = render_card(ckpt, metrics=metrics, efficiency=efficiency, repo_id=repo_id)
         written.append(write_card(card, cards_dir / f'{repo_id.split("/")[-1]}.md'))
     return written

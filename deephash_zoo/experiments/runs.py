@@ -4,7 +4,6 @@ The run goes through the same code a user runs (:func:`deephash_zoo.training.tra
 ``deephash-eval``'s evaluation with the budget's subsets), and leaves that ``metrics.json`` beside its
 checkpoint, so ``deephash-card`` and ``deephash-push`` take the checkpoint as it is.
 """
-import json
 import shutil
 import statistics
 import time
@@ -14,7 +13,6 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from deephash_zoo.training.trainer import TrainConfig, epoch_records, family_defaults, train
-from deephash_zoo.utils import write_atomic
 
 from .budgets import Budget
 
@@ -62,8 +60,9 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
         weights_sha256=report['weights_sha256'],
     )
     if keep:
-        (run_dir / 'eval').mkdir(exist_ok=True)
-        write_atomic(run_dir / 'eval' / 'metrics.json', (json.dumps(report, indent=2) + '\n').encode())
+        from deephash_zoo.cli.eval import default_out, write_metrics
+
+        write_metrics(report, default_out(run_dir / 'checkpoint'))  # where deephash-eval would put it
         row['checkpoint'] = str(run_dir / 'checkpoint')
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
