@@ -10,7 +10,7 @@ A head combines its paths in one of two ways:
 - ``'concat'`` (ADMTH): every branch sees the whole feature map; the fc7 outputs are
   concatenated and hash layer k reads branch k's block (hard parameter sharing up to conv5).
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,24 +46,38 @@ class FcMlp(nn.Module):
         self.act7 = nn.ReLU(inplace=True)
 
     @torch.jit.unused
-    def _as_matmul(self, x: torch.Tensor) -> bool:
-        """Run fc6/fc7 as matrix products when the map is exactly fc6's window (224x224 and every
-        small input). Same numbers as the convolutions, but eager CPU convolution re-lays fc6's
-        151 MB weight on every call (batch-1 encoding was ~4x slower). Graph exports keep the
-        convolutions: there the weights stay initialisers that ONNX Runtime and its int8
-        quantiser use directly (a reshaped 37 M-element weight is not constant-folded)."""
-        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-        return not exporting and x.shape[-2] == self.kernel_size and x.shape[-1] == self.kernel_size
+    def _matmul_weight(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """fc6's weight as a matrix over ``x`` flattened, when fc6 can run as a matrix product; else None.
+
+        Same numbers as the convolutions, but eager CPU convolution re-lays fc6's 151 MB weight on every
+        call (batch-1 encoding was ~4x slower). A map of exactly fc6's window uses the weight as it is. A
+        smaller map whose sides divide the window (1x1, 2x2, 3x3: inputs 63-95, 96-127, 128-159 pixels)
+        is what the nearest repeat blows up to the window, so each map position meets a block of fc6's
+        taps: summing those taps first is the same function and gradient at 1/36 (1x1) of the cost.
+        Graph exports keep the convolutions: there the weights stay initialisers that ONNX Runtime and
+        its int8 quantiser use directly (a reshaped 37 M-element weight is not constant-folded)."""
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return None
+        k, (h, w) = self.kernel_size, x.shape[-2:]
+        weight = self.fc6.weight
+        if h == k and w == k:
+            return weight.flatten(1)
+        if h > k or w > k or k % h or k % w:
+            return None
+        o, c = weight.shape[:2]
+        return weight.reshape(o, c, h, k // h, w, k // w).sum(dim=(3, 5)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            weight = self._matmul_weight(x)
+            if weight is not None:
+                x = self.act6(F.linear(self.drop6(x).flatten(1), weight, self.fc6.bias))
+                x = self.act7(F.linear(self.drop7(x), self.fc7.weight.flatten(1), self.fc7.bias))
+                return x[:, :, None, None]
         if x.shape[-2] < self.kernel_size or x.shape[-1] < self.kernel_size:
             # small inputs: repeat the map up to the fc6 window (nearest exports to ONNX Resize)
             size = (max(self.kernel_size, x.shape[-2]), max(self.kernel_size, x.shape[-1]))
             x = F.interpolate(x, size=size, mode='nearest')
-        if not torch.jit.is_scripting() and self._as_matmul(x):
-            x = self.act6(F.linear(self.drop6(x).flatten(1), self.fc6.weight.flatten(1), self.fc6.bias))
-            x = self.act7(F.linear(self.drop7(x), self.fc7.weight.flatten(1), self.fc7.bias))
-            return x[:, :, None, None]
         x = self.act6(self.fc6(self.drop6(x)))
         return self.act7(self.fc7(self.drop7(x)))
 
@@ -83,6 +97,19 @@ class HashLayer(nn.Module):
         block = in_features // len(self.bits) if self.split_input else in_features
         self.block = block
         self.fc = nn.ModuleList([nn.Linear(block, b, device=device, dtype=dtype) for b in self.bits])
+
+    def _block(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return x[:, i * self.block:(i + 1) * self.block] if self.split_input else x
+
+    @torch.jit.unused
+    @torch.no_grad()
+    def center_on(self, x: torch.Tensor) -> None:
+        """Set each layer's bias so that its pre-activation averages 0 over ``x`` (pre-logits features of a
+        batch of images). Features after ReLU share a large positive part, which a fresh layer maps to a
+        pre-activation common to every image (about 6x the image-to-image spread): most codes then agree on
+        most bits. Centred, each bit splits the batch, and codes start as different as the features allow."""
+        for i, fc in enumerate(self.fc):
+            fc.bias -= fc(self._block(x, i)).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.bits) == 0:
