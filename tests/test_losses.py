@@ -409,3 +409,55 @@ def test_bad_inputs_raise_clear_errors() -> None:
         ClassificationLoss('softmax')
     with pytest.raises(ValueError, match=r'expected \(B=4, 16\)'):
         ConsistencyLoss((16, 32))([torch.zeros(4, 8), torch.zeros(4, 32)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The papers' summed form (reduction='sum') against literal sums; 'mean' is the sum over its count
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('kind', LABEL_KINDS)
+def test_dath_sum_form_is_the_papers_sums(kind: str) -> None:
+    """Eq. 9 with Eq. 3 (J1 over the m triplets), Eq. 5 (J2 over b_s) and Eq. 8 (J3 over b_s), all summed."""
+    batch = 8
+    u = 3 * make_codes(batch, 8, seed=31)
+    labels = make_labels(kind, batch, 4, seed=31)
+    y = torch.randn(batch, 4, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    out = DATHLoss(beta=0.7, gamma=0.3, margin=4.0, reduction='sum')(u, y, labels)
+    j1, m = ref_triplet(u, labels, margin=4.0)
+    j2 = batch * ref_classification(y, labels, 'bce')  # the reference averages over items
+    j3 = batch * ref_quantization(u)
+    assert out['triplet'].item() == pytest.approx(j1, **TOL)
+    assert out['classification'].item() == pytest.approx(j2, **TOL)
+    assert out['quantization'].item() == pytest.approx(j3, **TOL)
+    assert out['loss'].item() == pytest.approx(j1 + 0.7 * j2 + 0.3 * j3, **TOL)
+    mean = DATHLoss(beta=0.7, gamma=0.3, margin=4.0, reduction='mean')(u, y, labels)
+    assert mean['triplet'].item() == pytest.approx(j1 / m, **TOL)
+    assert mean['classification'].item() == pytest.approx(j2 / batch, **TOL)
+    assert mean['quantization'].item() == pytest.approx(j3 / batch, **TOL)
+
+
+@pytest.mark.parametrize('kind', LABEL_KINDS)
+def test_admth_sum_form_is_the_papers_sums(kind: str) -> None:
+    """Eq. 9 with Eq. 7 summed over the ordered pairs i != j and Eq. 8 summed over the batch."""
+    bits, batch = (4, 6, 8), 7
+    mean_fn = ADMTHLoss(bits, alpha=3.0, beta=0.5).double()
+    sum_fn = ADMTHLoss(bits, alpha=3.0, beta=0.5, reduction='sum').double()
+    sum_fn.load_state_dict(mean_fn.state_dict())  # the same Q_k
+    labels = make_labels(kind, batch, 3, seed=32)
+    branches = [make_codes(batch, b, seed=40 + b) for b in bits]
+    pairs = batch * (batch - 1)
+    pairwise = sum(ref_pairwise(h, labels) for h in branches) * pairs  # the reference averages over pairs
+    consistency = ref_consistency(branches, [q.weight.detach() for q in sum_fn.consistency.maps]) * batch
+    out = sum_fn(torch.cat(branches, dim=1), labels)
+    assert out['pairwise'].item() == pytest.approx(pairwise, **TOL)
+    assert out['consistency'].item() == pytest.approx(consistency, **TOL)
+    assert out['loss'].item() == pytest.approx(3.0 * pairwise + 0.5 * consistency, **TOL)
+    mean = mean_fn(torch.cat(branches, dim=1), labels)
+    assert mean['pairwise'].item() == pytest.approx(pairwise / pairs, **TOL)
+    assert mean['consistency'].item() == pytest.approx(consistency / batch, **TOL)
+
+
+def test_unknown_reduction_is_named() -> None:
+    for make in (lambda: DATHLoss(reduction='avg'), lambda: ADMTHLoss(reduction='avg'),
+                 lambda: QuantizationLoss(reduction='avg'), lambda: PairwiseLikelihoodLoss(reduction='avg')):
+        with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'avg'"):
+            make()

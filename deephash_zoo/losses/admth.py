@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .similarity import check_batch, check_codes, label_similarity
+from .similarity import Reduction, check_batch, check_codes, check_reduction, label_similarity
 
 __all__ = ['PairwiseLikelihoodLoss', 'ConsistencyLoss', 'ADMTHLoss']
 
@@ -24,9 +24,14 @@ class PairwiseLikelihoodLoss(nn.Module):
     s_ij = 1 when items i and j share a label. -log p(s_ij | B) = log(1 + e^phi_ij) - s_ij phi_ij,
     written as ``softplus(phi) - s * phi`` so that |phi| = 100 is exact and finite.
 
-    Normalisation: mean over the B (B - 1) ordered pairs i != j (the paper sums over S). A batch of
-    one item has no pair: the loss is 0, still attached to ``codes``.
+    Normalisation over the B (B - 1) ordered pairs i != j: ``reduction='sum'`` sums as the paper does
+    (over S), ``'mean'`` divides by their count. A batch of one item has no pair: the loss is 0, still
+    attached to ``codes``.
     """
+
+    def __init__(self, reduction: Reduction = 'mean') -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction)
 
     def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
         check_codes(codes)
@@ -36,7 +41,12 @@ class PairwiseLikelihoodLoss(nn.Module):
         phi = 0.5 * codes @ codes.T
         off_diag = ~torch.eye(batch, dtype=torch.bool, device=codes.device)
         per_pair = torch.where(off_diag, F.softplus(phi) - s * phi, phi.new_zeros(()))
+        if self.reduction == 'sum':
+            return per_pair.sum()
         return per_pair.sum() / max(batch * (batch - 1), 1)
+
+    def extra_repr(self) -> str:
+        return f'reduction={self.reduction!r}'
 
 
 class ConsistencyLoss(nn.Module):
@@ -46,12 +56,14 @@ class ConsistencyLoss(nn.Module):
     shorter code into the longer one; we take the formula: ``Q_k = Linear(L_k, L_{k+1}, bias=False)``
     applied to the shorter branch's tanh output. The Q_k are parameters of this module, learned
     jointly with the network. Normalisation: squared L2 norm summed over bits and over the K - 1
-    adjacent pairs, mean over the batch. With one code length there is no pair and the loss is 0.
+    adjacent pairs; over the batch, ``reduction='sum'`` sums (the paper's Frobenius norm over H) and
+    ``'mean'`` divides by B. With one code length there is no pair and the loss is 0.
     """
 
-    def __init__(self, bits: Sequence[int] = (16, 32, 48, 64)) -> None:
+    def __init__(self, bits: Sequence[int] = (16, 32, 48, 64), reduction: Reduction = 'mean') -> None:
         super().__init__()
         self.bits = _check_bits(bits)
+        self.reduction = check_reduction(reduction)
         self.maps = nn.ModuleList(nn.Linear(short, long, bias=False) for short, long in pairwise(self.bits))
 
     def forward(self, codes: Sequence[Tensor]) -> Tensor:
@@ -67,10 +79,10 @@ class ConsistencyLoss(nn.Module):
             total = total + (long - q(short)).pow(2).sum(1)
         if not self.maps:  # keep a graph to the codes so backward works with a single length
             total = total + 0 * codes[0].sum(1)
-        return total.mean()
+        return total.sum() if self.reduction == 'sum' else total.mean()
 
     def extra_repr(self) -> str:
-        return f'bits={self.bits}'
+        return f'bits={self.bits}, reduction={self.reduction!r}'
 
 
 class ADMTHLoss(nn.Module):
@@ -83,15 +95,21 @@ class ADMTHLoss(nn.Module):
 
     This module has parameters (the consistency maps Q_k): the trainer must pass
     ``loss.parameters()`` to the optimiser along with the model's, and move it to the same device.
+
+    ``reduction='sum'`` is the paper's form (pairs summed over S, consistency over the batch);
+    ``'mean'`` (the default) averages both, which weighs the consistency term B - 1 times more
+    against the pairwise term than the paper does (127x at B = 128).
     """
 
-    def __init__(self, bits: Sequence[int] = (16, 32, 48, 64), alpha: float = 20.0, beta: float = 1.0) -> None:
+    def __init__(self, bits: Sequence[int] = (16, 32, 48, 64), alpha: float = 20.0, beta: float = 1.0,
+                 reduction: Reduction = 'mean') -> None:
         super().__init__()
         self.bits = _check_bits(bits)
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.pairwise = PairwiseLikelihoodLoss()
-        self.consistency = ConsistencyLoss(self.bits)
+        self.reduction = check_reduction(reduction)
+        self.pairwise = PairwiseLikelihoodLoss(reduction)
+        self.consistency = ConsistencyLoss(self.bits, reduction)
 
     def forward(self, codes: Tensor, labels: Tensor) -> dict[str, Tensor]:
         check_codes(codes)
@@ -111,7 +129,7 @@ class ADMTHLoss(nn.Module):
         }
 
     def extra_repr(self) -> str:
-        return f'bits={self.bits}, alpha={self.alpha}, beta={self.beta}'
+        return f'bits={self.bits}, alpha={self.alpha}, beta={self.beta}, reduction={self.reduction!r}'
 
 
 def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:

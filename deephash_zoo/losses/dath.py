@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .similarity import as_multi_hot, check_batch, check_codes, label_similarity
+from .similarity import REDUCTIONS, Reduction, as_multi_hot, check_batch, check_codes, check_reduction, label_similarity
 
-__all__ = ['TripletLikelihoodLoss', 'ClassificationLoss', 'QuantizationLoss', 'DATHLoss']
+__all__ = ['TripletLikelihoodLoss', 'ClassificationLoss', 'QuantizationLoss', 'DATHLoss', 'REDUCTIONS']
 
 
 class TripletLikelihoodLoss(nn.Module):
@@ -33,12 +33,10 @@ class TripletLikelihoodLoss(nn.Module):
     to ``codes`` so ``backward`` works. Memory is one (B, B, B) tensor: 8 MB at B=128 in float32.
     """
 
-    def __init__(self, margin: float = 5.0, reduction: Literal['mean', 'sum'] = 'mean') -> None:
+    def __init__(self, margin: float = 5.0, reduction: Reduction = 'mean') -> None:
         super().__init__()
-        if reduction not in ('mean', 'sum'):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.margin = float(margin)
-        self.reduction = reduction
+        self.reduction = check_reduction(reduction)
 
     def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
         check_codes(codes)
@@ -70,15 +68,20 @@ class ClassificationLoss(nn.Module):
       probabilities p = softmax(y): -sum_j [l[j] log p[j] + (1 - l[j]) log(1 - p[j])], with
       log(1 - p[j]) = logsumexp_{t != j} y[t] - logsumexp_t y[t] (exact where p[j] -> 1).
 
-    Normalisation: summed over classes (as G in the paper), mean over the batch (the paper sums over
-    b_s, Eq. 5). Pass single-label data as indices to get Eq. 6; one-hot rows take the multi-label path.
+    Normalisation: summed over classes (as G in the paper); over the batch, ``reduction='sum'`` sums as
+    the paper does (Eq. 5, over b_s) and ``'mean'`` divides by B. Pass single-label data as indices to get
+    Eq. 6; one-hot rows take the multi-label path.
     """
 
-    def __init__(self, multi_label_form: Literal['bce', 'paper'] = 'bce') -> None:
+    def __init__(self, multi_label_form: Literal['bce', 'paper'] = 'bce', reduction: Reduction = 'mean') -> None:
         super().__init__()
         if multi_label_form not in ('bce', 'paper'):
             raise ValueError(f"multi_label_form must be 'bce' or 'paper', got {multi_label_form!r}")
         self.multi_label_form = multi_label_form
+        self.reduction = check_reduction(reduction)
+
+    def _reduce(self, per_item: Tensor) -> Tensor:
+        return per_item.sum() if self.reduction == 'sum' else per_item.mean()
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         check_codes(logits, 'logits')
@@ -86,7 +89,7 @@ class ClassificationLoss(nn.Module):
         num_classes = logits.shape[1]
         if labels.dim() == 1:
             as_multi_hot(labels, num_classes)  # validates dtype and index range against the logits' classes
-            return F.cross_entropy(logits, labels.long())
+            return F.cross_entropy(logits, labels.long(), reduction=self.reduction)
         if labels.dim() != 2:
             raise ValueError(f'labels must be class indices (B,) or multi-hot (B, C); got rank {labels.dim()}')
         if labels.shape[1] != num_classes:
@@ -95,7 +98,7 @@ class ClassificationLoss(nn.Module):
         target = labels.to(logits.dtype)
         if self.multi_label_form == 'bce':
             per_item = F.binary_cross_entropy_with_logits(logits, target, reduction='none').sum(1)
-            return per_item.mean()
+            return self._reduce(per_item)
         if num_classes < 2:
             raise ValueError("multi_label_form='paper' needs at least 2 classes (softmax over one class is constant)")
         log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
@@ -104,21 +107,30 @@ class ClassificationLoss(nn.Module):
         others = logits[:, None, :].expand(-1, num_classes, -1).masked_fill(eye, float('-inf'))
         log_not_p = torch.logsumexp(others, dim=2) - log_norm  # log(1 - p_j)
         per_item = -(target * log_p + (1 - target) * log_not_p).sum(1)
-        return per_item.mean()
+        return self._reduce(per_item)
 
     def extra_repr(self) -> str:
-        return f'multi_label_form={self.multi_label_form!r}'
+        return f'multi_label_form={self.multi_label_form!r}, reduction={self.reduction!r}'
 
 
 class QuantizationLoss(nn.Module):
     """J3 (Eq. 8): sum_j | |h[j]| - 1 |, pulling hash-layer outputs h towards {-1, +1}.
 
-    Normalisation: summed over the k bits, mean over the batch (the paper sums over b_s).
+    Normalisation: summed over the k bits; over the batch, ``reduction='sum'`` sums as the paper does
+    (over b_s) and ``'mean'`` divides by B.
     """
+
+    def __init__(self, reduction: Reduction = 'mean') -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction)
 
     def forward(self, h: Tensor) -> Tensor:
         check_codes(h, 'h')
-        return (h.abs() - 1).abs().sum(1).mean()
+        per_item = (h.abs() - 1).abs().sum(1)
+        return per_item.sum() if self.reduction == 'sum' else per_item.mean()
+
+    def extra_repr(self) -> str:
+        return f'reduction={self.reduction!r}'
 
 
 class DATHLoss(nn.Module):
@@ -129,6 +141,12 @@ class DATHLoss(nn.Module):
     (B, c) (a Linear on the hash layer), ``labels`` class indices (B,) or multi-hot (B, c).
     Returns ``{'loss', 'triplet', 'classification', 'quantization'}``; the last three are the
     unweighted J1, J2, J3 for logging.
+
+    ``reduction='sum'`` is the paper's form: J1 summed over the m valid triplets, J2 and J3 over the
+    batch (Eqs. 3, 5, 8). ``'mean'`` (the default) averages each instead, which keeps one learning rate
+    usable across batch sizes but moves the weights: against J1, beta and gamma are effectively
+    multiplied by m / B, the valid triplets per item (B = 128 with 10 balanced classes: each anchor has
+    about 11.8 positives and 115.2 negatives, so m / B ~ 1,360).
     """
 
     def __init__(
@@ -137,13 +155,15 @@ class DATHLoss(nn.Module):
         gamma: float = 0.01,
         margin: float = 5.0,
         multi_label_form: Literal['bce', 'paper'] = 'bce',
+        reduction: Reduction = 'mean',
     ) -> None:
         super().__init__()
         self.beta = float(beta)
         self.gamma = float(gamma)
-        self.triplet = TripletLikelihoodLoss(margin=margin)
-        self.classification = ClassificationLoss(multi_label_form=multi_label_form)
-        self.quantization = QuantizationLoss()
+        self.reduction = check_reduction(reduction)
+        self.triplet = TripletLikelihoodLoss(margin=margin, reduction=reduction)
+        self.classification = ClassificationLoss(multi_label_form=multi_label_form, reduction=reduction)
+        self.quantization = QuantizationLoss(reduction=reduction)
 
     def forward(self, codes: Tensor, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         check_codes(codes)
@@ -161,4 +181,4 @@ class DATHLoss(nn.Module):
         }
 
     def extra_repr(self) -> str:
-        return f'beta={self.beta}, gamma={self.gamma}'
+        return f'beta={self.beta}, gamma={self.gamma}, reduction={self.reduction!r}'

@@ -5,10 +5,23 @@ This is the NUS-WIDE / MS-COCO protocol both papers follow; for single-label dat
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
-__all__ = ['label_similarity', 'as_multi_hot', 'check_codes', 'check_batch']
+__all__ = ['label_similarity', 'as_multi_hot', 'check_codes', 'check_batch', 'check_reduction', 'REDUCTIONS',
+           'Reduction']
+
+Reduction = Literal['mean', 'sum']
+REDUCTIONS = ('mean', 'sum')  # 'sum': the papers' sums over triplets, pairs and items; 'mean': averages
+
+
+def check_reduction(reduction: str) -> str:
+    """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise ValueError naming them."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return reduction
 
 
 def as_multi_hot(labels: Tensor, num_classes: int | None = None, name: str = 'labels') -> Tensor:
