@@ -4,36 +4,70 @@ import sys
 from typing import List, Optional
 
 from deephash_zoo.training import TrainConfig, train
+from deephash_zoo.training.recipes import RECIPES
 
 from ._common import run_main
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog='deephash-train', description=__doc__,
-        epilog='Unset optimiser settings take the paper defaults of the model family: DATH RMSProp lr 1e-5 '
-               'wd 1e-5 batch 128; ADMTH SGD lr 1e-3 momentum 0.9 (x0.01 every 30 epochs) batch 128 '
-               "(the paper's lr 0.15 diverges here).")
-    p.add_argument('--model', required=True, help='registered model name, e.g. dath_alexnet_32, admth_cnnf_multi')
-    p.add_argument('--data', default='fashion-mnist',
-                   help='fashion-mnist | mosaic | list:PATH | coco:PATH (default: %(default)s)')
-    p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
-    p.add_argument('--out', required=True, help='run folder: checkpoint/, last/, train_log.jsonl')
-    p.add_argument('--epochs', type=int, default=1)
+def _recipe_lines() -> str:
+    lines = []
+    for name, families in RECIPES.items():
+        for family, r in families.items():
+            extra = ''.join([f', warm-up {r.warmup_steps} steps' if r.warmup_steps else '',
+                             f', gamma ramp {r.gamma_ramp_steps} steps' if r.gamma_ramp_steps else '',
+                             ', flips' if r.flip else '', ', Nesterov' if r.nesterov else '',
+                             ', centred hash biases' if r.center_hash else ''])
+            decay = f' (x{r.lr_decay} every {r.lr_step_epochs} epochs)' if r.lr_schedule == 'step' else ''
+            lines.append(f'  {name:8s} {family:6s} {r.optimizer} lr {r.lr:g}{decay}, {r.lr_schedule} schedule, '
+                         f'wd {r.weight_decay:g}, batch {r.batch_size}, loss reduction {r.loss_reduction}{extra}')
+    return '\n'.join(lines)
+
+
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """Optimiser and schedule flags shared with deephash-pretrain; unset ones take the recipe's value."""
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--optimizer', choices=('rmsprop', 'sgd', 'adam'), default=None)
     p.add_argument('--lr', type=float, default=None)
     p.add_argument('--weight-decay', type=float, default=None)
     p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (default: %(default)s)')
-    p.add_argument('--lr-step-epochs', type=int, default=None, help='decay the lr every N epochs (0: never)')
-    p.add_argument('--lr-decay', type=float, default=None, help='factor of each decay')
+    p.add_argument('--lr-schedule', choices=('constant', 'step', 'cosine'), default=None)
+    p.add_argument('--lr-step-epochs', type=int, default=None, help='step schedule: decay every N epochs')
+    p.add_argument('--lr-decay', type=float, default=None, help='step schedule: factor of each decay')
+    p.add_argument('--warmup-steps', type=int, default=None, help='linear lr warm-up over N steps (0: none)')
+    p.add_argument('--drop-rate', type=float, default=None, help="dropout before fc6 and fc7 (model's: 0.5)")
+    p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
+                   help='random horizontal flips of training images')
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='deephash-train', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='Unset settings take the recipe\'s (--recipe; recorded in the checkpoint\'s config.json):\n'
+               + _recipe_lines() + '\n"paper" is the papers\' setting for an ImageNet initialisation (--init); '
+               '"scratch" trains here from a trunk pretrained by deephash-pretrain (--init RUN/trunk.safetensors).')
+    p.add_argument('--model', required=True, help='registered model name, e.g. dath_alexnet_32, admth_cnnf_multi')
+    p.add_argument('--recipe', choices=tuple(RECIPES), default='paper',
+                   help='named settings (default: %(default)s); see below')
+    p.add_argument('--data', default='fashion-mnist',
+                   help='fashion-mnist | mosaic | list:PATH | coco:PATH (default: %(default)s)')
+    p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
+    p.add_argument('--out', required=True, help='run folder: checkpoint/, last/, train_log.jsonl')
+    p.add_argument('--epochs', type=int, default=1)
+    add_schedule_args(p)
+    p.add_argument('--loss-reduction', choices=('mean', 'sum'), default=None,
+                   help="'sum': the papers' sums over triplets / pairs / items; 'mean': averages")
+    p.add_argument('--gamma-ramp-steps', type=int, default=None,
+                   help="DATH: raise gamma (J3's weight) linearly from 0 over N steps (0: none)")
+    p.add_argument('--center-hash', action=argparse.BooleanOptionalAction, default=None,
+                   help="start the hash layers' biases centred on the features of one training batch")
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's 224; >= 63)")
     p.add_argument('--subset', type=int, default=None, help='train on this many items (seeded choice)')
     p.add_argument('--max-steps', type=int, default=None, help='stop after this many optimiser steps')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--workers', type=int, default=0, help='data loader processes')
-    p.add_argument('--init', default=None, help='initial weights (safetensors in this model layout, e.g. '
-                                                'converted ImageNet weights); default: from scratch')
+    p.add_argument('--init', default=None, help='initial weights: a trunk file of deephash-pretrain, or safetensors '
+                                                'in this model layout (converted ImageNet weights); default: '
+                                                'from scratch')
     p.add_argument('--resume', action='store_true', help='continue from OUT/last')
     p.add_argument('--log-every', type=int, default=10, help='steps between log records')
     p.add_argument('--no-amp', action='store_true', help='no mixed precision on CUDA')
@@ -41,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--loss-arg', action='append', default=[], metavar='NAME=VALUE',
                    help='loss hyper-parameter, e.g. beta=1 gamma=0.01 margin=5 (DATH), alpha=20 beta=1 (ADMTH)')
     return p
+
+
+def schedule_settings(args: argparse.Namespace) -> dict:
+    """The ``TrainConfig`` fields of :func:`add_schedule_args`' flags."""
+    names = ('batch_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'lr_schedule', 'lr_step_epochs',
+             'lr_decay', 'warmup_steps', 'drop_rate', 'flip')
+    return {n: getattr(args, n) for n in names}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -52,12 +93,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError(f'--loss-arg expects NAME=VALUE, got {item!r}')
         loss_args[name] = float(value)
     cfg = TrainConfig(
-        model=args.model, data=args.data, out=args.out, data_root=args.data_root, epochs=args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        momentum=args.momentum, lr_step_epochs=args.lr_step_epochs, lr_decay=args.lr_decay,
-        img_size=args.img_size, subset=args.subset, max_steps=args.max_steps, seed=args.seed,
+        model=args.model, recipe=args.recipe, data=args.data, out=args.out, data_root=args.data_root,
+        epochs=args.epochs, img_size=args.img_size, subset=args.subset, max_steps=args.max_steps, seed=args.seed,
         num_workers=args.workers, init=args.init, resume=args.resume, log_every=args.log_every,
-        amp=not args.no_amp, device=args.device, loss_args=loss_args,
+        amp=not args.no_amp, device=args.device, loss_args=loss_args, loss_reduction=args.loss_reduction,
+        gamma_ramp_steps=args.gamma_ramp_steps, center_hash=args.center_hash, **schedule_settings(args),
     )
     summary = train(cfg)
     if summary.get('replicas_identical') is False:

@@ -6,6 +6,11 @@ step and per epoch). The data order of epoch e is a permutation seeded by (seed,
 transforms are deterministic and the torch RNG (dropout) is saved with the state, so a run that
 is killed and resumed with ``resume=True`` ends with exactly the weights of an uninterrupted run.
 Under ``torchrun`` it trains data-parallel (DDP; gloo on CPU, NCCL on GPU) and rank 0 writes.
+
+Two stages share this loop: ``stage='hash'`` trains a registered hash model with its paper's
+objective; ``stage='pretrain'`` trains a bare trunk as a classifier (:class:`TrunkClassifier`) and
+writes ``OUT/trunk.safetensors``, the initialisation the ``scratch`` recipe starts hashing from.
+Unset settings come from the named recipe (:mod:`deephash_zoo.training.recipes`).
 """
 import hashlib
 import json
@@ -22,22 +27,34 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import create_transform, resolve_data_config
 from tqdm import tqdm
 
 from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
+from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
+from deephash_zoo.utils import write_atomic
 
+from .recipes import PRETRAIN, RECIPES, Recipe, family_of, get_recipe
 from .state import load_train_state, save_train_state
 
-__all__ = ['TrainConfig', 'train', 'family_defaults', 'HashObjective', 'epoch_records']
+__all__ = ['TrainConfig', 'train', 'family_defaults', 'resolve_settings', 'HashObjective', 'epoch_records',
+           'TRUNK_FILE']
+
+TRUNK_FILE = 'trunk.safetensors'  # what the pretraining stage writes in its run folder
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; ``None`` means "the paper's default for this model family"."""
+    """Everything a run depends on; ``None`` means "the recipe's setting for this model family".
+
+    ``model`` is a registered hash model, or for ``stage='pretrain'`` a trunk ('alexnet', 'cnnf').
+    """
 
     model: str = 'dath_alexnet_32'
+    recipe: str = 'paper'
+    stage: str = 'hash'
     data: str = 'fashion-mnist'
     out: str = 'runs/train'
     data_root: Optional[str] = None
@@ -49,6 +66,14 @@ class TrainConfig:
     momentum: float = 0.9
     lr_step_epochs: Optional[int] = None
     lr_decay: Optional[float] = None
+    lr_schedule: Optional[str] = None
+    warmup_steps: Optional[int] = None
+    loss_reduction: Optional[str] = None
+    gamma_ramp_steps: Optional[int] = None
+    drop_rate: Optional[float] = None
+    flip: Optional[bool] = None
+    nesterov: Optional[bool] = None
+    center_hash: Optional[bool] = None
     img_size: Optional[int] = None
     subset: Optional[int] = None
     max_steps: Optional[int] = None
@@ -63,18 +88,36 @@ class TrainConfig:
     save_state: bool = True  # False: no resumable last/ (for callers that never resume, e.g. experiments)
 
 
-def family_defaults(model_name: str) -> Dict[str, Any]:
-    """The papers' settings. DATH: RMSProp, lr 1e-5, weight decay 1e-5, batch 128 (Section 4).
-    ADMTH: SGD, batch 128, lr divided by 100 every 30 epochs (Section 3.2); its initial lr of 0.15
-    diverged with our mean-normalised losses (loss ~5e30 within the first epoch on the mosaic), so
-    the default is 1e-3 with momentum 0.9, which trains (see the README)."""
-    if model_name.startswith('dath'):
-        return dict(family='dath', optimizer='rmsprop', lr=1e-5, weight_decay=1e-5, batch_size=128,
-                    lr_step_epochs=0, lr_decay=1.0)
-    if model_name.startswith(('admth', 'dmlh')):
-        return dict(family='admth', optimizer='sgd', lr=1e-3, weight_decay=0.0, batch_size=128,
-                    lr_step_epochs=30, lr_decay=0.01)
-    raise ValueError(f'no training recipe for {model_name!r}; expected a dath*, admth* or dmlh* model')
+def family_defaults(model_name: str, recipe: str = 'paper') -> Dict[str, Any]:
+    """The settings of ``recipe`` for ``model_name``'s family, with ``family`` ('dath' or 'admth')."""
+    return dict(family=family_of(model_name), **get_recipe(recipe, model_name).as_dict())
+
+
+def resolve_settings(cfg: TrainConfig) -> Dict[str, Any]:
+    """Every recipe setting of a run: what ``cfg`` sets, else the recipe's value for its family or stage."""
+    if cfg.stage not in ('hash', 'pretrain'):
+        raise ValueError(f"stage must be 'hash' or 'pretrain', got {cfg.stage!r}")
+    if cfg.recipe not in RECIPES:
+        raise ValueError(f'unknown recipe {cfg.recipe!r}; expected one of {", ".join(RECIPES)}')
+    recipe: Recipe = PRETRAIN if cfg.stage == 'pretrain' else get_recipe(cfg.recipe, cfg.model)
+    settings = recipe.as_dict()
+    for key in settings:
+        if getattr(cfg, key) is not None:
+            settings[key] = getattr(cfg, key)
+    if settings['lr_schedule'] not in ('constant', 'step', 'cosine'):
+        raise ValueError(f"lr_schedule must be 'constant', 'step' or 'cosine', got {settings['lr_schedule']!r}")
+    return settings
+
+
+def _lr_factor(step: int, total_steps: int, steps_per_epoch: int, settings: Dict[str, Any]) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
+    warmup = settings['warmup_steps']
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if settings['lr_schedule'] == 'cosine':
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    elif settings['lr_schedule'] == 'step' and settings['lr_step_epochs']:
+        factor *= settings['lr_decay'] ** (step // (settings['lr_step_epochs'] * steps_per_epoch))
+    return factor
 
 
 class HashObjective(nn.Module):
@@ -92,6 +135,26 @@ class HashObjective(nn.Module):
         if isinstance(self.loss, DATHLoss):
             return self.loss(codes.float(), self.model.label_logits(codes).float(), target)
         return self.loss(codes.float(), target)
+
+
+class ClassifierObjective(nn.Module):
+    """The pretraining stage's loss: cross-entropy over the labels (binary, summed over labels, when
+    an item may carry several), with the batch's top-1 accuracy for the log (single-label data)."""
+
+    def __init__(self, model: nn.Module, single_label: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = nn.Module()  # no loss parameters: keeps the state files' layout of the hash stage
+        self.single_label = single_label
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        logits = self.model(images).float()
+        if not self.single_label:
+            loss = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction='none').sum(1).mean()
+            return {'loss': loss}
+        target = labels.argmax(dim=1)
+        return {'loss': F.cross_entropy(logits, target),
+                'accuracy': (logits.detach().argmax(dim=1) == target).float().mean()}
 
 
 class _EpochPermutation(torch.utils.data.Sampler):
@@ -117,11 +180,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_optimizer(name: str, params: List[nn.Parameter], lr: float, wd: float, momentum: float):
+def _build_optimizer(name: str, params: List[nn.Parameter], lr: float, wd: float, momentum: float,
+                     nesterov: bool = False):
     if name == 'rmsprop':
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if name == 'sgd':
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == 'adam':
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     raise ValueError(f"unknown optimizer {name!r}; expected 'rmsprop', 'sgd' or 'adam'")
@@ -136,16 +200,40 @@ def _weights_digest(module: nn.Module) -> str:
 
 
 def _load_init(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
-    """ImageNet (or any) initialisation from a safetensors file in this model's layout."""
+    """Initialisation from a safetensors file: a trunk file of the pretraining stage (copied into every
+    stream / branch), or weights in this model's layout (converted ImageNet weights, another run)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    state = load_file(path)
+    try:
+        with safe_open(path, 'pt') as f:
+            meta = f.metadata() or {}
+        state = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f'{path}: not a readable safetensors file ({e})') from e
+    if meta.get('format') == TRUNK_FORMAT:
+        usable, used = expand_trunk_state(state, meta.get('arch', ''), model)
+        model.load_state_dict(usable, strict=False)
+        log(f"initialised {len(usable)}/{len(model.state_dict())} tensors from the {meta.get('arch')} trunk file "
+            f"{path} ({used} trunk tensors, pretrained on {meta.get('data')}); attention, hash layer and "
+            'label classifier start fresh')
+        return
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ValueError(f'{path}: no tensor fits {type(model).__name__}; convert it first (deephash_zoo.hub)')
     model.load_state_dict(usable, strict=False)
     log(f'initialised {len(usable)}/{len(own)} tensors from {path}')
+
+
+def _save_trunk(model: TrunkClassifier, path: Path, cfg: TrainConfig, data_cfg: Dict[str, Any]) -> None:
+    """The pretraining stage's product: the trunk's weights with what they were trained on, atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.trunk_state().items()}
+    meta = dict(format=TRUNK_FORMAT, arch=model.arch, data=cfg.data, seed=str(cfg.seed),
+                img_size=str(data_cfg['input_size'][-1]), subset=str(cfg.subset))
+    write_atomic(path, save(tensors, metadata=meta))
 
 
 class _RunLog:
@@ -173,13 +261,17 @@ def epoch_records(run_dir: Path) -> List[Dict[str, Any]]:
     return [r for r in map(json.loads, lines) if r.get('event') == 'epoch']
 
 
-def _prepare_data(cfg: TrainConfig, model: nn.Module):
+def _prepare_data(cfg: TrainConfig, model: nn.Module, flip: bool):
+    from torchvision import transforms
+
     from deephash_zoo.data import build_retrieval_data
 
     data_cfg = resolve_data_config(model=model)
     if cfg.img_size:
         data_cfg['input_size'] = (3, cfg.img_size, cfg.img_size)
     transform = create_transform(**data_cfg)
+    if flip:
+        transform = transforms.Compose([transforms.RandomHorizontalFlip(), transform])
     splits = build_retrieval_data(cfg.data, root=cfg.data_root, seed=cfg.seed)
     dataset = splits['train']
     if cfg.subset:
@@ -191,8 +283,56 @@ def _prepare_data(cfg: TrainConfig, model: nn.Module):
     return dataset, data_cfg
 
 
+_DATA_PROBE = {'alexnet': 'dath_n_16', 'cnnf': 'dmlh_cnnf_multi'}  # a trunk sees what its hash models see
+
+
+def _build_objective(cfg: TrainConfig, settings: Dict[str, Any], num_labels: int, single_label: bool,
+                     log: Callable[[str], None]) -> nn.Module:
+    """The stage's model and loss in one module (weights initialised, ``--init`` applied)."""
+    model_kwargs: Dict[str, Any] = {}
+    if settings['drop_rate'] is not None:
+        model_kwargs['drop_rate'] = settings['drop_rate']
+    if cfg.stage == 'pretrain':
+        return ClassifierObjective(TrunkClassifier(cfg.model, num_labels, **model_kwargs), single_label)
+    family = family_of(cfg.model)
+    if family == 'dath':
+        model_kwargs['num_labels'] = num_labels
+    model = timm.create_model(cfg.model, pretrained=False, **model_kwargs)
+    if cfg.init:
+        _load_init(model, cfg.init, log)
+    elif not cfg.resume:
+        hint = (' the paper recipe expects ImageNet weights (--init); from scratch, pretrain a trunk '
+                '(deephash-pretrain) and use --recipe scratch --init TRUNK') if cfg.recipe == 'paper' else ''
+        log(f'no --init given: training from scratch (random initialisation);{hint}')
+    loss_args = dict(cfg.loss_args, reduction=settings['loss_reduction'])
+    if family == 'dath':
+        loss: nn.Module = DATHLoss(**loss_args)
+    else:
+        loss = ADMTHLoss(bits=model.bits, **loss_args)
+    return HashObjective(model, loss, single_label=single_label)
+
+
+def _center_hash_layer(model: nn.Module, dataset: Any, batch_size: int, log: Callable[[str], None]) -> None:
+    """Centre the hash layers' biases on the pre-logits features of the first ``batch_size`` training items
+    (eval mode: no dropout), see ``HashLayer.center_on``."""
+    n = min(batch_size, len(dataset))
+    images = torch.stack([dataset[i][0] for i in range(n)])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(images), pre_logits=True)
+    model.head.hash.center_on(features)
+    model.train(was_training)
+    log(f'hash layer biases centred on the features of {n} training images')
+
+
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns a summary (also the last line of the log)."""
+    settings = resolve_settings(cfg)
+    pretraining = cfg.stage == 'pretrain'
+    if pretraining and cfg.model not in _DATA_PROBE:
+        raise ValueError(f'the pretraining stage trains a trunk: expected one of {tuple(_DATA_PROBE)}, '
+                         f'got {cfg.model!r}')
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     rank = int(os.environ.get('RANK', '0'))
     use_cuda = torch.cuda.is_available() and cfg.device in ('auto', 'cuda')
@@ -203,9 +343,6 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         torch.cuda.set_device(device)
     world = dist.get_world_size() if distributed else 1
 
-    defaults = family_defaults(cfg.model)
-    settings = {k: getattr(cfg, k) if getattr(cfg, k) is not None else defaults[k]
-                for k in ('optimizer', 'lr', 'weight_decay', 'batch_size', 'lr_step_epochs', 'lr_decay')}
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -214,38 +351,19 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     log = _RunLog(out / 'train_log.jsonl', rank)
     _seed_everything(cfg.seed)
 
-    probe = timm.create_model(cfg.model, pretrained=False, device='meta')
-    dataset, data_cfg = _prepare_data(cfg, probe)
+    probe = timm.create_model(_DATA_PROBE[cfg.model] if pretraining else cfg.model, pretrained=False, device='meta')
+    dataset, data_cfg = _prepare_data(cfg, probe, settings['flip'])
     num_labels = int(dataset.labels.shape[1])
-    model_kwargs = dict(num_labels=num_labels) if defaults['family'] == 'dath' else {}
     _seed_everything(cfg.seed)
-    model = timm.create_model(cfg.model, pretrained=False, **model_kwargs)
-    if cfg.init:
-        _load_init(model, cfg.init, log.message)
-    elif not cfg.resume:
-        log.message('no --init given: training from scratch (random initialisation)')
-    loss_args = dict(cfg.loss_args)
-    if defaults['family'] == 'dath':
-        loss = DATHLoss(**loss_args)
-    else:
-        loss = ADMTHLoss(bits=model.bits, **loss_args)
-    objective = HashObjective(model, loss, single_label=bool(dataset.single_label)).to(device)
+    objective = _build_objective(cfg, settings, num_labels, bool(dataset.single_label), log.message)
+    model, loss = objective.model, objective.loss
+    if settings['center_hash'] and not pretraining and not cfg.resume:
+        _center_hash_layer(model, dataset, settings['batch_size'], log.message)
+    objective = objective.to(device)
     if use_cuda:
         objective = objective.to(memory_format=torch.channels_last)
     optimizer = _build_optimizer(settings['optimizer'], list(objective.parameters()), settings['lr'],
-                                 settings['weight_decay'], cfg.momentum)
-    scheduler = None
-    if settings['lr_step_epochs']:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings['lr_step_epochs'], settings['lr_decay'])
-
-    start_epoch, step = 0, 0
-    if cfg.resume:
-        meta = load_train_state(out / 'last', model, loss, optimizer, scheduler)
-        start_epoch, step = meta['epoch'], meta['step']
-        log.message(f'resumed from {out / "last"} at epoch {start_epoch}, step {step}')
-    train_module: nn.Module = objective
-    if distributed:
-        train_module = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if use_cuda else None)
+                                 settings['weight_decay'], cfg.momentum, settings['nesterov'])
 
     batch_size = settings['batch_size']
     if distributed:
@@ -259,11 +377,29 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     if len(loader) == 0:
         raise ValueError(f'batch size {batch_size} x {world} process(es) is larger than the training set '
                          f'({len(dataset)} items); lower --batch-size or raise --subset')
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: _lr_factor(i, total_steps, steps_per_epoch, settings))
+    gamma = float(getattr(loss, 'gamma', 0.0))
+
+    start_epoch, step = 0, 0
+    if cfg.resume:
+        meta = load_train_state(out / 'last', model, loss, optimizer, scheduler)
+        start_epoch, step = meta['epoch'], meta['step']
+        log.message(f'resumed from {out / "last"} at epoch {start_epoch}, step {step}')
+    train_module: nn.Module = objective
+    if distributed:
+        train_module = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if use_cuda else None)
+
     scaler = torch.amp.GradScaler('cuda', enabled=use_cuda and cfg.amp)
     run_config = dict(asdict(cfg), **settings, world_size=world, data_config={k: list(v) if isinstance(v, tuple)
                                                                                 else v for k, v in data_cfg.items()})
     log.record(event='start', config=run_config, num_train=len(dataset), num_labels=num_labels,
-               steps_per_epoch=len(loader))
+               steps_per_epoch=steps_per_epoch)
+    product = out / TRUNK_FILE if pretraining else out / 'checkpoint'
 
     stop = False
     epoch = start_epoch
@@ -278,12 +414,15 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             labels = labels.to(device, non_blocking=True)
             if use_cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
+            if settings['gamma_ramp_steps'] and gamma:
+                loss.gamma = gamma * min(1.0, step / settings['gamma_ramp_steps'])
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_cuda and cfg.amp):
                 parts = train_module(images, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts['loss']).backward()
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             step += 1
             values = {k: float(v.detach()) for k, v in parts.items()}
             if not math.isfinite(values['loss']):
@@ -300,8 +439,6 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 stop = True
                 break
         seconds = time.perf_counter() - t0
-        if scheduler is not None:
-            scheduler.step()
         means = {k: v / max(seen, 1) for k, v in sums.items()}
         steady = (seen - seen_first) * world / (t0 + seconds - t_first) if seen > seen_first else None
         log.record(event='epoch', epoch=epoch, step=step, seconds=seconds, images_per_s=seen * world / seconds,
@@ -313,7 +450,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             if cfg.save_state:
                 save_train_state(out / 'last', model, loss, optimizer, scheduler, epoch=done_epochs, step=step,
                                  extra=dict(complete=not stop))
-            save_checkpoint(model, out / 'checkpoint', dataset=cfg.data, training=run_config)
+            if pretraining:
+                _save_trunk(model, product, cfg, data_cfg)
+            else:
+                save_checkpoint(model, product, dataset=cfg.data, training=run_config)
         if stop:
             break
 
@@ -324,7 +464,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         dist.all_gather_object(digests, digest)
         dist.barrier()
     summary = dict(event='end', epochs=cfg.epochs, step=step, replica_sha256=digests,
-                   replicas_identical=len(set(digests)) == 1, checkpoint=str(out / 'checkpoint'))
+                   replicas_identical=len(set(digests)) == 1, checkpoint=str(product))
     log.record(**summary)
     if distributed:
         dist.destroy_process_group()

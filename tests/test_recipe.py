@@ -1,0 +1,149 @@
+"""What makes the models learn from scratch: initialisation, the exact fc6 fold, the lr schedule, the
+pretraining stage and its trunk file, and the scratch recipe itself on a few hundred images."""
+import json
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import deephash_zoo  # noqa: F401  (registers the models)
+from deephash_zoo.models.head import FcMlp
+from deephash_zoo.models.pretrain import TrunkClassifier, expand_trunk_state
+from deephash_zoo.training import TrainConfig, train
+from deephash_zoo.training.recipes import RECIPES, get_recipe
+from deephash_zoo.training.trainer import TRUNK_FILE, _lr_factor, resolve_settings
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+
+
+def test_init_keeps_the_signal_scale():
+    """He fan_in for convolutions (fc6 std sqrt(2 / 9216) = 0.0147), LeCun for the tanh hash layer."""
+    model = timm.create_model('dath_alexnet_32')
+    fc6 = model.head.mlps[0].fc6.weight
+    assert fc6.std().item() == pytest.approx(math.sqrt(2 / fc6[0].numel()), rel=0.02)
+    conv1 = model.streams[0].features[0].weight
+    assert conv1.std().item() == pytest.approx(math.sqrt(2 / conv1[0].numel()), rel=0.05)
+    hash_fc = model.head.hash.fc[0].weight
+    assert hash_fc.std().item() == pytest.approx(1 / math.sqrt(hash_fc.shape[1]), rel=0.05)
+    assert all(float(b.detach().abs().max()) == 0 for n, b in model.named_parameters() if n.endswith('.bias'))
+
+
+def test_centred_hash_layer_splits_every_bit():
+    """A fresh hash layer on post-ReLU features gives most images the same code (the shared part of the
+    pre-activation outweighs the spread); centred on a batch, every bit splits it and codes differ."""
+    torch.manual_seed(0)
+    model = timm.create_model('dath_n_32').eval()
+    images = torch.randn(128, 3, 64, 64)
+    before = len(torch.unique(model.encode(images), dim=0))
+    with torch.no_grad():
+        model.head.hash.center_on(model.forward_head(model.forward_features(images), pre_logits=True))
+    codes = model.encode(images)
+    assert len(torch.unique(codes, dim=0)) >= 0.9 * len(codes) > before
+    ones = (codes > 0).float().mean(0)
+    assert float(ones.min()) > 0.25 and float(ones.max()) < 0.75  # every bit splits the batch
+
+
+def test_centring_follows_admth_branches():
+    """ADMTH's hash layer k reads branch k's block of features: centring uses the same block."""
+    torch.manual_seed(0)
+    model = timm.create_model('admth_cnnf_multi').eval()
+    images = torch.randn(64, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_head(model.forward_features(images), pre_logits=True)
+        model.head.hash.center_on(feats)
+        pre = [fc(feats[:, i * 4096:(i + 1) * 4096]) for i, fc in enumerate(model.head.hash.fc)]
+    assert all(float(p.mean(0).abs().max()) < 1e-4 for p in pre)
+
+
+@pytest.mark.parametrize('side', [1, 2, 3, 6])
+def test_fc6_fold_equals_the_repeated_map_convolution(side):
+    """A map smaller than fc6's window runs as one matrix product with summed taps: same output and
+    same weight gradient as the convolution over the nearest-repeated map."""
+    torch.manual_seed(side)
+    mlp = FcMlp(16, 32, drop_rate=0.0).double()
+    x = torch.randn(3, 16, side, side, dtype=torch.float64)
+    folded = mlp(x)
+    (folded.square().sum()).backward()
+    grad_folded = mlp.fc6.weight.grad.clone()
+    mlp.zero_grad()
+    repeated = F.interpolate(x, size=(6, 6), mode='nearest')
+    reference = mlp.act7(mlp.fc7(mlp.act6(mlp.fc6(repeated))))
+    (reference.square().sum()).backward()
+    assert torch.allclose(folded, reference, atol=1e-10)
+    assert torch.allclose(grad_folded, mlp.fc6.weight.grad, atol=1e-10)
+
+
+def test_lr_warmup_then_cosine_and_step_schedules():
+    cosine = dict(warmup_steps=10, lr_schedule='cosine', lr_step_epochs=0, lr_decay=1.0)
+    assert _lr_factor(0, 100, 10, cosine) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))
+    assert _lr_factor(9, 100, 10, cosine) == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 100)))
+    assert _lr_factor(50, 100, 10, cosine) == pytest.approx(0.5)
+    assert _lr_factor(100, 100, 10, cosine) == pytest.approx(0.0)
+    step = dict(warmup_steps=0, lr_schedule='step', lr_step_epochs=2, lr_decay=0.1)
+    assert [_lr_factor(s, 100, 10, step) for s in (0, 19, 20, 40)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def test_recipes_resolve_and_command_line_wins():
+    scratch = resolve_settings(TrainConfig(model='dath_alexnet_32', recipe='scratch'))
+    assert scratch == get_recipe('scratch', 'dath_alexnet_32').as_dict()
+    assert resolve_settings(TrainConfig(model='dath_alexnet_32', recipe='scratch', lr=0.5))['lr'] == 0.5
+    paper = resolve_settings(TrainConfig(model='admth_cnnf_multi'))
+    assert (paper['optimizer'], paper['loss_reduction'], paper['batch_size']) == ('sgd', 'sum', 128)
+    assert resolve_settings(TrainConfig(model='alexnet', stage='pretrain'))['lr_schedule'] == 'cosine'
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; expected one of paper, scratch"):
+        resolve_settings(TrainConfig(model='dath_alexnet_32', recipe='fast'))
+    assert set(RECIPES) == {'paper', 'scratch'}
+
+
+@pytest.mark.parametrize('arch, name, copies', [('alexnet', 'dath_alexnet_16', 2), ('alexnet', 'dath_n_16', 1),
+                                                ('cnnf', 'admth_cnnf_multi', 4), ('cnnf', 'dmlh_cnnf_multi', 4)])
+def test_trunk_file_fills_every_stream_and_branch(arch, name, copies):
+    trunk = TrunkClassifier(arch, num_labels=10).trunk_state()
+    model = timm.create_model(name)
+    state, used = expand_trunk_state(trunk, arch, model)
+    assert used == len(trunk)
+    fc6 = [v for k, v in state.items() if k.endswith('fc6.weight')]
+    assert len(fc6) == copies and all(torch.equal(w, trunk['mlp.fc6.weight']) for w in fc6)
+    conv1 = [v for k, v in state.items() if k.endswith('features.0.weight')]
+    assert all(torch.equal(w, trunk['trunk.features.0.weight']) for w in conv1)
+    assert not any('hash' in k or 'attn' in k for k in state)  # those start fresh
+
+
+def test_trunk_of_another_architecture_is_refused():
+    trunk = TrunkClassifier('cnnf', num_labels=10).trunk_state()
+    with pytest.raises(ValueError, match='holds a cnnf trunk, but DATH is built on alexnet'):
+        expand_trunk_state(trunk, 'cnnf', timm.create_model('dath_alexnet_16'))
+
+
+def _epoch_means(run) -> list:
+    lines = (run / 'train_log.jsonl').read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r['event'] == 'epoch']
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_scratch_recipe_lowers_j1_without_collapse(tmp_path):
+    """512 images: a short pretraining stage, then DATH's objective with the scratch recipe from its trunk.
+    The triplet term falls and the codes of held-out images stay distinct (no collapse onto a few codes)."""
+    common = dict(data='fashion-mnist', img_size=64, subset=512, batch_size=32, log_every=1)
+    pre = tmp_path / 'pre'
+    train(TrainConfig(model='alexnet', stage='pretrain', out=str(pre), epochs=2, warmup_steps=5, **common))
+    run = tmp_path / 'hash'
+    train(TrainConfig(model='dath_n_32', recipe='scratch', out=str(run), init=str(pre / TRUNK_FILE), epochs=3,
+                      warmup_steps=5, gamma_ramp_steps=10, **common))
+    epochs = _epoch_means(run)
+    assert epochs[-1]['triplet'] < 0.8 * epochs[0]['triplet'], epochs
+    config = json.loads((run / 'checkpoint' / 'config.json').read_text())
+    assert config['training']['recipe'] == 'scratch' and config['training']['loss_reduction'] == 'mean'
+    model = timm.create_model('local-dir:' + str(run / 'checkpoint'), pretrained=True).eval()
+    from deephash_zoo.data import build_retrieval_data
+    from deephash_zoo.retrieval.encoding import model_transform
+
+    test = build_retrieval_data('fashion-mnist', transform=model_transform(model, 64), num_query=200)['query']
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    codes = model.encode(images).numpy()
+    assert len(np.unique(codes, axis=0)) >= 0.9 * len(codes)
