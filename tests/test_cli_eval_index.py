@@ -13,7 +13,7 @@ from deephash_zoo.cli.eval import main as eval_main
 from deephash_zoo.cli.index import main as index_main
 from deephash_zoo.hub.checkpoint import weights_sha256
 from deephash_zoo.retrieval.encoding import encode_dataset, encode_dataset_lengths, model_transform
-from deephash_zoo.retrieval.metrics import evaluate
+from deephash_zoo.retrieval.metrics import evaluate, mean_average_precision, random_codes
 from tests.conftest import TINY_IMG, TINY_NDB, save_tiny, tiny_model
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
@@ -92,7 +92,16 @@ def test_eval_metrics_json_equals_evaluate(run, tmp_path, capsys):
                                               bits=bits, packed=True).numpy() for s in range(0, len(ds), 64)])
                  for ds in (q, db)]
         expected = evaluate(codes[0], codes[1], q.labels, db.labels, topk=None, ns=EVAL_NS, bits=bits)
-        assert report['results'][str(bits)] == expected
+        got = dict(report['results'][str(bits)])
+        extra = {k: got.pop(k) for k in ('map_at_1000', 'random_codes', 'distinct_codes')}
+        assert got == expected
+        assert extra['map_at_1000'] == mean_average_precision(codes[0], codes[1], q.labels, db.labels,
+                                                              min(1000, NDB), bits=bits).map
+        rq, rd = random_codes(NQ, NDB, bits, seed=0)
+        chance = evaluate(rq, rd, q.labels, db.labels, topk=None, ns=(100,), bits=bits)
+        assert extra['random_codes'] == {'map': chance['map'], 'p_at_100': chance['p_at_n']['100'], 'seed': 0}
+        distinct = len({row.tobytes() for row in codes[0]})
+        assert extra['distinct_codes'] == {'num_items': NQ, 'num_distinct': distinct, 'fraction': distinct / NQ}
     for name in ('pr_curve.png', 'p_at_n.png'):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000

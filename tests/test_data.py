@@ -266,7 +266,7 @@ def test_presets_hold_the_papers_counts():
     assert (PROTOCOLS['nuswide81'].num_query, PROTOCOLS['nuswide81'].num_train) == (5000, 10000)
     assert (PROTOCOLS['coco'].num_query, PROTOCOLS['coco'].num_train) == (5000, 10000)
     assert all(PROTOCOLS[k].train_from == 'database' for k in ('nuswide21', 'nuswide81', 'coco'))
-    assert PROTOCOLS['fashion-mnist'].num_query == 1000
+    assert PROTOCOLS['fashion-mnist'].num_query == 10000
     m = PROTOCOLS['mosaic']
     assert (m.num_query, m.num_train, m.num_database) == (1000, 5000, 20000)
 
@@ -298,14 +298,17 @@ def test_build_from_list_and_coco(tmp_path):
 @needs_fmnist
 def test_fashion_mnist_protocol_sizes():
     out = build_retrieval_data('fashion-mnist', seed=0)
-    assert {k: len(v) for k, v in out.items()} == {'train': 60000, 'query': 1000, 'database': 60000}
+    assert {k: len(v) for k, v in out.items()} == {'train': 60000, 'query': 10000, 'database': 60000}
     assert all(i.startswith('test/') for i in out['query'].ids)
     assert all(ds.single_label and ds.num_classes == 10 for ds in out.values())
     small = build_retrieval_data('fashion-mnist', seed=0, subset=500, num_train=100)
     assert small['query'].ids == out['query'].ids  # same seed, same queries
-    assert {k: len(v) for k, v in small.items()} == {'train': 100, 'query': 1000, 'database': 500}
+    assert {k: len(v) for k, v in small.items()} == {'train': 100, 'query': 10000, 'database': 500}
     assert set(small['train'].ids) <= set(small['database'].ids)
-    assert build_retrieval_data('fashion-mnist', seed=1, subset=10)['query'].ids != out['query'].ids
+    assert out['query'].ids == [f'test/{i}' for i in range(10000)]  # the whole test set, in order
+    def draw(seed):
+        return build_retrieval_data('fashion-mnist', seed=seed, subset=10, num_query=100)['query'].ids
+    assert draw(1) != draw(0)  # fewer queries than test images: a seeded draw
     with pytest.raises(ValueError, match='num_query=10,001 but only 10,000 Fashion-MNIST test images'):
         build_retrieval_data('fashion-mnist', num_query=10001)
 

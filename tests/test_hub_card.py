@@ -12,22 +12,23 @@ from huggingface_hub import ModelCard
 import deephash_zoo  # noqa: F401  (registers the models)
 from deephash_zoo.cli._common import run_main
 from deephash_zoo.cli.card import main as card_main
+from deephash_zoo.cli.eval import score_codes
 from deephash_zoo.hub.card import PAPERS, TEMPLATE_PATH, paper_for, render_card
 from deephash_zoo.hub.checkpoint import save_checkpoint, weights_sha256
-from deephash_zoo.retrieval.metrics import TIE_BREAK, evaluate
+from deephash_zoo.retrieval.metrics import TIE_BREAK
 
 BITS = (8, 16)
 
 
 def _metrics(ckpt, arch='dath_n_16', seed=0):
-    """A metrics.json in deephash-eval's schema, its numbers from evaluate() on random codes."""
+    """A metrics.json in deephash-eval's schema, its numbers from score_codes() on random codes."""
     rng = np.random.default_rng(seed)
     ql, dl = rng.integers(0, 10, 30), rng.integers(0, 10, 90)
     results = {}
     for b in BITS:
         q = rng.choice([-1, 1], size=(30, b)).astype(np.int8)
         d = rng.choice([-1, 1], size=(90, b)).astype(np.int8)
-        results[str(b)] = evaluate(q, d, np.eye(10)[ql], np.eye(10)[dl], topk=None, ns=(10, 100, 500, 1000), bits=b)
+        results[str(b)] = score_codes(q, d, np.eye(10)[ql], np.eye(10)[dl], None, b, seed=0)
     sha = weights_sha256(ckpt / 'model.safetensors')
     return dict(schema_version=1, model=arch, checkpoint=str(ckpt), weights_sha256=sha,
                 dataset='fashion-mnist', img_size=64, results=results, tie_break=TIE_BREAK, package_version='0.1.0',
@@ -78,9 +79,11 @@ def test_card_round_trips_through_huggingface_hub(ckpt, tmp_path, capsys):
     for line in rows:
         cells = [c.strip() for c in line.strip('|').split('|')]
         r = report['results'][cells[0]]
-        want = [r['map'], r['p_at_n']['100'], r['p_at_n']['500'], r['p_at_n']['1000'], r['precision_radius2'],
-                r['recall_radius2']]
-        assert cells[1:] == [f'{v:.4f}' for v in want]
+        chance = r['random_codes']['map']
+        want = [f"{r['map']:.4f}", f'{chance:.4f}', f"{r['map'] / chance:.2f}x", f"{r['map_at_1000']:.4f}"]
+        want += [f'{v:.4f}' for v in (r['p_at_n']['100'], r['p_at_n']['500'], r['p_at_n']['1000'],
+                                      r['precision_radius2'], r['recall_radius2'])]
+        assert cells[1:] == want + [f"{100 * r['distinct_codes']['fraction']:.1f}%"]
     assert 'P@N with N above 90 counts the whole database' in text
 
 

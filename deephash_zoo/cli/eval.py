@@ -29,8 +29,11 @@ folder ``RUN`` holding ``checkpoint/``, else ``CHECKPOINT/eval/``), each file at
 
   Each ``results`` entry is :func:`deephash_zoo.retrieval.metrics.evaluate`'s dict (``map``, ``map_topk``,
   ``p_at_n`` / ``r_at_n`` keyed by str(N) for N in :data:`EVAL_NS`, ``precision_radius2``,
-  ``recall_radius2``, ``pr_curve``, ``bits``, ``num_queries``, ``num_database``, ``tie_break``).
-  N above the database size counts the whole database.
+  ``recall_radius2``, ``pr_curve``, ``bits``, ``num_queries``, ``num_database``, ``tie_break``) with two
+  more keys: ``map_at_1000`` (mAP@1000, absent when K is 1000) and ``random_codes`` (``map`` and
+  ``p_at_100`` of seeded random codes on the same query and database labels, and their ``seed``: the
+  level a model is read against) and ``distinct_codes`` (``num_items``, ``num_distinct``, ``fraction`` among
+  the first 1,000 queries). N above the database size counts the whole database.
 * ``pr_curve.png`` (precision vs recall over Hamming radius 0..bits) and ``p_at_n.png`` (P@N vs N), one
   line per code length.
 * ``retrieval_grid.png``: ``--grid-rows`` queries (default 6, picked by the protocol seed and spread over the
@@ -73,6 +76,8 @@ __all__ = ['EVAL_NS', 'SCHEMA_VERSION', 'Evaluation', 'LoadedCheckpoint', 'load_
 SCHEMA_VERSION = 1
 EVAL_NS: Tuple[int, ...] = (10, 50, 100, 200, 500, 1000, 2000, 5000)  # P@N / R@N points (DEFAULT_NS and more)
 TABLE_NS: Tuple[int, ...] = (100, 500, 1000)
+MAP_AT = 1000  # a second, top-K mAP every report carries beside mAP@K (the literature quotes both)
+DISTINCT_OF = 1000  # distinct codes are counted among the first this many queries
 GRID_ROWS, GRID_TOPK = 6, 10
 
 
@@ -230,6 +235,11 @@ def write_metrics(report: Dict[str, Any], out: Path) -> Path:
     return path
 
 
+def _num(value: Optional[float], spec: str) -> str:
+    width = int(spec.split('.')[0])
+    return f'{value:{spec}}' if value is not None else '-'.rjust(width)
+
+
 def format_table(report: Dict[str, Any]) -> str:
     """The printed summary: one row per code length."""
     proto = report['protocol']
@@ -237,12 +247,18 @@ def format_table(report: Dict[str, Any]) -> str:
     lines = [f"{report['model']} on {report['dataset']}: {proto['num_queries']:,} queries, "
              f"{proto['num_database']:,} database items (seed {proto['seed']}), "
              f"{report['img_size']}x{report['img_size']} input"]
-    head = f"{'bits':>5}  {f'mAP@{k}':>9}" + ''.join(f"  {f'P@{n}':>7}" for n in TABLE_NS) + f"  {'P(r<=2)':>7}"
+    head = (f"{'bits':>5}  {f'mAP@{k}':>9}  {'random':>7}  {'x random':>8}  {f'mAP@{MAP_AT}':>9}"
+            + ''.join(f"  {f'P@{n}':>7}" for n in TABLE_NS) + f"  {'P(r<=2)':>7}")
     lines.append(head)
     for bits, r in report['results'].items():
-        row = f"{bits:>5}  {r['map']:>9.4f}" + ''.join(f"  {r['p_at_n'][str(n)]:>7.4f}" for n in TABLE_NS)
+        chance = r.get('random_codes', {}).get('map')
+        at = r.get('map_at_1000', r['map'] if k == MAP_AT else None)
+        row = (f"{bits:>5}  {r['map']:>9.4f}  {_num(chance, '7.4f')}  "
+               f"{_num(r['map'] / chance if chance else None, '7.2f')}x  {_num(at, '9.4f')}"
+               + ''.join(f"  {r['p_at_n'][str(n)]:>7.4f}" for n in TABLE_NS))
         lines.append(row + f"  {r['precision_radius2']:>7.4f}")
-    lines.append(f"ties in Hamming distance ranked by {report['tie_break']}")
+    lines.append(f"random: mAP@{k} of seeded random codes on the same queries and database (ranking by nothing); "
+                 f"ties in Hamming distance ranked by {report['tie_break']}")
     if proto['num_database'] < max(TABLE_NS):
         lines.append(f"P@N with N above {proto['num_database']:,} counts the whole database")
     return '\n'.join(lines)
@@ -307,7 +323,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
 def run_evaluation(args: argparse.Namespace) -> Evaluation:
     """Load, encode and score: :func:`evaluate_checkpoint` with the encoded sets kept."""
     from deephash_zoo.retrieval.encoding import encode_dataset_lengths, model_transform
-    from deephash_zoo.retrieval.metrics import TIE_BREAK, evaluate
+    from deephash_zoo.retrieval.metrics import TIE_BREAK
 
     if not args.no_plots:
         _figure()  # fail on a missing matplotlib before minutes of encoding
@@ -326,8 +342,8 @@ def run_evaluation(args: argparse.Namespace) -> Evaluation:
     codes = {name: encode_dataset_lengths(ckpt.model, ds, lengths, args.batch_size, device,
                                           progress=not args.no_progress, desc=f'encoding {name}')
              for name, ds in sets.items()}
-    results = {str(b): evaluate(codes['query'][b], codes['database'][b], sets['query'].labels,
-                                sets['database'].labels, topk=topk, ns=EVAL_NS, bits=b)
+    results = {str(b): score_codes(codes['query'][b], codes['database'][b], sets['query'].labels,
+                                   sets['database'].labels, topk, b, seed)
                for b in lengths}
     report = {
         'schema_version': SCHEMA_VERSION,
@@ -342,6 +358,31 @@ def run_evaluation(args: argparse.Namespace) -> Evaluation:
         'package_version': deephash_zoo.__version__,
     }
     return Evaluation(report, sets, codes)
+
+
+def score_codes(query: np.ndarray, database: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray,
+                topk: Optional[int], bits: int, seed: int) -> Dict[str, Any]:
+    """``evaluate``'s dict for one code length, with ``map_at_1000`` (mAP@1000, when K is not 1000 already)
+    and ``random_codes`` (mAP@K and P@100 of seeded random codes on the same labels: the level that
+    ranking by nothing reaches, which the model's numbers are read against)."""
+    from deephash_zoo.retrieval.metrics import evaluate, mean_average_precision, random_codes
+
+    result = evaluate(query, database, query_labels, db_labels, topk=topk, ns=EVAL_NS, bits=bits)
+    if topk != MAP_AT:
+        result['map_at_1000'] = mean_average_precision(query, database, query_labels, db_labels,
+                                                       min(MAP_AT, len(database)), bits=bits).map
+    rq, rd = random_codes(len(query), len(database), bits, seed)
+    chance = evaluate(rq, rd, query_labels, db_labels, topk=topk, ns=(100,), bits=bits)
+    result['random_codes'] = {'map': chance['map'], 'p_at_100': chance['p_at_n']['100'], 'seed': seed}
+    result['distinct_codes'] = distinct_codes(query[:DISTINCT_OF])
+    return result
+
+
+def distinct_codes(codes: np.ndarray) -> Dict[str, Any]:
+    """How many of ``codes`` (rows) differ: a model that maps everything to a few codes has collapsed."""
+    n = len(codes)
+    unique = len(np.unique(np.ascontiguousarray(codes), axis=0)) if n else 0
+    return {'num_items': n, 'num_distinct': unique, 'fraction': unique / n if n else 0.0}
 
 
 def grid_png(ev: Evaluation, rows: int) -> bytes:

@@ -45,9 +45,9 @@ PROTOCOLS: Dict[str, Protocol] = {
     'coco': Protocol(5000, 10000, 'database', None, 5000,
                      'DATH / ADMTH: MS-COCO, 122,218 labelled images; 5,000 queries, 117,218 database, '
                      '10,000 training images drawn from the database'),
-    'fashion-mnist': Protocol(1000, None, 'database', None, None,
-                              '1,000 queries drawn from the 10,000 test images; database = the 60,000 training '
-                              'images; train = the training set (or a seeded subset of it by count)'),
+    'fashion-mnist': Protocol(10000, None, 'database', None, None,
+                              'queries = the 10,000 test images; database = the 60,000 training images; train = '
+                              'the training set (or a seeded subset of it by count)'),
     'mosaic': Protocol(1000, 5000, 'database', 20000, None,
                        '2x2 Fashion-MNIST mosaics (label = union of the 4 item classes): 1,000 query mosaics '
                        'from the test images, 20,000 database mosaics from the training images, 5,000 training '

@@ -27,8 +27,11 @@ TAGS = ['image-retrieval', 'hashing', 'timm']
 PIPELINE_TAG = 'image-feature-extraction'
 METRICS_SCHEMA = 1
 _P_AT_NS = ('100', '500', '1000')  # P@N columns of the card (all N are in metrics.json)
-_TRAINING_KEYS = ('data', 'epochs', 'batch_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'lr_step_epochs',
-                  'lr_decay', 'img_size', 'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'init')
+MAP_AT = 1000  # the second mAP column: deephash-eval's map_at_1000
+_TRAINING_KEYS = ('recipe', 'data', 'epochs', 'batch_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'nesterov',
+                  'lr_schedule', 'warmup_steps', 'lr_step_epochs', 'lr_decay', 'loss_reduction', 'gamma_ramp_steps',
+                  'drop_rate', 'flip', 'img_size', 'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args',
+                  'init')
 _PATH_KEYS = ('data', 'init', 'data_root', 'out')
 
 
@@ -241,6 +244,10 @@ def _training_items(training: Dict[str, Any]) -> List[Tuple[str, str]]:
     return items
 
 
+def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
+    return '-' if value is None else f'{value:{spec}}{suffix}'
+
+
 def _results_context(report: Dict[str, Any], trained_on: Optional[str], train_hub_id: Optional[str],
                      train_name: str) -> Tuple[List[EvalResult], Dict[str, Any], List[str]]:
     """(model-index entries, template variables of the results section, Hub dataset ids) of one metrics report."""
@@ -250,10 +257,19 @@ def _results_context(report: Dict[str, Any], trained_on: Optional[str], train_hu
     ns = [n for n in _P_AT_NS if n in first['p_at_n']] or list(first['p_at_n'])[:3]
     results = []
     for b, r in sorted(report['results'].items(), key=lambda kv: int(kv[0])):
-        results.append(dict(bits=int(b), map=r['map'], p_at_n=[r['p_at_n'][n] for n in ns],
-                            precision_radius2=r['precision_radius2'], recall_radius2=r['recall_radius2']))
+        chance = (r.get('random_codes') or {}).get('map')
+        distinct = r.get('distinct_codes')
+        results.append(dict(bits=int(b), map=f"{r['map']:.4f}", random=_fmt(chance, '.4f'),
+                            above=_fmt(r['map'] / chance if chance else None, '.2f', 'x'),
+                            map_at_1000=_fmt(r.get('map_at_1000', r['map'] if r.get('map_topk') == MAP_AT else None),
+                                             '.4f'),
+                            p_at_n=[f"{r['p_at_n'][n]:.4f}" for n in ns],
+                            precision_radius2=f"{r['precision_radius2']:.4f}",
+                            recall_radius2=f"{r['recall_radius2']:.4f}",
+                            distinct=_fmt(distinct['fraction'] * 100 if distinct else None, '.1f', '%')))
     context = dict(
         results=results, p_at_ns=ns, map_topk=proto.get('map_topk', 'all'), protocol_seed=proto.get('seed'),
+        map_at=MAP_AT, distinct_of=f"{(first.get('distinct_codes') or {}).get('num_items', 0):,}",
         num_queries=f'{int(proto["num_queries"]):,}', num_database=f'{int(proto["num_database"]):,}',
         relevance='sharing at least one label' if proto.get('multi_label') else 'same class',
         tie_break=report.get('tie_break', 'database index (stable)'), metrics_img_size=report.get('img_size'),
