@@ -22,7 +22,7 @@ from .budgets import Budget
 from .plan import BITS, arms_for
 from .runs import chance_level, run_cell
 
-__all__ = ['SCHEMA_VERSION', 'KEEP_CHOICES', 'run_experiment', 'experiment_key']
+__all__ = ['SCHEMA_VERSION', 'KEEP_CHOICES', 'run_experiment', 'experiment_key', 'machine_info']
 
 SCHEMA_VERSION = 1
 KEEP_CHOICES = ('none', 'first-seed', 'all')
@@ -44,7 +44,7 @@ def _load_cells(path: Path) -> Dict[Tuple[str, int], Dict[str, Any]]:
     return cells
 
 
-def _machine() -> Dict[str, Any]:
+def machine_info() -> Dict[str, Any]:
     return dict(cpu=cpu_model(), usable_cores=usable_cores(), torch_threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
@@ -101,7 +101,7 @@ def run_experiment(
     done = _load_cells(cells_path)
     resumed = len(done)
     models = list(dict.fromkeys(m for arm in arms for m in arm.distinct_models))
-    machine_start = _machine()
+    machine_start = machine_info()
     t0 = time.perf_counter()
     total = len(models) * len(seeds)
     for seed in seeds:

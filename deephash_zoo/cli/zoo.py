@@ -1,0 +1,85 @@
+"""``deephash-zoo``: build the zoo's checkpoints on this machine: pretrain each trunk, train each headline
+model with the ``scratch`` recipe, evaluate it on the full protocol, and (``--publish``) write the table into
+``hub_cards/results/`` and README.md and each model's card into ``hub_cards/``.
+
+Resumable stage by stage: run the same command again after an interruption. Each stage prints its CPU and
+wall time as it finishes.
+"""
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ._common import UserError, run_main
+
+__all__ = ['main', 'cli']
+
+
+def _parser() -> argparse.ArgumentParser:
+    from deephash_zoo.experiments.zoo import HEADLINE, PLANS
+
+    p = argparse.ArgumentParser(prog='deephash-zoo', description=(__doc__ or '').split('\n\n')[0])
+    p.add_argument('action', choices=('build',), help='build: run the stages not done yet, then the table')
+    p.add_argument('--plan', choices=sorted(PLANS), default='fmnist',
+                   help='fmnist: the published build (default); tiny: tests only')
+    p.add_argument('--models', default=None,
+                   help=f"comma-separated models (default: the headline ones, {', '.join(HEADLINE)})")
+    p.add_argument('--work', type=Path, default=None, help='stage folders and stages.jsonl (default: runs/zoo-PLAN)')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    p.add_argument('--render-only', action='store_true', help='train nothing: the table from the stages done')
+    p.add_argument('--publish', action='store_true', help='write hub_cards/results/, the README block and the cards')
+    p.add_argument('--readme', type=Path, default=Path('README.md'), help='README to fill with --publish')
+    p.add_argument('--cards', type=Path, default=Path('hub_cards'), help='card folder (default: hub_cards)')
+    p.add_argument('--efficiency', type=Path, default=Path('export/efficiency.json'),
+                   help="efficiency JSON for the cards' speed table")
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from deephash_zoo.experiments.publish import DATA_TAGS, check_readme, update_readme, write_outputs
+    from deephash_zoo.experiments.zoo import build_zoo, get_plan, render_zoo_markdown, zoo_result
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    plan = get_plan(args.plan)
+    key = f'zoo-{plan.name}'
+    work = args.work or Path('runs') / key
+    models = tuple(m.strip() for m in args.models.split(',') if m.strip()) if args.models else plan.models
+    if args.publish:
+        if not plan.publishable:
+            raise UserError(f'the {plan.name} plan is for tests (its numbers mean nothing); do not --publish it')
+        check_readme(args.readme, key)  # before hours of training, not after
+    if args.render_only:
+        result = zoo_result(plan, work, models)
+        if not result['models']:
+            raise UserError(f'{work}: no evaluated model yet; run deephash-zoo build first')
+    else:
+        result = build_zoo(plan, work, models, device=args.device, progress=not args.no_progress)
+    out = args.cards / 'results' if args.publish else work
+    command = 'deephash-zoo ' + ' '.join(shlex.quote(a) for a in argv)
+    markdown = render_zoo_markdown(result, f'{out.as_posix()}/{key}.json', command)
+    paths = write_outputs(result, markdown, out, key)
+    print(markdown)
+    print(f"wrote {paths['json']} and {paths['markdown']}")
+    if args.publish:
+        from deephash_zoo.hub.card import render_card, write_card
+
+        update_readme(args.readme, key, markdown.replace('### ', '#### ', 1))
+        tag = DATA_TAGS.get(plan.data, plan.data)
+        for row in result['models']:
+            repo_id = f"deephash-zoo/{row['model']}.{tag}"
+            metrics = Path(row['checkpoint']).parent / 'eval' / 'metrics.json'
+            card = render_card(row['checkpoint'], metrics=metrics, efficiency=args.efficiency, repo_id=repo_id)
+            print(f"wrote {write_card(card, args.cards / (repo_id.split('/')[-1] + '.md'))}")
+        print(f'updated {args.readme} ({key})')
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == '__main__':
+    cli()

@@ -1,0 +1,227 @@
+"""The zoo build: pretrain each trunk, train each headline model with the ``scratch`` recipe, evaluate it
+on the full protocol and render its card; resumable stage by stage.
+
+Stages run in this order and each is recorded in ``WORK/stages.jsonl`` when it finishes, with its CPU
+time (``time.process_time``: every thread of this process) and wall time, so an interrupted build
+continues where it stopped (an interrupted training stage continues from its ``last/`` state) and the
+final table still reports what every stage cost:
+
+1. ``pretrain:ARCH``: one trunk per architecture (AlexNet for every DATH model, CNN-F for ADMTH and DMLH),
+   ``WORK/pretrain-ARCH/trunk.safetensors``: shared within a family, as one set of ImageNet weights is.
+2. ``train:MODEL``: ``WORK/MODEL/checkpoint`` (recipe ``scratch``, ``--init`` the trunk).
+3. ``eval:MODEL``: ``WORK/MODEL/eval/`` (metrics.json, plots and the retrieval grid), the protocol's full
+   query and database sets (Fashion-MNIST: the 10,000 test images against the 60,000 training images).
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from deephash_zoo.training.recipes import family_of
+from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, train
+
+__all__ = ['ZooPlan', 'PLANS', 'get_plan', 'build_zoo', 'zoo_result', 'render_zoo_markdown', 'trunk_of']
+
+SCHEMA_VERSION = 1
+HEADLINE = ('dath_alexnet_16', 'dath_alexnet_32', 'dath_alexnet_48', 'dath_alexnet_64', 'admth_cnnf_multi',
+            'dmlh_cnnf_multi')
+_TRUNKS = {'dath': 'alexnet', 'admth': 'cnnf'}
+
+
+@dataclass(frozen=True)
+class ZooPlan:
+    """What the zoo is trained on and for how long."""
+
+    name: str
+    description: str
+    data: str
+    img_size: int
+    pretrain_epochs: int
+    hash_epochs: Dict[str, int]  # per family
+    models: Tuple[str, ...] = HEADLINE
+    subset: Optional[int] = None  # training items (None: the whole training set)
+    max_steps: Optional[int] = None  # per training stage (tests)
+    batch_size: Optional[int] = None  # None: the recipe's
+    query_subset: Optional[int] = None  # evaluation (None: the full protocol)
+    db_subset: Optional[int] = None
+    seed: int = 0
+    publishable: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+PLANS: Dict[str, ZooPlan] = {
+    'fmnist': ZooPlan(
+        name='fmnist',
+        description='Fashion-MNIST at 64x64 on CPU: each trunk pretrained 5 epochs on the 60,000 training images '
+                    '(cross-entropy), then each model 2 epochs of its hashing objective (recipe scratch); '
+                    'evaluated with the 10,000 test images as queries against the 60,000 training images',
+        data='fashion-mnist', img_size=64, pretrain_epochs=5, hash_epochs={'dath': 2, 'admth': 2},
+    ),
+    'tiny': ZooPlan(
+        name='tiny', description='tests only: 64 training images, 2 steps a stage, 20 queries x 60 database items',
+        data='fashion-mnist', img_size=64, pretrain_epochs=1, hash_epochs={'dath': 1, 'admth': 1}, subset=64,
+        max_steps=2, batch_size=16, query_subset=20, db_subset=60, publishable=False,
+    ),
+}
+
+
+def get_plan(name: str) -> ZooPlan:
+    if name not in PLANS:
+        raise ValueError(f'unknown zoo plan {name!r}; expected one of {", ".join(PLANS)}')
+    return PLANS[name]
+
+
+def trunk_of(model: str) -> str:
+    """The trunk architecture a headline model is initialised from."""
+    return _TRUNKS[family_of(model)]
+
+
+def _read_stages(path: Path) -> Dict[str, Dict[str, Any]]:
+    stages: Dict[str, Dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                stages[rec['stage']] = rec
+    return stages
+
+
+class _Stages:
+    """``WORK/stages.jsonl``: the stages done, and a timer that records a stage when it finishes."""
+
+    def __init__(self, work: Path, say: Callable[[str], None]) -> None:
+        self.path = work / 'stages.jsonl'
+        self.done = _read_stages(self.path)
+        self.say = say
+
+    def run(self, name: str, artifact: Path, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        if name in self.done and artifact.exists():
+            self.say(f'{name}: done before ({self.done[name]["cpu_seconds"] / 60:.1f} CPU min), skipped')
+            return self.done[name]
+        self.say(f'{name}: running')
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        info = fn()
+        rec = dict(stage=name, cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0,
+                   artifact=str(artifact), finished=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **info)
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(rec) + '\n')
+        self.done[name] = rec
+        self.say(f'{name}: {rec["cpu_seconds"] / 60:.1f} CPU min, {rec["wall_seconds"] / 60:.1f} min wall')
+        return rec
+
+
+def _train_stage(cfg: TrainConfig) -> Callable[[], Dict[str, Any]]:
+    def run() -> Dict[str, Any]:
+        resume = (Path(cfg.out) / 'last' / 'state.json').is_file()
+        summary = train(TrainConfig(**dict(asdict(cfg), resume=resume)))
+        return dict(steps=summary['step'], resumed=resume)
+    return run
+
+
+def _eval_stage(plan: ZooPlan, run_dir: Path, device: str, progress: bool) -> Callable[[], Dict[str, Any]]:
+    def run() -> Dict[str, Any]:
+        from deephash_zoo.cli.eval import _parser, default_out, grid_png, plot_pngs, run_evaluation, write_metrics
+        from deephash_zoo.utils import write_atomic
+
+        argv = ['--checkpoint', str(run_dir / 'checkpoint'), '--data', plan.data, '--seed', str(plan.seed),
+                '--device', device, '--img-size', str(plan.img_size)]
+        for flag, value in (('--query-subset', plan.query_subset), ('--db-subset', plan.db_subset)):
+            argv += [flag, str(value)] if value is not None else []
+        if not progress:
+            argv.append('--no-progress')
+        ev = run_evaluation(_parser().parse_args(argv))
+        out = default_out(run_dir / 'checkpoint')
+        out.mkdir(parents=True, exist_ok=True)
+        files = dict(plot_pngs(ev.report), **{'retrieval_grid.png': grid_png(ev, 6)})
+        for name, data in files.items():
+            write_atomic(out / name, data)
+        write_metrics(ev.report, out)
+        return dict(weights_sha256=ev.report['weights_sha256'])
+    return run
+
+
+def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = None, device: str = 'auto',
+              say: Callable[[str], None] = print, progress: bool = True) -> Dict[str, Any]:
+    """Run every stage the models need that is not done yet; returns :func:`zoo_result`."""
+    models = tuple(models or plan.models)
+    for m in models:
+        trunk_of(m)  # refuses a model outside the two families before any work
+    work.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(work, say)
+    common = dict(data=plan.data, img_size=plan.img_size, subset=plan.subset, max_steps=plan.max_steps,
+                  seed=plan.seed, device=device, batch_size=plan.batch_size, log_every=50)
+    for arch in dict.fromkeys(trunk_of(m) for m in models):
+        out = work / f'pretrain-{arch}'
+        stages.run(f'pretrain:{arch}', out / TRUNK_FILE, _train_stage(TrainConfig(
+            model=arch, stage='pretrain', out=str(out), epochs=plan.pretrain_epochs, **common)))
+    for model in models:
+        run_dir = work / model
+        trunk = work / f'pretrain-{trunk_of(model)}' / TRUNK_FILE
+        stages.run(f'train:{model}', run_dir / 'checkpoint', _train_stage(TrainConfig(
+            model=model, recipe='scratch', out=str(run_dir), init=str(trunk),
+            epochs=plan.hash_epochs[family_of(model)], **common)))
+        stages.run(f'eval:{model}', run_dir / 'eval' / 'metrics.json', _eval_stage(plan, run_dir, device, progress))
+    return zoo_result(plan, work, models)
+
+
+def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...]) -> Dict[str, Any]:
+    """The build's JSON: the plan, each stage's cost, each model's metrics (the ``eval`` stage's report)."""
+    from deephash_zoo.experiments.run import machine_info
+    from deephash_zoo.utils import read_json
+
+    stages = _read_stages(work / 'stages.jsonl')
+    rows = []
+    for model in models:
+        if f'eval:{model}' not in stages:
+            continue
+        report = read_json(work / model / 'eval' / 'metrics.json', 'run the build first')
+        arch = trunk_of(model)
+        own = {'pretrain': f'pretrain:{arch}', 'train': f'train:{model}', 'eval': f'eval:{model}'}
+        rows.append(dict(
+            model=model, checkpoint=str(work / model / 'checkpoint'), weights_sha256=report['weights_sha256'],
+            protocol=report['protocol'], img_size=report['img_size'],
+            results={b: dict(map=r['map'], map_at_1000=r.get('map_at_1000'), p_at_100=r['p_at_n']['100'],
+                             precision_radius2=r['precision_radius2'], random_map=r['random_codes']['map'],
+                             distinct_codes=r['distinct_codes']['fraction'])
+                     for b, r in report['results'].items()},
+            cpu_seconds={s: stages[name]['cpu_seconds'] for s, name in own.items()},
+            wall_seconds={s: stages[name]['wall_seconds'] for s, name in own.items()},
+            pretrain_shared_by=sum(1 for m in models if trunk_of(m) == arch),
+        ))
+    return dict(schema_version=SCHEMA_VERSION, plan=asdict(plan), recipe='scratch', machine=machine_info(),
+                stages=list(stages.values()), models=rows,
+                total_cpu_seconds=sum(rec['cpu_seconds'] for rec in stages.values()),
+                total_wall_seconds=sum(rec['wall_seconds'] for rec in stages.values()))
+
+
+def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) -> str:
+    """The zoo table: one row per model and code length, with the random-codes level and each stage's cost."""
+    plan, machine = result['plan'], result['machine']
+    lines = [f"### The zoo: {plan['name']}", '',
+             f"{plan['description']}. Recipe `scratch` (see `deephash-train --help`); made by `{command}` on "
+             f"{machine['cpu']} ({machine['usable_cores']} cores, torch {machine['torch']}); raw numbers in "
+             f"`{json_path}`.", '',
+             '| model | bits | mAP@all | random codes | x random | mAP@1000 | P@100 | precision (r<=2) | '
+             'distinct codes | minutes, wall (CPU): pretrain / hashing / eval |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for row in result['models']:
+        cpu, wall = row['cpu_seconds'], row['wall_seconds']
+        cost = ' / '.join(f'{wall[s] / 60:.1f} ({cpu[s] / 60:.1f})' for s in ('pretrain', 'train', 'eval'))
+        cost += f" (trunk shared by {row['pretrain_shared_by']})"
+        for b, r in sorted(row['results'].items(), key=lambda kv: int(kv[0])):
+            at = f"{r['map_at_1000']:.4f}" if r['map_at_1000'] is not None else '-'
+            lines.append(f"| `{row['model']}` | {b} | {r['map']:.4f} | {r['random_map']:.4f} | "
+                         f"{r['map'] / r['random_map']:.2f}x | {at} | {r['p_at_100']:.4f} | "
+                         f"{r['precision_radius2']:.4f} | {100 * r['distinct_codes']:.1f}% | {cost} |")
+            cost = ''
+    if result['models']:
+        proto = result['models'][0]['protocol']
+        lines += ['', f"{proto['num_queries']:,} queries against {proto['num_database']:,} database items, "
+                      f"{result['models'][0]['img_size']}x{result['models'][0]['img_size']} input; ties in Hamming "
+                      "distance ranked by database index. *random codes*: mAP@all of seeded random codes on the "
+                      "same sets. *distinct codes*: share of different codes among the first 1,000 queries."]
+    lines += ['', f"Total: {result['total_wall_seconds'] / 60:.1f} minutes wall, "
+                  f"{result['total_cpu_seconds'] / 60:.1f} CPU minutes (every thread of the build process, "
+                  f"{machine['torch_threads']} threads) over {len(result['stages'])} stages.", '']
+    return '\n'.join(lines)

@@ -1,0 +1,66 @@
+"""deephash-zoo build: pretraining, hashing, evaluation and the table, resumable stage by stage (tiny plan)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deephash_zoo.cli.zoo import main
+from deephash_zoo.experiments.zoo import get_plan, render_zoo_markdown, zoo_result
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+MODELS = 'dath_n_16,dmlh_cnnf_multi'
+
+
+@pytest.fixture(scope='module')
+def built(module_tmp):
+    work = module_tmp.mktemp('zoo')
+    assert main(['build', '--plan', 'tiny', '--models', MODELS, '--work', str(work), '--no-progress']) == 0
+    return work
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_build_runs_every_stage_once_and_reports_them(built, capsys):
+    stages = [json.loads(line) for line in (built / 'stages.jsonl').read_text().splitlines()]
+    assert [s['stage'] for s in stages] == ['pretrain:alexnet', 'pretrain:cnnf', 'train:dath_n_16', 'eval:dath_n_16',
+                                            'train:dmlh_cnnf_multi', 'eval:dmlh_cnnf_multi']
+    assert all(s['cpu_seconds'] > 0 and s['wall_seconds'] > 0 for s in stages)
+    assert (built / 'pretrain-alexnet' / 'trunk.safetensors').is_file()
+    config = json.loads((built / 'dath_n_16' / 'checkpoint' / 'config.json').read_text())
+    assert config['training']['recipe'] == 'scratch'
+    assert config['training']['init'].endswith('pretrain-alexnet/trunk.safetensors')
+    report = json.loads((built / 'dmlh_cnnf_multi' / 'eval' / 'metrics.json').read_text())
+    assert sorted(report['results'], key=int) == ['16', '32', '48', '64']
+    for r in report['results'].values():  # every length carries its random-codes level and distinct codes
+        assert 0 < r['random_codes']['map'] < 1 and r['map_at_1000'] == pytest.approx(r['map'])  # 60 items < 1000
+        assert r['distinct_codes']['num_items'] == 20
+    assert (built / 'dath_n_16' / 'eval' / 'retrieval_grid.png').is_file()
+    table = (built / 'zoo-tiny.md').read_text()
+    assert '| `dath_n_16` | 16 |' in table and 'random codes' in table and '(trunk shared by 1)' in table
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_second_build_skips_what_is_done_and_resumes_a_cut_stage(built, capsys):
+    """A finished stage is skipped; a stage whose record is missing is redone (from last/ when there)."""
+    lines = (built / 'stages.jsonl').read_text().splitlines()
+    (built / 'stages.jsonl').write_text('\n'.join(lines[:-1]) + '\n')  # the last eval "was interrupted"
+    capsys.readouterr()
+    assert main(['build', '--plan', 'tiny', '--models', MODELS, '--work', str(built), '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert out.count('skipped') == 5 and 'eval:dmlh_cnnf_multi: running' in out
+    result = zoo_result(get_plan('tiny'), built, tuple(MODELS.split(',')))
+    assert [m['model'] for m in result['models']] == MODELS.split(',')
+    assert render_zoo_markdown(result, 'x.json', 'cmd') == render_zoo_markdown(result, 'x.json', 'cmd')
+
+
+def test_bad_requests_are_one_line(tmp_path):
+    for argv, message in ((['build', '--plan', 'tiny', '--models', 'resnet18', '--work', str(tmp_path)],
+                           "no training recipe for 'resnet18'"),
+                          (['build', '--plan', 'tiny', '--publish'], 'for tests'),
+                          (['build', '--plan', 'tiny', '--render-only', '--work', str(tmp_path)],
+                           'no evaluated model yet')):
+        proc = subprocess.run([sys.executable, '-m', 'deephash_zoo.cli.zoo', *argv], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
