@@ -131,7 +131,9 @@ def test_scratch_recipe_lowers_j1_without_collapse(tmp_path):
     The triplet term falls and the codes of held-out images stay distinct (no collapse onto a few codes)."""
     common = dict(data='fashion-mnist', img_size=64, subset=512, batch_size=32, log_every=1)
     pre = tmp_path / 'pre'
-    train(TrainConfig(model='alexnet', stage='pretrain', out=str(pre), epochs=2, warmup_steps=5, **common))
+    # batches of 32 from a fresh trunk: clipped gradients (the full-size stage uses batches of 128)
+    train(TrainConfig(model='alexnet', stage='pretrain', out=str(pre), epochs=8, lr=0.01, warmup_steps=16,
+                      grad_clip=2.0, **common))
     run = tmp_path / 'hash'
     train(TrainConfig(model='dath_n_32', recipe='scratch', out=str(run), init=str(pre / TRUNK_FILE), epochs=3,
                       warmup_steps=5, gamma_ramp_steps=10, **common))

@@ -24,7 +24,7 @@ def built(module_tmp):
 @pytest.mark.slow
 def test_build_runs_every_stage_once_and_reports_them(built, capsys):
     stages = [json.loads(line) for line in (built / 'stages.jsonl').read_text().splitlines()]
-    assert [s['stage'] for s in stages] == ['pretrain:alexnet', 'pretrain:cnnf', 'train:dath_n_16', 'eval:dath_n_16',
+    assert [s['stage'] for s in stages] == ['pretrain:alexnet', 'train:dath_n_16', 'eval:dath_n_16', 'pretrain:cnnf',
                                             'train:dmlh_cnnf_multi', 'eval:dmlh_cnnf_multi']
     assert all(s['cpu_seconds'] > 0 and s['wall_seconds'] > 0 for s in stages)
     assert (built / 'pretrain-alexnet' / 'trunk.safetensors').is_file()

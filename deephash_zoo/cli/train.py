@@ -35,6 +35,8 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--lr-decay', type=float, default=None, help='step schedule: factor of each decay')
     p.add_argument('--warmup-steps', type=int, default=None, help='linear lr warm-up over N steps (0: none)')
     p.add_argument('--drop-rate', type=float, default=None, help="dropout before fc6 and fc7 (model's: 0.5)")
+    p.add_argument('--grad-clip', type=float, default=None,
+                   help="clip the gradient's global L2 norm to this (0: never); steadies small batches")
     p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
                    help='random horizontal flips of training images')
 
@@ -80,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def schedule_settings(args: argparse.Namespace) -> dict:
     """The ``TrainConfig`` fields of :func:`add_schedule_args`' flags."""
     names = ('batch_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'lr_schedule', 'lr_step_epochs',
-             'lr_decay', 'warmup_steps', 'drop_rate', 'flip')
+             'lr_decay', 'warmup_steps', 'drop_rate', 'flip', 'grad_clip')
     return {n: getattr(args, n) for n in names}
 
 

@@ -5,7 +5,9 @@ scratch (no ImageNet weights can be downloaded here) on a seeded 1,024-image tra
 64x64 (AlexNet/CNN-F need at least 63 pixels), evaluates 300 queries against 1,500 database items,
 and repeats with three seeds. From scratch, DATH's quantisation term (gamma=0.01) pulls every code
 onto one vector within a few dozen steps, so this budget trains DATH with gamma=0 (measured in the
-README). The papers' learning rates are kept (DATH: RMSProp 1e-5; ADMTH: our SGD 1e-3): a 10x
+README). Every budget trains with the ``paper`` recipe (``deephash_zoo.training.recipes``), whose
+settings each checkpoint's config.json records. The committed cpu-small tables were made before the
+recipes existed, with the mean loss form, ADMTH at SGD lr 1e-3 and the earlier initialisation; a 10x
 higher DATH rate collapsed every code within one epoch (mAP@all 0.104 = chance on Fashion-MNIST).
 
 ``paper`` is the papers' own setting for a GPU: 224x224, whole training set, batch 128, DATH 200

@@ -1,13 +1,14 @@
 """The zoo build: pretrain each trunk, train each headline model with the ``scratch`` recipe, evaluate it
 on the full protocol and render its card; resumable stage by stage.
 
-Stages run in this order and each is recorded in ``WORK/stages.jsonl`` when it finishes, with its CPU
+Each stage is recorded in ``WORK/stages.jsonl`` when it finishes, with its CPU
 time (``time.process_time``: every thread of this process) and wall time, so an interrupted build
 continues where it stopped (an interrupted training stage continues from its ``last/`` state) and the
 final table still reports what every stage cost:
 
-1. ``pretrain:ARCH``: one trunk per architecture (AlexNet for every DATH model, CNN-F for ADMTH and DMLH),
-   ``WORK/pretrain-ARCH/trunk.safetensors``: shared within a family, as one set of ImageNet weights is.
+1. ``pretrain:ARCH``, before the first model that needs it: one trunk per architecture (AlexNet for every
+   DATH model, CNN-F for ADMTH and DMLH), ``WORK/pretrain-ARCH/trunk.safetensors``: shared within a family,
+   as one set of ImageNet weights is.
 2. ``train:MODEL``: ``WORK/MODEL/checkpoint`` (recipe ``scratch``, ``--init`` the trunk).
 3. ``eval:MODEL``: ``WORK/MODEL/eval/`` (metrics.json, plots and the retrieval grid), the protocol's full
    query and database sets (Fashion-MNIST: the 10,000 test images against the 60,000 training images).
@@ -151,15 +152,17 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
     stages = _Stages(work, say)
     common = dict(data=plan.data, img_size=plan.img_size, subset=plan.subset, max_steps=plan.max_steps,
                   seed=plan.seed, device=device, batch_size=plan.batch_size, log_every=50)
-    for arch in dict.fromkeys(trunk_of(m) for m in models):
-        out = work / f'pretrain-{arch}'
-        stages.run(f'pretrain:{arch}', out / TRUNK_FILE, _train_stage(TrainConfig(
-            model=arch, stage='pretrain', out=str(out), epochs=plan.pretrain_epochs, **common)))
-    for model in models:
+    trunks: Dict[str, Path] = {}
+    for model in models:  # a trunk is pretrained just before the first model that needs it
+        arch = trunk_of(model)
+        pre = work / f'pretrain-{arch}'
+        if arch not in trunks:
+            stages.run(f'pretrain:{arch}', pre / TRUNK_FILE, _train_stage(TrainConfig(
+                model=arch, stage='pretrain', out=str(pre), epochs=plan.pretrain_epochs, **common)))
+            trunks[arch] = pre / TRUNK_FILE
         run_dir = work / model
-        trunk = work / f'pretrain-{trunk_of(model)}' / TRUNK_FILE
         stages.run(f'train:{model}', run_dir / 'checkpoint', _train_stage(TrainConfig(
-            model=model, recipe='scratch', out=str(run_dir), init=str(trunk),
+            model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]),
             epochs=plan.hash_epochs[family_of(model)], **common)))
         stages.run(f'eval:{model}', run_dir / 'eval' / 'metrics.json', _eval_stage(plan, run_dir, device, progress))
     return zoo_result(plan, work, models)
@@ -172,7 +175,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...]) -> Dict[str, 
 
     stages = _read_stages(work / 'stages.jsonl')
     rows = []
-    for model in models:
+    for model in sorted(models, key=lambda m: plan.models.index(m) if m in plan.models else len(plan.models)):
         if f'eval:{model}' not in stages:
             continue
         report = read_json(work / model / 'eval' / 'metrics.json', 'run the build first')

@@ -45,6 +45,7 @@ class Recipe:
     flip: bool = False  # random horizontal flips of training images
     nesterov: bool = False
     center_hash: bool = False  # data-dependent start: hash-layer biases centred on a batch's features
+    grad_clip: float = 0.0  # clip the gradient's global L2 norm to this (0: never)
 
     def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

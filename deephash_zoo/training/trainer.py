@@ -74,6 +74,7 @@ class TrainConfig:
     flip: Optional[bool] = None
     nesterov: Optional[bool] = None
     center_hash: Optional[bool] = None
+    grad_clip: Optional[float] = None
     img_size: Optional[int] = None
     subset: Optional[int] = None
     max_steps: Optional[int] = None
@@ -420,6 +421,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 parts = train_module(images, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts['loss']).backward()
+            if settings['grad_clip']:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(objective.parameters(), settings['grad_clip'])
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
