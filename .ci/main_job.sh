@@ -10,12 +10,12 @@ bin=.venv/bin
 step() { printf '\n== %s\n' "$*"; }
 step "encode 8 Fashion-MNIST test images with a randomly initialised dath_alexnet_32"
 "$bin/deephash-encode" --model dath_alexnet_32 --num 8
-step "pretrain an AlexNet trunk as a classifier on 5,000 Fashion-MNIST training images at 64x64 (3 epochs)"
-"$bin/deephash-pretrain" --trunk alexnet --data fashion-mnist --img-size 64 --subset 5000 --epochs 3 \
+step "pretrain an AlexNet trunk as a classifier on 10,000 Fashion-MNIST training images at 64x64 (4 epochs)"
+"$bin/deephash-pretrain" --trunk alexnet --data fashion-mnist --img-size 64 --subset 10000 --epochs 4 \
     --out "$run-pretrain"
 step "train dath_alexnet_32 from that trunk on the same images (recipe scratch, 2 epochs)"
 "$bin/deephash-train" --model dath_alexnet_32 --recipe scratch --init "$run-pretrain/trunk.safetensors" \
-    --data fashion-mnist --img-size 64 --subset 5000 --epochs 2 --out "$run"
+    --data fashion-mnist --img-size 64 --subset 10000 --epochs 2 --out "$run"
 step "evaluate: 1,000 test queries against 5,000 training images, beside the random-codes level"
 "$bin/deephash-eval" --checkpoint "$run" --query-subset 1000 --db-subset 5000 --no-progress
 step "export to ONNX (fp32 and int8), verified against PyTorch"
