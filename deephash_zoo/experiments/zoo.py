@@ -12,6 +12,9 @@ final table still reports what every stage cost:
 2. ``train:MODEL``: ``WORK/MODEL/checkpoint`` (recipe ``scratch``, ``--init`` the trunk).
 3. ``eval:MODEL``: ``WORK/MODEL/eval/`` (metrics.json, plots and the retrieval grid), the protocol's full
    query and database sets (Fashion-MNIST: the 10,000 test images against the 60,000 training images).
+
+A record may carry a ``note`` (how a stage ran when it shared the machine or was paused); the table
+lists the notes under it.
 """
 import json
 import time
@@ -224,6 +227,9 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
                       f"{result['models'][0]['img_size']}x{result['models'][0]['img_size']} input; ties in Hamming "
                       "distance ranked by database index. *random codes*: mAP@all of seeded random codes on the "
                       "same sets. *distinct codes*: share of different codes among the first 1,000 queries."]
+    notes = [f"- `{rec['stage']}`: {rec['note']}" for rec in result['stages'] if rec.get('note')]
+    if notes:
+        lines += ['', 'Notes on how stages ran:', *notes]
     lines += ['', f"Total: {result['total_wall_seconds'] / 60:.1f} minutes wall, "
                   f"{result['total_cpu_seconds'] / 60:.1f} CPU minutes (every thread of the build process, "
                   f"{machine['torch_threads']} threads) over {len(result['stages'])} stages.", '']
