@@ -29,7 +29,8 @@ def test_shapes_ranges_and_encode(name, images):
     with torch.no_grad():
         relaxed = model(images)
     assert relaxed.shape == (2, model.num_classes) == (2, sum(model.bits))
-    assert torch.isfinite(relaxed).all() and relaxed.abs().max() < 1
+    # tanh's range; float32 rounds tanh(x) to exactly +-1 for |x| > 9, as a saturated (quantised) code is
+    assert torch.isfinite(relaxed).all() and relaxed.abs().max() <= 1
     signs = model.encode(images)
     assert signs.dtype == torch.int8 and set(signs.unique().tolist()) <= {-1, 1}
     assert torch.equal(signs, torch.where(relaxed >= 0, 1, -1).to(torch.int8))

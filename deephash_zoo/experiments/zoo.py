@@ -178,7 +178,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...]) -> Dict[str, 
 
     stages = _read_stages(work / 'stages.jsonl')
     rows = []
-    for model in sorted(models, key=lambda m: plan.models.index(m) if m in plan.models else len(plan.models)):
+    for model in models:
         if f'eval:{model}' not in stages:
             continue
         report = read_json(work / model / 'eval' / 'metrics.json', 'run the build first')
