@@ -22,8 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import torch
+
 from deephash_zoo.training.recipes import family_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, train
+from deephash_zoo.utils import cpu_model
 
 __all__ = ['ZooPlan', 'PLANS', 'get_plan', 'build_zoo', 'zoo_result', 'render_zoo_markdown', 'trunk_of']
 
@@ -107,7 +110,8 @@ class _Stages:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         info = fn()
         rec = dict(stage=name, cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0,
-                   artifact=str(artifact), finished=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **info)
+                   artifact=str(artifact), finished=time.strftime('%Y-%m-%dT%H:%M:%S%z'), cpu=cpu_model(),
+                   threads=torch.get_num_threads(), **info)
         with open(self.path, 'a') as f:
             f.write(json.dumps(rec) + '\n')
         self.done[name] = rec
@@ -204,10 +208,11 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...]) -> Dict[str, 
 def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) -> str:
     """The zoo table: one row per model and code length, with the random-codes level and each stage's cost."""
     plan, machine = result['plan'], result['machine']
+    cpus = sorted({rec.get('cpu') or 'an unrecorded CPU' for rec in result['stages']})
     lines = [f"### The zoo: {plan['name']}", '',
-             f"{plan['description']}. Recipe `scratch` (see `deephash-train --help`); made by `{command}` on "
-             f"{machine['cpu']} ({machine['usable_cores']} cores, torch {machine['torch']}); raw numbers in "
-             f"`{json_path}`.", '',
+             f"{plan['description']}. Recipe `scratch` (see `deephash-train --help`). Stages built by "
+             f"`deephash-zoo build` on {' and '.join(cpus)} (torch {machine['torch']}); this table rendered by "
+             f"`{command}`; raw numbers in `{json_path}`.", '',
              '| model | bits | mAP@all | random codes | x random | mAP@1000 | P@100 | precision (r<=2) | '
              'distinct codes | minutes, wall (CPU): pretrain / hashing / eval |',
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
@@ -230,7 +235,8 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
     notes = [f"- `{rec['stage']}`: {rec['note']}" for rec in result['stages'] if rec.get('note')]
     if notes:
         lines += ['', 'Notes on how stages ran:', *notes]
+    threads = sorted({str(rec.get('threads', '?')) for rec in result['stages']})
     lines += ['', f"Total: {result['total_wall_seconds'] / 60:.1f} minutes wall, "
                   f"{result['total_cpu_seconds'] / 60:.1f} CPU minutes (every thread of the build process, "
-                  f"{machine['torch_threads']} threads) over {len(result['stages'])} stages.", '']
+                  f"{'/'.join(threads)} threads) over {len(result['stages'])} stages.", '']
     return '\n'.join(lines)
