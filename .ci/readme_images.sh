@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Regenerate the README's pictures from a trained checkpoint (default runs/main-job, which
-# .ci/main_job.sh trains): docs/retrieval_grid.png (deephash-eval's grid: 6 seeded test queries, each
+# Regenerate the README's pictures from a trained checkpoint (default runs/zoo-fmnist/dath_alexnet_32, which
+# deephash-zoo build trains; runs/main-job, from .ci/main_job.sh, works too): docs/retrieval_grid.png (deephash-eval's grid: 6 seeded test queries, each
 # with its top 10 of 5,000 training images) and docs/demo.png (the demo page in headless Chromium,
 # over the default Fashion-MNIST index that deephash-demo builds in RUN/demo-index).
 # Usage: bash .ci/readme_images.sh [RUN_DIR]    (needs .ci/setup.sh first, run as root for Chromium)
 set -euo pipefail
-run=${1:-runs/main-job}
+run=${1:-runs/zoo-fmnist/dath_alexnet_32}
 bin=.venv/bin
 mkdir -p docs
 tmp=$(mktemp -d docs/.eval.XXXXXX)
