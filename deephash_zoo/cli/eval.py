@@ -411,22 +411,28 @@ def transform_size(model: torch.nn.Module, img_size: Optional[int]) -> int:
     return int(resolve_data_config(model=model)['input_size'][-1])
 
 
+def write_evaluation(ev: Evaluation, out: Path, plots: bool = True, grid_rows: int = GRID_ROWS) -> List[str]:
+    """The plots, the retrieval grid (``grid_rows`` > 0) and metrics.json into ``out``, each atomically;
+    metrics.json last, so it marks a finished evaluation. Returns the file names written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = plot_pngs(ev.report) if plots else {}
+    if plots and grid_rows:
+        files['retrieval_grid.png'] = grid_png(ev, grid_rows)
+    for name, data in files.items():
+        write_atomic(out / name, data)
+    write_metrics(ev.report, out)
+    return ['metrics.json', *files]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.grid_rows < 0:
         raise UserError(f'--grid-rows must be 0 or more, got {args.grid_rows}')
     ev = run_evaluation(args)
-    report = ev.report
-    out = args.out or default_out(Path(report['checkpoint']))
-    out.mkdir(parents=True, exist_ok=True)
-    files = {} if args.no_plots else plot_pngs(report)
-    if not args.no_plots and args.grid_rows:
-        files['retrieval_grid.png'] = grid_png(ev, args.grid_rows)
-    for name, data in files.items():
-        write_atomic(out / name, data)
-    write_metrics(report, out)  # last: marks completion
-    print(format_table(report))
-    print(f"wrote {', '.join(['metrics.json', *files])} to {out}")
+    out = args.out or default_out(Path(ev.report['checkpoint']))
+    written = write_evaluation(ev, out, plots=not args.no_plots, grid_rows=args.grid_rows)
+    print(format_table(ev.report))
+    print(f"wrote {', '.join(written)} to {out}")
     return 0
 
 

@@ -129,8 +129,7 @@ def _train_stage(cfg: TrainConfig) -> Callable[[], Dict[str, Any]]:
 
 def _eval_stage(plan: ZooPlan, run_dir: Path, device: str, progress: bool) -> Callable[[], Dict[str, Any]]:
     def run() -> Dict[str, Any]:
-        from deephash_zoo.cli.eval import _parser, default_out, grid_png, plot_pngs, run_evaluation, write_metrics
-        from deephash_zoo.utils import write_atomic
+        from deephash_zoo.cli.eval import _parser, default_out, run_evaluation, write_evaluation
 
         argv = ['--checkpoint', str(run_dir / 'checkpoint'), '--data', plan.data, '--seed', str(plan.seed),
                 '--device', device, '--img-size', str(plan.img_size)]
@@ -139,12 +138,7 @@ def _eval_stage(plan: ZooPlan, run_dir: Path, device: str, progress: bool) -> Ca
         if not progress:
             argv.append('--no-progress')
         ev = run_evaluation(_parser().parse_args(argv))
-        out = default_out(run_dir / 'checkpoint')
-        out.mkdir(parents=True, exist_ok=True)
-        files = dict(plot_pngs(ev.report), **{'retrieval_grid.png': grid_png(ev, 6)})
-        for name, data in files.items():
-            write_atomic(out / name, data)
-        write_metrics(ev.report, out)
+        write_evaluation(ev, default_out(run_dir / 'checkpoint'))
         return dict(weights_sha256=ev.report['weights_sha256'])
     return run
 
