@@ -456,8 +456,50 @@ def test_admth_sum_form_is_the_papers_sums(kind: str) -> None:
     assert mean['consistency'].item() == pytest.approx(consistency / batch, **TOL)
 
 
+@pytest.mark.parametrize('kind', LABEL_KINDS)
+def test_dath_scaled_sum_is_the_papers_sum_over_the_triplets(kind: str) -> None:
+    """'scaled-sum': Eq. 9 summed as in the paper, divided by m; the logged terms are the means."""
+    batch = 8
+    u = 3 * make_codes(batch, 8, seed=33)
+    labels = make_labels(kind, batch, 4, seed=33)
+    y = torch.randn(batch, 4, generator=torch.Generator().manual_seed(33), dtype=torch.float64)
+    out = DATHLoss(beta=0.7, gamma=0.3, margin=4.0, reduction='scaled-sum')(u, y, labels)
+    j1, m = ref_triplet(u, labels, margin=4.0)
+    j2 = batch * ref_classification(y, labels, 'bce')
+    j3 = batch * ref_quantization(u)
+    assert m > 0
+    assert out['loss'].item() == pytest.approx((j1 + 0.7 * j2 + 0.3 * j3) / m, **TOL)
+    assert out['triplet'].item() == pytest.approx(j1 / m, **TOL)
+    assert out['quantization'].item() == pytest.approx(j3 / batch, **TOL)
+
+
+@pytest.mark.parametrize('kind', LABEL_KINDS)
+def test_admth_scaled_sum_is_the_papers_sum_over_the_pairs(kind: str) -> None:
+    """'scaled-sum': Eq. 9 summed as in the paper, divided by the B (B - 1) ordered pairs."""
+    bits, batch = (4, 6, 8), 7
+    sum_fn = ADMTHLoss(bits, alpha=3.0, beta=0.5, reduction='sum').double()
+    scaled_fn = ADMTHLoss(bits, alpha=3.0, beta=0.5, reduction='scaled-sum').double()
+    scaled_fn.load_state_dict(sum_fn.state_dict())
+    labels = make_labels(kind, batch, 3, seed=34)
+    codes = torch.cat([make_codes(batch, b, seed=50 + b) for b in bits], dim=1)
+    pairs = batch * (batch - 1)
+    summed, scaled = sum_fn(codes, labels), scaled_fn(codes, labels)
+    assert scaled['loss'].item() == pytest.approx(summed['loss'].item() / pairs, **TOL)
+    assert scaled['pairwise'].item() == pytest.approx(summed['pairwise'].item() / pairs, **TOL)
+    assert scaled['consistency'].item() == pytest.approx(summed['consistency'].item() / batch, **TOL)
+
+
+def test_scaled_sum_is_for_whole_objectives_only() -> None:
+    """A single term has no 'first term' to scale by: it takes 'mean' or 'sum' and says so."""
+    with pytest.raises(ValueError, match="reduction must be one of 'mean', 'sum', got 'scaled-sum'"):
+        PairwiseLikelihoodLoss(reduction='scaled-sum')
+    assert ADMTHLoss(reduction='scaled-sum').reduction == 'scaled-sum'
+
+
 def test_unknown_reduction_is_named() -> None:
-    for make in (lambda: DATHLoss(reduction='avg'), lambda: ADMTHLoss(reduction='avg'),
-                 lambda: QuantizationLoss(reduction='avg'), lambda: PairwiseLikelihoodLoss(reduction='avg')):
-        with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'avg'"):
+    for make in (lambda: QuantizationLoss(reduction='avg'), lambda: PairwiseLikelihoodLoss(reduction='avg')):
+        with pytest.raises(ValueError, match="reduction must be one of 'mean', 'sum', got 'avg'"):
+            make()
+    for make in (lambda: DATHLoss(reduction='avg'), lambda: ADMTHLoss(reduction='avg')):
+        with pytest.raises(ValueError, match="reduction must be one of 'mean', 'sum', 'scaled-sum', got 'avg'"):
             make()

@@ -151,3 +151,4 @@ def test_scratch_recipe_lowers_j1_without_collapse(tmp_path):
     codes = model.encode(images).numpy()
     _, counts = np.unique(codes, axis=0, return_counts=True)
     assert len(counts) >= 10 and counts.max() < 0.5 * len(codes), sorted(counts)[-5:]
+

@@ -3,6 +3,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from deephash_zoo.losses.similarity import OBJECTIVE_REDUCTIONS
 from deephash_zoo.training import TrainConfig, train
 from deephash_zoo.training.recipes import RECIPES
 
@@ -56,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='run folder: checkpoint/, last/, train_log.jsonl')
     p.add_argument('--epochs', type=int, default=1)
     add_schedule_args(p)
-    p.add_argument('--loss-reduction', choices=('mean', 'sum'), default=None,
-                   help="'sum': the papers' sums over triplets / pairs / items; 'mean': averages")
+    p.add_argument('--loss-reduction', choices=OBJECTIVE_REDUCTIONS, default=None,
+                   help="'sum': the papers' sums over triplets / pairs / items; 'mean': each term averaged; "
+                        "'scaled-sum': the papers' sums divided by the triplet (DATH) or pair (ADMTH) count")
     p.add_argument('--gamma-ramp-steps', type=int, default=None,
                    help="DATH: raise gamma (J3's weight) linearly from 0 over N steps (0: none)")
     p.add_argument('--center-hash', action=argparse.BooleanOptionalAction, default=None,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .similarity import Reduction, check_batch, check_codes, check_reduction, label_similarity
+from .similarity import OBJECTIVE_REDUCTIONS, Reduction, check_batch, check_codes, check_reduction, label_similarity
 
 __all__ = ['PairwiseLikelihoodLoss', 'ConsistencyLoss', 'ADMTHLoss']
 
@@ -98,7 +98,9 @@ class ADMTHLoss(nn.Module):
 
     ``reduction='sum'`` is the paper's form (pairs summed over S, consistency over the batch);
     ``'mean'`` (the default) averages both, which weighs the consistency term B - 1 times more
-    against the pairwise term than the paper does (127x at B = 128).
+    against the pairwise term than the paper does (127x at B = 128). ``'scaled-sum'`` is the paper's sum
+    divided by the B (B - 1) pairs: the paper's weights at a per-pair scale (alpha * pairwise_mean + beta *
+    consistency_mean / (B - 1)); its logged terms are the per-pair and per-item means.
     """
 
     def __init__(self, bits: Sequence[int] = (16, 32, 48, 64), alpha: float = 20.0, beta: float = 1.0,
@@ -107,9 +109,10 @@ class ADMTHLoss(nn.Module):
         self.bits = _check_bits(bits)
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.reduction = check_reduction(reduction)
-        self.pairwise = PairwiseLikelihoodLoss(reduction)
-        self.consistency = ConsistencyLoss(self.bits, reduction)
+        self.reduction = check_reduction(reduction, OBJECTIVE_REDUCTIONS)
+        terms = 'mean' if reduction == 'scaled-sum' else reduction  # scaled-sum reweights the means in forward
+        self.pairwise = PairwiseLikelihoodLoss(terms)
+        self.consistency = ConsistencyLoss(self.bits, terms)
 
     def forward(self, codes: Tensor, labels: Tensor) -> dict[str, Tensor]:
         check_codes(codes)
@@ -122,8 +125,10 @@ class ADMTHLoss(nn.Module):
         branches = torch.split(codes, list(self.bits), dim=1)
         pairwise = sum((self.pairwise(h, labels) for h in branches), codes.new_zeros(()))
         consistency = self.consistency(branches)
+        # scaled-sum: (alpha sum_pairs + beta sum_items) / (B (B - 1)), from the means
+        items_per_pair = 1.0 / max(codes.shape[0] - 1, 1) if self.reduction == 'scaled-sum' else 1.0
         return {
-            'loss': self.alpha * pairwise + self.beta * consistency,
+            'loss': self.alpha * pairwise + items_per_pair * self.beta * consistency,
             'pairwise': pairwise,
             'consistency': consistency,
         }

@@ -11,9 +11,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .similarity import REDUCTIONS, Reduction, as_multi_hot, check_batch, check_codes, check_reduction, label_similarity
+from .similarity import (
+    OBJECTIVE_REDUCTIONS,
+    REDUCTIONS,
+    Reduction,
+    as_multi_hot,
+    check_batch,
+    check_codes,
+    check_reduction,
+    label_similarity,
+)
 
-__all__ = ['TripletLikelihoodLoss', 'ClassificationLoss', 'QuantizationLoss', 'DATHLoss', 'REDUCTIONS']
+__all__ = ['TripletLikelihoodLoss', 'ClassificationLoss', 'QuantizationLoss', 'DATHLoss', 'REDUCTIONS',
+           'valid_triplets']
 
 
 class TripletLikelihoodLoss(nn.Module):
@@ -41,12 +51,7 @@ class TripletLikelihoodLoss(nn.Module):
     def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
         check_codes(codes)
         check_batch(labels, codes.shape[0], 'codes')
-        batch = codes.shape[0]
-        sim = label_similarity(labels).to(codes.device)
-        not_self = ~torch.eye(batch, dtype=torch.bool, device=codes.device)
-        positive = sim & not_self  # [a, p]
-        negative = ~sim & not_self  # [a, n]; n != a only matters for unlabelled anchors, which have no p
-        valid = positive[:, :, None] & negative[:, None, :]  # [a, p, n]
+        valid = valid_triplets(labels, codes.device)
         r = 0.5 * codes @ codes.T
         x = r[:, :, None] - r[:, None, :] - self.margin  # R_ap - R_an - theta, indexed [a, p, n]
         per_triplet = torch.where(valid, F.softplus(-x), x.new_zeros(()))
@@ -57,6 +62,16 @@ class TripletLikelihoodLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f'margin={self.margin}, reduction={self.reduction!r}'
+
+
+def valid_triplets(labels: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """The (B, B, B) bool mask of J1's triplets [a, p, n]: a != p relevant to a, n irrelevant to a."""
+    sim = label_similarity(labels).to(device)
+    batch = sim.shape[0]
+    not_self = ~torch.eye(batch, dtype=torch.bool, device=sim.device)
+    positive = sim & not_self  # [a, p]
+    negative = ~sim & not_self  # [a, n]; n != a only matters for unlabelled anchors, which have no p
+    return positive[:, :, None] & negative[:, None, :]
 
 
 class ClassificationLoss(nn.Module):
@@ -146,7 +161,9 @@ class DATHLoss(nn.Module):
     batch (Eqs. 3, 5, 8). ``'mean'`` (the default) averages each instead, which keeps one learning rate
     usable across batch sizes but moves the weights: against J1, beta and gamma are effectively
     multiplied by m / B, the valid triplets per item (B = 128 with 10 balanced classes: each anchor has
-    about 11.8 positives and 115.2 negatives, so m / B ~ 1,360).
+    about 11.8 positives and 115.2 negatives, so m / B ~ 1,360). ``'scaled-sum'`` is the paper's sum
+    divided by m: the paper's weights at J1's per-triplet scale (J = J1_mean + B / m (beta J2_mean +
+    gamma J3_mean)); its logged terms are the per-triplet and per-item means.
     """
 
     def __init__(
@@ -160,10 +177,11 @@ class DATHLoss(nn.Module):
         super().__init__()
         self.beta = float(beta)
         self.gamma = float(gamma)
-        self.reduction = check_reduction(reduction)
-        self.triplet = TripletLikelihoodLoss(margin=margin, reduction=reduction)
-        self.classification = ClassificationLoss(multi_label_form=multi_label_form, reduction=reduction)
-        self.quantization = QuantizationLoss(reduction=reduction)
+        self.reduction = check_reduction(reduction, OBJECTIVE_REDUCTIONS)
+        terms = 'mean' if reduction == 'scaled-sum' else reduction  # scaled-sum reweights the means in forward
+        self.triplet = TripletLikelihoodLoss(margin=margin, reduction=terms)
+        self.classification = ClassificationLoss(multi_label_form=multi_label_form, reduction=terms)
+        self.quantization = QuantizationLoss(reduction=terms)
 
     def forward(self, codes: Tensor, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         check_codes(codes)
@@ -173,8 +191,12 @@ class DATHLoss(nn.Module):
         j1 = self.triplet(codes, labels)
         j2 = self.classification(logits, labels)
         j3 = self.quantization(codes)
+        items_per_triplet = 1.0
+        if self.reduction == 'scaled-sum':  # (sum J1 + beta sum J2 + gamma sum J3) / m, from the means
+            m = valid_triplets(labels, codes.device).sum().clamp(min=1).to(codes.dtype)
+            items_per_triplet = codes.shape[0] / m
         return {
-            'loss': j1 + self.beta * j2 + self.gamma * j3,
+            'loss': j1 + items_per_triplet * (self.beta * j2 + self.gamma * j3),
             'triplet': j1,
             'classification': j2,
             'quantization': j3,

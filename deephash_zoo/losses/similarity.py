@@ -11,16 +11,19 @@ import torch
 from torch import Tensor
 
 __all__ = ['label_similarity', 'as_multi_hot', 'check_codes', 'check_batch', 'check_reduction', 'REDUCTIONS',
-           'Reduction']
+           'OBJECTIVE_REDUCTIONS', 'Reduction']
 
-Reduction = Literal['mean', 'sum']
+Reduction = Literal['mean', 'sum', 'scaled-sum']
 REDUCTIONS = ('mean', 'sum')  # 'sum': the papers' sums over triplets, pairs and items; 'mean': averages
+# A whole objective (DATHLoss, ADMTHLoss) also takes 'scaled-sum': the papers' sums divided by the count of the
+# first term's elements (triplets, pairs): the papers' relative weights at a scale that does not grow with B.
+OBJECTIVE_REDUCTIONS = ('mean', 'sum', 'scaled-sum')
 
 
-def check_reduction(reduction: str) -> str:
-    """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise ValueError naming them."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+def check_reduction(reduction: str, allowed: tuple = REDUCTIONS) -> str:
+    """Return ``reduction`` if it is one of ``allowed``, else raise ValueError naming them."""
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {', '.join(repr(r) for r in allowed)}, got {reduction!r}")
     return reduction
 
 
