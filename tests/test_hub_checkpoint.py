@@ -39,7 +39,8 @@ def test_layout_config_and_card(saved):
     assert config['bits'] == [16] and config['num_labels'] == 10 and config['dataset'] == 'fashion-mnist'
     assert config['training']['img_size'] == IMG
     assert config['pretrained_cfg']['mean'] == list(model.pretrained_cfg['mean'])
-    assert config['model_args']['num_labels'] == 10
+    assert config['pretrained_cfg']['input_size'] == [3, IMG, IMG]  # the size it was trained at, not 224
+    assert 'num_labels' not in config.get('model_args', {})  # the inference model only
     card = (path / 'README.md').read_text()
     assert card.startswith('---\n') and 'library_name: timm' in card and 'model-index' not in card
     assert (path / 'model.safetensors').stat().st_mode & 0o777 == (path / 'config.json').stat().st_mode & 0o777
@@ -77,7 +78,7 @@ def test_weights_of_another_architecture_or_length(saved, tmp_path):
     shutil.copyfile(other / 'model.safetensors', wrong_arch / 'model.safetensors')
     with pytest.raises(ValueError, match=r"wrong_arch/model\.safetensors: weights do not fit dath_n_16 with bits "
                                          r"\(16,\) \(missing: .*the file holds \['head', 'trunk'\], dath_n_16 "
-                                         r"expects \['aux_classifier', 'head', 'streams'\]"):
+                                         r"expects \['head', 'streams'\]"):
         load_checkpoint(wrong_arch)
     wrong_bits = _copy(path, tmp_path / 'wrong_bits')
     config = json.loads((wrong_bits / 'config.json').read_text())
@@ -164,3 +165,51 @@ def test_no_pickle_anywhere_in_the_package():
     probe = ast.parse('import pickle\nx = torch.load(p)\ny = np.load(p, allow_pickle=True)')  # the checker works
     assert list(_pickle_uses(probe)) == ['import pickle', 'torch.load(p) (without weights_only=True)',
                                          'np.load(p, allow_pickle=True) (allow_pickle)']
+
+
+# ------------------------------------------------------------------------------ what timm users rely on
+def test_published_weights_hold_the_inference_model_only(saved):
+    """DATH's label classifier trains J2 and stays in the run's last/ state; the model keeps it for training."""
+    from safetensors.torch import load_file
+
+    path, model = saved
+    assert not [k for k in load_file(str(path / 'model.safetensors')) if k.startswith('aux_classifier.')]
+    assert model.aux_classifier is not None and model._model_args.get('num_labels') == 10  # restored after saving
+
+
+def test_timm_routes_load_a_published_folder(saved):
+    """create_model(local-dir:) with another num_classes, checkpoint_path=, timm's load_checkpoint and
+    features_only=True: each works on a checkpoint folder as on any timm weights."""
+    from timm.data import resolve_data_config
+    from timm.models import load_checkpoint as timm_load_checkpoint
+
+    path, model = saved
+    x = torch.randn(2, 3, IMG, IMG)
+    loaded = timm.create_model(f'local-dir:{path}', pretrained=True).eval()
+    assert torch.equal(loaded(x), model(x))
+    assert resolve_data_config(model=loaded)['input_size'] == (3, IMG, IMG)
+    other = timm.create_model(f'local-dir:{path}', pretrained=True, num_classes=8).eval()
+    assert other(x).shape == (2, 8)  # a fresh hash layer; the trunk keeps the weights
+    assert torch.equal(other.streams[0].features[0].weight, model.streams[0].features[0].weight)
+    weights = str(path / 'model.safetensors')
+    by_path = timm.create_model('dath_n_16', checkpoint_path=weights).eval()
+    assert torch.equal(by_path(x), model(x))
+    fresh = timm.create_model('dath_n_16').eval()
+    timm_load_checkpoint(fresh, weights)
+    assert torch.equal(fresh(x), model(x))
+    features = timm.create_model(f'local-dir:{path}', pretrained=True, features_only=True).eval()
+    assert len(features(x)) == len(features.feature_info.channels())
+
+
+def test_older_checkpoints_with_the_label_classifier_still_load(saved, tmp_path):
+    """Folders written before checkpoints dropped the label classifier hold aux_classifier.*: still accepted."""
+    from safetensors.torch import load_file, save_file
+
+    path, model = saved
+    old = _copy(path, tmp_path / 'old')
+    state = load_file(str(old / 'model.safetensors'))
+    state.update({f'aux_classifier.{k}': v.contiguous() for k, v in model.aux_classifier.state_dict().items()})
+    save_file(state, str(old / 'model.safetensors'), metadata={'format': 'pt'})
+    x = torch.randn(1, 3, IMG, IMG)
+    assert torch.equal(load_checkpoint(old)(x), model(x))
+    assert torch.equal(timm.create_model(f'local-dir:{old}', pretrained=True).eval()(x), model(x))

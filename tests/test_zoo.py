@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from deephash_zoo.cli.zoo import main
 from deephash_zoo.experiments.zoo import get_plan, render_zoo_markdown, zoo_result
@@ -54,6 +55,33 @@ def test_second_build_skips_what_is_done_and_resumes_a_cut_stage(built, capsys):
     result = zoo_result(get_plan('tiny'), built, tuple(MODELS.split(',')))
     assert [m['model'] for m in result['models']] == MODELS.split(',')
     assert render_zoo_markdown(result, 'x.json', 'cmd') == render_zoo_markdown(result, 'x.json', 'cmd')
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_an_older_checkpoint_is_resaved_and_evaluated_again(built, capsys):
+    """A checkpoint in the older form (label classifier in the weights, 224 in pretrained_cfg) is re-saved in the
+    current one before its eval stage, and the eval, recorded on other weights, runs again on the new file."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = built / 'dath_n_16' / 'checkpoint'
+    config = json.loads((ckpt / 'config.json').read_text())
+    assert config['pretrained_cfg']['input_size'] == [3, 64, 64] and 'num_labels' not in config.get('model_args', {})
+    state = load_file(str(ckpt / 'model.safetensors'))
+    assert not [k for k in state if k.startswith('aux_classifier.')]
+    state.update({'aux_classifier.weight': torch.zeros(10, 16), 'aux_classifier.bias': torch.zeros(10)})
+    save_file(state, str(ckpt / 'model.safetensors'), metadata={'format': 'pt'})
+    config['pretrained_cfg']['input_size'] = [3, 224, 224]
+    (ckpt / 'config.json').write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(['build', '--plan', 'tiny', '--models', 'dath_n_16', '--work', str(built), '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 're-saved in the current checkpoint form' in out and 'eval:dath_n_16: done before on other weights' in out
+    assert not [k for k in load_file(str(ckpt / 'model.safetensors')) if k.startswith('aux_classifier.')]
+    assert json.loads((ckpt / 'config.json').read_text())['pretrained_cfg']['input_size'] == [3, 64, 64]
+    report = json.loads((built / 'dath_n_16' / 'eval' / 'metrics.json').read_text())
+    stages = [json.loads(line) for line in (built / 'stages.jsonl').read_text().splitlines()]
+    assert stages[-1]['stage'] == 'eval:dath_n_16' and stages[-1]['weights_sha256'] == report['weights_sha256']
 
 
 def test_bad_requests_are_one_line(tmp_path):

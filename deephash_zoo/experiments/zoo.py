@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+from safetensors import safe_open
 
+from deephash_zoo.hub.checkpoint import weights_sha256
 from deephash_zoo.training.recipes import family_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, train
 from deephash_zoo.utils import cpu_model
 
-__all__ = ['ZooPlan', 'PLANS', 'get_plan', 'build_zoo', 'zoo_result', 'render_zoo_markdown', 'trunk_of']
+__all__ = ['ZooPlan', 'PLANS', 'get_plan', 'build_zoo', 'zoo_result', 'render_zoo_markdown', 'trunk_of',
+           'refresh_checkpoint']
 
 SCHEMA_VERSION = 1
 HEADLINE = ('dath_alexnet_16', 'dath_alexnet_32', 'dath_alexnet_48', 'dath_alexnet_64', 'admth_cnnf_multi',
@@ -102,8 +105,12 @@ class _Stages:
         self.done = _read_stages(self.path)
         self.say = say
 
-    def run(self, name: str, artifact: Path, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
-        if name in self.done and artifact.exists():
+    def run(self, name: str, artifact: Path, fn: Callable[[], Dict[str, Any]],
+            still_valid: Callable[[Dict[str, Any]], bool] = lambda rec: True) -> Dict[str, Any]:
+        """Run ``fn`` unless a record of ``name`` exists, its ``artifact`` too, and ``still_valid(record)``."""
+        if name in self.done and artifact.exists() and not still_valid(self.done[name]):
+            self.say(f'{name}: done before on other weights, run again')
+        elif name in self.done and artifact.exists():
             self.say(f'{name}: done before ({self.done[name]["cpu_seconds"] / 60:.1f} CPU min), skipped')
             return self.done[name]
         self.say(f'{name}: running')
@@ -125,6 +132,24 @@ def _train_stage(cfg: TrainConfig) -> Callable[[], Dict[str, Any]]:
         summary = train(TrainConfig(**dict(asdict(cfg), resume=resume)))
         return dict(steps=summary['step'], resumed=resume)
     return run
+
+
+def refresh_checkpoint(ckpt: Path, img_size: int, say: Callable[[str], None] = print) -> bool:
+    """Re-save a checkpoint written by an older version in the current form (inference model only, the training
+    input size in ``pretrained_cfg``); True when it did. The codes do not change: only DATH's label classifier
+    leaves the weights."""
+    from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+
+    config = read_checkpoint_config(ckpt)
+    with safe_open(str(ckpt / 'model.safetensors'), 'pt') as f:
+        has_aux = any(k.startswith('aux_classifier.') for k in f.keys())
+    sized = list(config['pretrained_cfg'].get('input_size', [])[1:]) == [img_size, img_size]
+    if not has_aux and sized and 'num_labels' not in (config.get('model_args') or {}):
+        return False
+    model = load_checkpoint(ckpt)
+    save_checkpoint(model, ckpt, dataset=config.get('dataset'), training=config.get('training') or {})
+    say(f'{ckpt}: re-saved in the current checkpoint form (inference model only, input {img_size}x{img_size})')
+    return True
 
 
 def _eval_stage(plan: ZooPlan, run_dir: Path, device: str, progress: bool) -> Callable[[], Dict[str, Any]]:
@@ -165,7 +190,10 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
         stages.run(f'train:{model}', run_dir / 'checkpoint', _train_stage(TrainConfig(
             model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]),
             epochs=plan.hash_epochs[family_of(model)], **common)))
-        stages.run(f'eval:{model}', run_dir / 'eval' / 'metrics.json', _eval_stage(plan, run_dir, device, progress))
+        refresh_checkpoint(run_dir / 'checkpoint', plan.img_size, say)
+        weights = weights_sha256(run_dir / 'checkpoint' / 'model.safetensors')
+        stages.run(f'eval:{model}', run_dir / 'eval' / 'metrics.json', _eval_stage(plan, run_dir, device, progress),
+                   still_valid=lambda rec, w=weights: rec.get('weights_sha256') == w)
     return zoo_result(plan, work, models)
 
 

@@ -4,18 +4,23 @@ timm's own ``save_for_hf`` writes it (so ``timm.create_model('hf-hub:...')`` and
 read it back), with our fields at the top level of ``config.json``: ``bits``, ``num_labels``,
 ``dataset`` and ``training``. Code lengths other than the architecture's default go into
 ``model_args`` too where timm can rebuild them that way, so ``pretrained=True`` gets the same
-head. ``README.md`` is the model card rendered from ``hub_cards/TEMPLATE.md`` (no metrics yet;
-``deephash-card`` / ``deephash-push`` add them). The folder is written into a temporary sibling
-and renamed into place, so a reader never sees half a checkpoint. Weights are safetensors only:
-nothing here unpickles.
+head. A checkpoint holds the inference model only: DATH's label classifier (J2's training head) stays
+in the run's ``last/`` state, so ``num_classes=``, ``checkpoint_path=`` and ``features_only=`` work on it
+as on any timm weights. ``pretrained_cfg`` records the preprocessing the weights were trained and
+evaluated with (the input size of ``training['img_size']``), so ``resolve_data_config`` hands users
+the size the published mAP was measured at. ``README.md`` is the model card rendered from
+``hub_cards/TEMPLATE.md`` (no metrics yet; ``deephash-card`` / ``deephash-push`` add them). The folder
+is written into a temporary sibling and renamed into place, so a reader never sees half a checkpoint.
+Weights are safetensors only: nothing here unpickles.
 """
 import json
 import os
 import shutil
 import stat
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import timm
 import torch
@@ -23,9 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 
+from deephash_zoo.models.contract import filter_state_dict
 from deephash_zoo.utils import file_sha256, replace_dir
 
-__all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'load_checkpoint', 'read_checkpoint_config', 'weights_sha256',
+__all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'checkpoint_data_config', 'load_checkpoint',
+           'read_checkpoint_config', 'weights_sha256',
            'replace_dir', 'resolve_checkpoint_dir', 'run_folder']
 
 CHECKPOINT_FILES = ('config.json', 'model.safetensors')
@@ -54,15 +61,41 @@ def _bits_model_args(model: torch.nn.Module) -> Dict[str, Any]:
     if not arch or bits == tuple(getattr(model, 'default_bits', bits)):
         return {}
     want = _state_shapes(model)
-    labels = int(getattr(model, 'num_labels', 0) or 0)
-    extra = {'num_labels': labels} if labels else {}
     for args in ({}, {'bits': list(bits)}):
         try:
-            probe = timm.create_model(arch, num_classes=sum(bits), device='meta', **extra, **args)
+            probe = timm.create_model(arch, num_classes=sum(bits), device='meta', **args)
         except (TypeError, ValueError, RuntimeError):
             continue
         if _state_shapes(probe) == want:
             return args
+    return {}
+
+
+@contextmanager
+def _inference_only(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` without DATH's label classifier (weights and the ``num_labels`` timm recorded to rebuild it)
+    for as long as the block runs; restored after, so training can go on."""
+    aux = getattr(model, 'aux_classifier', None)
+    recorded = getattr(model, '_model_args', None)
+    if aux is None and not (isinstance(recorded, dict) and 'num_labels' in recorded):
+        yield model
+        return
+    model.aux_classifier = None
+    if isinstance(recorded, dict):
+        model._model_args = {k: v for k, v in recorded.items() if k != 'num_labels'}
+    try:
+        yield model
+    finally:
+        model.aux_classifier = aux
+        if isinstance(recorded, dict):
+            model._model_args = recorded
+
+
+def checkpoint_data_config(model: torch.nn.Module, training: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The preprocessing to record: the model's own, at the input size it was trained with (``img_size``)."""
+    size = (training or {}).get('img_size')
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return {'input_size': (int(model.pretrained_cfg.get('input_size', (3,))[0]), size, size)}
     return {}
 
 
@@ -74,10 +107,12 @@ def save_checkpoint(
         extra_files: Optional[Dict[str, str]] = None,
         card: bool = True,
 ) -> Path:
-    """Write ``model`` as a checkpoint folder at ``out_dir`` (atomically) and return its path.
+    """Write ``model`` (its inference part) as a checkpoint folder at ``out_dir`` (atomically); return its path.
 
     ``card`` renders ``README.md`` from the template when the source tree's ``hub_cards/`` is there
     (an installed wheel without it writes no card); ``extra_files['README.md']`` replaces it.
+    ``num_labels`` in ``config.json`` says how many labels the training data had; the weights hold no
+    label classifier.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -88,12 +123,13 @@ def save_checkpoint(
         training=training or {},
     )
     model_args = dict(_bits_model_args(model))
-    if config['num_labels']:
-        model_args['num_labels'] = config['num_labels']
+    data_config = checkpoint_data_config(model, training)
     tmp = out_dir.parent / f'.{out_dir.name}.{uuid.uuid4().hex[:8]}'
     tmp.mkdir()  # not mkdtemp (0700): a checkpoint is as readable as the user's other folders
     try:
-        save_for_hf(model, str(tmp), model_config=config, model_args=model_args or None, safe_serialization=True)
+        with _inference_only(model):
+            save_for_hf(model, str(tmp), model_config=config, model_args=model_args or None, safe_serialization=True,
+                        data_config=data_config or None)
         # safetensors writes 0600; give the weights the permissions config.json got from the umask
         os.chmod(tmp / 'model.safetensors', stat.S_IMODE((tmp / 'config.json').stat().st_mode))
         if card and 'README.md' not in (extra_files or {}):
@@ -180,12 +216,12 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
         raise ValueError(f'{weights}: corrupt or truncated safetensors file ({e})') from e
     args = dict(config.get('model_args') or {})
     args.pop('num_classes', None)
-    if config.get('num_labels'):  # only DATH takes num_labels; ADMTH has no label classifier
-        args.setdefault('num_labels', config['num_labels'])
+    args.pop('num_labels', None)  # the inference model: no label classifier
     arch = config['architecture']
     model = timm.create_model(arch, pretrained=False, num_classes=sum(config['bits']), **args)
     if tuple(model.bits) != tuple(config['bits']):
         model.reset_classifier(sum(config['bits']), bits=config['bits'])
+    state = filter_state_dict(state, model)  # older checkpoints carry the label classifier
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
