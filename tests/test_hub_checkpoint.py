@@ -213,3 +213,22 @@ def test_older_checkpoints_with_the_label_classifier_still_load(saved, tmp_path)
     x = torch.randn(1, 3, IMG, IMG)
     assert torch.equal(load_checkpoint(old)(x), model(x))
     assert torch.equal(timm.create_model(f'local-dir:{old}', pretrained=True).eval()(x), model(x))
+
+
+def test_preprocessing_squashes_without_crop(saved):
+    """The README's preprocessing: a bilinear resize of the whole image to the input size, no crop, recorded in
+    the checkpoint so a timm user's resolve_data_config + create_transform gives it too."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    path, _ = saved
+    config = json.loads((path / 'config.json').read_text())
+    assert config['pretrained_cfg']['crop_mode'] == 'squash' and config['pretrained_cfg']['crop_pct'] == 1.0
+    model = timm.create_model(f'local-dir:{path}', pretrained=True)
+    transform = create_transform(**resolve_data_config(model=model))
+    wide = Image.new('RGB', (4 * IMG, IMG))
+    wide.paste((255, 255, 255), (0, 0, IMG // 2, IMG))  # a white strip at the left edge: a crop would cut it off
+    x = transform(wide)
+    assert x.shape == (3, IMG, IMG)
+    white = (1 - torch.tensor(model.pretrained_cfg['mean'])) / torch.tensor(model.pretrained_cfg['std'])
+    assert torch.allclose(x[:, :, 0], white[:, None].expand(3, IMG), atol=1e-5)

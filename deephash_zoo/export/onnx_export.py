@@ -176,6 +176,7 @@ def onnx_metadata(source: ModelSource, precision: str, sign_output: bool, extra:
         'std': json.dumps([float(v) for v in cfg['std']]),
         'interpolation': str(cfg['interpolation']),
         'crop_pct': str(cfg.get('crop_pct')),
+        'crop_mode': str(cfg.get('crop_mode', 'center')),
         'weights_sha256': source.weights_sha256,
         'weights_sha256_of': source.weights_of,
         'precision': precision,

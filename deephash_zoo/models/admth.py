@@ -88,7 +88,7 @@ def _cfg(bits: Sequence[int], **kwargs: Any) -> Dict[str, Any]:
     classifier = tuple(f'head.hash.fc.{i}' for i in range(len(bits)))
     return {
         'url': '', 'num_classes': sum(bits), 'input_size': (3, 224, 224), 'pool_size': (6, 6),
-        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'crop_pct': 1.0, 'crop_mode': 'squash', 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'trunk.features.0', 'classifier': classifier[0] if len(classifier) == 1 else classifier,
         'license': 'apache-2.0',

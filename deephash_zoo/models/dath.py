@@ -108,7 +108,7 @@ def _create_dath(variant: str, pretrained: bool = False, **kwargs: Any) -> DATH:
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
         'url': '', 'num_classes': 32, 'input_size': (3, 224, 224), 'pool_size': (6, 6),
-        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'crop_pct': 1.0, 'crop_mode': 'squash', 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'streams.0.features.0', 'classifier': 'head.hash.fc.0',
         'license': 'apache-2.0',
