@@ -61,7 +61,8 @@ def test_second_build_skips_what_is_done_and_resumes_a_cut_stage(built, capsys):
 @pytest.mark.slow
 def test_an_older_checkpoint_is_resaved_and_evaluated_again(built, capsys):
     """A checkpoint in the older form (label classifier in the weights, 224 in pretrained_cfg) is re-saved in the
-    current one before its eval stage, and the eval, recorded on other weights, runs again on the new file."""
+    current one before its eval stage. Re-saving alone gives back the evaluated file (the eval is kept); weights
+    that differ from the evaluated ones are evaluated again."""
     from safetensors.torch import load_file, save_file
 
     ckpt = built / 'dath_n_16' / 'checkpoint'
@@ -69,6 +70,16 @@ def test_an_older_checkpoint_is_resaved_and_evaluated_again(built, capsys):
     assert config['pretrained_cfg']['input_size'] == [3, 64, 64] and 'num_labels' not in config.get('model_args', {})
     state = load_file(str(ckpt / 'model.safetensors'))
     assert not [k for k in state if k.startswith('aux_classifier.')]
+    original = (ckpt / 'model.safetensors').read_bytes()
+    with_aux = dict(state, **{'aux_classifier.weight': torch.zeros(10, 16), 'aux_classifier.bias': torch.zeros(10)})
+    save_file(with_aux, str(ckpt / 'model.safetensors'), metadata={'format': 'pt'})
+    capsys.readouterr()
+    assert main(['build', '--plan', 'tiny', '--models', 'dath_n_16', '--work', str(built), '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 're-saved in the current checkpoint form' in out and 'eval:dath_n_16: done before (' in out
+    assert (ckpt / 'model.safetensors').read_bytes() == original
+
+    state['head.hash.fc.0.bias'] = state['head.hash.fc.0.bias'] + 1  # other weights, in the older form
     state.update({'aux_classifier.weight': torch.zeros(10, 16), 'aux_classifier.bias': torch.zeros(10)})
     save_file(state, str(ckpt / 'model.safetensors'), metadata={'format': 'pt'})
     config['pretrained_cfg']['input_size'] = [3, 224, 224]
