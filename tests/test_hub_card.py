@@ -1,4 +1,4 @@
-"""Model cards: rendered from config.json + metrics.json through hub_cards/TEMPLATE.md, parsed back with
+"""Model cards: rendered from config.json + metrics.json through the package card template, parsed back with
 huggingface_hub, and every number traced to those files."""
 import json
 import re
@@ -59,18 +59,27 @@ def test_card_round_trips_through_huggingface_hub(ckpt, tmp_path, capsys):
     card = ModelCard.load(out)
     data = card.data
     assert data.library_name == 'timm' and data.license == 'apache-2.0'
-    assert data.tags == ['image-retrieval', 'hashing', 'timm'] and data.pipeline_tag == 'image-feature-extraction'
+    assert data.tags == ['image-retrieval', 'hashing', 'timm', 'deephash-zoo']
+    assert data.pipeline_tag == 'image-feature-extraction'
     assert data.datasets == ['zalando-datasets/fashion_mnist']
     by_bits = {r.metric_config: r for r in data.eval_results}
     assert sorted(by_bits) == ['16 bits', '8 bits']
     for b in BITS:
         r = by_bits[f'{b} bits']
         assert r.metric_value == report['results'][str(b)]['map']  # exactly the JSON's number
-        assert (r.task_type, r.metric_type, r.metric_name) == ('image-retrieval', 'map', f'mAP@all ({b} bits)')
+        # a Hub task id (the Hub has none for retrieval), named for what it measures
+        assert (r.task_type, r.task_name) == ('image-feature-extraction', 'Image Retrieval')
+        assert (r.metric_type, r.metric_name) == ('map', f'mAP@all ({b} bits)')
         assert r.dataset_type == 'zalando-datasets/fashion_mnist' and r.dataset_split == 'test'
     text = card.text
     assert PAPERS['dath'].bibtex() in text and 'doi     = {10.3389/fnbot.2021.728161}' in text
     assert "import deephash_zoo" in text and "timm.create_model('dath_n_16', pretrained=True)" in text
+    # install and import lines come first, before anything else the card says
+    first_code = text.index('```')
+    assert text[first_code:].startswith('```bash\npip install deephash-zoo\n```')
+    assert text.index('import deephash_zoo') < text.index('## Retrieval results')
+    limits = text[text.index('## Limitations'):text.index('## Export')]
+    assert 'single label), at 64x64' in limits and 'encode at 64x64' in limits  # the size it was trained at
     assert 'deephash-export --onnx --checkpoint dath_n_16.fmnist' in text
     assert 'Not measured.' in text and '/home/me' not in text
     # the results table: each cell is the JSON's value, formatted

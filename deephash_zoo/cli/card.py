@@ -15,7 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--efficiency', type=Path, default=None,
                    help='efficiency JSON (export/efficiency.json); missing or without this model: "Not measured"')
     p.add_argument('--repo-id', default=None, help="the card's Hub repository (default: the model's hf_hub_id)")
-    p.add_argument('--template', type=Path, default=None, help='card template (default: hub_cards/TEMPLATE.md)')
+    p.add_argument('--template', type=Path, default=None,
+                   help="card template (default: the package's card_template.md)")
     p.add_argument('--out', required=True, type=Path, help='output markdown file, e.g. hub_cards/<repo>.md')
     return p
 

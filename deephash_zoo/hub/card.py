@@ -1,14 +1,17 @@
 """Model cards rendered from files, never typed: ``config.json`` + ``deephash-eval``'s metrics JSON (+ the
-efficiency table) through ``hub_cards/TEMPLATE.md`` with huggingface_hub's ``ModelCard``.
+efficiency table) through the package's ``card_template.md`` with huggingface_hub's ``ModelCard``.
 
-The YAML front matter is ``ModelCardData`` (``library_name: timm``, tags, datasets, pipeline tag) and a
-``model-index`` of one ``EvalResult`` per code length (task ``image-retrieval``, metric ``map`` named
+The template ships inside the package (``importlib.resources``), so an installed wheel renders cards
+without the source tree. The YAML front matter is ``ModelCardData`` (``library_name: timm``, tags,
+datasets, pipeline tag) and a ``model-index`` of one ``EvalResult`` per code length (task
+``image-feature-extraction``, named Image Retrieval: the Hub's task ids have no retrieval task; metric ``map`` named
 ``mAP@K (B bits)``, ``metric_config`` ``B bits``), so the Hub shows the same numbers as ``metrics.json``.
 A card refuses metrics measured on other weights (their ``weights_sha256`` must match).
 """
 import json
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -22,8 +25,9 @@ __all__ = ['TEMPLATE_PATH', 'TAGS', 'PAPERS', 'Paper', 'paper_for', 'render_card
            'load_efficiency', 'efficiency_rows', 'default_repo_id', 'card_evals', 'strip_local_path']
 
 PathLike = Union[str, Path]
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / 'hub_cards' / 'TEMPLATE.md'
-TAGS = ['image-retrieval', 'hashing', 'timm']
+TEMPLATE_PATH = Path(str(resources.files('deephash_zoo.hub') / 'card_template.md'))
+TAGS = ['image-retrieval', 'hashing', 'timm', 'deephash-zoo']
+PACKAGE = 'deephash-zoo'  # what `pip install` takes
 PIPELINE_TAG = 'image-feature-extraction'
 METRICS_SCHEMA = 1
 _P_AT_NS = ('100', '500', '1000')  # P@N columns of the card (all N are in metrics.json)
@@ -191,7 +195,7 @@ def card_evals(report: Dict[str, Any], dataset_type: str, dataset_name: str) -> 
     out = []
     for bits, r in sorted(report['results'].items(), key=lambda kv: int(kv[0])):
         out.append(EvalResult(
-            task_type='image-retrieval', task_name='Image Retrieval',
+            task_type=PIPELINE_TAG, task_name='Image Retrieval',
             dataset_type=dataset_type, dataset_name=dataset_name, dataset_split='test',
             dataset_args=split_args or None,
             metric_type='map', metric_value=float(r['map']),
@@ -301,8 +305,7 @@ def render_card(
     sha = weights_sha256(weights)
     template = Path(template) if template is not None else TEMPLATE_PATH
     if not template.is_file():
-        raise FileNotFoundError(f'{template}: card template not found (hub_cards/TEMPLATE.md of the source tree); '
-                                f'pass template=PATH')
+        raise FileNotFoundError(f'{template}: card template not found; pass template=PATH')
     pcfg = config.get('pretrained_cfg') or {}
     bits = [int(b) for b in config['bits']]
     default_id = default_repo_id(config)
@@ -347,7 +350,8 @@ def render_card(
         efficiency_columns=eff_cols, efficiency_rows=eff_rows, efficiency_machine=machine,
         efficiency_source=strip_local_path(str(efficiency)) if efficiency is not None else None,
         efficiency_found=table is not None,
-        training=_training_items(training), bibtex=paper.bibtex() if paper else None,
+        training=_training_items(training), bibtex=paper.bibtex() if paper else None, package=PACKAGE,
+        recipe=training.get('recipe'),
         **ctx_metrics,
     )
     return ModelCard.from_template(card_data, template_path=str(template), **context)

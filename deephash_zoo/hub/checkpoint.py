@@ -9,7 +9,7 @@ in the run's ``last/`` state, so ``num_classes=``, ``checkpoint_path=`` and ``fe
 as on any timm weights. ``pretrained_cfg`` records the preprocessing the weights were trained and
 evaluated with (the input size of ``training['img_size']``), so ``resolve_data_config`` hands users
 the size the published mAP was measured at. ``README.md`` is the model card rendered from
-``hub_cards/TEMPLATE.md`` (no metrics yet; ``deephash-card`` / ``deephash-push`` add them). The folder
+the package's card template (no metrics yet; ``deephash-card`` / ``deephash-push`` add them). The folder
 is written into a temporary sibling and renamed into place, so a reader never sees half a checkpoint.
 Weights are safetensors only: nothing here unpickles.
 """
@@ -144,8 +144,8 @@ def save_checkpoint(
 
 
 def _write_default_card(folder: Path) -> None:
-    """The card is documentation, not needed to load: without the template (an installed wheel) or Jinja2
-    (huggingface_hub renders with it) the checkpoint is written without one rather than not at all."""
+    """The card is documentation, not needed to load: without Jinja2 (huggingface_hub renders with it) the
+    checkpoint is written without one rather than not at all."""
     from huggingface_hub.utils import is_jinja_available
 
     from .card import TEMPLATE_PATH, render_card, write_card
