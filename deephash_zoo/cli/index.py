@@ -64,9 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 
 # -------------------------------------------------------------------------------------------------- build
 def build(args: argparse.Namespace) -> int:
+    from deephash_zoo.extras import check_installed
     from deephash_zoo.retrieval.encoding import encode_dataset, model_transform
     from deephash_zoo.retrieval.index import MANIFEST_FILE, HashIndex
 
+    check_installed('faiss')  # before encoding the whole database
     if args.out.exists() and not args.overwrite:
         what = 'an index' if (args.out / MANIFEST_FILE).is_file() else 'not an index folder'
         raise UserError(f'{args.out} exists ({what}); pass --overwrite to replace an index, or choose another --out')

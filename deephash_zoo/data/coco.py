@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from deephash_zoo.extras import require
+
 from .dataset import HashDataset
 
 __all__ = ['load_coco']
@@ -42,7 +44,7 @@ def load_coco(annotation_json: PathLike, image_root: PathLike, *,
 
     ``image_root`` is the folder holding the json's ``file_name`` entries (e.g. ``coco/train2014``).
     """
-    from pycocotools.coco import COCO  # deferred: only COCO users pay for the import
+    COCO = require('pycocotools.coco').COCO  # deferred: only COCO users pay for the import
 
     path = Path(annotation_json)
     data = _read_json(path)

@@ -48,6 +48,7 @@ import timm
 import torch
 
 import deephash_zoo
+from deephash_zoo.extras import check_installed
 from deephash_zoo.utils import cpu_model, load_average, usable_cores
 
 from .onnx_export import INPUT_NAME, ModelSource, export_onnx, require, state_sha256
@@ -389,6 +390,7 @@ def run_bench(models: List[str], settings: BenchSettings, out_dir: Union[str, Pa
     if unknown:
         raise ValueError(f'Unknown model ({", ".join(unknown)}); list them with `python -c "import deephash_zoo; '
                          f'print(deephash_zoo.list_hash_models())"`')
+    check_installed('matplotlib')  # efficiency.png: say so before the timing, not after it
     out = prepare_out_dir(out_dir)
     started = time.perf_counter()
     data: Dict[str, Any] = dict(schema_version=SCHEMA_VERSION, command=settings.command(models, out_dir),

@@ -24,7 +24,6 @@ written by the caller into a temporary folder and renamed into place (see :mod:`
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 
 import deephash_zoo
+from deephash_zoo.extras import require  # the export modules import it from here
 from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
 
 __all__ = ['EXPORTER', 'INPUT_NAME', 'ExportError', 'ModelSource', 'CodesModule', 'require', 'load_model_source',
@@ -45,20 +45,10 @@ __all__ = ['EXPORTER', 'INPUT_NAME', 'ExportError', 'ModelSource', 'CodesModule'
 EXPORTER = f'torch.onnx.export(dynamo=True), torch {torch.__version__}'
 INPUT_NAME = 'images'
 META_PREFIX = 'deephash.'
-_INSTALL = {'onnx': 'export', 'onnxruntime': 'export', 'onnxscript': 'export'}
 
 
 class ExportError(ValueError):
     """A problem with what the user asked to export (one line; the CLI prints it)."""
-
-
-def require(module: str):
-    """Import an optional dependency, or fail with the pip line that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        extra = _INSTALL.get(module, 'export')
-        raise ImportError(f"{module} is not installed; install it with pip install 'deephash-zoo[{extra}]'") from e
 
 
 @dataclass

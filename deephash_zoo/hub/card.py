@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from deephash_zoo.extras import check_installed
 from deephash_zoo.utils import read_json, write_atomic
 
 from .checkpoint import read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
@@ -296,6 +297,7 @@ def render_card(
     the efficiency JSON; a missing file or no row for this architecture gives "Not measured". ``repo_id``:
     where the card will live (default: the architecture's ``hf_hub_id``, which ``pretrained=True`` reads).
     """
+    check_installed('jinja2')  # huggingface_hub renders the template with it
     ckpt = resolve_checkpoint_dir(checkpoint_dir)
     config = read_checkpoint_config(ckpt)
     arch = str(config['architecture'])

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from deephash_zoo.extras import require
+
 __all__ = ['ConvertReport', 'SOURCE_URLS', 'convert_torchvision_alexnet', 'convert_matconvnet_vggf', 'read_vggf_mat',
            'fold_input_normalisation', 'save_init_file', 'convert_file', 'download_source']
 
@@ -207,10 +209,7 @@ class MatLayer:
 
 def read_vggf_mat(path: PathLike) -> Tuple[List[MatLayer], np.ndarray]:
     """(conv layers in order, per-channel average in 0..255) of a MatConvNet SimpleNN ``.mat`` file."""
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise ImportError('reading MatConvNet .mat files needs scipy: pip install scipy') from None
+    loadmat = require('scipy.io').loadmat
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: not found; MatConvNet\'s CNN-F is {SOURCE_URLS["matconvnet-vggf"]} '

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from deephash_zoo.extras import require
 from deephash_zoo.utils import file_sha256, replace_dir
 
 from .codes import _to_numpy, as_packed
@@ -34,11 +35,7 @@ _RESERVED = frozenset(
 
 def _faiss() -> Any:
     """Import faiss on first use so the rest of the package works without it."""
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError("faiss is not installed; pip install 'deephash-zoo[retrieval]'") from None
-    return faiss
+    return require('faiss')
 
 
 class HashIndex:
