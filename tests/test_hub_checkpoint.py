@@ -232,3 +232,23 @@ def test_preprocessing_squashes_without_crop(saved):
     assert x.shape == (3, IMG, IMG)
     white = (1 - torch.tensor(model.pretrained_cfg['mean'])) / torch.tensor(model.pretrained_cfg['std'])
     assert torch.allclose(x[:, :, 0], white[:, None].expand(3, IMG), atol=1e-5)
+
+
+def test_registered_tags_are_exactly_the_published_cards():
+    """timm.list_pretrained lists what the zoo publishes: one card in hub_cards/ per model and tag."""
+    cards = {p.name[:-len('.md')] for p in (PACKAGE.parent / 'hub_cards').glob('*.md')}
+    registered = {n for pattern in ('dath*', 'admth*', 'dmlh*') for n in timm.list_pretrained(pattern)}
+    assert registered == cards, (sorted(registered - cards), sorted(cards - registered))
+
+
+def test_a_checkpoint_carries_the_tag_of_its_data(tmp_path):
+    """Trained on the mosaic: tag mosaic and the mosaic repository; on data the zoo does not publish: no tag and
+    no repository (not the architecture's default, which names other weights)."""
+    model = timm.create_model('dath_n_16')
+    mosaic = json.loads((save_checkpoint(model, tmp_path / 'm', dataset='mosaic', card=False)
+                         / 'config.json').read_text())['pretrained_cfg']
+    assert (mosaic['tag'], mosaic['hf_hub_id']) == ('mosaic', 'deephash-zoo/dath_n_16.mosaic')
+    other = json.loads((save_checkpoint(model, tmp_path / 'o', dataset='list:/data/train.txt', card=False)
+                        / 'config.json').read_text())['pretrained_cfg']
+    assert other.get('tag') is None and other.get('hf_hub_id') is None
+    assert timm.create_model(f'local-dir:{tmp_path / "o"}', pretrained=True) is not None

@@ -41,7 +41,7 @@ def test_shapes_ranges_and_encode(name, images):
                 'hf_hub_id', 'license', 'tag'):
         assert cfg.get(key), key
     assert cfg['input_size'] == (3, 224, 224)
-    assert cfg['hf_hub_id'] == f'deephash-zoo/{name}.fmnist'
+    assert cfg['hf_hub_id'] == f"deephash-zoo/{name}.{cfg['tag']}" and cfg['tag'] in ('fmnist', 'mosaic')
 
 
 def test_multi_length_order_and_selection(images):

@@ -119,8 +119,12 @@ def default_repo_id(config: Dict[str, Any]) -> Optional[str]:
     from timm.models import get_pretrained_cfg
 
     tag = (config.get('pretrained_cfg') or {}).get('tag')
-    name = config['architecture'] + (f'.{tag}' if tag else '')
-    cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    if not tag:  # weights of data the zoo does not publish: no repository of ours to name
+        return None
+    try:
+        cfg = get_pretrained_cfg(f"{config['architecture']}.{tag}", allow_unregistered=False)
+    except RuntimeError:  # a tag this version does not publish
+        return None
     return getattr(cfg, 'hf_hub_id', None) or None
 
 

@@ -28,7 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 
-from deephash_zoo.models.contract import filter_state_dict
+from deephash_zoo.models.contract import HUB_ORG, filter_state_dict
+from deephash_zoo.models.published import PUBLISHED_TAGS, tag_for_dataset
 from deephash_zoo.utils import file_sha256, replace_dir
 
 __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'checkpoint_data_config', 'load_checkpoint',
@@ -91,6 +92,16 @@ def _inference_only(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             model._model_args = recorded
 
 
+def published_identity(model: torch.nn.Module, dataset: Optional[str]) -> Dict[str, Optional[str]]:
+    """``tag`` and ``hf_hub_id`` of weights trained on ``dataset``: the zoo's repository where the zoo publishes
+    this model on that data (``.fmnist``, ``.mosaic``), else none (not the architecture's default tag, which
+    names other weights)."""
+    tag = tag_for_dataset(dataset)
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    ours = tag is not None and tag in PUBLISHED_TAGS.get(arch, ())
+    return dict(tag=tag, hf_hub_id=f'{HUB_ORG}/{arch}.{tag}' if ours else None)
+
+
 def checkpoint_data_config(model: torch.nn.Module, training: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The preprocessing to record: the model's own, at the input size it was trained with (``img_size``)."""
     size = (training or {}).get('img_size')
@@ -121,6 +132,7 @@ def save_checkpoint(
         num_labels=int(getattr(model, 'num_labels', 0)),
         dataset=dataset,
         training=training or {},
+        pretrained_cfg=published_identity(model, dataset),
     )
     model_args = dict(_bits_model_args(model))
     data_config = checkpoint_data_config(model, training)

@@ -22,6 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
+from .published import tags_of
 from .trunks import ConvTrunk
 
 __all__ = ['ADMTH']
@@ -100,10 +101,11 @@ def _cfg(bits: Sequence[int], **kwargs: Any) -> Dict[str, Any]:
 
 MULTI_BITS = (16, 32, 48, 64)
 
+_LENGTHS = {'admth_cnnf_multi': MULTI_BITS, 'dmlh_cnnf_multi': MULTI_BITS,
+            **{f'admth_cnnf_{b}': (b,) for b in MULTI_BITS}}
 default_cfgs = generate_default_cfgs({
-    'admth_cnnf_multi.fmnist': _cfg(MULTI_BITS, hf_hub_id=f'{HUB_ORG}/admth_cnnf_multi.fmnist'),
-    'dmlh_cnnf_multi.fmnist': _cfg(MULTI_BITS, hf_hub_id=f'{HUB_ORG}/dmlh_cnnf_multi.fmnist'),
-    **{f'admth_cnnf_{b}.fmnist': _cfg((b,), hf_hub_id=f'{HUB_ORG}/admth_cnnf_{b}.fmnist') for b in MULTI_BITS},
+    f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
+    for name, bits in _LENGTHS.items() for tag in tags_of(name)
 })
 
 

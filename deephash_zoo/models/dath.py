@@ -25,6 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
+from .published import tags_of
 from .trunks import ConvTrunk
 
 __all__ = ['DATH']
@@ -128,8 +129,8 @@ _VARIANTS = {
 BITS = (16, 32, 48, 64)
 
 default_cfgs = generate_default_cfgs({
-    f'{v}_{b}.fmnist': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.fmnist')
-    for v in _VARIANTS for b in BITS
+    f'{v}_{b}.{tag}': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.{tag}')
+    for v in _VARIANTS for b in BITS for tag in tags_of(f'{v}_{b}')
 })
 
 

@@ -1,0 +1,36 @@
+"""The checkpoints the zoo publishes: one pretrained tag per data set a model was trained on, each with its card
+``hub_cards/<model>.<tag>.md`` and its Hub repository ``deephash-zoo/<model>.<tag>``. timm's
+``list_pretrained`` lists exactly these (a test compares them with the cards), and a checkpoint's config carries
+the tag of the data it was trained on.
+
+``fmnist``: Fashion-MNIST (the zoo build's headline models and the DATH variant ablation); ``mosaic``: the 2x2
+Fashion-MNIST mosaics of the multi-label experiments. The first tag is the default of ``pretrained=True``.
+"""
+from typing import Dict, Optional, Tuple
+
+__all__ = ['PUBLISHED_TAGS', 'DATASET_TAGS', 'tags_of', 'tag_for_dataset']
+
+_DATH_VARIANTS = ('dath_alexnet', 'dath_s', 'dath_c', 'dath_n', 'dath1')
+_LENGTHS = (16, 32, 48, 64)
+
+PUBLISHED_TAGS: Dict[str, Tuple[str, ...]] = {
+    **{f'{v}_{b}': ('fmnist', 'mosaic') for v in _DATH_VARIANTS for b in _LENGTHS},
+    'admth_cnnf_multi': ('fmnist', 'mosaic'),
+    'dmlh_cnnf_multi': ('fmnist', 'mosaic'),
+    **{f'admth_cnnf_{b}': ('mosaic',) for b in _LENGTHS},
+}
+
+DATASET_TAGS = {'fashion-mnist': 'fmnist', 'mosaic': 'mosaic'}
+
+
+def tags_of(model_name: str) -> Tuple[str, ...]:
+    """The published tags of a registered model (default first); a KeyError names the model."""
+    try:
+        return PUBLISHED_TAGS[model_name]
+    except KeyError:
+        raise KeyError(f'{model_name!r} has no published checkpoint tags') from None
+
+
+def tag_for_dataset(dataset: Optional[str]) -> Optional[str]:
+    """The pretrained tag of weights trained on ``dataset`` (None for data the zoo does not publish)."""
+    return DATASET_TAGS.get(dataset or '')
