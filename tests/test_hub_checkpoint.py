@@ -90,7 +90,9 @@ def test_weights_of_another_architecture_or_length(saved, tmp_path):
 
 
 @pytest.mark.parametrize('edit, message', [
-    (lambda c: c.pop('bits'), r"missing keys \['bits'\]; expected \['architecture', 'num_classes', "),
+    # without "bits" they come from the architecture and num_classes (timm's save_for_hf); without both, missing
+    (lambda c: (c.pop('bits'), c.pop('num_classes')),
+     r"missing keys \['num_classes', 'bits'\]; expected \['architecture', 'num_classes', "),
     (lambda c: c.pop('architecture'), r"missing keys \['architecture'\]"),
     (lambda c: c.update(bits=[16, -8]), r'"bits" must be a non-empty list of positive code lengths'),
     (lambda c: c.update(num_classes=12), r'"num_classes" 12 is not the sum of "bits" \[16\] \(16\)'),
@@ -252,3 +254,17 @@ def test_a_checkpoint_carries_the_tag_of_its_data(tmp_path):
                         / 'config.json').read_text())['pretrained_cfg']
     assert other.get('tag') is None and other.get('hf_hub_id') is None
     assert timm.create_model(f'local-dir:{tmp_path / "o"}', pretrained=True) is not None
+
+
+@pytest.mark.parametrize('name', ['dath_alexnet_16', 'admth_cnnf_multi'])
+def test_a_folder_of_timms_own_save_for_hf_loads(tmp_path, name):
+    """timm.models.save_for_hf writes no "bits": they come from the architecture (or model_args)."""
+    from timm.models import save_for_hf
+
+    torch.manual_seed(2)
+    model = timm.create_model(name).eval()
+    save_for_hf(model, str(tmp_path / 'timm'), safe_serialization=True)
+    assert 'bits' not in json.loads((tmp_path / 'timm' / 'config.json').read_text())
+    assert read_checkpoint_config(tmp_path / 'timm')['bits'] == list(model.bits)
+    x = torch.randn(1, 3, IMG, IMG)
+    assert torch.equal(load_checkpoint(tmp_path / 'timm')(x), model(x))

@@ -194,6 +194,10 @@ def read_checkpoint_config(ckpt_dir: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f'{path}: expected a JSON object with keys {list(_REQUIRED_KEYS)}, '
                          f'got {type(config).__name__}')
+    if 'bits' not in config and 'num_classes' in config:  # a folder of timm's own save_for_hf
+        bits = _architecture_bits(config, path)
+        if bits is not None:
+            config['bits'] = bits
     missing = [k for k in _REQUIRED_KEYS if k not in config]
     if missing:
         raise ValueError(f'{path}: missing keys {missing}; expected {list(_REQUIRED_KEYS)}')
@@ -211,6 +215,26 @@ def read_checkpoint_config(ckpt_dir: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(config['pretrained_cfg'], dict):
         raise ValueError(f'{path}: "pretrained_cfg" must be an object (timm\'s pretrained config)')
     return config
+
+
+def _architecture_bits(config: Dict[str, Any], path: Path) -> Any:
+    """The code lengths of a config without ``bits`` (timm's ``save_for_hf`` writes none): ``model_args['bits']``,
+    else what the architecture builds with that ``num_classes``; left out (reported as missing) when the
+    architecture is not one of ours."""
+    args = dict(config.get('model_args') or {})
+    if isinstance(args.get('bits'), (list, tuple)):
+        return list(args['bits'])
+    arch = config.get('architecture')
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        return None
+    args.pop('num_classes', None)
+    args.pop('num_labels', None)
+    try:
+        model = timm.create_model(arch, num_classes=config['num_classes'], device='meta', **args)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f'{path}: no "bits", and {arch} does not build from its model_args ({e})') from e
+    bits = getattr(model, 'bits', None)
+    return [int(b) for b in bits] if bits else None
 
 
 def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device] = 'cpu') -> torch.nn.Module:
