@@ -31,6 +31,9 @@ class RecordingApi:
         self.calls.append(('create_repo', repo_id, kwargs))
         return f'https://huggingface.co/{repo_id}'
 
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(('create_branch', repo_id, kwargs))
+
     def upload_folder(self, **kwargs):
         from pathlib import Path
 
@@ -137,3 +140,49 @@ def test_library_call_and_refusals(ckpt, tmp_path):
     with pytest.raises(ValueError, match=r'broken/model\.safetensors: corrupt or truncated'):
         push_module.push_checkpoint(broken, REPO, dry_run=True, out_dir=tmp_path / 'u2')
     assert not (tmp_path / 'u2').exists()
+
+
+def test_revision_and_pull_request(ckpt, monkeypatch, capsys):
+    """--revision commits to a branch (created when missing); --create-pr opens a pull request instead."""
+    path, metrics, _ = ckpt
+    monkeypatch.setenv('HF_TOKEN', 'hf_test_token')
+    monkeypatch.setattr(push_module, 'HfApi', RecordingApi)
+    RecordingApi.instances.clear()
+    assert run_main(push_main, ['--checkpoint', str(path), '--repo-id', REPO, '--revision', 'v2']) == 0
+    (api,) = RecordingApi.instances
+    assert [c[0] for c in api.calls] == ['create_repo', 'create_branch', 'upload_folder']
+    assert api.calls[1][2]['branch'] == 'v2' and api.calls[2][2]['revision'] == 'v2'
+    RecordingApi.instances.clear()
+    assert run_main(push_main, ['--checkpoint', str(path), '--repo-id', REPO, '--create-pr']) == 0
+    (api,) = RecordingApi.instances
+    assert [c[0] for c in api.calls] == ['create_repo', 'upload_folder'] and api.calls[1][2]['create_pr'] is True
+
+
+def test_no_network_is_one_line(ckpt, tmp_path):
+    """The real HfApi against an address nothing listens on: a PushError naming the repository, not httpx's
+    traceback."""
+    from huggingface_hub import HfApi
+
+    path, _, _ = ckpt
+    api = HfApi(endpoint='http://127.0.0.1:9', token='hf_not_a_token')
+    with pytest.raises(push_module.PushError, match=r'someone/dath_n_16\.fmnist: upload failed \(\w*Error: .*'
+                                                    r'is http://127\.0\.0\.1:9 reachable\?'):
+        push_module.push_checkpoint(path, REPO, api=api, token='hf_not_a_token', out_dir=tmp_path / 'u')
+
+
+def test_a_whole_zoo_build_in_one_command(ckpt, tmp_path, no_token, capsys):
+    """--zoo WORK pushes every evaluated model of a build to ORG/MODEL.TAG with its metrics; --dry-run lists them."""
+    import shutil
+
+    path, metrics, _ = ckpt
+    work = tmp_path / 'zoo'
+    (work / 'dath_n_16' / 'eval').mkdir(parents=True)
+    shutil.copytree(path, work / 'dath_n_16' / 'checkpoint')
+    shutil.copy(metrics, work / 'dath_n_16' / 'eval' / 'metrics.json')
+    (work / 'pretrain-alexnet').mkdir()  # a trunk folder: no checkpoint, not pushed
+    (work / 'stages.jsonl').write_text('')
+    assert run_main(push_main, ['--zoo', str(work), '--org', 'someone', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert '1 models of' in out and 'would upload to https://huggingface.co/someone/dath_n_16.fmnist' in out
+    assert run_main(push_main, ['--zoo', str(tmp_path), '--dry-run']) == 2
+    assert 'not a deephash-zoo build folder' in capsys.readouterr().err

@@ -1,11 +1,14 @@
 """``deephash-push``: publish a checkpoint folder to the Hugging Face Hub (config.json, model.safetensors and a
-README.md card rendered from the config and metrics), or with --dry-run build and list the upload only."""
+README.md card rendered from the config and metrics), or every evaluated model of a zoo build (``--zoo WORK``:
+each to ORG/MODEL.TAG with its metrics), or with --dry-run build and list the upload only."""
 import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ._common import run_main
+from deephash_zoo.models.contract import HUB_ORG
+
+from ._common import UserError, run_main
 
 
 def _size(n: int) -> str:
@@ -20,8 +23,14 @@ def _size(n: int) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='deephash-push', description=__doc__)
-    p.add_argument('--checkpoint', required=True, help='checkpoint folder, or a run folder holding checkpoint/')
-    p.add_argument('--repo-id', required=True, help='ORG/NAME, e.g. deephash-zoo/dath_alexnet_32.fmnist')
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument('--checkpoint', help='checkpoint folder, or a run folder holding checkpoint/')
+    what.add_argument('--zoo', type=Path, help='a deephash-zoo build folder (runs/zoo-fmnist): push every model '
+                                               'evaluated there, each with its eval/metrics.json')
+    p.add_argument('--repo-id', help='ORG/NAME, e.g. deephash-zoo/dath_alexnet_32.fmnist (with --checkpoint)')
+    p.add_argument('--org', default=HUB_ORG, help='with --zoo: the organisation (default: %(default)s)')
+    p.add_argument('--revision', default=None, help='branch to commit to (created when missing; default main)')
+    p.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing')
     p.add_argument('--private', action='store_true', help='create the repository private (an existing one keeps '
                                                           'its visibility)')
     p.add_argument('--dry-run', action='store_true', help='build the upload folder and list it; touch nothing remote')
@@ -34,12 +43,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from deephash_zoo.hub.push import push_checkpoint
+    from deephash_zoo.hub.push import push_checkpoint, zoo_uploads
 
     args = _parser().parse_args(argv)
+    if args.zoo is not None:
+        if args.repo_id or args.metrics or args.out:
+            raise UserError('--zoo names each repository and metrics file itself; drop --repo-id, --metrics, --out')
+        uploads = zoo_uploads(args.zoo, args.org)
+        print(f'{len(uploads)} models of {args.zoo} to push' + (' (dry run)' if args.dry_run else ''))
+        for checkpoint, repo_id, metrics in uploads:
+            _report(args, push_checkpoint(checkpoint, repo_id, private=args.private, metrics=metrics,
+                                          efficiency=args.efficiency, dry_run=args.dry_run,
+                                          commit_message=args.message, revision=args.revision,
+                                          create_pr=args.create_pr))
+        return 0
+    if not args.repo_id:
+        raise UserError('--checkpoint needs --repo-id ORG/NAME')
     plan = push_checkpoint(args.checkpoint, args.repo_id, private=args.private, metrics=args.metrics,
                            efficiency=args.efficiency, dry_run=args.dry_run, out_dir=args.out,
-                           commit_message=args.message)
+                           commit_message=args.message, revision=args.revision, create_pr=args.create_pr)
+    _report(args, plan)
+    return 0
+
+
+def _report(args: argparse.Namespace, plan) -> None:
     visibility = 'private' if plan.private else 'public'
     head = 'would upload' if args.dry_run else 'uploaded'
     print(f'{head} to {plan.url} ({visibility} if created):')
@@ -52,7 +79,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'upload folder: {plan.folder}' if plan.kept else 'upload folder was temporary (removed); keep it with --out')
     if plan.commit_url:
         print(f'commit: {plan.commit_url}')
-    return 0
 
 
 def cli() -> None:

@@ -20,7 +20,25 @@ from .cache import place_file
 from .card import render_card, strip_local_path, write_card
 from .checkpoint import load_checkpoint, read_checkpoint_config, replace_dir, resolve_checkpoint_dir
 
-__all__ = ['UploadPlan', 'MissingTokenError', 'PushError', 'build_upload_folder', 'push_checkpoint', 'check_repo_id']
+
+def _network_errors() -> Tuple[type, ...]:
+    """The transport errors of whichever HTTP library this huggingface_hub talks through (httpx2, httpx or
+    requests): no network, refused connection, timeout."""
+    import importlib
+
+    found = []
+    for module, name in (('httpx2', 'HTTPError'), ('httpx', 'HTTPError'), ('requests', 'RequestException')):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+_NETWORK_ERRORS = _network_errors()
+
+__all__ = ['UploadPlan', 'MissingTokenError', 'PushError', 'build_upload_folder', 'push_checkpoint', 'check_repo_id',
+           'zoo_uploads']
 
 PathLike = Union[str, Path]
 UPLOAD_FILES = ('config.json', 'model.safetensors', 'README.md')
@@ -127,6 +145,27 @@ def build_upload_folder(
     return UploadPlan(repo_id=repo_id, folder=out_dir, files=files, scrubbed=scrubbed)
 
 
+def zoo_uploads(work: PathLike, org: str) -> List[Tuple[Path, str, Path]]:
+    """(checkpoint, repo id, metrics) of every model a zoo build evaluated in ``work``: ORG/MODEL.TAG, the tag of
+    the data it was trained on. A model without a published tag or without metrics is refused by name."""
+    work = Path(work)
+    if not (work / 'stages.jsonl').is_file():
+        raise FileNotFoundError(f'{work}: not a deephash-zoo build folder (no stages.jsonl)')
+    out = []
+    for ckpt in sorted(work.glob('*/checkpoint')):
+        metrics = ckpt.parent / 'eval' / 'metrics.json'
+        if not (ckpt / 'config.json').is_file() or not metrics.is_file():
+            continue  # a stage still running or not evaluated yet: nothing to publish
+        config = read_checkpoint_config(ckpt)
+        tag = (config.get('pretrained_cfg') or {}).get('tag')
+        if not tag:
+            raise ValueError(f'{ckpt}: its config carries no pretrained tag; push it with --checkpoint --repo-id')
+        out.append((ckpt, check_repo_id(f"{org}/{config['architecture']}.{tag}"), metrics))
+    if not out:
+        raise ValueError(f'{work}: no evaluated model to push yet (run deephash-zoo build)')
+    return out
+
+
 def push_checkpoint(
         checkpoint_dir: PathLike,
         repo_id: str,
@@ -138,8 +177,13 @@ def push_checkpoint(
         api: Optional[Any] = None,
         token: Optional[str] = None,
         commit_message: Optional[str] = None,
+        revision: Optional[str] = None,
+        create_pr: bool = False,
 ) -> UploadPlan:
     """Build the upload folder and (unless ``dry_run``) create ``repo_id`` and upload it as one commit.
+
+    ``revision``: the branch to commit to (created from main when missing; default main). ``create_pr``: open
+    a pull request with the commit instead of committing to the branch (the Hub's review route).
 
     The token (``token``, else ``huggingface_hub.get_token()``: ``HF_TOKEN`` or ``hf auth login``) is
     checked before any work. ``api`` replaces ``HfApi(token=...)`` (tests pass a recording fake).
@@ -163,14 +207,19 @@ def push_checkpoint(
             arch = read_checkpoint_config(plan.folder)['architecture']
             try:
                 client.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
+                if revision and not create_pr:
+                    client.create_branch(repo_id, branch=revision, exist_ok=True, repo_type='model')
                 info = client.upload_folder(
                     repo_id=repo_id, folder_path=str(plan.folder), repo_type='model',
                     commit_message=commit_message or f'Upload {arch} checkpoint (deephash-zoo)',
+                    revision=revision, create_pr=create_pr,
                 )
-            except (OSError, ValueError) as e:  # huggingface_hub's HTTP errors are OSErrors
+            except (OSError, ValueError, *_NETWORK_ERRORS) as e:  # HTTP errors are OSErrors; no network: httpx's
                 first = str(e).strip().split('\n')[0]
-                raise PushError(f'{repo_id}: upload failed ({type(e).__name__}: {first})') from e
-            plan.commit_url = getattr(info, 'commit_url', None) or (str(info) if info is not None else None)
+                raise PushError(f'{repo_id}: upload failed ({type(e).__name__}: {first}); '
+                                f'is {getattr(client, "endpoint", "the Hub")} reachable?') from e
+            plan.commit_url = (getattr(info, 'pr_url', None) or getattr(info, 'commit_url', None)
+                               or (str(info) if info is not None else None))
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
