@@ -268,3 +268,27 @@ def test_a_folder_of_timms_own_save_for_hf_loads(tmp_path, name):
     assert read_checkpoint_config(tmp_path / 'timm')['bits'] == list(model.bits)
     x = torch.randn(1, 3, IMG, IMG)
     assert torch.equal(load_checkpoint(tmp_path / 'timm')(x), model(x))
+
+
+def test_any_backbone_checkpoints_round_trip(tmp_path):
+    """hash_model checkpoints name the generic entrypoint hash_backbone and its backbone: load_checkpoint,
+    local-dir: and timm.create_model rebuild them; a local-dir: backbone is accepted as a name."""
+    from timm.models import save_for_hf
+
+    torch.manual_seed(3)
+    model = deephash_zoo.hash_model('resnet18', bits=(16, 32)).eval()
+    path = save_checkpoint(model, tmp_path / 'ckpt', dataset='fashion-mnist', training=dict(img_size=IMG),
+                           card=False)
+    config = json.loads((path / 'config.json').read_text())
+    assert config['architecture'] == 'hash_backbone' and config['model_args']['backbone'] == 'resnet18'
+    assert config['bits'] == [16, 32] and config['pretrained_cfg']['input_size'] == [3, IMG, IMG]
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(load_checkpoint(path)(x), model(x))
+    assert torch.equal(timm.create_model(f'local-dir:{path}', pretrained=True).eval()(x), model(x))
+
+    backbone = timm.create_model('resnet18', num_classes=0).eval()  # a backbone folder of timm's own layout
+    save_for_hf(backbone, str(tmp_path / 'backbone'), safe_serialization=True)
+    on_local = deephash_zoo.hash_model(f'local-dir:{tmp_path / "backbone"}', bits=16, pretrained=True).eval()
+    assert torch.equal(on_local.backbone.conv1.weight, backbone.conv1.weight)
+    with pytest.raises(ValueError, match="unknown timm backbone 'resnet5O'"):
+        deephash_zoo.hash_model('resnet5O')

@@ -4,6 +4,11 @@ The backbone keeps its own features and pooling (``num_classes=0``); its pre-log
 one tanh hash layer per code length. The result honours the same contract as DATH/ADMTH
 (``forward`` relaxed codes, ``encode``, timm's head API), so training, evaluation and export
 work unchanged.
+
+Such a model is registered with timm as the generic architecture ``hash_backbone`` with
+``model_args={'backbone': ..., 'bits': [...]}``: a saved checkpoint names that, so ``load_checkpoint``,
+``local-dir:`` and ``hf-hub:`` rebuild it like any of our models. ``backbone`` may itself be an
+``hf-hub:`` or ``local-dir:`` name.
 """
 import difflib
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -12,11 +17,15 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .contract import HashingMixin, check_images, resolve_bits
+from .contract import HashingMixin, check_images, filter_state_dict, resolve_bits
 from .head import HashLayer
 
-__all__ = ['BackboneHash', 'hash_model']
+__all__ = ['BackboneHash', 'hash_model', 'hash_backbone', 'GENERIC_ARCH']
+
+GENERIC_ARCH = 'hash_backbone'
+_REMOTE_PREFIXES = ('hf-hub:', 'hf_hub:', 'local-dir:')
 
 
 class BackboneHash(HashingMixin, nn.Module):
@@ -84,10 +93,49 @@ def hash_model(
     ``pretrained`` loads the backbone's own timm weights (e.g. ImageNet); the hash layers start
     fresh. Extra keyword arguments go to ``timm.create_model`` for the backbone.
     """
+    _check_backbone(backbone)
+    model = _build(backbone, bits=bits, num_labels=num_labels, backbone_pretrained=pretrained, **kwargs)
+    model.pretrained_cfg = dict(model.pretrained_cfg, architecture=GENERIC_ARCH, tag=None, hf_hub_id=None)
+    model.default_cfg = model.pretrained_cfg
+    model._model_args = dict(backbone=backbone, bits=list(model.bits), **kwargs)  # what timm rebuilds it from
+    return model
+
+
+def _check_backbone(backbone: str) -> None:
+    if not isinstance(backbone, str) or not backbone:
+        raise ValueError(f'backbone must be a timm model name, got {backbone!r}')
+    if backbone.startswith(_REMOTE_PREFIXES):  # timm resolves those itself (and says so when it cannot)
+        return
     known: List[str] = timm.list_models()
     if backbone not in known and backbone.split('.')[0] not in known:
         close = difflib.get_close_matches(backbone, known, n=3)
         hint = f'; did you mean {", ".join(close)}?' if close else ''
         raise ValueError(f'unknown timm backbone {backbone!r}{hint}')
-    net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
-    return BackboneHash(net, bits=bits, num_labels=num_labels)
+
+
+def _build(backbone: str, bits: Union[int, Sequence[int]] = 64, num_classes: Optional[int] = None,
+           num_labels: int = 0, backbone_pretrained: bool = False, **kwargs: Any) -> BackboneHash:
+    net = timm.create_model(backbone, pretrained=backbone_pretrained, num_classes=0, **kwargs)
+    return BackboneHash(net, bits=tuple(bits) if isinstance(bits, (list, tuple)) else bits,
+                        num_classes=num_classes, num_labels=num_labels)
+
+
+default_cfgs = generate_default_cfgs({
+    # num_classes -1: timm passes none (the code width comes from bits); preprocessing comes from the backbone
+    GENERIC_ARCH: {'url': '', 'num_classes': -1, 'input_size': (3, 224, 224), 'license': 'apache-2.0'},
+})
+
+
+@register_model
+def hash_backbone(pretrained: bool = False, backbone: str = 'resnet18', bits: Union[int, Sequence[int]] = 64,
+                  **kwargs: Any) -> BackboneHash:
+    """Tanh hash layer(s) on any timm backbone: what ``hash_model`` checkpoints are saved and loaded as."""
+    _check_backbone(backbone)
+    model = build_model_with_cfg(_build, GENERIC_ARCH, pretrained, backbone=backbone, bits=bits,
+                                 pretrained_filter_fn=filter_state_dict, **kwargs)
+    if not pretrained:  # a fresh model takes its backbone's preprocessing; loaded weights keep the saved one
+        model.pretrained_cfg = dict(model.backbone.pretrained_cfg, **{
+            k: model.pretrained_cfg[k] for k in ('architecture', 'license') if k in model.pretrained_cfg},
+            num_classes=model.num_classes, tag=None, hf_hub_id=None)
+        model.default_cfg = model.pretrained_cfg
+    return model
