@@ -112,3 +112,45 @@ def test_pretrained_loads_offline_through_timm(seeded, tmp_path):
     assert f'{cache}/models--deephash-zoo--dath_n_32.fmnist/snapshots/<rev>/model.safetensors' in msg
     assert 'seed_hf_cache' in msg and 'local-dir:' in msg and '\n' not in msg
     assert report['errors']['hf-hub:nobody/not-a-repo'].startswith('nobody/not-a-repo: weights not found')
+
+
+_USER_ENCODES = r'''
+import json, sys
+import numpy as np
+import timm, torch
+from timm.data import create_transform, resolve_data_config
+import deephash_zoo
+from deephash_zoo.cli.eval import protocol_sets, score_codes
+
+out = sys.argv[1]
+model = timm.create_model('dath_n_16', pretrained=True).eval()  # from the seeded cache, offline
+config = resolve_data_config(model=model)
+transform = create_transform(**config)  # what a timm user does: no size given by hand
+sets, _ = protocol_sets('fashion-mnist', None, 0, transform, 30, 90)
+codes = {}
+with torch.no_grad():
+    for name, ds in sets.items():
+        codes[name] = model.encode(torch.stack([ds[i][0] for i in range(len(ds))])).numpy()
+result = score_codes(codes['query'], codes['database'], sets['query'].labels, sets['database'].labels, None, 16, 0)
+json.dump(dict(input_size=list(config['input_size']), map=result['map']), open(out + '/user.json', 'w'))
+'''
+
+
+@pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').is_dir() and not os.environ.get('FASHION_MNIST_DIR'),
+                    reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+def test_a_timm_user_encodes_at_the_trained_size_and_gets_the_published_map(seeded, tmp_path):
+    """pretrained=True + resolve_data_config + create_transform: the 64x64 the checkpoint was trained at, and
+    the mAP deephash-eval reports on the same query and database sets."""
+    from deephash_zoo.cli.eval import _parser, run_evaluation
+
+    _, ckpt, cache, _ = seeded
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run([sys.executable, '-c', _USER_ENCODES, str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    user = json.loads((tmp_path / 'user.json').read_text())
+    assert user['input_size'] == [3, 64, 64]
+    ev = run_evaluation(_parser().parse_args(['--checkpoint', str(ckpt), '--query-subset', '30', '--db-subset', '90',
+                                              '--no-progress', '--no-plots']))
+    assert ev.report['img_size'] == 64 and ev.report['results']['16']['map'] == user['map']

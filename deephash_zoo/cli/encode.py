@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--images', nargs='*', type=Path, default=None, help='image files (default: Fashion-MNIST)')
     p.add_argument('--fmnist-dir', type=Path, default=None, help='folder of the Fashion-MNIST idx files')
     p.add_argument('--num', type=int, default=8, help='Fashion-MNIST test images to encode (default: %(default)s)')
-    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's, 224)")
+    p.add_argument('--img-size', type=int, default=None,
+                   help="input size (default: the model's pretrained_cfg: 64 for the zoo's weights)")
     p.add_argument('--bits', type=int, default=None, help='code length to print (multi-length models)')
     p.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is reported')
     p.add_argument('--seed', type=int, default=0, help='seed of the randomly initialised weights')

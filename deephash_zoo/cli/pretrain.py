@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='run folder: trunk.safetensors, last/, train_log.jsonl')
     p.add_argument('--epochs', type=int, default=5, help='default: %(default)s')
     add_schedule_args(p)
-    p.add_argument('--img-size', type=int, default=None, help="input size (default: the models' 224; >= 63)")
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: 64, the scratch recipe's; >= 63)")
     p.add_argument('--subset', type=int, default=None, help='train on this many items (seeded choice)')
     p.add_argument('--max-steps', type=int, default=None, help='stop after this many optimiser steps')
     p.add_argument('--seed', type=int, default=0)

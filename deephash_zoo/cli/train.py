@@ -20,7 +20,8 @@ def _recipe_lines() -> str:
                              ', centred hash biases' if r.center_hash else ''])
             decay = f' (x{r.lr_decay} every {r.lr_step_epochs} epochs)' if r.lr_schedule == 'step' else ''
             lines.append(f'  {name:8s} {family:6s} {r.optimizer} lr {r.lr:g}{decay}, {r.lr_schedule} schedule, '
-                         f'wd {r.weight_decay:g}, batch {r.batch_size}, loss reduction {r.loss_reduction}{extra}')
+                         f'wd {r.weight_decay:g}, batch {r.batch_size}, {r.img_size}x{r.img_size}, '
+                         f'loss reduction {r.loss_reduction}{extra}')
     return '\n'.join(lines)
 
 
@@ -64,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="DATH: raise gamma (J3's weight) linearly from 0 over N steps (0: none)")
     p.add_argument('--center-hash', action=argparse.BooleanOptionalAction, default=None,
                    help="start the hash layers' biases centred on the features of one training batch")
-    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's 224; >= 63)")
+    p.add_argument('--img-size', type=int, default=None,
+                   help="input size (default: the recipe's: paper 224, scratch 64; >= 63)")
     p.add_argument('--subset', type=int, default=None, help='train on this many items (seeded choice)')
     p.add_argument('--max-steps', type=int, default=None, help='stop after this many optimiser steps')
     p.add_argument('--seed', type=int, default=0)

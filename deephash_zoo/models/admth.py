@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
-from .published import tags_of
+from .published import tag_input_size, tags_of
 from .trunks import ConvTrunk
 
 __all__ = ['ADMTH']
@@ -104,7 +104,7 @@ MULTI_BITS = (16, 32, 48, 64)
 _LENGTHS = {'admth_cnnf_multi': MULTI_BITS, 'dmlh_cnnf_multi': MULTI_BITS,
             **{f'admth_cnnf_{b}': (b,) for b in MULTI_BITS}}
 default_cfgs = generate_default_cfgs({
-    f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
+    f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}', input_size=tag_input_size(tag))
     for name, bits in _LENGTHS.items() for tag in tags_of(name)
 })
 

@@ -25,7 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
-from .published import tags_of
+from .published import tag_input_size, tags_of
 from .trunks import ConvTrunk
 
 __all__ = ['DATH']
@@ -129,7 +129,7 @@ _VARIANTS = {
 BITS = (16, 32, 48, 64)
 
 default_cfgs = generate_default_cfgs({
-    f'{v}_{b}.{tag}': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.{tag}')
+    f'{v}_{b}.{tag}': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.{tag}', input_size=tag_input_size(tag))
     for v in _VARIANTS for b in BITS for tag in tags_of(f'{v}_{b}')
 })
 

@@ -8,7 +8,7 @@ Fashion-MNIST mosaics of the multi-label experiments. The first tag is the defau
 """
 from typing import Dict, Optional, Tuple
 
-__all__ = ['PUBLISHED_TAGS', 'DATASET_TAGS', 'tags_of', 'tag_for_dataset']
+__all__ = ['PUBLISHED_TAGS', 'DATASET_TAGS', 'TRAINED_INPUT_SIZE', 'tags_of', 'tag_for_dataset', 'tag_input_size']
 
 _DATH_VARIANTS = ('dath_alexnet', 'dath_s', 'dath_c', 'dath_n', 'dath1')
 _LENGTHS = (16, 32, 48, 64)
@@ -22,6 +22,11 @@ PUBLISHED_TAGS: Dict[str, Tuple[str, ...]] = {
 
 DATASET_TAGS = {'fashion-mnist': 'fmnist', 'mosaic': 'mosaic'}
 
+# The input size each tag's weights were trained and evaluated at: timm's named route
+# (``create_model('dath_alexnet_32', pretrained=True)``) takes the registered pretrained_cfg, not the checkpoint's
+# config.json, so ``resolve_data_config`` must hear it from here. The papers' architectures take any size >= 63.
+TRAINED_INPUT_SIZE = {'fmnist': 64, 'mosaic': 64}
+
 
 def tags_of(model_name: str) -> Tuple[str, ...]:
     """The published tags of a registered model (default first); a KeyError names the model."""
@@ -34,3 +39,9 @@ def tags_of(model_name: str) -> Tuple[str, ...]:
 def tag_for_dataset(dataset: Optional[str]) -> Optional[str]:
     """The pretrained tag of weights trained on ``dataset`` (None for data the zoo does not publish)."""
     return DATASET_TAGS.get(dataset or '')
+
+
+def tag_input_size(tag: str) -> Tuple[int, int, int]:
+    """``input_size`` of the registered pretrained_cfg of a published tag."""
+    size = TRAINED_INPUT_SIZE[tag]
+    return (3, size, size)

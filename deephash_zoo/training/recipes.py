@@ -3,7 +3,8 @@
 Both papers fine-tune from ImageNet weights, which cannot be had here. A recipe names the whole
 setting a checkpoint was trained with, and every checkpoint's ``config.json`` records it:
 
-* ``paper``: the papers' own settings and loss forms, for an ImageNet initialisation (``--init``).
+* ``paper``: the papers' own settings and loss forms, for an ImageNet initialisation (``--init``), at the
+  papers' 224x224.
   DATH: RMSProp lr 1e-5, weight decay 1e-5, batch 128, J1 + J2 + 0.01 J3 with margin 5, each term
   summed as in Eqs. 3, 5, 8. ADMTH: SGD, batch 128, 20 x pairwise + 1 x consistency summed as in
   Eqs. 7-9, lr divided by 100 every 30 epochs. ADMTH prints an initial lr of 0.15; on the summed
@@ -20,7 +21,8 @@ setting a checkpoint was trained with, and every checkpoint's ``config.json`` re
   same 156 steps of 10,000 images). Both use SGD with Nesterov
   momentum, a linear warm-up and a cosine decay of the lr, and gamma (DATH's quantisation weight)
   ramped from 0 over the first steps, so that J3's constant pull (-gamma/B sign u) cannot collapse
-  the codes before J1 has spread them; the hash layers' biases start centred on the features of one
+  the codes before J1 has spread them; 64x64 input (what 2 CPU cores train in minutes, and what the zoo's
+  weights are registered at); the hash layers' biases start centred on the features of one
   training batch (``center_hash``), so every bit starts by splitting the images instead of giving
   most of them the same sign. No change to the papers' architectures.
 
@@ -51,6 +53,7 @@ class Recipe:
     nesterov: bool = False
     center_hash: bool = False  # data-dependent start: hash-layer biases centred on a batch's features
     grad_clip: float = 0.0  # clip the gradient's global L2 norm to this (0: never)
+    img_size: Optional[int] = None  # training input size (None: the model's registered pretrained_cfg)
 
     def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -58,20 +61,21 @@ class Recipe:
 
 RECIPES: Dict[str, Dict[str, Recipe]] = {
     'paper': {
-        'dath': Recipe('rmsprop', 1e-5, 1e-5, 128, 'constant', loss_reduction='sum'),
-        'admth': Recipe('sgd', 1e-7, 0.0, 128, 'step', lr_step_epochs=30, lr_decay=0.01, loss_reduction='sum'),
+        'dath': Recipe('rmsprop', 1e-5, 1e-5, 128, 'constant', loss_reduction='sum', img_size=224),
+        'admth': Recipe('sgd', 1e-7, 0.0, 128, 'step', lr_step_epochs=30, lr_decay=0.01, loss_reduction='sum',
+                        img_size=224),
     },
     'scratch': {
         'dath': Recipe('sgd', 1e-3, 5e-4, 128, 'cosine', warmup_steps=100, gamma_ramp_steps=200, flip=True,
-                       nesterov=True, center_hash=True),
+                       nesterov=True, center_hash=True, img_size=64),
         'admth': Recipe('sgd', 1e-3, 5e-4, 128, 'cosine', warmup_steps=100, loss_reduction='scaled-sum', flip=True,
-                        nesterov=True, center_hash=True),
+                        nesterov=True, center_hash=True, img_size=64),
     },
 }
 
 # The pretraining stage (``deephash-pretrain``): a trunk + fc6/fc7 + linear classifier trained with
 # cross-entropy on the training set's labels, as the ImageNet weights it replaces were.
-PRETRAIN = Recipe('sgd', 0.02, 5e-4, 128, 'cosine', warmup_steps=100, flip=True, nesterov=True)
+PRETRAIN = Recipe('sgd', 0.02, 5e-4, 128, 'cosine', warmup_steps=100, flip=True, nesterov=True, img_size=64)
 
 
 def family_of(model_name: str) -> str:

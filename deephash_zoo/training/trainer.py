@@ -262,14 +262,14 @@ def epoch_records(run_dir: Path) -> List[Dict[str, Any]]:
     return [r for r in map(json.loads, lines) if r.get('event') == 'epoch']
 
 
-def _prepare_data(cfg: TrainConfig, model: nn.Module, flip: bool):
+def _prepare_data(cfg: TrainConfig, model: nn.Module, flip: bool, img_size: Optional[int]):
     from torchvision import transforms
 
     from deephash_zoo.data import build_retrieval_data
 
     data_cfg = resolve_data_config(model=model)
-    if cfg.img_size:
-        data_cfg['input_size'] = (3, cfg.img_size, cfg.img_size)
+    if img_size:
+        data_cfg['input_size'] = (3, img_size, img_size)
     transform = create_transform(**data_cfg)
     if flip:
         transform = transforms.Compose([transforms.RandomHorizontalFlip(), transform])
@@ -353,7 +353,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     _seed_everything(cfg.seed)
 
     probe = timm.create_model(_DATA_PROBE[cfg.model] if pretraining else cfg.model, pretrained=False, device='meta')
-    dataset, data_cfg = _prepare_data(cfg, probe, settings['flip'])
+    dataset, data_cfg = _prepare_data(cfg, probe, settings['flip'], settings['img_size'])
     num_labels = int(dataset.labels.shape[1])
     _seed_everything(cfg.seed)
     objective = _build_objective(cfg, settings, num_labels, bool(dataset.single_label), log.message)
