@@ -98,8 +98,11 @@ def test_eval_metrics_json_equals_evaluate(run, tmp_path, capsys):
         assert extra['map_at_1000'] == mean_average_precision(codes[0], codes[1], q.labels, db.labels,
                                                               min(1000, NDB), bits=bits).map
         rq, rd = random_codes(NQ, NDB, bits, seed=0)
-        chance = evaluate(rq, rd, q.labels, db.labels, topk=None, ns=(100,), bits=bits)
-        assert extra['random_codes'] == {'map': chance['map'], 'p_at_100': chance['p_at_n']['100'], 'seed': 0}
+        chance = evaluate(rq, rd, q.labels, db.labels, topk=None, ns=EVAL_NS, bits=bits)
+        chance_at = mean_average_precision(rq, rd, q.labels, db.labels, min(1000, NDB), bits=bits).map
+        assert extra['random_codes'] == {'map': chance['map'], 'map_at_1000': chance_at,
+                                         'p_at_100': chance['p_at_n']['100'], 'p_at_n': chance['p_at_n'],
+                                         'precision_radius2': chance['precision_radius2'], 'seed': 0}
         distinct = len({row.tobytes() for row in codes[0]})
         assert extra['distinct_codes'] == {'num_items': NQ, 'num_distinct': distinct, 'fraction': distinct / NQ}
     for name in ('pr_curve.png', 'p_at_n.png'):

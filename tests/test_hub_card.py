@@ -93,6 +93,14 @@ def test_card_round_trips_through_huggingface_hub(ckpt, tmp_path, capsys):
         want += [f'{v:.4f}' for v in (r['p_at_n']['100'], r['p_at_n']['500'], r['p_at_n']['1000'],
                                       r['precision_radius2'], r['recall_radius2'])]
         assert cells[1:] == want + [f"{100 * r['distinct_codes']['fraction']:.1f}%"]
+    # beside each row, the same metrics of random codes (the level each number is read against)
+    chance_rows = [line for line in text.splitlines() if re.match(r'\| (8|16), random codes \|', line)]
+    assert len(chance_rows) == 2
+    for line in chance_rows:
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rand = report['results'][cells[0].split(',')[0]]['random_codes']
+        assert cells[1] == f"{rand['map']:.4f}" and cells[4] == f"{rand['map_at_1000']:.4f}"
+        assert cells[5] == f"{rand['p_at_n']['100']:.4f}" and cells[8] == f"{rand['precision_radius2']:.4f}"
     assert 'P@N with N above 90 counts the whole database' in text
 
 

@@ -30,9 +30,10 @@ folder ``RUN`` holding ``checkpoint/``, else ``CHECKPOINT/eval/``), each file at
   Each ``results`` entry is :func:`deephash_zoo.retrieval.metrics.evaluate`'s dict (``map``, ``map_topk``,
   ``p_at_n`` / ``r_at_n`` keyed by str(N) for N in :data:`EVAL_NS`, ``precision_radius2``,
   ``recall_radius2``, ``pr_curve``, ``bits``, ``num_queries``, ``num_database``, ``tie_break``) with two
-  more keys: ``map_at_1000`` (mAP@1000, absent when K is 1000) and ``random_codes`` (``map`` and
-  ``p_at_100`` of seeded random codes on the same query and database labels, and their ``seed``: the
-  level a model is read against) and ``distinct_codes`` (``num_items``, ``num_distinct``, ``fraction`` among
+  more keys: ``map_at_1000`` (mAP@1000, absent when K is 1000) and ``random_codes`` (``map``,
+  ``map_at_1000``, ``p_at_100`` (kept for older readers), ``p_at_n`` at every N, ``precision_radius2`` of seeded
+  random codes on the same query and database labels, and their ``seed``: the level each number is read
+  against) and ``distinct_codes`` (``num_items``, ``num_distinct``, ``fraction`` among
   the first 1,000 queries). N above the database size counts the whole database.
 * ``pr_curve.png`` (precision vs recall over Hamming radius 0..bits) and ``p_at_n.png`` (P@N vs N), one
   line per code length.
@@ -363,8 +364,8 @@ def run_evaluation(args: argparse.Namespace) -> Evaluation:
 def score_codes(query: np.ndarray, database: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray,
                 topk: Optional[int], bits: int, seed: int) -> Dict[str, Any]:
     """``evaluate``'s dict for one code length, with ``map_at_1000`` (mAP@1000, when K is not 1000 already)
-    and ``random_codes`` (mAP@K and P@100 of seeded random codes on the same labels: the level that
-    ranking by nothing reaches, which the model's numbers are read against)."""
+    and ``random_codes`` (mAP@K, mAP@1000, P@N and precision within radius 2 of seeded random codes on the
+    same labels: the level that ranking by nothing reaches, which each of the model's numbers is read against)."""
     from deephash_zoo.retrieval.metrics import evaluate, mean_average_precision, random_codes
 
     result = evaluate(query, database, query_labels, db_labels, topk=topk, ns=EVAL_NS, bits=bits)
@@ -372,8 +373,12 @@ def score_codes(query: np.ndarray, database: np.ndarray, query_labels: np.ndarra
         result['map_at_1000'] = mean_average_precision(query, database, query_labels, db_labels,
                                                        min(MAP_AT, len(database)), bits=bits).map
     rq, rd = random_codes(len(query), len(database), bits, seed)
-    chance = evaluate(rq, rd, query_labels, db_labels, topk=topk, ns=(100,), bits=bits)
-    result['random_codes'] = {'map': chance['map'], 'p_at_100': chance['p_at_n']['100'], 'seed': seed}
+    chance = evaluate(rq, rd, query_labels, db_labels, topk=topk, ns=EVAL_NS, bits=bits)
+    chance_at = chance['map'] if topk == MAP_AT else mean_average_precision(
+        rq, rd, query_labels, db_labels, min(MAP_AT, len(database)), bits=bits).map
+    result['random_codes'] = {'map': chance['map'], 'map_at_1000': chance_at, 'p_at_100': chance['p_at_n']['100'],
+                              'p_at_n': chance['p_at_n'], 'precision_radius2': chance['precision_radius2'],
+                              'seed': seed}
     result['distinct_codes'] = distinct_codes(query[:DISTINCT_OF])
     return result
 

@@ -266,8 +266,10 @@ def _results_context(report: Dict[str, Any], trained_on: Optional[str], train_hu
     ns = [n for n in _P_AT_NS if n in first['p_at_n']] or list(first['p_at_n'])[:3]
     results = []
     for b, r in sorted(report['results'].items(), key=lambda kv: int(kv[0])):
-        chance = (r.get('random_codes') or {}).get('map')
+        rand = r.get('random_codes') or {}
+        chance = rand.get('map')
         distinct = r.get('distinct_codes')
+        rand_p = rand.get('p_at_n') or {'100': rand.get('p_at_100')}
         results.append(dict(bits=int(b), map=f"{r['map']:.4f}", random=_fmt(chance, '.4f'),
                             above=_fmt(r['map'] / chance if chance else None, '.2f', 'x'),
                             map_at_1000=_fmt(r.get('map_at_1000', r['map'] if r.get('map_topk') == MAP_AT else None),
@@ -275,7 +277,11 @@ def _results_context(report: Dict[str, Any], trained_on: Optional[str], train_hu
                             p_at_n=[f"{r['p_at_n'][n]:.4f}" for n in ns],
                             precision_radius2=f"{r['precision_radius2']:.4f}",
                             recall_radius2=f"{r['recall_radius2']:.4f}",
-                            distinct=_fmt(distinct['fraction'] * 100 if distinct else None, '.1f', '%')))
+                            distinct=_fmt(distinct['fraction'] * 100 if distinct else None, '.1f', '%'),
+                            # the same metrics of seeded random codes: the level each number is read against
+                            chance=dict(map=_fmt(chance, '.4f'), map_at_1000=_fmt(rand.get('map_at_1000'), '.4f'),
+                                        p_at_n=[_fmt(rand_p.get(n), '.4f') for n in ns],
+                                        precision_radius2=_fmt(rand.get('precision_radius2'), '.4f'))))
     context = dict(
         results=results, p_at_ns=ns, map_topk=proto.get('map_topk', 'all'), protocol_seed=proto.get('seed'),
         map_at=MAP_AT, distinct_of=f"{(first.get('distinct_codes') or {}).get('num_items', 0):,}",
