@@ -40,7 +40,7 @@ def test_shapes_ranges_and_encode(name, images):
     for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier',
                 'hf_hub_id', 'license', 'tag'):
         assert cfg.get(key), key
-    assert cfg['input_size'] == (3, 64, 64)  # what the published weights were trained at (the papers': 224)
+    assert cfg['input_size'] == (3, 224, 224)  # the papers' (a fresh model); pretrained=True: the weights' 64
     assert cfg['hf_hub_id'] == f"deephash-zoo/{name}.{cfg['tag']}" and cfg['tag'] in ('fmnist', 'mosaic')
 
 
@@ -153,7 +153,7 @@ def test_timm_data_pipeline_feeds_the_model():
 
     model = timm.create_model('dath_n_16').eval()
     cfg = resolve_data_config(model=model)
-    assert cfg['input_size'] == (3, 64, 64) and cfg['crop_pct'] == 1.0
+    assert cfg['input_size'] == (3, 224, 224) and cfg['crop_pct'] == 1.0
     small = dict(cfg, input_size=(3, SMALL, SMALL))
     x = create_transform(**small)(Image.new('RGB', (28, 28), (120, 30, 200))).unsqueeze(0)
     assert model.encode(x).shape == (1, 16)

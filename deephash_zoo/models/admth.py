@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
-from .published import tag_input_size, tags_of
+from .published import tags_of, with_trained_input_size
 from .trunks import ConvTrunk
 
 __all__ = ['ADMTH']
@@ -75,7 +75,8 @@ class ADMTH(HashNet):
 
 
 def _create_admth(variant: str, pretrained: bool = False, **kwargs: Any) -> ADMTH:
-    return build_model_with_cfg(
+    from_registry = kwargs.get('pretrained_cfg') is None  # hf-hub: / local-dir: pass their config.json's
+    model = build_model_with_cfg(
         ADMTH,
         variant,
         pretrained,
@@ -83,6 +84,7 @@ def _create_admth(variant: str, pretrained: bool = False, **kwargs: Any) -> ADMT
         pretrained_filter_fn=filter_state_dict,
         **kwargs,
     )
+    return with_trained_input_size(model, pretrained and from_registry)
 
 
 def _cfg(bits: Sequence[int], **kwargs: Any) -> Dict[str, Any]:
@@ -104,7 +106,7 @@ MULTI_BITS = (16, 32, 48, 64)
 _LENGTHS = {'admth_cnnf_multi': MULTI_BITS, 'dmlh_cnnf_multi': MULTI_BITS,
             **{f'admth_cnnf_{b}': (b,) for b in MULTI_BITS}}
 default_cfgs = generate_default_cfgs({
-    f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}', input_size=tag_input_size(tag))
+    f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
     for name, bits in _LENGTHS.items() for tag in tags_of(name)
 })
 

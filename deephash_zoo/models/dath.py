@@ -25,7 +25,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
-from .published import tag_input_size, tags_of
+from .published import tags_of, with_trained_input_size
 from .trunks import ConvTrunk
 
 __all__ = ['DATH']
@@ -96,7 +96,8 @@ class DATH(HashNet):
 
 
 def _create_dath(variant: str, pretrained: bool = False, **kwargs: Any) -> DATH:
-    return build_model_with_cfg(
+    from_registry = kwargs.get('pretrained_cfg') is None  # hf-hub: / local-dir: pass their config.json's
+    model = build_model_with_cfg(
         DATH,
         variant,
         pretrained,
@@ -104,6 +105,7 @@ def _create_dath(variant: str, pretrained: bool = False, **kwargs: Any) -> DATH:
         pretrained_filter_fn=filter_state_dict,
         **kwargs,
     )
+    return with_trained_input_size(model, pretrained and from_registry)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -129,7 +131,7 @@ _VARIANTS = {
 BITS = (16, 32, 48, 64)
 
 default_cfgs = generate_default_cfgs({
-    f'{v}_{b}.{tag}': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.{tag}', input_size=tag_input_size(tag))
+    f'{v}_{b}.{tag}': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.{tag}')
     for v in _VARIANTS for b in BITS for tag in tags_of(f'{v}_{b}')
 })
 

@@ -6,9 +6,10 @@ the tag of the data it was trained on.
 ``fmnist``: Fashion-MNIST (the zoo build's headline models and the DATH variant ablation); ``mosaic``: the 2x2
 Fashion-MNIST mosaics of the multi-label experiments. The first tag is the default of ``pretrained=True``.
 """
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ['PUBLISHED_TAGS', 'DATASET_TAGS', 'TRAINED_INPUT_SIZE', 'tags_of', 'tag_for_dataset', 'tag_input_size']
+__all__ = ['PUBLISHED_TAGS', 'DATASET_TAGS', 'TRAINED_INPUT_SIZE', 'tags_of', 'tag_for_dataset', 'tag_input_size',
+           'with_trained_input_size']
 
 _DATH_VARIANTS = ('dath_alexnet', 'dath_s', 'dath_c', 'dath_n', 'dath1')
 _LENGTHS = (16, 32, 48, 64)
@@ -22,9 +23,10 @@ PUBLISHED_TAGS: Dict[str, Tuple[str, ...]] = {
 
 DATASET_TAGS = {'fashion-mnist': 'fmnist', 'mosaic': 'mosaic'}
 
-# The input size each tag's weights were trained and evaluated at: timm's named route
+# The input size each tag's weights were trained and evaluated at. timm's named route
 # (``create_model('dath_alexnet_32', pretrained=True)``) takes the registered pretrained_cfg, not the checkpoint's
-# config.json, so ``resolve_data_config`` must hear it from here. The papers' architectures take any size >= 63.
+# config.json, so the entrypoints set it on the model they load (``with_trained_input_size``); the registry itself
+# keeps the papers' 224x224, the architectures' size for a fresh model (and what timm's own model tests use).
 TRAINED_INPUT_SIZE = {'fmnist': 64, 'mosaic': 64}
 
 
@@ -45,3 +47,14 @@ def tag_input_size(tag: str) -> Tuple[int, int, int]:
     """``input_size`` of the registered pretrained_cfg of a published tag."""
     size = TRAINED_INPUT_SIZE[tag]
     return (3, size, size)
+
+
+def with_trained_input_size(model: Any, loaded_from_registry: bool) -> Any:
+    """``model`` whose pretrained_cfg says the input size its published weights were trained at, when they were
+    just loaded by the registered name (``pretrained=True``); anything else is returned as it is."""
+    cfg = getattr(model, 'pretrained_cfg', None)
+    tag = cfg.get('tag') if loaded_from_registry and cfg else None
+    if tag in TRAINED_INPUT_SIZE:
+        model.pretrained_cfg = dict(cfg, input_size=tag_input_size(tag))
+        model.default_cfg = model.pretrained_cfg
+    return model
