@@ -1,14 +1,18 @@
 """Small helpers several modules share: atomic writes, file digests, a description of the machine."""
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import platform
 import shutil
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, List, Union
+from typing import Any, List, Mapping, Union
 
-__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'load_average', 'write_atomic', 'replace_dir', 'read_json']
+__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'load_average', 'write_atomic', 'replace_dir', 'restore_dir',
+           'non_finite_tensors', 'read_json']
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -36,15 +40,61 @@ def read_json(path: Union[str, Path], missing: str) -> Any:
         raise ValueError(f'{path}: not valid JSON ({e})') from e
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    platform or file system cannot."""
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    if not done and ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.ENOTSUP):
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
+    return done
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing what was there, never leaving neither."""
-    if final.exists():
-        old = final.with_name(f'.{final.name}.old-{uuid.uuid4().hex[:8]}')
-        os.replace(final, old)
+    """Move the finished folder ``tmp`` to ``final``, replacing what was there.
+
+    ``final`` holds one whole version at every instant: the old and new folders are swapped in one atomic
+    step where Linux allows it (then the old one is removed). Elsewhere the old folder is first renamed to a
+    hidden sibling, and :func:`restore_dir` puts it back if a process dies between the two renames.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+        return
+    if _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
+        return
+    old = final.with_name(f'.{final.name}.old-{uuid.uuid4().hex[:8]}')
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_dir(final: Path) -> bool:
+    """Put back the old version of ``final`` that :func:`replace_dir`'s two-rename fallback set aside, when a
+    process died before the new one took its place; True when it did."""
+    final = Path(final)
+    olds = sorted(final.parent.glob(f'.{final.name}.old-*'), key=lambda p: p.stat().st_mtime)
+    if final.exists() or not olds:
+        return False
+    os.replace(olds[-1], final)
+    return True
+
+
+def non_finite_tensors(tensors: Mapping[str, Any]) -> List[str]:
+    """Names of the floating-point tensors in ``tensors`` that hold NaN or infinity (weights never to be saved
+    or served)."""
+    import torch
+
+    return [name for name, t in tensors.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def file_sha256(path: Union[str, Path]) -> str:

@@ -144,3 +144,21 @@ def test_bad_training_requests(tmp_path):
     with pytest.raises(FileNotFoundError, match='no training state to resume'):
         load_train_state(tmp_path / 'nothing', torch.nn.Linear(1, 1), torch.nn.Module(),
                          torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1), None)
+
+
+@needs_fmnist
+def test_resume_after_max_steps_trains_only_the_rest_of_the_epoch(tmp_path):
+    out = tmp_path / 'run'
+    base = ['--model', 'dath_n_16', '--data', 'fashion-mnist', '--img-size', '64', '--subset', '64',
+            '--batch-size', '16', '--lr', '3e-5', '--log-every', '1', '--device', 'cpu', '--out', str(out)]
+    from deephash_zoo.cli.train import main as train_main
+
+    assert train_main([*base, '--max-steps', '3']) == 0  # 4 steps an epoch: stops mid-epoch
+    assert json.loads((out / 'last' / 'state.json').read_text())['epoch'] == 0
+    assert train_main([*base, '--resume']) == 0
+    steps = [r['step'] for r in _records(out) if r['event'] == 'step']
+    assert steps == [1, 2, 3, 4], steps  # not 3 + a whole epoch again
+    state = json.loads((out / 'last' / 'state.json').read_text())
+    assert (state['epoch'], state['step'], state['extra']['complete']) == (1, 4, True)
+    assert train_main([*base, '--resume']) == 0  # finished: nothing to train, and no error
+    assert [r['step'] for r in _records(out) if r['event'] == 'step'] == steps

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--workers', type=int, default=0, help='data loader processes')
     p.add_argument('--resume', action='store_true', help='continue from OUT/last')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace a run already in OUT (without it, or --resume, such a folder is refused)')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     return p
 
@@ -44,7 +46,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = TrainConfig(
         model=args.trunk, stage='pretrain', data=args.data, out=args.out, data_root=args.data_root,
         epochs=args.epochs, img_size=args.img_size, subset=args.subset, max_steps=args.max_steps, seed=args.seed,
-        num_workers=args.workers, resume=args.resume, device=args.device, **schedule_settings(args),
+        num_workers=args.workers, resume=args.resume, overwrite=args.overwrite, device=args.device,
+        **schedule_settings(args),
     )
     summary = train(cfg)
     print(f"trunk: {summary['checkpoint']} ({summary['step']} steps)")

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                                                 'in this model layout (converted ImageNet weights); default: '
                                                 'from scratch')
     p.add_argument('--resume', action='store_true', help='continue from OUT/last')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace a run already in OUT (without it, or --resume, such a folder is refused)')
     p.add_argument('--log-every', type=int, default=10, help='steps between log records')
     p.add_argument('--no-amp', action='store_true', help='no mixed precision on CUDA')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
@@ -97,11 +99,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         name, sep, value = item.partition('=')
         if not sep:
             raise ValueError(f'--loss-arg expects NAME=VALUE, got {item!r}')
-        loss_args[name] = float(value)
+        try:
+            loss_args[name] = float(value)
+        except ValueError:
+            raise ValueError(f'--loss-arg {item!r}: {value!r} is not a number') from None
     cfg = TrainConfig(
         model=args.model, recipe=args.recipe, data=args.data, out=args.out, data_root=args.data_root,
         epochs=args.epochs, img_size=args.img_size, subset=args.subset, max_steps=args.max_steps, seed=args.seed,
-        num_workers=args.workers, init=args.init, resume=args.resume, log_every=args.log_every,
+        num_workers=args.workers, init=args.init, resume=args.resume, overwrite=args.overwrite,
+        log_every=args.log_every,
         amp=not args.no_amp, device=args.device, loss_args=loss_args, loss_reduction=args.loss_reduction,
         gamma_ramp_steps=args.gamma_ramp_steps, center_hash=args.center_hash, **schedule_settings(args),
     )

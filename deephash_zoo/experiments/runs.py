@@ -44,7 +44,7 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
     train(TrainConfig(model=model, data=data, out=str(run_dir), epochs=budget.epochs_for(family),
                       batch_size=budget.batch_size, img_size=budget.img_size, subset=budget.train_subset,
                       max_steps=budget.max_steps, seed=seed, log_every=10_000, init=init, device=device,
-                      loss_args=budget.loss_args_for(family), save_state=False))
+                      loss_args=budget.loss_args_for(family), save_state=False, overwrite=True))
     train_wall = time.perf_counter() - t0
     epochs = epoch_records(run_dir)
     report = _evaluate(run_dir, data, budget, seed)

@@ -129,7 +129,7 @@ class _Stages:
 def _train_stage(cfg: TrainConfig) -> Callable[[], Dict[str, Any]]:
     def run() -> Dict[str, Any]:
         resume = (Path(cfg.out) / 'last' / 'state.json').is_file()
-        summary = train(TrainConfig(**dict(asdict(cfg), resume=resume)))
+        summary = train(TrainConfig(**dict(asdict(cfg), resume=resume, overwrite=not resume)))
         return dict(steps=summary['step'], resumed=resume)
     return run
 

@@ -30,9 +30,9 @@ from timm.models import save_for_hf
 
 from deephash_zoo.models.contract import HUB_ORG, filter_state_dict
 from deephash_zoo.models.published import PUBLISHED_TAGS, tag_for_dataset
-from deephash_zoo.utils import file_sha256, replace_dir
+from deephash_zoo.utils import file_sha256, non_finite_tensors, replace_dir
 
-__all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'checkpoint_data_config', 'load_checkpoint',
+__all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'checkpoint_data_config', 'load_checkpoint', 'NonFiniteWeightsError',
            'read_checkpoint_config', 'weights_sha256',
            'replace_dir', 'resolve_checkpoint_dir', 'run_folder']
 
@@ -102,6 +102,10 @@ def published_identity(model: torch.nn.Module, dataset: Optional[str]) -> Dict[s
     return dict(tag=tag, hf_hub_id=f'{HUB_ORG}/{arch}.{tag}' if ours else None)
 
 
+class NonFiniteWeightsError(ValueError):
+    """Weights holding NaN or infinity: a diverged run, never saved or loaded (one-line CLI error)."""
+
+
 def checkpoint_data_config(model: torch.nn.Module, training: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The preprocessing to record: the model's own, at the input size it was trained with (``img_size``)."""
     size = (training or {}).get('img_size')
@@ -126,6 +130,10 @@ def save_checkpoint(
     label classifier.
     """
     out_dir = Path(out_dir)
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise NonFiniteWeightsError(f'{out_dir}: not saved: {len(bad)} weight tensor(s) hold NaN or infinity '
+                                    f'({", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""})')
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = dict(
         bits=list(model.bits),
@@ -250,6 +258,11 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f'{weights}: corrupt or truncated safetensors file ({e})') from e
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteWeightsError(f'{weights}: {len(bad)} weight tensor(s) hold NaN or infinity '
+                                    f'({", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""}); refusing to '
+                                    'serve codes from them (the run diverged: retrain with a lower --lr)')
     args = dict(config.get('model_args') or {})
     args.pop('num_classes', None)
     args.pop('num_labels', None)  # the inference model: no label classifier

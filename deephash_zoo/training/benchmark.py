@@ -38,7 +38,7 @@ def _machine() -> Dict[str, Any]:
 def _trainer_epoch(model: str, data: str, img_size: int, batch: int, steps: int, out: Path,
                    lr: Optional[float] = None) -> Dict[str, Any]:
     train(TrainConfig(model=model, data=data, out=str(out), img_size=img_size, subset=batch * steps,
-                      batch_size=batch, epochs=1, lr=lr, log_every=10_000))
+                      batch_size=batch, epochs=1, lr=lr, log_every=10_000, overwrite=True))
     return epoch_records(out)[-1]
 
 

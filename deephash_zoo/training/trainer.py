@@ -13,10 +13,12 @@ writes ``OUT/trunk.safetensors``, the initialisation the ``scratch`` recipe star
 Unset settings come from the named recipe (:mod:`deephash_zoo.training.recipes`).
 """
 import hashlib
+import inspect
 import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,6 +84,7 @@ class TrainConfig:
     num_workers: int = 0
     init: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False  # replace a run already in ``out`` (without it, and without resume, it is refused)
     log_every: int = 10
     amp: bool = True
     device: str = 'auto'
@@ -162,17 +165,18 @@ class _EpochPermutation(torch.utils.data.Sampler):
     """Shuffled order of epoch e = permutation seeded by (seed, e): reproducible after a resume."""
 
     def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Epoch ``epoch``'s order without its first ``skip`` items (those a stopped run already trained on)."""
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.randperm(self.n, generator=g).tolist()[self.skip:])
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.skip
 
 
 def _seed_everything(seed: int) -> None:
@@ -238,15 +242,27 @@ def _save_trunk(model: TrunkClassifier, path: Path, cfg: TrainConfig, data_cfg: 
 
 
 class _RunLog:
-    """JSON-lines log on rank 0; messages to the progress bar's stream."""
+    """JSON-lines log on rank 0; messages to the progress bar's stream.
+
+    Records are held in memory until :meth:`open`: a run that fails while it starts (bad data, bad weights)
+    leaves the folder's previous log as it was.
+    """
 
     def __init__(self, path: Optional[Path], rank: int) -> None:
         self.path, self.rank = path, rank
         self.records: List[Dict[str, Any]] = []
+        self.opened = False
+
+    def open(self, fresh: bool) -> None:
+        """Start writing: a new file when ``fresh``, else append (a resumed run); then the held records."""
+        if self.rank == 0 and self.path is not None:
+            with open(self.path, 'w' if fresh else 'a') as f:
+                f.writelines(json.dumps(rec) + '\n' for rec in self.records)
+        self.opened = True
 
     def record(self, **rec: Any) -> None:
         self.records.append(rec)
-        if self.rank == 0 and self.path is not None:
+        if self.opened and self.rank == 0 and self.path is not None:
             with open(self.path, 'a') as f:
                 f.write(json.dumps(rec) + '\n')
 
@@ -254,6 +270,71 @@ class _RunLog:
         if self.rank == 0:
             tqdm.write(text)
         self.record(event='message', text=text)
+
+
+class NonFiniteTrainingError(ValueError):
+    """The loss or the weights became NaN or infinite: the run stops, nothing of it is saved."""
+
+
+_RUN_PRODUCTS = ('checkpoint', 'last', 'train_log.jsonl', TRUNK_FILE)
+_RUN_TEMPORARIES = ('.checkpoint.*', '.last.*', f'.{TRUNK_FILE}.*')
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start over a run already in ``out`` unless asked to continue it or replace it."""
+    if resume and overwrite:
+        raise ValueError('--resume continues the run in --out and --overwrite replaces it: give one of them')
+    held = [name for name in _RUN_PRODUCTS if (out / name).exists()]
+    if held and not resume and not overwrite:
+        raise ValueError(f'{out}: holds a run already ({", ".join(held)}); --resume continues it, --overwrite '
+                         'replaces it, or choose another --out')
+
+
+def _claim_run_folder(out: Path, resume: bool, log: Callable[[str], None]) -> None:
+    """Once the run has started: create ``out``, clear what an earlier run left (everything it wrote when
+    replacing it; the hidden temporaries of a killed save always)."""
+    from deephash_zoo.utils import restore_dir
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ('checkpoint', 'last'):
+        if restore_dir(out / name):
+            log(f'{out / name}: restored the previous version a killed save had set aside')
+    stale = [p for pattern in _RUN_TEMPORARIES for p in out.glob(pattern)]
+    stale += [p for p in out.glob('.*.old-*')]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if stale:
+        log(f'removed {len(stale)} temporary file(s) left by a killed run: {", ".join(p.name for p in stale[:3])}')
+    if not resume:
+        for name in _RUN_PRODUCTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def _kept_state(out: Path) -> str:
+    """What a stopped run leaves to resume from, for its error message."""
+    try:
+        meta = json.loads((out / 'last' / 'state.json').read_text())
+    except (OSError, ValueError):
+        return 'nothing of this run was saved'
+    return f'{out / "last"} keeps the last good state (epoch {meta["epoch"]}, step {meta["step"]})'
+
+
+def _check_finite(values: Dict[str, float], model: nn.Module, step: int, out: Path, weights: bool) -> None:
+    """Stop the run with one line naming the step and the loss part (or weights) that became NaN / inf."""
+    bad = [f'{k} = {v}' for k, v in values.items() if not math.isfinite(v)]
+    if not bad and weights:
+        from deephash_zoo.utils import non_finite_tensors
+
+        tensors = non_finite_tensors(model.state_dict())
+        if tensors:
+            bad = [f'weights ({len(tensors)} tensors, first {tensors[0]})']
+    if bad:
+        raise NonFiniteTrainingError(f'step {step}: {", ".join(bad)} is not finite; training stopped before '
+                                     f'saving it; {_kept_state(out)}; lower --lr or set --grad-clip')
 
 
 def epoch_records(run_dir: Path) -> List[Dict[str, Any]]:
@@ -285,6 +366,23 @@ def _prepare_data(cfg: TrainConfig, model: nn.Module, flip: bool, img_size: Opti
 
 
 _DATA_PROBE = {'alexnet': 'dath_n_16', 'cnnf': 'dmlh_cnnf_multi'}  # a trunk sees what its hash models see
+
+
+def _check_loss_args(cfg: TrainConfig) -> None:
+    """Refuse a ``--loss-arg`` name the family's loss does not take (before any data is read)."""
+    if not cfg.loss_args:
+        return
+    if cfg.stage == 'pretrain':
+        raise ValueError('--loss-arg: the pretraining stage trains with cross-entropy, which takes none')
+    loss_cls = DATHLoss if family_of(cfg.model) == 'dath' else ADMTHLoss
+    accepted = sorted(set(inspect.signature(loss_cls).parameters) - {'bits', 'reduction'})
+    unknown = sorted(set(cfg.loss_args) - set(accepted))
+    if unknown:
+        raise ValueError(f'--loss-arg {unknown[0]}: {loss_cls.__name__} has no such hyper-parameter '
+                         f'(it takes {", ".join(accepted)})')
+    bad = [k for k, v in cfg.loss_args.items() if not math.isfinite(float(v))]
+    if bad:
+        raise ValueError(f'--loss-arg {bad[0]}={cfg.loss_args[bad[0]]}: must be a finite number')
 
 
 def _build_objective(cfg: TrainConfig, settings: Dict[str, Any], num_labels: int, single_label: bool,
@@ -329,7 +427,12 @@ def _center_hash_layer(model: nn.Module, dataset: Any, batch_size: int, log: Cal
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns a summary (also the last line of the log)."""
+    for name, value in (('epochs', cfg.epochs), ('subset', cfg.subset), ('max-steps', cfg.max_steps),
+                        ('batch-size', cfg.batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f'--{name} {value}: must be at least 1')
     settings = resolve_settings(cfg)
+    _check_loss_args(cfg)
     pretraining = cfg.stage == 'pretrain'
     if pretraining and cfg.model not in _DATA_PROBE:
         raise ValueError(f'the pretraining stage trains a trunk: expected one of {tuple(_DATA_PROBE)}, '
@@ -345,10 +448,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     world = dist.get_world_size() if distributed else 1
 
     out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume and (out / 'train_log.jsonl').exists():
-            (out / 'train_log.jsonl').unlink()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'--out {out}: is a file, not a run folder')
+    check_run_folder(out, cfg.resume, cfg.overwrite)
     log = _RunLog(out / 'train_log.jsonl', rank)
     _seed_everything(cfg.seed)
 
@@ -388,13 +490,25 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
     start_epoch, step = 0, 0
     if cfg.resume:
+        from deephash_zoo.utils import restore_dir
+
+        if rank == 0 and restore_dir(out / 'last'):
+            log.message(f'{out / "last"}: restored the state a killed save had set aside')
         meta = load_train_state(out / 'last', model, loss, optimizer, scheduler)
         start_epoch, step = meta['epoch'], meta['step']
         log.message(f'resumed from {out / "last"} at epoch {start_epoch}, step {step}')
+    end_epoch = cfg.epochs
+    if (cfg.max_steps and step >= cfg.max_steps) or start_epoch >= cfg.epochs:
+        log.message(f'the run is at epoch {start_epoch}, step {step} already: nothing to train (raise --epochs or '
+                    '--max-steps to go on)')
+        end_epoch = start_epoch
     train_module: nn.Module = objective
     if distributed:
         train_module = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if use_cuda else None)
 
+    if rank == 0:  # everything the run needs is ready: only now does it touch the folder
+        _claim_run_folder(out, cfg.resume, log.message)
+    log.open(fresh=not cfg.resume)
     scaler = torch.amp.GradScaler('cuda', enabled=use_cuda and cfg.amp)
     run_config = dict(asdict(cfg), **settings, world_size=world, data_config={k: list(v) if isinstance(v, tuple)
                                                                                 else v for k, v in data_cfg.items()})
@@ -404,8 +518,15 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
     stop = False
     epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+    # a run stopped by --max-steps saved its state mid-epoch: its resume trains only that epoch's other batches
+    done_in_epoch = max(0, step - start_epoch * steps_per_epoch)
+    if done_in_epoch and distributed:
+        raise ValueError(f'{out / "last"}: saved mid-epoch (step {step}); resuming it needs a single process')
+    for epoch in range(start_epoch, end_epoch):
+        if distributed:
+            sampler.set_epoch(epoch)
+        else:
+            sampler.set_epoch(epoch, skip=done_in_epoch * batch_size if epoch == start_epoch else 0)
         train_module.train()
         sums: Dict[str, float] = {}
         seen, t0, t_first, seen_first = 0, time.perf_counter(), 0.0, 0
@@ -429,8 +550,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             scheduler.step()
             step += 1
             values = {k: float(v.detach()) for k, v in parts.items()}
-            if not math.isfinite(values['loss']):
-                raise FloatingPointError(f'loss became {values["loss"]} at step {step}; lower --lr')
+            _check_finite(values, model, step, out, weights=False)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v * len(images)
             seen += len(images)
@@ -442,6 +562,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             if cfg.max_steps and step >= cfg.max_steps:
                 stop = True
                 break
+        epoch_complete = step >= (epoch + 1) * steps_per_epoch  # --max-steps may fall on an epoch's last batch
         seconds = time.perf_counter() - t0
         means = {k: v / max(seen, 1) for k, v in sums.items()}
         steady = (seen - seen_first) * world / (t0 + seconds - t_first) if seen > seen_first else None
@@ -450,10 +571,11 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if rank == 0:
             log.message(f'epoch {epoch + 1}/{cfg.epochs}: ' + ', '.join(f'{k} {v:.4f}' for k, v in means.items())
                         + f', {seconds:.1f} s')
-            done_epochs = epoch + 1 if not stop else epoch
+            done_epochs = epoch + 1 if epoch_complete else epoch
+            _check_finite({}, model, step, out, weights=True)  # an update can break the weights, not the loss
             if cfg.save_state:
                 save_train_state(out / 'last', model, loss, optimizer, scheduler, epoch=done_epochs, step=step,
-                                 extra=dict(complete=not stop))
+                                 extra=dict(complete=epoch_complete))
             if pretraining:
                 _save_trunk(model, product, cfg, data_cfg)
             else:

@@ -1,0 +1,154 @@
+"""Hostile but realistic requests: each is refused with one line naming the problem (exit status 2), and
+nothing the user had is lost or half-written. One row per probe; the runs are tiny (DATH-N 16 bits, 64x64,
+32 training items, batches of 16)."""
+import hashlib
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from deephash_zoo.cli._common import run_main
+from deephash_zoo.cli.train import main as train_main
+from tests.test_data_fashion_mnist import HAS_FMNIST
+
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+TINY = ['--model', 'dath_n_16', '--data', 'fashion-mnist', '--img-size', '64', '--subset', '32',
+        '--batch-size', '16', '--lr', '3e-5', '--log-every', '1', '--device', 'cpu']
+
+
+def _snapshot(folder: Path) -> Dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) with its sha256: what a refused request must not change."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def _refused(capsys, argv: List[str], *needles: str) -> str:
+    """Run deephash-train with ``argv``; assert exit status 2 and a single stderr line holding ``needles``."""
+    code = run_main(train_main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.replace('\r', '\n').splitlines() if line.strip().startswith('error: ')]
+    assert len(errors) == 1 and 'Traceback' not in err, err  # progress bars aside, one line
+    err = errors[0].strip()
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory) -> Path:
+    """A finished two-step run: checkpoint/, last/ and train_log.jsonl."""
+    out = tmp_path_factory.mktemp('hostile') / 'done'
+    assert run_main(train_main, [*TINY, '--out', str(out), '--max-steps', '2']) == 0
+    assert {'checkpoint', 'last', 'train_log.jsonl'} <= {p.name for p in out.iterdir()}
+    return out
+
+
+@needs_fmnist
+@pytest.mark.parametrize('extra, needles', [
+    ([], ('holds a run already', '--resume continues it', '--overwrite replaces it')),
+    (['--resume', '--overwrite'], ('give one of them',)),
+    (['--overwrite', '--data', 'list:/nonexistent/list.txt'], ('/nonexistent/list.txt',)),
+    (['--overwrite', '--loss-arg', 'betta=2'], ('--loss-arg betta', 'beta, gamma')),
+    (['--overwrite', '--loss-arg', 'beta=x'], ("'x' is not a number",)),
+    (['--overwrite', '--loss-arg', 'beta=nan'], ('must be a finite number',)),
+    (['--overwrite', '--epochs', '0'], ('--epochs 0: must be at least 1',)),
+    (['--overwrite', '--subset', '0'], ('--subset 0: must be at least 1',)),
+    (['--overwrite', '--max-steps', '0'], ('--max-steps 0: must be at least 1',)),
+], ids=['no-flag', 'resume-and-overwrite', 'bad-data', 'unknown-loss-arg', 'loss-arg-not-number',
+        'loss-arg-nan', 'epochs-0', 'subset-0', 'max-steps-0'])
+def test_a_finished_run_survives_every_refused_start(finished_run, capsys, extra, needles):
+    before = _snapshot(finished_run)
+    _refused(capsys, [*TINY, '--out', str(finished_run), '--max-steps', '2', *extra], *needles)
+    assert _snapshot(finished_run) == before
+
+
+@needs_fmnist
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / 'notes.txt'
+    target.write_text('mine')
+    _refused(capsys, [*TINY, '--out', str(target), '--max-steps', '1'], 'is a file, not a run folder')
+    assert target.read_text() == 'mine'
+
+
+@needs_fmnist
+def test_overwrite_replaces_the_run_and_clears_a_killed_saves_leftovers(finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / 'again'
+    shutil.copytree(finished_run, out)
+    (out / '.checkpoint.deadbeef').mkdir()  # what SIGKILL during a save leaves
+    (out / '.checkpoint.deadbeef' / 'model.safetensors').write_bytes(b'\0' * 1024)
+    assert run_main(train_main, [*TINY, '--out', str(out), '--max-steps', '1', '--overwrite']) == 0
+    said = capsys.readouterr()
+    assert 'removed 1 temporary file(s) left by a killed run' in said.out + said.err
+    assert not (out / '.checkpoint.deadbeef').exists()
+    lines = (out / 'train_log.jsonl').read_text().splitlines()
+    assert '"step": 1' in lines[-1] and not any('"step": 2' in line for line in lines)  # one new log, not two
+
+
+@needs_fmnist
+def test_diverged_run_saves_nothing_and_says_which_step(tmp_path, capsys):
+    out = tmp_path / 'inf'
+    err = _refused(capsys, [*TINY, '--out', str(out), '--max-steps', '1', '--lr', 'inf'],
+                   'step 1: weights', 'is not finite', 'nothing of this run was saved', 'lower --lr')
+    assert 'Traceback' not in err
+    assert not (out / 'checkpoint').exists() and not (out / 'last').exists()
+
+
+@needs_fmnist
+def test_diverging_after_a_good_epoch_keeps_the_good_state(finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / 'resumed'
+    shutil.copytree(finished_run, out)
+    good = _snapshot(out / 'last')
+    _refused(capsys, [*TINY, '--out', str(out), '--epochs', '2', '--resume', '--loss-arg', 'beta=1e38'],
+             'step 3: loss = inf', 'keeps the last good state (epoch 1, step 2)')
+    assert _snapshot(out / 'last') == good
+
+
+def test_non_finite_checkpoints_are_neither_saved_nor_loaded(tmp_path):
+    import timm
+
+    import deephash_zoo  # noqa: F401  (registers the models)
+    from deephash_zoo.hub.checkpoint import NonFiniteWeightsError, load_checkpoint, save_checkpoint
+
+    model = timm.create_model('dath_n_16')
+    save_checkpoint(model, tmp_path / 'ok', card=False)
+    weights = tmp_path / 'ok' / 'model.safetensors'
+    state = load_file(str(weights))
+    name = sorted(state)[0]
+    state[name][..., 0] = float('nan')
+    save_file(state, str(weights))
+    with pytest.raises(NonFiniteWeightsError, match=f'hold NaN or infinity .*{name}'):
+        load_checkpoint(tmp_path / 'ok')
+    with torch.no_grad():
+        next(model.parameters()).fill_(float('inf'))
+    with pytest.raises(NonFiniteWeightsError, match='not saved'):
+        save_checkpoint(model, tmp_path / 'bad', card=False)
+    assert not (tmp_path / 'bad').exists()
+
+
+def test_replace_dir_keeps_one_whole_version_at_every_instant(tmp_path):
+    import sys
+
+    from deephash_zoo.utils import _exchange, replace_dir, restore_dir
+
+    final, new = tmp_path / 'checkpoint', tmp_path / '.checkpoint.new'
+    for folder, text in ((final, 'old'), (new, 'new')):
+        folder.mkdir()
+        (folder / 'model.safetensors').write_text(text)
+    if sys.platform.startswith('linux'):  # one atomic swap: no instant without a whole checkpoint
+        probe_a, probe_b = tmp_path / 'a', tmp_path / 'b'
+        probe_a.mkdir(), probe_b.mkdir()
+        assert _exchange(probe_a, probe_b)
+    replace_dir(new, final)
+    assert (final / 'model.safetensors').read_text() == 'new'
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []
+    # the fallback's window: the old version set aside, the new one not yet in place (a process killed there)
+    final.rename(tmp_path / '.checkpoint.old-0123abcd')
+    assert restore_dir(final) and (final / 'model.safetensors').read_text() == 'new'
+    assert not restore_dir(final)  # nothing set aside any more
