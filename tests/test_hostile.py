@@ -152,3 +152,90 @@ def test_replace_dir_keeps_one_whole_version_at_every_instant(tmp_path):
     final.rename(tmp_path / '.checkpoint.old-0123abcd')
     assert restore_dir(final) and (final / 'model.safetensors').read_text() == 'new'
     assert not restore_dir(final)  # nothing set aside any more
+
+
+class _WritesAFile:
+    """Pickled, this object is a call to ``Path.touch(marker)``: any route that unpickles it leaves the marker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A real checkpoint folder of dath_n_16 plus ``evil.bin``, a pickle that would write ``marker``."""
+    import timm
+
+    import deephash_zoo  # noqa: F401
+    from deephash_zoo.hub.checkpoint import save_checkpoint
+
+    folder = save_checkpoint(timm.create_model('dath_n_16'), tmp_path / 'ckpt', card=False)
+    marker = tmp_path / 'pickle-ran'
+    torch.save({'weight': _WritesAFile(marker)}, folder / 'evil.bin')
+    return folder, marker
+
+
+def _set_model_args(folder: Path, **model_args) -> None:
+    import json
+
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args'] = dict(config.get('model_args') or {}, **model_args)
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
+def test_no_route_unpickles_a_planted_file(planted):
+    import timm
+
+    from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config
+
+    folder, marker = planted
+    _set_model_args(folder, checkpoint_path=str(folder / 'evil.bin'))  # timm's keyword that loads a file
+    for route in (lambda: load_checkpoint(folder), lambda: read_checkpoint_config(folder),
+                  lambda: timm.create_model(f'local-dir:{folder}', pretrained=True)):
+        with pytest.raises(ValueError, match=r"model_args sets \['checkpoint_path'\].*refused"):
+            route()
+    _set_model_args(folder, checkpoint_path=None)
+    config = (folder / 'config.json').read_text().replace('"checkpoint_path": null', '"drop_rate": 0.0, "x": 1')
+    (folder / 'config.json').write_text(config)
+    with pytest.raises(ValueError, match=r"model_args \['x'\] are not arguments of dath_n_16"):
+        load_checkpoint(folder)
+    (folder / 'config.json').write_text(config.replace(', "x": 1', ''))
+    (folder / 'model.safetensors').unlink()
+    (folder / 'evil.bin').rename(folder / 'pytorch_model.bin')  # what timm falls back to without safetensors
+    with pytest.raises(FileNotFoundError, match='pickle files and never loaded'):
+        load_checkpoint(folder)
+    with pytest.raises(ValueError, match=r"no model.safetensors .*\['pytorch_model.bin'\].*never loaded"):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert not marker.exists()
+
+
+_HF_ROUTE = '''
+import sys, timm, deephash_zoo
+try:
+    timm.create_model('hf-hub:deephash-zoo/planted', pretrained=True)
+except ValueError as e:
+    print(e)
+'''
+
+
+def test_hf_hub_repository_without_safetensors_is_refused(planted, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from deephash_zoo.hub.cache import seed_hf_cache
+
+    folder, marker = planted
+    snapshot = seed_hf_cache(folder, 'deephash-zoo/planted', cache_dir=tmp_path / 'cache')
+    (snapshot / 'model.safetensors').unlink()
+    (folder / 'evil.bin').rename(snapshot / 'pytorch_model.bin')
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'cache'),
+               HF_HOME=str(tmp_path / 'hf-home'))
+    proc = subprocess.run([sys.executable, '-c', _HF_ROUTE], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert 'hf-hub:deephash-zoo/planted: model.safetensors is not available' in proc.stdout, proc.stderr
+    assert 'only safetensors weights are loaded' in proc.stdout
+    assert not marker.exists()

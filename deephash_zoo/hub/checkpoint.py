@@ -30,6 +30,7 @@ from timm.models import save_for_hf
 
 from deephash_zoo.models.contract import HUB_ORG, filter_state_dict
 from deephash_zoo.models.published import PUBLISHED_TAGS, tag_for_dataset
+from deephash_zoo.models.safe_loading import check_saved_model_args
 from deephash_zoo.utils import file_sha256, non_finite_tensors, replace_dir
 
 __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'checkpoint_data_config', 'load_checkpoint', 'NonFiniteWeightsError',
@@ -222,6 +223,7 @@ def read_checkpoint_config(ckpt_dir: Union[str, Path]) -> Dict[str, Any]:
                          f'deephash_zoo.list_hash_models() (is deephash_zoo imported?)')
     if not isinstance(config['pretrained_cfg'], dict):
         raise ValueError(f'{path}: "pretrained_cfg" must be an object (timm\'s pretrained config)')
+    check_saved_model_args(arch, config.get('model_args') or {}, f'{path}')
     return config
 
 
@@ -229,12 +231,12 @@ def _architecture_bits(config: Dict[str, Any], path: Path) -> Any:
     """The code lengths of a config without ``bits`` (timm's ``save_for_hf`` writes none): ``model_args['bits']``,
     else what the architecture builds with that ``num_classes``; left out (reported as missing) when the
     architecture is not one of ours."""
-    args = dict(config.get('model_args') or {})
-    if isinstance(args.get('bits'), (list, tuple)):
-        return list(args['bits'])
     arch = config.get('architecture')
     if not isinstance(arch, str) or not timm.is_model(arch):
         return None
+    args = check_saved_model_args(arch, config.get('model_args') or {}, f'{path}')
+    if isinstance(args.get('bits'), (list, tuple)):
+        return list(args['bits'])
     args.pop('num_classes', None)
     args.pop('num_labels', None)
     try:
@@ -263,10 +265,10 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
         raise NonFiniteWeightsError(f'{weights}: {len(bad)} weight tensor(s) hold NaN or infinity '
                                     f'({", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""}); refusing to '
                                     'serve codes from them (the run diverged: retrain with a lower --lr)')
-    args = dict(config.get('model_args') or {})
+    arch = config['architecture']
+    args = check_saved_model_args(arch, config.get('model_args') or {}, f'{ckpt_dir / "config.json"}')
     args.pop('num_classes', None)
     args.pop('num_labels', None)  # the inference model: no label classifier
-    arch = config['architecture']
     model = timm.create_model(arch, pretrained=False, num_classes=sum(config['bits']), **args)
     if tuple(model.bits) != tuple(config['bits']):
         model.reset_classifier(sum(config['bits']), bits=config['bits'])

@@ -23,6 +23,7 @@ from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
 from .published import tags_of, with_trained_input_size
+from .safe_loading import check_pretrained_source
 from .trunks import ConvTrunk
 
 __all__ = ['ADMTH']
@@ -75,6 +76,7 @@ class ADMTH(HashNet):
 
 
 def _create_admth(variant: str, pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    check_pretrained_source(pretrained, kwargs)
     from_registry = kwargs.get('pretrained_cfg') is None  # hf-hub: / local-dir: pass their config.json's
     model = build_model_with_cfg(
         ADMTH,

@@ -21,6 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .contract import HashingMixin, check_images, filter_state_dict, resolve_bits
 from .head import HashLayer
+from .safe_loading import check_pretrained_source
 
 __all__ = ['BackboneHash', 'hash_model', 'hash_backbone', 'GENERIC_ARCH']
 
@@ -130,6 +131,7 @@ default_cfgs = generate_default_cfgs({
 def hash_backbone(pretrained: bool = False, backbone: str = 'resnet18', bits: Union[int, Sequence[int]] = 64,
                   **kwargs: Any) -> BackboneHash:
     """Tanh hash layer(s) on any timm backbone: what ``hash_model`` checkpoints are saved and loaded as."""
+    check_pretrained_source(pretrained, kwargs)
     _check_backbone(backbone)
     model = build_model_with_cfg(_build, GENERIC_ARCH, pretrained, backbone=backbone, bits=bits,
                                  pretrained_filter_fn=filter_state_dict, **kwargs)

@@ -1,0 +1,87 @@
+"""What a saved ``config.json`` may make the loader do: only build the architecture it names, and only read
+safetensors.
+
+``model_args`` reach ``timm.create_model``, whose own keywords (``checkpoint_path``, ``pretrained_cfg``, ...)
+would load other files, possibly pickles; a config may set only the architecture's constructor arguments.
+timm's ``local-dir:`` / ``hf-hub:`` routes fall back to ``pytorch_model.bin`` (a pickle) when a folder has no
+``model.safetensors``; our entrypoints refuse such a folder before timm looks for one.
+"""
+import inspect
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+__all__ = ['check_saved_model_args', 'check_pretrained_source', 'PICKLE_SUFFIXES']
+
+PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.pkl', '.pickle')
+# keywords that load weights or configs from elsewhere: never taken from a file
+_LOADING_KEYWORDS = frozenset({
+    'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir', 'pretrained_strict',
+    'backbone_pretrained', 'state_dict', 'file', 'url', 'hf_hub_id',
+})
+# the generic any-backbone entrypoint passes its other arguments to the backbone's timm.create_model
+_GENERIC_ARCH = 'hash_backbone'
+_GENERIC_ARGS = frozenset({'backbone', 'bits', 'num_classes', 'num_labels', 'in_chans', 'drop_rate',
+                           'drop_path_rate', 'global_pool', 'img_size'})
+
+
+def _constructor_args(arch: str) -> Optional[frozenset]:
+    """The constructor arguments of one of our architectures (None: not ours, nothing to compare with)."""
+    from deephash_zoo.models.admth import ADMTH
+    from deephash_zoo.models.dath import DATH
+
+    for prefixes, cls in ((('dath',), DATH), (('admth', 'dmlh'), ADMTH)):
+        if arch.startswith(prefixes):
+            return frozenset(inspect.signature(cls).parameters) - {'device', 'dtype'}
+    return _GENERIC_ARGS if arch == _GENERIC_ARCH else None
+
+
+def check_saved_model_args(arch: str, model_args: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """``model_args`` of a saved config, when every key is a constructor argument of ``arch``; a ValueError naming
+    ``where`` and the keys otherwise."""
+    if not isinstance(model_args, Mapping):
+        raise ValueError(f'{where}: model_args must be a JSON object, got {type(model_args).__name__}')
+    loading = sorted(set(model_args) & _LOADING_KEYWORDS)
+    if loading:
+        raise ValueError(f'{where}: model_args sets {loading}, which would load files named by the config; '
+                         'refused (a config may only set the architecture\'s own arguments)')
+    accepted = _constructor_args(arch)
+    unknown = sorted(set(model_args) - accepted) if accepted is not None else []
+    if unknown:
+        raise ValueError(f'{where}: model_args {unknown} are not arguments of {arch} '
+                         f'(it takes {", ".join(sorted(accepted))})')
+    return dict(model_args)
+
+
+def check_pretrained_source(pretrained: bool, kwargs: Mapping[str, Any]) -> None:
+    """Before timm loads ``local-dir:`` / ``hf-hub:`` weights: the folder or repository must hold
+    ``model.safetensors`` (timm would otherwise unpickle ``pytorch_model.bin``), and the config's model_args
+    must be the architecture's own."""
+    cfg = kwargs.get('pretrained_cfg')
+    cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
+    if not isinstance(cfg, Mapping):
+        return
+    source = cfg.get('source')
+    if source in ('local-dir', 'hf-hub') and kwargs.get('pretrained_model_args'):
+        where = cfg.get('file') or cfg.get('hf_hub_id') or source
+        check_saved_model_args(str(cfg.get('architecture', '')), kwargs['pretrained_model_args'],
+                               f'{where}/config.json')
+    if not pretrained:
+        return
+    if source == 'local-dir':
+        folder = Path(str(cfg.get('file')))
+        if not (folder / 'model.safetensors').is_file():
+            pickled = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES)) \
+                if folder.is_dir() else []
+            hint = f'; found {pickled}, which are pickle files and never loaded' if pickled else ''
+            raise ValueError(f'{folder}: no model.safetensors (only safetensors weights are loaded){hint}')
+    elif source == 'hf-hub':
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        repo, _, revision = str(cfg.get('hf_hub_id')).partition('@')
+        try:
+            hf_hub_download(repo, 'model.safetensors', revision=revision or None)
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f'hf-hub:{repo}: model.safetensors is not available ({first}); only safetensors '
+                             'weights are loaded') from None
