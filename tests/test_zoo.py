@@ -103,3 +103,29 @@ def test_bad_requests_are_one_line(tmp_path):
                            'no evaluated model yet')):
         proc = subprocess.run([sys.executable, '-m', 'deephash_zoo.cli.zoo', *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+
+
+def test_rows_of_an_earlier_build_are_carried_over_and_marked(tmp_path):
+    """A zoo rebuilt in pieces keeps one table: the published JSON's rows of models this work folder has not
+    evaluated are carried over with their stage records (and said to be), others are left out."""
+    from deephash_zoo.experiments.zoo import SCHEMA_VERSION
+
+    plan = get_plan('tiny')
+    cost = dict(pretrain=60.0, train=120.0, eval=30.0)
+    row = dict(model='dath_n_16', checkpoint='gone/dath_n_16/checkpoint', weights_sha256='0' * 64,
+               protocol=dict(num_queries=20, num_database=60), img_size=64, cpu_seconds=cost, wall_seconds=cost,
+               pretrain_shared_by=1, results={'16': dict(map=0.5, map_at_1000=0.5, p_at_100=0.4,
+                                                         precision_radius2=0.3, random_map=0.1, distinct_codes=0.9)})
+    stages = [dict(stage=s, cpu_seconds=60.0, wall_seconds=60.0, cpu='Some CPU')
+              for s in ('pretrain:alexnet', 'train:dath_n_16', 'eval:dath_n_16', 'train:dath_s_16')]
+    earlier = dict(schema_version=SCHEMA_VERSION, plan=dict(name='tiny'), models=[row, dict(row, model='dath_s_16')],
+                   stages=stages)
+    result = zoo_result(plan, tmp_path, ('dath_n_16', 'dmlh_cnnf_multi'), earlier=earlier)
+    assert [(m['model'], m.get('carried_over')) for m in result['models']] == [('dath_n_16', True)]
+    assert sorted(s['stage'] for s in result['stages']) == ['eval:dath_n_16', 'pretrain:alexnet', 'train:dath_n_16']
+    assert result['total_cpu_seconds'] == 180.0
+    table = render_zoo_markdown(result, 'x.json', 'cmd')
+    assert '| `dath_n_16` | 16 | 0.5000 | 0.1000 | 5.00x |' in table and 'Some CPU' in table
+    assert 'Carried over from the earlier published build' in table and '`dath_n_16`' in table.split('Carried')[1]
+    with pytest.raises(ValueError, match="not of plan 'tiny'"):
+        zoo_result(plan, tmp_path, ('dath_n_16',), earlier=dict(earlier, plan=dict(name='fmnist')))

@@ -51,13 +51,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not plan.publishable:
             raise UserError(f'the {plan.name} plan is for tests (its numbers mean nothing); do not --publish it')
         check_readme(args.readme, key)  # before hours of training, not after
-    if args.render_only:
-        result = zoo_result(plan, work, models)
-        if not result['models']:
-            raise UserError(f'{work}: no evaluated model yet; run deephash-zoo build first')
-    else:
-        result = build_zoo(plan, work, models, device=args.device, progress=not args.no_progress)
     out = args.cards / 'results' if args.publish else work
+    earlier = None
+    if args.publish and (out / f'{key}.json').is_file():  # rows of models this work folder has not built
+        from deephash_zoo.utils import read_json
+
+        earlier = read_json(out / f'{key}.json', 'the published zoo table')
+    if not args.render_only:
+        build_zoo(plan, work, models, device=args.device, progress=not args.no_progress)
+    result = zoo_result(plan, work, models, earlier=earlier)
+    if not result['models']:
+        raise UserError(f'{work}: no evaluated model yet; run deephash-zoo build first')
     command = 'deephash-zoo ' + ' '.join(shlex.quote(a) for a in argv)
     markdown = render_zoo_markdown(result, f'{out.as_posix()}/{key}.json', command)
     paths = write_outputs(result, markdown, out, key)
@@ -70,6 +74,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         tag = DATA_TAGS.get(plan.data, plan.data)
         for row in result['models']:
             repo_id = f"deephash-zoo/{row['model']}.{tag}"
+            if row.get('carried_over'):
+                print(f"kept {args.cards / (repo_id.split('/')[-1] + '.md')} (built earlier; not in {work})")
+                continue
             metrics = Path(row['checkpoint']).parent / 'eval' / 'metrics.json'
             card = render_card(row['checkpoint'], metrics=metrics, efficiency=args.efficiency, repo_id=repo_id)
             print(f"wrote {write_card(card, args.cards / (repo_id.split('/')[-1] + '.md'))}")

@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from safetensors import safe_open
@@ -197,8 +197,14 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
     return zoo_result(plan, work, models)
 
 
-def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...]) -> Dict[str, Any]:
-    """The build's JSON: the plan, each stage's cost, each model's metrics (the ``eval`` stage's report)."""
+def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
+               earlier: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The build's JSON: the plan, each stage's cost, each model's metrics (the ``eval`` stage's report).
+
+    ``earlier``: a JSON this function wrote before for the same plan (the published one). Its rows of models
+    not evaluated in ``work`` are carried over with their stage records, so that a zoo built in pieces, on
+    different machines or sessions, keeps one table; such rows are marked ``carried_over``.
+    """
     from deephash_zoo.experiments.run import machine_info
     from deephash_zoo.utils import read_json
 
@@ -221,10 +227,30 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...]) -> Dict[str, 
             wall_seconds={s: stages[name]['wall_seconds'] for s, name in own.items()},
             pretrain_shared_by=sum(1 for m in models if trunk_of(m) == arch),
         ))
+    if earlier is not None:
+        rows, stages = _carry_over(plan, earlier, models, rows, stages)
     return dict(schema_version=SCHEMA_VERSION, plan=asdict(plan), recipe='scratch', machine=machine_info(),
                 stages=list(stages.values()), models=rows,
                 total_cpu_seconds=sum(rec['cpu_seconds'] for rec in stages.values()),
                 total_wall_seconds=sum(rec['wall_seconds'] for rec in stages.values()))
+
+
+def _carry_over(plan: ZooPlan, earlier: Dict[str, Any], models: Tuple[str, ...], rows: List[Dict[str, Any]],
+                stages: Dict[str, Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """``rows`` and ``stages`` with the earlier build's rows of ``models`` that this build has not evaluated."""
+    if earlier.get('schema_version') != SCHEMA_VERSION or (earlier.get('plan') or {}).get('name') != plan.name:
+        raise ValueError(f'the earlier zoo JSON is not of plan {plan.name!r} and schema {SCHEMA_VERSION}')
+    have = {row['model'] for row in rows}
+    kept = [dict(row, carried_over=True) for row in earlier.get('models', [])
+            if row['model'] in models and row['model'] not in have]
+    wanted = {name for row in kept
+              for name in (f"pretrain:{trunk_of(row['model'])}", f"train:{row['model']}", f"eval:{row['model']}")}
+    stages = dict(stages)
+    for rec in earlier.get('stages', []):
+        if rec['stage'] in wanted and rec['stage'] not in stages:
+            stages[rec['stage']] = dict(rec, carried_over=True)
+    order = {m: i for i, m in enumerate(models)}
+    return sorted(rows + kept, key=lambda row: order[row['model']]), stages
 
 
 def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) -> str:
@@ -254,6 +280,10 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
                       f"{result['models'][0]['img_size']}x{result['models'][0]['img_size']} input; ties in Hamming "
                       "distance ranked by database index. *random codes*: mAP@all of seeded random codes on the "
                       "same sets. *distinct codes*: share of different codes among the first 1,000 queries."]
+    carried = [row['model'] for row in result['models'] if row.get('carried_over')]
+    if carried:
+        lines += ['', f"Carried over from the earlier published build (stages and metrics as recorded then; this "
+                      f"build did not retrain them): {', '.join(f'`{m}`' for m in carried)}."]
     notes = [f"- `{rec['stage']}`: {rec['note']}" for rec in result['stages'] if rec.get('note')]
     if notes:
         lines += ['', 'Notes on how stages ran:', *notes]
