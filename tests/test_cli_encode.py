@@ -29,7 +29,7 @@ def test_encode_image_files(tmp_path, capsys):
                            '--repeats', '1']) == 0
     assert 'a.png' in capsys.readouterr().out
     assert run_main(main, ['--model', 'dath_n_16', '--images', str(tmp_path / 'b.png')]) == 2
-    assert 'b.png: not a readable image' in capsys.readouterr().err
+    assert 'b.png: cannot open image' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('args, message', [

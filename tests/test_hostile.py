@@ -239,3 +239,41 @@ def test_hf_hub_repository_without_safetensors_is_refused(planted, tmp_path):
     assert 'hf-hub:deephash-zoo/planted: model.safetensors is not available' in proc.stdout, proc.stderr
     assert 'only safetensors weights are loaded' in proc.stdout
     assert not marker.exists()
+
+
+@pytest.fixture(scope='module')
+def hostile_images(tmp_path_factory):
+    """A 20-megapixel pixel strip (2.5 KB: within the pixel bound, not the aspect bound) and a 225-megapixel
+    decompression bomb (a few hundred KB)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp('images')
+    Image.new('1', (2_000_000, 10)).save(folder / 'strip.png')
+    Image.new('1', (15_000, 15_000)).save(folder / 'bomb.png')
+    Image.new('L', (40, 30), 90).save(folder / 'ok.png')
+    return folder
+
+
+def test_images_beyond_the_bounds_are_refused_before_decoding(hostile_images):
+    from deephash_zoo.data.images import ImageRejected, open_rgb
+    from deephash_zoo.demo.uploads import UploadError, open_upload
+
+    assert open_rgb(hostile_images / 'ok.png').size == (40, 30)
+    with pytest.raises(ImageRejected, match=r'strip\.png is 2,000,000 x 10 pixels; the longer side may be at most 20'):
+        open_rgb(hostile_images / 'strip.png')
+    with pytest.raises(UploadError, match='the longer side may be at most 20 times the shorter'):
+        open_upload(hostile_images / 'strip.png')
+    with pytest.raises(ImageRejected, match=r'bomb\.png (is 15,000 x 15,000 pixels|decodes to more than 40 mega)'):
+        open_rgb(hostile_images / 'bomb.png')
+    with pytest.raises(UploadError, match='megapixels'):
+        open_upload(hostile_images / 'bomb.png')
+
+
+@pytest.mark.parametrize('name', ['strip.png', 'bomb.png'])
+def test_encode_refuses_a_hostile_image_in_one_line(hostile_images, capsys, name):
+    from deephash_zoo.cli.encode import main as encode_main
+
+    code = run_main(encode_main, ['--model', 'dath_n_16', '--images', str(hostile_images / 'ok.png'),
+                                  str(hostile_images / name)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and f'{name} ' in err and 'Traceback' not in err, err

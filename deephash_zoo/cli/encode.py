@@ -15,6 +15,7 @@ from timm.data import create_transform, resolve_data_config
 
 import deephash_zoo
 from deephash_zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from deephash_zoo.data.images import open_rgb
 from deephash_zoo.hub import create_pretrained
 from deephash_zoo.utils import write_atomic
 
@@ -41,10 +42,7 @@ def _load_images(args: argparse.Namespace) -> tuple:
     if args.images:
         pil, names = [], []
         for path in args.images:
-            try:
-                pil.append(Image.open(path).convert('RGB'))
-            except (OSError, ValueError) as e:
-                raise UserError(f'{path}: not a readable image ({e})') from e
+            pil.append(open_rgb(path))  # ImageRejected: one line naming the file
             names.append(path.name)
         return pil, names
     if args.num <= 0:

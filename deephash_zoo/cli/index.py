@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 from PIL import Image
 
 import deephash_zoo
+from deephash_zoo.data.images import open_rgb
 
 from ._common import UserError, run_main
 from .eval import checkpoint_summary, data_defaults, load_for_retrieval, protocol_sets, resolve_device
@@ -99,14 +100,7 @@ def build(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------------- query
 def _open_images(paths: List[Path]) -> List[Image.Image]:
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as im:
-                images.append(im.convert('RGB'))
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for missing/corrupt files
-            raise UserError(f'{path}: cannot open image ({e})') from None
-    return images
+    return [open_rgb(path) for path in paths]  # ImageRejected: one line naming the file
 
 
 def _check_checkpoint_fits(manifest: Dict[str, Any], path: str, index_bits: int) -> None:

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import ImageRejected, open_rgb
+
 __all__ = ['HashDataset', 'to_multi_hot']
 
 PathLike = Union[str, Path]
@@ -143,13 +145,10 @@ class HashDataset(Dataset):
             return Image.fromarray(self._images[self._row(i)]).convert('RGB')
         path = self.image_path(i)
         try:
-            with Image.open(path) as im:
-                return im.convert('RGB')
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for missing/corrupt files
-            where = ''
-            if self.line_numbers is not None:
-                where = f' (listed at {self.source}:{self.line_numbers[i]})'
-            raise ValueError(f'{path}: cannot open image{where}: {e}') from e
+            return open_rgb(path)
+        except ImageRejected as e:
+            where = f'listed at {self.source}:{self.line_numbers[i]}: ' if self.line_numbers is not None else ''
+            raise ImageRejected(f'{where}{e}') from None
 
     def __getitem__(self, i: int) -> Tuple[Any, torch.Tensor]:
         if not -len(self) <= i < len(self):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from deephash_zoo.data.images import MAX_ASPECT_RATIO, ImageRejected, check_image_size
+
 __all__ = ['MAX_UPLOAD_BYTES', 'MAX_UPLOAD_PIXELS', 'UploadError', 'open_upload']
 
 MAX_UPLOAD_BYTES = 10 * 2**20  # also the Gradio server's max_file_size, which stops larger uploads earlier
@@ -36,10 +38,10 @@ def open_upload(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES, max_
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             with Image.open(path) as im:  # reads the header only
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise UploadError(f'{name} is {w:,} x {h:,} pixels; images up to {max_pixels / 1e6:.0f} '
-                                      'megapixels are accepted')
+                try:
+                    check_image_size(name, *im.size, max_pixels=max_pixels, max_aspect=MAX_ASPECT_RATIO)
+                except ImageRejected as e:
+                    raise UploadError(str(e)) from None
                 return im.convert('RGB')
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(f'{name} is too large an image; images up to {max_pixels / 1e6:.0f} megapixels '
