@@ -221,3 +221,36 @@ def test_query_with_synthetic_index_encodes_with_manifest_checkpoint(synthetic_i
                                  '-k', '4', '--json']) == 0
     result = json.loads(capsys.readouterr().out)['results'][0]
     assert len(result['ids']) == 4 and all(isinstance(i, int) for i in result['ids'])
+
+
+@pytest.mark.parametrize('drop', [('model',), ('weights_sha256',), ('model', 'weights_sha256')])
+def test_an_index_that_cannot_be_checked_is_refused_unless_asked(synthetic_index, tmp_path, capsys, drop):
+    """A manifest stripped of the model or the weights digest cannot show which weights made its codes: queries
+    are refused, and --unverified-index accepts it with a warning."""
+    import shutil
+
+    from PIL import Image
+
+    index = tmp_path / 'index'
+    shutil.copytree(synthetic_index, index)
+    manifest = json.loads((index / 'manifest.json').read_text())
+    for key in drop:
+        manifest.pop(key)
+    (index / 'manifest.json').write_text(json.dumps(manifest))
+    Image.new('RGB', (30, 30), (10, 10, 200)).save(tmp_path / 'b.png')
+    argv = ['query', '--index', str(index), '--image', str(tmp_path / 'b.png'), '-k', '2']
+    _one_line_error(capsys, run_main(index_main, argv), f'the index manifest records no {drop[0]}',
+                    '--unverified-index')
+    assert run_main(index_main, [*argv, '--unverified-index']) == 0
+    assert 'warning: the index manifest records no' in capsys.readouterr().err
+
+
+def test_searcher_refuses_a_model_that_did_not_make_the_index(synthetic_index):
+    from deephash_zoo.retrieval.index import HashIndex
+    from deephash_zoo.retrieval.search import HashSearcher
+
+    index = HashIndex.load(synthetic_index)
+    with pytest.raises(ValueError, match="model mismatch: the index holds codes of 'dath_n_16'"):
+        HashSearcher(_model('dath_s_16', (16,), 0), index, transform=lambda im: im)
+    with pytest.raises(ValueError, match='code length mismatch'):
+        HashSearcher(_model('dath_n_16', (32,), 0), index, transform=lambda im: im)

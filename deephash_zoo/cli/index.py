@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument('--image', type=Path, nargs='+', required=True, help='query image file(s)')
     q.add_argument('-k', type=int, default=10, help='neighbours per image (default: %(default)s)')
     q.add_argument('--checkpoint', default=None, help="checkpoint to encode with (default: the manifest's)")
+    q.add_argument('--unverified-index', action='store_true',
+                   help='query an index whose manifest names no model or weights digest (a warning says so)')
     q.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     q.add_argument('--json', action='store_true', help='print the results as JSON')
     q.add_argument('--grid', type=Path, default=None, metavar='PNG',
@@ -103,10 +105,19 @@ def _open_images(paths: List[Path]) -> List[Image.Image]:
     return [open_rgb(path) for path in paths]  # ImageRejected: one line naming the file
 
 
-def _check_checkpoint_fits(manifest: Dict[str, Any], path: str, index_bits: int) -> None:
-    """Refuse a checkpoint whose codes cannot be compared with the index's, before loading its weights."""
+def _check_checkpoint_fits(manifest: Dict[str, Any], path: str, index_bits: int, unverified: bool = False) -> None:
+    """Refuse a checkpoint whose codes cannot be compared with the index's, before loading its weights; an
+    index whose manifest cannot say (no model or weights digest) only with ``unverified``, which is said."""
     from deephash_zoo.hub.checkpoint import weights_sha256
 
+    unknown = [k for k in ('model', 'weights_sha256') if not manifest.get(k)]
+    if unknown and not unverified:
+        raise UserError(f'the index manifest records no {" and no ".join(unknown)}, so nothing shows which weights '
+                        'made its codes; rebuild it with deephash-index build, or pass --unverified-index to '
+                        'query it anyway')
+    if unknown:
+        print(f'warning: the index manifest records no {" and no ".join(unknown)} (--unverified-index): '
+              'its codes may come from other weights than the checkpoint\'s', file=sys.stderr)
     ckpt, config = checkpoint_summary(path)
     arch, bits = config['architecture'], tuple(config['bits'])
     if manifest.get('model') is not None and arch != manifest['model']:
@@ -121,8 +132,10 @@ def _check_checkpoint_fits(manifest: Dict[str, Any], path: str, index_bits: int)
                         f'(weights sha256 differs); rebuild the index or pass the original --checkpoint')
 
 
-def open_searcher(index: HashIndex | Path, checkpoint: Optional[str] = None, device: str = 'auto') -> HashSearcher:
-    """An index (or index folder) with the checkpoint that made it (or ``checkpoint``, checked to fit first)."""
+def open_searcher(index: HashIndex | Path, checkpoint: Optional[str] = None, device: str = 'auto',
+                  unverified: bool = False) -> HashSearcher:
+    """An index (or index folder) with the checkpoint that made it (or ``checkpoint``, checked to fit first;
+    ``unverified`` accepts an index whose manifest names no model or weights digest)."""
     from deephash_zoo.retrieval.encoding import model_transform
     from deephash_zoo.retrieval.index import HashIndex
     from deephash_zoo.retrieval.search import HashSearcher
@@ -133,7 +146,7 @@ def open_searcher(index: HashIndex | Path, checkpoint: Optional[str] = None, dev
     path = checkpoint or manifest.get('checkpoint')
     if path is None:
         raise UserError('the index manifest names no checkpoint; pass --checkpoint')
-    _check_checkpoint_fits(manifest, path, index.bits)
+    _check_checkpoint_fits(manifest, path, index.bits, unverified)
     ckpt = load_for_retrieval(path, resolve_device(device))
     return HashSearcher(ckpt.model, index, model_transform(ckpt.model, manifest.get('img_size') or ckpt.img_size))
 
@@ -168,7 +181,7 @@ def query(args: argparse.Namespace) -> int:
 
     index = HashIndex.load(args.index)  # a missing index is reported before an unreadable image
     images = _open_images(args.image)
-    searcher = open_searcher(index, args.checkpoint, args.device)
+    searcher = open_searcher(index, args.checkpoint, args.device, args.unverified_index)
     manifest = index.manifest
     found = searcher.search(images, args.k)
     results = [dict(image=str(p), ids=row_ids, distances=[int(d) for d in row_d])

@@ -39,6 +39,13 @@ class HashSearcher:
 
     def __init__(self, model: torch.nn.Module, index: HashIndex, transform: Callable[[Image.Image], torch.Tensor]
                  ) -> None:
+        arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+        recorded = index.manifest.get('model')
+        if recorded and arch and recorded != arch:
+            raise ValueError(f'model mismatch: the index holds codes of {recorded!r}, the model is {arch!r}')
+        if index.bits not in tuple(getattr(model, 'bits', ()) or ()):
+            raise ValueError(f'code length mismatch: the index holds {index.bits}-bit codes, the model has code '
+                             f'lengths {tuple(getattr(model, "bits", ()) or ())}')
         self.model = model.eval()
         self.index = index
         self.transform = transform
