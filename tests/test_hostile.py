@@ -277,3 +277,114 @@ def test_encode_refuses_a_hostile_image_in_one_line(hostile_images, capsys, name
                                   str(hostile_images / name)])
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1 and f'{name} ' in err and 'Traceback' not in err, err
+
+
+def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one_whole(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    import timm
+
+    import deephash_zoo  # noqa: F401
+    from deephash_zoo.hub.checkpoint import load_checkpoint, save_checkpoint
+
+    first = timm.create_model('dath_n_16')
+    save_checkpoint(first, tmp_path / 'checkpoint', card=False)
+    before = _snapshot(tmp_path)
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b'\0' * 4096)  # a part was written, then the disk filled up
+        raise OSError(errno.ENOSPC, 'No space left on device', str(filename))
+
+    monkeypatch.setattr(safetensors.torch, 'save_file', full_disk)
+    with pytest.raises(OSError, match='No space left on device'):
+        save_checkpoint(timm.create_model('dath_n_16', drop_rate=0.1), tmp_path / 'checkpoint', card=False)
+    assert _snapshot(tmp_path) == before  # no temporary folder left, the previous checkpoint untouched
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / 'checkpoint') is not None
+
+
+@pytest.mark.parametrize('raised, status, needle', [
+    (OSError(28, 'No space left on device', '/data/out'), 3, 'error: /data/out: No space left on device (free'),
+    (PermissionError(13, 'Permission denied', '/etc/x'), 3, 'error: /etc/x: Permission denied'),
+    (KeyboardInterrupt(), 130, 'error: interrupted'),
+    (ValueError('bad value'), 2, 'error: bad value'),
+])
+def test_exit_statuses_are_the_documented_ones(capsys, raised, status, needle):
+    def main(argv):
+        raise raised
+
+    assert run_main(main, ['--x']) == status
+    err = capsys.readouterr().err
+    assert err.strip() == needle.strip() or err.startswith(needle), err
+    assert err.count('\n') == 1
+
+
+def test_debug_shows_the_traceback(capsys):
+    def main(argv):
+        assert '--debug' not in argv  # the flag is the runner's, not the command's
+        raise ValueError('bad value')
+
+    with pytest.raises(ValueError, match='bad value'):
+        run_main(main, ['--debug'])
+
+
+@pytest.mark.parametrize('bits', [1.5, None, True, '16', (), [16, 0], [32, 16]])
+def test_hash_model_refuses_code_lengths_that_are_not_lengths(bits):
+    from deephash_zoo import hash_model
+
+    with pytest.raises(ValueError, match='bits must be|code lengths must be'):
+        hash_model('resnet18', bits=bits)
+
+
+def test_codes_of_the_wrong_width_and_images_of_another_precision():
+    import timm
+
+    import deephash_zoo  # noqa: F401
+
+    model = timm.create_model('admth_cnnf_multi').eval()
+    width = r'expected \(batch, 160\) codes \(lengths \(16, 32, 48, 64\)\), got \(2, 100\)'
+    with pytest.raises(ValueError, match=width):
+        model.split_codes(torch.zeros(2, 100))
+    x = torch.rand(2, 3, 64, 64)
+    expected = model.encode(x)
+    assert torch.equal(model.encode(x.double()), expected)  # fp64 images: cast to the model's precision
+    assert model.encode(x.half()).shape == expected.shape
+
+
+@pytest.mark.parametrize('listed', ['../outside.png', '/etc/outside.png', 'a/../../outside.png'])
+def test_list_files_cannot_name_images_outside_the_root(tmp_path, listed):
+    from deephash_zoo.data import load_list_file
+
+    (tmp_path / 'list.txt').write_text(f'ok.png 1 0\n{listed} 0 1\n')
+    with pytest.raises(ValueError, match=r'list\.txt:2: image path .* leaves the image root'):
+        load_list_file(tmp_path / 'list.txt', tmp_path, check_images=False)
+
+
+def test_a_config_naming_a_timm_model_that_does_not_hash_is_refused(planted):
+    import json
+
+    from deephash_zoo.hub.checkpoint import load_checkpoint
+
+    folder, _ = planted
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps(dict(config, architecture='resnet18', model_args={})))
+    with pytest.raises(ValueError, match="'resnet18' is a timm model but not a hashing one"):
+        load_checkpoint(folder)
+
+
+@needs_fmnist
+def test_resume_or_init_with_another_models_weights_is_one_line(finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / 'other'
+    shutil.copytree(finished_run, out)
+    other = [a if a != 'dath_n_16' else 'dath_s_32' for a in TINY]
+    _refused(capsys, [*other, '--out', str(out), '--epochs', '2', '--resume'],
+             'the saved state does not fit this model and settings')
+    _refused(capsys, [*other, '--out', str(tmp_path / 'fresh'), '--max-steps', '1',
+                      '--init', str(finished_run / 'checkpoint' / 'model.safetensors')],
+             'do not fit', '--init takes a trunk file')
+    _refused(capsys, [*other, '--out', str(tmp_path / 'fresh'), '--max-steps', '1', '--init', str(finished_run)],
+             'not a readable safetensors file')
+    assert not (tmp_path / 'fresh').exists()

@@ -15,6 +15,7 @@ import numpy as np
 from deephash_zoo.extras import require
 
 from .dataset import HashDataset
+from .listfile import _inside_root
 
 __all__ = ['load_coco']
 
@@ -77,7 +78,10 @@ def load_coco(annotation_json: PathLike, image_root: PathLike, *,
         rows.append(row)
         if 'file_name' not in coco.imgs[img_id]:
             raise ValueError(f'{path}: image {img_id} has no "file_name"')
-        files.append(coco.imgs[img_id]['file_name'])
+        name = coco.imgs[img_id]['file_name']
+        if not isinstance(name, str) or not _inside_root(name):
+            raise ValueError(f'{path}: image {img_id} file_name {name!r} leaves the image root (absolute or with ..)')
+        files.append(name)
         ids.append(str(img_id))
     if not rows:
         raise ValueError(f'{path}: no image has an annotation')

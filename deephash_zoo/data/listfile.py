@@ -4,7 +4,7 @@ MS-COCO and CIFAR-10 lists distributed with the DeepHash / HashNet code.
 Paths are whitespace-free (as in those files); every error names the list file and its 1-based line, since
 these files run to hundreds of thousands of lines.
 """
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -14,6 +14,12 @@ from .dataset import HashDataset
 __all__ = ['load_list_file']
 
 PathLike = Union[str, Path]
+
+
+def _inside_root(rel: str) -> bool:
+    """A listed path that stays under the image root: relative, no ``..`` part, no drive."""
+    pure = PurePosixPath(rel.replace('\\', '/'))
+    return not pure.is_absolute() and '..' not in pure.parts and ':' not in pure.parts[0]
 
 
 def load_list_file(
@@ -56,6 +62,9 @@ def load_list_file(
         for col, tok in enumerate(values, start=2):
             if tok not in ('0', '1'):
                 raise ValueError(f'{path}:{lineno}: label {tok!r} in column {col} is not 0 or 1')
+        if not _inside_root(rel):
+            raise ValueError(f'{path}:{lineno}: image path {rel!r} leaves the image root (absolute or with ..); '
+                             'list files name images relative to --data-root')
         if check_images and not (root / rel).is_file():
             raise FileNotFoundError(f'{path}:{lineno}: image {rel} not found under {root}')
         flat.extend(tok == '1' for tok in values)

@@ -221,6 +221,9 @@ def read_checkpoint_config(ckpt_dir: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(arch, str) or not timm.is_model(arch):
         raise ValueError(f'{path}: "architecture" {arch!r} is not a registered model; expected one of '
                          f'deephash_zoo.list_hash_models() (is deephash_zoo imported?)')
+    if not arch.startswith(('dath', 'admth_', 'dmlh_')) and arch != 'hash_backbone':
+        raise ValueError(f'{path}: "architecture" {arch!r} is a timm model but not a hashing one; expected one of '
+                         'deephash_zoo.list_hash_models() or hash_backbone (hash_model checkpoints)')
     if not isinstance(config['pretrained_cfg'], dict):
         raise ValueError(f'{path}: "pretrained_cfg" must be an object (timm\'s pretrained config)')
     check_saved_model_args(arch, config.get('model_args') or {}, f'{path}')

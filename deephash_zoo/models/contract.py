@@ -33,6 +33,19 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int) -> None:
                          + str(x.shape[2]) + 'x' + str(x.shape[3]))
 
 
+def _code_lengths(bits: Any) -> Tuple[int, ...]:
+    """``bits=`` as a tuple of lengths: one positive int, or a non-empty list of them (no floats, bools or
+    strings, which int() would quietly accept or mangle)."""
+    items = [bits] if isinstance(bits, (int, float, str, bool)) else bits
+    try:
+        items = list(items)
+    except TypeError:
+        items = None
+    if not items or not all(isinstance(b, int) and not isinstance(b, bool) for b in items):
+        raise ValueError(f'bits must be a positive code length or a non-empty list of them, got {bits!r}')
+    return tuple(int(b) for b in items)
+
+
 def resolve_bits(num_classes: Optional[int], default_bits: Sequence[int], bits: Optional[Sequence[int]] = None
                  ) -> Tuple[int, ...]:
     """Code lengths from timm's ``num_classes`` and an optional explicit ``bits``.
@@ -42,7 +55,7 @@ def resolve_bits(num_classes: Optional[int], default_bits: Sequence[int], bits: 
     many bits (timm's generic ``num_classes=`` knob). ``bits`` sets the lengths exactly.
     """
     if bits is not None:
-        out = tuple(int(b) for b in bits)
+        out = _code_lengths(bits)
         if num_classes is not None and num_classes != sum(out):
             raise ValueError(f'num_classes={num_classes} does not match bits={out} (sum {sum(out)})')
     elif num_classes is None or num_classes == sum(default_bits):
@@ -106,7 +119,7 @@ class HashingMixin:
 
     def _init_codes(self, bits: Union[int, Sequence[int]], num_classes: Optional[int], num_labels: int) -> None:
         """Code lengths the model is built for (``default_bits``), current ones, label classifier slot."""
-        self.default_bits = (bits,) if isinstance(bits, int) else tuple(bits)
+        self.default_bits = _code_lengths(bits)
         resolve_bits(None, self.default_bits)  # validates the lengths the model is built for
         self.bits = resolve_bits(num_classes, self.default_bits)
         self.num_classes = sum(self.bits)
@@ -141,6 +154,10 @@ class HashingMixin:
     @torch.jit.ignore
     def split_codes(self, codes: torch.Tensor) -> Dict[int, torch.Tensor]:
         """``forward`` output -> {length: codes of that length}."""
+        width = sum(self.bits)
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] != width:
+            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise ValueError(f'expected (batch, {width}) codes (lengths {self.bits}), got {shape}')
         return {b: codes[:, s] for b, s in self.code_slices().items()}
 
     @torch.jit.ignore
@@ -158,6 +175,9 @@ class HashingMixin:
         check_images(x, self.in_chans, self.min_input_size)
         if not bool(torch.isfinite(x).all()):
             raise ValueError('images contain NaN or infinite values')
+        weight = next(self.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype:  # fp16 / fp64 images: codes of the model's precision
+            x = x.to(weight.dtype)
         was_training = self.training
         self.eval()
         try:

@@ -103,9 +103,14 @@ def load_train_state(
         meta = json.loads((path / 'state.json').read_text())
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f'{path}: corrupt training state ({e})') from e
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
-    loss.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith('loss.')})
-    optimizer.load_state_dict(_join_optimizer(tensors, meta['optimizer']))
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
+        loss.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith('loss.')})
+        optimizer.load_state_dict(_join_optimizer(tensors, meta['optimizer']))
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f'{path}: the saved state does not fit this model and settings (was it written for '
+                         f'another --model, code length or optimiser?): {first}') from None
     if scheduler is not None and meta['scheduler'] is not None:
         scheduler.load_state_dict(meta['scheduler'])
     torch.set_rng_state(tensors['rng.torch'])

@@ -225,8 +225,12 @@ def _load_init(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
         return
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(f'{path}: no tensor fits {type(model).__name__}; convert it first (deephash_zoo.hub)')
+    misfit = sorted(k for k in state if k not in usable)  # another model's weights: names or shapes differ
+    if not usable or misfit:
+        detail = f'{len(misfit)} of its {len(state)} tensors do not fit (first: {misfit[0]})' if misfit else \
+            'no tensor fits'
+        raise ValueError(f'{path}: {detail} {type(model).__name__} {getattr(model, "bits", "")}; --init takes a '
+                         'trunk file of deephash-pretrain or weights in this model\'s layout (deephash-convert)')
     model.load_state_dict(usable, strict=False)
     log(f'initialised {len(usable)}/{len(own)} tensors from {path}')
 
