@@ -207,3 +207,35 @@ def test_bench_writes_table_json_and_chart(tmp_path, capsys):
     assert '| ONNX Runtime fp32 | cpu | fp32 |' in md and 'Table 5' in md
     assert (tmp_path / 'efficiency.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['efficiency.json', 'efficiency.md', 'efficiency.png']
+
+
+def test_failed_export_into_a_new_folder_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    import deephash_zoo.export.pipeline as pipeline
+
+    def disk_full(source, path, **kwargs):
+        raise OSError(28, 'No space left on device', str(path))
+
+    monkeypatch.setattr(pipeline, 'export_onnx', disk_full)
+    out = tmp_path / 'new' / 'onnx'
+    code = run_main(main, ['--onnx', '--model', 'dath_n_16', '--out', str(out), *SMALL])
+    err = capsys.readouterr().err
+    assert code == 3 and 'No space left on device' in err and err.count('\n') == 1, err
+    assert not out.exists()
+
+
+def test_temporaries_of_a_killed_export_are_removed_by_the_next(tmp_path):
+    import subprocess
+
+    from deephash_zoo.export.pipeline import remove_dead_temporaries
+
+    proc = subprocess.Popen(['true'])  # a pid that has exited: that of a finished child
+    proc.wait()
+    (tmp_path / f'.export-{proc.pid}-abcd').mkdir()  # SIGKILLed mid-export: a partial graph
+    (tmp_path / f'.export-{proc.pid}-abcd' / 'model.onnx').write_bytes(b'\0' * 1024)
+    live = subprocess.Popen(['sleep', '30'])
+    try:
+        (tmp_path / f'.export-{live.pid}-ef01').mkdir()  # another export still running: left alone
+        assert remove_dead_temporaries(tmp_path) == [f'.export-{proc.pid}-abcd']
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f'.export-{live.pid}-ef01']
+    finally:
+        live.kill()

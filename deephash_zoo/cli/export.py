@@ -52,13 +52,19 @@ def _export(args: argparse.Namespace) -> int:
 
     int8 = args.int8_mode if args.int8 else None
     check_requirements(int8, args.tensorrt)  # before building a model: missing packages fail in a second
-    prepare_out_dir(args.out)
-    source = load_model_source(args.model, args.checkpoint, args.img_size, args.pretrained, args.seed)
-    print(f'{source.name}: codes {list(source.bits)}, input {source.img_size}x{source.img_size}, '
-          f'weights sha256 {source.weights_sha256[:16]}... ({source.weights_of})', flush=True)
-    result = export_verified(source, args.out, sign_output=args.sign_output, int8=int8, tensorrt=args.tensorrt,
-                             fp16=args.fp16, num_real=args.verify_images, fmnist_root=args.fmnist_dir,
-                             progress=lambda msg: print(f'  {msg}', flush=True))
+    out, created = Path(args.out), not Path(args.out).exists()
+    prepare_out_dir(out)
+    try:
+        source = load_model_source(args.model, args.checkpoint, args.img_size, args.pretrained, args.seed)
+        print(f'{source.name}: codes {list(source.bits)}, input {source.img_size}x{source.img_size}, '
+              f'weights sha256 {source.weights_sha256[:16]}... ({source.weights_of})', flush=True)
+        result = export_verified(source, out, sign_output=args.sign_output, int8=int8, tensorrt=args.tensorrt,
+                                 fp16=args.fp16, num_real=args.verify_images, fmnist_root=args.fmnist_dir,
+                                 progress=lambda msg: print(f'  {msg}', flush=True))
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed export leaves no empty folder behind
+        raise
     for name, report in result.reports.items():
         inputs = ', '.join(f'{k} {v["sign_agreement"]:.4f}' for k, v in report['inputs'].items())
         print(f'{name}: max abs diff {report["max_abs_diff"]:.2e}, sign agreement {report["sign_agreement"]:.4f} '

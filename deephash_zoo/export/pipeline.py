@@ -108,9 +108,14 @@ def export_verified(
     """Export ``source`` to ONNX (and int8 / TensorRT on request), verify each, then publish atomically."""
     say = progress or (lambda _msg: None)
     check_requirements(int8, tensorrt)
+    created = not Path(out_dir).exists()
     out = prepare_out_dir(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix='.export-', dir=out))
+    removed = remove_dead_temporaries(out)
+    if removed:
+        say(f'removed {len(removed)} temporary folder(s) a killed export left in {out}: {", ".join(removed[:3])}')
+    tmp = Path(tempfile.mkdtemp(prefix=f'.export-{os.getpid()}-', dir=out))
     result = ExportResult()
+    published = False
     try:
         model, bits, size = source.model, source.bits, source.img_size
         chans = int(getattr(model, 'in_chans', 3))
@@ -159,6 +164,7 @@ def export_verified(
             result.files.append(final)
         os.replace(verification, out / VERIFICATION_FILE)
         result.files.append(out / VERIFICATION_FILE)
+        published = True
     except VerificationError as e:
         hint = ''
         if source.checkpoint is None and '.int8.' in str(e):
@@ -167,4 +173,29 @@ def export_verified(
         raise VerificationError(f'{e}; export refused, nothing written to {out}{hint}') from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not published and not any(out.iterdir()):
+            out.rmdir()  # a failed export into a folder it made leaves nothing behind
     return result
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_dead_temporaries(out: Path) -> List[str]:
+    """Remove ``.export-PID-*`` folders in ``out`` whose process is gone (a killed export); returns their names.
+    A live export's folder is left alone."""
+    removed = []
+    for path in sorted(out.glob('.export-*')):
+        pid = path.name.split('-')[1] if path.name.count('-') >= 2 else ''
+        if pid.isdigit() and (int(pid) == os.getpid() or _process_alive(int(pid))):
+            continue  # this export's own folder, or another export still running
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
