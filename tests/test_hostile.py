@@ -388,3 +388,27 @@ def test_resume_or_init_with_another_models_weights_is_one_line(finished_run, tm
     _refused(capsys, [*other, '--out', str(tmp_path / 'fresh'), '--max-steps', '1', '--init', str(finished_run)],
              'not a readable safetensors file')
     assert not (tmp_path / 'fresh').exists()
+
+
+def test_idx_gzip_bombs_cost_no_more_than_their_header(tmp_path):
+    import gzip
+    import resource
+
+    from deephash_zoo.data import read_idx
+
+    huge = tmp_path / 'huge-idx3-ubyte.gz'  # announces 60,000 x 28,000 x 28 bytes: 47 GB
+    with gzip.open(huge, 'wb') as f:
+        f.write(bytes([0, 0, 8, 3]) + b''.join(n.to_bytes(4, 'big') for n in (60_000, 28_000, 28)))
+    with pytest.raises(ValueError, match='over the 1,073,741,824-byte limit'):
+        read_idx(huge)
+    padded = tmp_path / 'padded-idx1-ubyte.gz'  # announces 10 bytes, inflates to 256 MB
+    with gzip.open(padded, 'wb', compresslevel=1) as f:
+        f.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, 'big'))
+        block = bytes(1 << 20)
+        for _ in range(256):
+            f.write(block)
+    assert padded.stat().st_size < 2_000_000
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r'padded idx data: header says \(10,\) = 10 bytes, file holds more'):
+        read_idx(padded)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 * 1024  # KiB: under 64 MB more

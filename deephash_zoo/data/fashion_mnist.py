@@ -31,27 +31,39 @@ def _find(root: Path, stem: str) -> Path:
     raise FileNotFoundError(f'{root / (stem + ".gz")}: Fashion-MNIST file not found{hint}')
 
 
-def read_idx(path: Union[str, Path]) -> np.ndarray:
-    """Read one idx file of unsigned bytes (the MNIST format), checking its header against its size."""
+MAX_IDX_BYTES = 1 << 30  # 1 GiB: Fashion-MNIST's largest file holds 47 MB
+
+
+def read_idx(path: Union[str, Path], max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read one idx file of unsigned bytes (the MNIST format), checking its header against its size.
+
+    The header is read first: a file announcing more than ``max_bytes`` is refused before its data is read,
+    and at most the announced size (plus one byte, to detect padding) is ever inflated, so a small gzip
+    that expands to gigabytes costs no more memory than its header allows.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == '.gz' else open
     try:
         with opener(path, 'rb') as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != _IDX_UBYTE:
+                raise ValueError(f'{path}: not an idx file of unsigned bytes (bad magic number)')
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f'{path}: truncated idx header')
+            shape = tuple(int.from_bytes(dims[4 * i:4 + 4 * i], 'big') for i in range(ndim))
+            expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if expected > max_bytes:
+                raise ValueError(f'{path}: header says {shape} = {expected:,} bytes, over the {max_bytes:,}-byte '
+                                 'limit of an idx file')
+            data = f.read(expected + 1)
     except (OSError, EOFError) as e:  # gzip raises these for truncated or non-gzip files
         raise ValueError(f'{path}: unreadable idx file ({e})') from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
-        raise ValueError(f'{path}: not an idx file of unsigned bytes (bad magic number)')
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f'{path}: truncated idx header')
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
-    expected = int(np.prod(shape))
-    if len(data) - header != expected:
+    if len(data) != expected:
         raise ValueError(f'{path}: truncated or padded idx data: header says {shape} = {expected} bytes, '
-                         f'file holds {len(data) - header}')
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+                         f'file holds {"more" if len(data) > expected else len(data)}')
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def load_fashion_mnist(split: str = 'train', root: Optional[Union[str, Path]] = None
