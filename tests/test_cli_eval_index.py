@@ -125,8 +125,10 @@ def test_eval_default_out_one_length_and_topk(run, capsys):
     (['--checkpoint', '{tmp}/missing'], ['missing: neither a checkpoint folder']),
     (['--checkpoint', '{run}', '--bits', '32'], ['code lengths (8, 16); got --bits 32']),
     (['--checkpoint', '{run}', '--topk', '0'], None),  # argparse: exit status 2 with usage
+    (['--checkpoint', '{run}', '--out', '{tmp}/notes.txt'], ['notes.txt: is a file; give a folder']),
 ])
 def test_eval_errors(run, tmp_path, capsys, args, needles):
+    (tmp_path / 'notes.txt').write_text('mine')
     args = [a.format(tmp=tmp_path, run=run[0]) for a in args]
     if needles is None:
         with pytest.raises(SystemExit) as e:

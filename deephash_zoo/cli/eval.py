@@ -433,6 +433,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.grid_rows < 0:
         raise UserError(f'--grid-rows must be 0 or more, got {args.grid_rows}')
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UserError(f'--out {args.out}: is a file; give a folder for metrics.json and the plots')
     ev = run_evaluation(args)
     out = args.out or default_out(Path(ev.report['checkpoint']))
     written = write_evaluation(ev, out, plots=not args.no_plots, grid_rows=args.grid_rows)
