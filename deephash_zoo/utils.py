@@ -8,11 +8,12 @@ import platform
 import shutil
 import sys
 import uuid
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, List, Mapping, Union
 
 __all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'load_average', 'write_atomic', 'replace_dir', 'restore_dir',
-           'non_finite_tensors', 'read_json']
+           'temporary_name', 'remove_dead_temporaries', 'non_finite_tensors', 'read_json']
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -86,6 +87,34 @@ def restore_dir(final: Path) -> bool:
         return False
     os.replace(olds[-1], final)
     return True
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def temporary_name(prefix: str) -> str:
+    """``PREFIX<pid>-<random>``: a temporary's name that says which process writes it (see below)."""
+    return f'{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}'
+
+
+def remove_dead_temporaries(folder: Path, prefix: str) -> List[str]:
+    """Remove the ``PREFIX<pid>-*`` entries in ``folder`` whose process is gone (killed mid-write) and returns
+    their names; those of a live process (another writer, or this one) are left alone."""
+    removed = []
+    for path in sorted(Path(folder).glob(f'{glob_escape(prefix)}*')):
+        pid = path.name[len(prefix):].split('-')[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or _process_alive(int(pid))):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def non_finite_tensors(tensors: Mapping[str, Any]) -> List[str]:

@@ -226,7 +226,7 @@ def test_failed_export_into_a_new_folder_leaves_no_folder(tmp_path, monkeypatch,
 def test_temporaries_of_a_killed_export_are_removed_by_the_next(tmp_path):
     import subprocess
 
-    from deephash_zoo.export.pipeline import remove_dead_temporaries
+    from deephash_zoo.utils import remove_dead_temporaries
 
     proc = subprocess.Popen(['true'])  # a pid that has exited: that of a finished child
     proc.wait()
@@ -235,7 +235,51 @@ def test_temporaries_of_a_killed_export_are_removed_by_the_next(tmp_path):
     live = subprocess.Popen(['sleep', '30'])
     try:
         (tmp_path / f'.export-{live.pid}-ef01').mkdir()  # another export still running: left alone
-        assert remove_dead_temporaries(tmp_path) == [f'.export-{proc.pid}-abcd']
+        assert remove_dead_temporaries(tmp_path, '.export-') == [f'.export-{proc.pid}-abcd']
         assert sorted(p.name for p in tmp_path.iterdir()) == [f'.export-{live.pid}-ef01']
     finally:
         live.kill()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_export_then_rerun_leaves_one_whole_export(tmp_path):
+    """kill -9 while the graph is being written: the folder holds no partial graph where a graph belongs, and
+    the next export removes the killed one's temporary folder."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / 'onnx'
+    cmd = [sys.executable, '-m', 'deephash_zoo.cli.export', '--onnx', '--model', 'dath_n_16', '--out', str(out),
+           *SMALL]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and not any(p.is_file() for p in out.glob('.export-*/*')):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    leftovers = [p.name for p in out.glob('.export-*')]
+    assert leftovers and not list(out.glob('*.onnx'))  # killed mid-way: only its temporary folder
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    assert not list(out.glob('.export-*'))
+    assert sorted(p.name for p in out.iterdir()) == ['dath_n_16.onnx', 'verification.json']
+    _session(out / 'dath_n_16.onnx')
+
+
+def test_index_save_removes_what_a_killed_save_left(tmp_path):
+    import subprocess
+
+    from deephash_zoo.retrieval.index import HashIndex
+
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    stale = tmp_path / f'.index.tmp-{gone.pid}-0badf00d'
+    stale.mkdir()
+    (stale / 'index.faiss').write_bytes(b'\0' * 2048)
+    codes = np.packbits(np.random.default_rng(0).random((10, 16)) < 0.5, axis=1)
+    HashIndex.build(codes, 16).save(tmp_path / 'index')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['index']

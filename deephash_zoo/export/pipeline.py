@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import deephash_zoo
-from deephash_zoo.utils import replace_dir
+from deephash_zoo.utils import remove_dead_temporaries, replace_dir, temporary_name
 
 from .onnx_export import ExportError, ModelSource, export_onnx, require
 from .quantize import INT8_MODES, quantize_int8
@@ -110,10 +110,11 @@ def export_verified(
     check_requirements(int8, tensorrt)
     created = not Path(out_dir).exists()
     out = prepare_out_dir(out_dir)
-    removed = remove_dead_temporaries(out)
+    removed = remove_dead_temporaries(out, '.export-')
     if removed:
         say(f'removed {len(removed)} temporary folder(s) a killed export left in {out}: {", ".join(removed[:3])}')
-    tmp = Path(tempfile.mkdtemp(prefix=f'.export-{os.getpid()}-', dir=out))
+    tmp = out / temporary_name('.export-')
+    tmp.mkdir()
     result = ExportResult()
     published = False
     try:
@@ -176,26 +177,3 @@ def export_verified(
         if created and not published and not any(out.iterdir()):
             out.rmdir()  # a failed export into a folder it made leaves nothing behind
     return result
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def remove_dead_temporaries(out: Path) -> List[str]:
-    """Remove ``.export-PID-*`` folders in ``out`` whose process is gone (a killed export); returns their names.
-    A live export's folder is left alone."""
-    removed = []
-    for path in sorted(out.glob('.export-*')):
-        pid = path.name.split('-')[1] if path.name.count('-') >= 2 else ''
-        if pid.isdigit() and (int(pid) == os.getpid() or _process_alive(int(pid))):
-            continue  # this export's own folder, or another export still running
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path.name)
-    return removed

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from deephash_zoo.extras import require
-from deephash_zoo.utils import file_sha256, replace_dir
+from deephash_zoo.utils import file_sha256, remove_dead_temporaries, replace_dir, temporary_name
 
 from .codes import _to_numpy, as_packed
 
@@ -217,7 +216,8 @@ class HashIndex:
                     f'{path} exists and is not an index folder (no {MANIFEST_FILE}); refusing to replace it'
                 )
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}'
+        remove_dead_temporaries(path.parent, f'.{path.name}.tmp-')  # what a killed save left
+        tmp = path.parent / temporary_name(f'.{path.name}.tmp-')
         try:
             tmp.mkdir()
             faiss.write_index_binary(self._index, str(tmp / INDEX_FILE))
