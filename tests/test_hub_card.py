@@ -89,7 +89,8 @@ def test_card_round_trips_through_huggingface_hub(ckpt, tmp_path, capsys):
         cells = [c.strip() for c in line.strip('|').split('|')]
         r = report['results'][cells[0]]
         chance = r['random_codes']['map']
-        want = [f"{r['map']:.4f}", f'{chance:.4f}', f"{r['map'] / chance:.2f}x", f"{r['map_at_1000']:.4f}"]
+        want = [f"{r['map']:.4f}", f'{chance:.4f}', f"{r['map'] / chance:.2f}x", f"{r['map_at_1000']:.4f}",
+                f"{r['map_tie_aware']:.4f}"]
         want += [f'{v:.4f}' for v in (r['p_at_n']['100'], r['p_at_n']['500'], r['p_at_n']['1000'],
                                       r['precision_radius2'], r['recall_radius2'])]
         assert cells[1:] == want + [f"{100 * r['distinct_codes']['fraction']:.1f}%"]
@@ -100,7 +101,8 @@ def test_card_round_trips_through_huggingface_hub(ckpt, tmp_path, capsys):
         cells = [c.strip() for c in line.strip('|').split('|')]
         rand = report['results'][cells[0].split(',')[0]]['random_codes']
         assert cells[1] == f"{rand['map']:.4f}" and cells[4] == f"{rand['map_at_1000']:.4f}"
-        assert cells[5] == f"{rand['p_at_n']['100']:.4f}" and cells[8] == f"{rand['precision_radius2']:.4f}"
+        assert cells[5] == f"{rand['map_tie_aware']:.4f}"
+        assert cells[6] == f"{rand['p_at_n']['100']:.4f}" and cells[9] == f"{rand['precision_radius2']:.4f}"
     assert 'P@N with N above 90 counts the whole database' in text
 
 

@@ -134,8 +134,8 @@ def test_pr_curve_matches_literal_loop(data):
 def test_evaluate_matches_the_single_metrics_and_is_json(data):
     out = evaluate(*data, topk=50, ns=(10, 100))
     assert out == json.loads(json.dumps(out))
-    assert set(out) == {'map', 'map_topk', 'p_at_n', 'r_at_n', 'precision_radius2', 'recall_radius2', 'pr_curve',
-                        'bits', 'num_queries', 'num_database', 'tie_break'}
+    assert set(out) == {'map', 'map_topk', 'map_tie_aware', 'p_at_n', 'r_at_n', 'precision_radius2',
+                        'recall_radius2', 'pr_curve', 'bits', 'num_queries', 'num_database', 'tie_break'}
     assert out['map'] == pytest.approx(literal_map(*data, topk=50), abs=1e-9)
     assert out['map_topk'] == 50
     want_p, want_r = literal_at_n(*data, (10, 100))

@@ -30,7 +30,8 @@ folder ``RUN`` holding ``checkpoint/``, else ``CHECKPOINT/eval/``), each file at
   Each ``results`` entry is :func:`deephash_zoo.retrieval.metrics.evaluate`'s dict (``map``, ``map_topk``,
   ``p_at_n`` / ``r_at_n`` keyed by str(N) for N in :data:`EVAL_NS`, ``precision_radius2``,
   ``recall_radius2``, ``pr_curve``, ``bits``, ``num_queries``, ``num_database``, ``tie_break``) with two
-  more keys: ``map_at_1000`` (mAP@1000, absent when K is 1000) and ``random_codes`` (``map``,
+  more keys: ``map_at_1000`` (mAP@1000, absent when K is 1000), ``map_tie_aware`` (mAP@all averaged over
+  every order of tied items) and ``random_codes`` (``map``,
   ``map_at_1000``, ``p_at_100`` (kept for older readers), ``p_at_n`` at every N, ``precision_radius2`` of seeded
   random codes on the same query and database labels, and their ``seed``: the level each number is read
   against) and ``distinct_codes`` (``num_items``, ``num_distinct``, ``fraction`` among
@@ -248,18 +249,20 @@ def format_table(report: Dict[str, Any]) -> str:
     lines = [f"{report['model']} on {report['dataset']}: {proto['num_queries']:,} queries, "
              f"{proto['num_database']:,} database items (seed {proto['seed']}), "
              f"{report['img_size']}x{report['img_size']} input"]
-    head = (f"{'bits':>5}  {f'mAP@{k}':>9}  {'random':>7}  {'x random':>8}  {f'mAP@{MAP_AT}':>9}"
+    head = (f"{'bits':>5}  {f'mAP@{k}':>9}  {'random':>7}  {'x random':>8}  {f'mAP@{MAP_AT}':>9}  {'tie-aware':>9}"
             + ''.join(f"  {f'P@{n}':>7}" for n in TABLE_NS) + f"  {'P(r<=2)':>7}")
     lines.append(head)
     for bits, r in report['results'].items():
         chance = r.get('random_codes', {}).get('map')
         at = r.get('map_at_1000', r['map'] if k == MAP_AT else None)
         row = (f"{bits:>5}  {r['map']:>9.4f}  {_num(chance, '7.4f')}  "
-               f"{_num(r['map'] / chance if chance else None, '7.2f')}x  {_num(at, '9.4f')}"
+               f"{_num(r['map'] / chance if chance else None, '7.2f')}x  {_num(at, '9.4f')}  "
+               f"{_num(r.get('map_tie_aware'), '9.4f')}"
                + ''.join(f"  {r['p_at_n'][str(n)]:>7.4f}" for n in TABLE_NS))
         lines.append(row + f"  {r['precision_radius2']:>7.4f}")
     lines.append(f"random: mAP@{k} of seeded random codes on the same queries and database (ranking by nothing); "
-                 f"ties in Hamming distance ranked by {report['tie_break']}")
+                 f"ties in Hamming distance ranked by {report['tie_break']}; tie-aware: mAP@all averaged over "
+                 "every order of tied items (He et al. 2018)")
     if proto['num_database'] < max(TABLE_NS):
         lines.append(f"P@N with N above {proto['num_database']:,} counts the whole database")
     return '\n'.join(lines)
@@ -378,7 +381,7 @@ def score_codes(query: np.ndarray, database: np.ndarray, query_labels: np.ndarra
         rq, rd, query_labels, db_labels, min(MAP_AT, len(database)), bits=bits).map
     result['random_codes'] = {'map': chance['map'], 'map_at_1000': chance_at, 'p_at_100': chance['p_at_n']['100'],
                               'p_at_n': chance['p_at_n'], 'precision_radius2': chance['precision_radius2'],
-                              'seed': seed}
+                              'map_tie_aware': chance['map_tie_aware'], 'seed': seed}
     result['distinct_codes'] = distinct_codes(query[:DISTINCT_OF])
     return result
 

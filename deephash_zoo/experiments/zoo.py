@@ -219,7 +219,8 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
         rows.append(dict(
             model=model, checkpoint=str(work / model / 'checkpoint'), weights_sha256=report['weights_sha256'],
             protocol=report['protocol'], img_size=report['img_size'],
-            results={b: dict(map=r['map'], map_at_1000=r.get('map_at_1000'), p_at_100=r['p_at_n']['100'],
+            results={b: dict(map=r['map'], map_at_1000=r.get('map_at_1000'), map_tie_aware=r.get('map_tie_aware'),
+                             p_at_100=r['p_at_n']['100'],
                              precision_radius2=r['precision_radius2'], random_map=r['random_codes']['map'],
                              distinct_codes=r['distinct_codes']['fraction'])
                      for b, r in report['results'].items()},
@@ -261,17 +262,18 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
              f"{plan['description']}. Recipe `scratch` (see `deephash-train --help`). Stages built by "
              f"`deephash-zoo build` on {' and '.join(cpus)} (torch {machine['torch']}); this table rendered by "
              f"`{command}`; raw numbers in `{json_path}`.", '',
-             '| model | bits | mAP@all | random codes | x random | mAP@1000 | P@100 | precision (r<=2) | '
-             'distinct codes | minutes, wall (CPU): pretrain / hashing / eval |',
-             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+             '| model | bits | mAP@all | random codes | x random | mAP@1000 | mAP@all, tie-aware | P@100 | '
+             'precision (r<=2) | distinct codes | minutes, wall (CPU): pretrain / hashing / eval |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     for row in result['models']:
         cpu, wall = row['cpu_seconds'], row['wall_seconds']
         cost = ' / '.join(f'{wall[s] / 60:.1f} ({cpu[s] / 60:.1f})' for s in ('pretrain', 'train', 'eval'))
         cost += f" (trunk shared by {row['pretrain_shared_by']})"
         for b, r in sorted(row['results'].items(), key=lambda kv: int(kv[0])):
             at = f"{r['map_at_1000']:.4f}" if r['map_at_1000'] is not None else '-'
+            tie = f"{r['map_tie_aware']:.4f}" if r.get('map_tie_aware') is not None else '-'
             lines.append(f"| `{row['model']}` | {b} | {r['map']:.4f} | {r['random_map']:.4f} | "
-                         f"{r['map'] / r['random_map']:.2f}x | {at} | {r['p_at_100']:.4f} | "
+                         f"{r['map'] / r['random_map']:.2f}x | {at} | {tie} | {r['p_at_100']:.4f} | "
                          f"{r['precision_radius2']:.4f} | {100 * r['distinct_codes']:.1f}% | {cost} |")
             cost = ''
     if result['models']:
@@ -279,7 +281,9 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
         lines += ['', f"{proto['num_queries']:,} queries against {proto['num_database']:,} database items, "
                       f"{result['models'][0]['img_size']}x{result['models'][0]['img_size']} input; ties in Hamming "
                       "distance ranked by database index. *random codes*: mAP@all of seeded random codes on the "
-                      "same sets. *distinct codes*: share of different codes among the first 1,000 queries."]
+                      "same sets. *tie-aware*: mAP@all averaged over every order of the items a Hamming distance ties "
+                      "(He et al., \"Hashing as Tie-Aware Learning to Rank\"; '-': not measured by that build). "
+                      "*distinct codes*: share of different codes among the first 1,000 queries."]
     carried = [row['model'] for row in result['models'] if row.get('carried_over')]
     if carried:
         lines += ['', f"Carried over from the earlier published build (stages and metrics as recorded then; this "

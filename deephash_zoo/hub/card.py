@@ -274,12 +274,14 @@ def _results_context(report: Dict[str, Any], trained_on: Optional[str], train_hu
                             above=_fmt(r['map'] / chance if chance else None, '.2f', 'x'),
                             map_at_1000=_fmt(r.get('map_at_1000', r['map'] if r.get('map_topk') == MAP_AT else None),
                                              '.4f'),
+                            tie_aware=_fmt(r.get('map_tie_aware'), '.4f'),
                             p_at_n=[f"{r['p_at_n'][n]:.4f}" for n in ns],
                             precision_radius2=f"{r['precision_radius2']:.4f}",
                             recall_radius2=f"{r['recall_radius2']:.4f}",
                             distinct=_fmt(distinct['fraction'] * 100 if distinct else None, '.1f', '%'),
                             # the same metrics of seeded random codes: the level each number is read against
                             chance=dict(map=_fmt(chance, '.4f'), map_at_1000=_fmt(rand.get('map_at_1000'), '.4f'),
+                                        tie_aware=_fmt(rand.get('map_tie_aware'), '.4f'),
                                         p_at_n=[_fmt(rand_p.get(n), '.4f') for n in ns],
                                         precision_radius2=_fmt(rand.get('precision_radius2'), '.4f'))))
     context = dict(

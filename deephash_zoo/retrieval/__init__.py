@@ -11,9 +11,11 @@ from .metrics import (
     mean_average_precision,
     precision_recall_at_n,
     precision_recall_curve,
+    tie_aware_mean_average_precision,
 )
 
 __all__ = [
     'TIE_BREAK', 'HashIndex', 'as_packed', 'evaluate', 'hamming_distances', 'hamming_radius_precision_recall',
     'mean_average_precision', 'precision_recall_at_n', 'precision_recall_curve',
+    'tie_aware_mean_average_precision',
 ]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .codes import _to_numpy, as_packed, code_words, distance_dtype, hamming_from_words
+from .tie_aware import tie_aware_average_precision
 
 __all__ = [
     'TIE_BREAK',
@@ -44,6 +45,7 @@ __all__ = [
     'precision_recall_at_n',
     'precision_recall_curve',
     'random_codes',
+    'tie_aware_mean_average_precision',
 ]
 
 TIE_BREAK = 'database index (stable)'
@@ -442,6 +444,24 @@ def mean_average_precision(
     return MapResult(float(s.ap.mean()), topk, s.ap, p.bits, p.num_queries, p.num_database)
 
 
+def tie_aware_mean_average_precision(
+    query_codes: Any,
+    db_codes: Any,
+    query_labels: Any,
+    db_labels: Any,
+    *,
+    bits: int | None = None,
+    chunk_size: int | None = None,
+) -> MapResult:
+    """mAP over the whole ranking with every tie group's order averaged out (He et al., CVPR 2018): what
+    :func:`mean_average_precision` gives in expectation over random tie-breaks, whatever the tie-break."""
+    p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
+    s = _scan(p, hist=True, chunk_size=chunk_size)
+    ap = tie_aware_average_precision(s.hist)
+    return MapResult(float(ap.mean()), None, ap, p.bits, p.num_queries, p.num_database,
+                     tie_break='averaged (tie-aware)')
+
+
 def precision_recall_at_n(
     query_codes: Any,
     db_codes: Any,
@@ -522,10 +542,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """All metrics from one pass, as a JSON-serialisable dict (read by the Hub model card).
 
-    Schema: ``map``, ``map_topk`` (int or ``'all'``), ``p_at_n`` / ``r_at_n`` ({str(N): value}; string
-    keys so the dict equals its JSON round trip), ``precision_radius2``, ``recall_radius2``,
-    ``pr_curve`` ({'radius', 'precision', 'recall'} lists over radius 0..bits), ``bits``,
-    ``num_queries``, ``num_database``, ``tie_break``.
+    Schema: ``map``, ``map_topk`` (int or ``'all'``), ``map_tie_aware`` (mAP over the whole ranking as the
+    expectation over every order of tied items, see :mod:`.tie_aware`; independent of the tie-break),
+    ``p_at_n`` / ``r_at_n`` ({str(N): value}; string keys so the dict equals its JSON round trip),
+    ``precision_radius2``, ``recall_radius2``, ``pr_curve`` ({'radius', 'precision', 'recall'} lists over
+    radius 0..bits), ``bits``, ``num_queries``, ``num_database``, ``tie_break``.
     """
     _check_topk(topk)
     ns = _check_ns(ns)
@@ -538,6 +559,7 @@ def evaluate(
     return {
         'map': float(s.ap.mean()),
         'map_topk': 'all' if topk is None else int(topk),
+        'map_tie_aware': float(tie_aware_average_precision(s.hist).mean()),
         'p_at_n': {str(x): float(v) for x, v in zip(ns, at_n.precision, strict=True)},
         'r_at_n': {str(x): float(v) for x, v in zip(ns, at_n.recall, strict=True)},
         'precision_radius2': float(curve.precision[r2]),
