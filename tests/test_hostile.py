@@ -374,19 +374,24 @@ def test_a_config_naming_a_timm_model_that_does_not_hash_is_refused(planted):
 
 
 @needs_fmnist
-def test_resume_or_init_with_another_models_weights_is_one_line(finished_run, tmp_path, capsys):
+@pytest.mark.parametrize('probe, needles', [
+    ('resume', ('the saved state does not fit this model and settings',)),
+    ('init-weights', ('do not fit', '--init takes a trunk file')),
+    ('init-folder', ('not a readable safetensors file',)),
+])
+def test_resume_or_init_with_another_models_weights_is_one_line(finished_run, tmp_path, capsys, probe, needles):
     import shutil
 
-    out = tmp_path / 'other'
-    shutil.copytree(finished_run, out)
     other = [a if a != 'dath_n_16' else 'dath_s_32' for a in TINY]
-    _refused(capsys, [*other, '--out', str(out), '--epochs', '2', '--resume'],
-             'the saved state does not fit this model and settings')
-    _refused(capsys, [*other, '--out', str(tmp_path / 'fresh'), '--max-steps', '1',
-                      '--init', str(finished_run / 'checkpoint' / 'model.safetensors')],
-             'do not fit', '--init takes a trunk file')
-    _refused(capsys, [*other, '--out', str(tmp_path / 'fresh'), '--max-steps', '1', '--init', str(finished_run)],
-             'not a readable safetensors file')
+    if probe == 'resume':
+        out = tmp_path / 'other'
+        shutil.copytree(finished_run, out)
+        before = _snapshot(out)
+        _refused(capsys, [*other, '--out', str(out), '--epochs', '2', '--resume'], *needles)
+        assert _snapshot(out) == before
+        return
+    init = finished_run / 'checkpoint' / 'model.safetensors' if probe == 'init-weights' else finished_run
+    _refused(capsys, [*other, '--out', str(tmp_path / 'fresh'), '--max-steps', '1', '--init', str(init)], *needles)
     assert not (tmp_path / 'fresh').exists()
 
 
