@@ -12,7 +12,7 @@ folder ``RUN`` holding ``checkpoint/``, else ``CHECKPOINT/eval/``), each file at
       "model": "dath_n_16",                 # the checkpoint's timm architecture
       "checkpoint": "/abs/path/checkpoint", # the checkpoint folder evaluated
       "weights_sha256": "...",              # sha256 of its model.safetensors
-      "dataset": "fashion-mnist",           # the --data name (fashion-mnist | mosaic | list:PATH | coco:PATH)
+      "dataset": "fashion-mnist",           # the --data name (fashion-mnist | mosaic | cifar10:DIR | list:PATH | ...)
       "protocol": {
         "data": "fashion-mnist", "seed": 0,  # build_retrieval_data(data, seed=seed) made the split
         "num_queries": 1000, "num_database": 60000,                 # what was evaluated
@@ -205,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog='metrics.json schema: see `python -m pydoc deephash_zoo.cli.eval`.')
     p.add_argument('--checkpoint', required=True, help='checkpoint folder, or a run folder holding checkpoint/')
     p.add_argument('--data', default=None,
-                   help="fashion-mnist | mosaic | list:PATH | coco:PATH (default: the checkpoint's dataset)")
+                   help="fashion-mnist | mosaic | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
+                        "(default: the checkpoint's dataset)")
     p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     p.add_argument('--bits', type=int, default=None, help='evaluate only this code length (default: all)')
     p.add_argument('--topk', type=_topk_arg, default=argparse.SUPPRESS,

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser('build', help="encode a benchmark's database set into an index folder")
     b.add_argument('--checkpoint', required=True, help='checkpoint folder, or a run folder holding checkpoint/')
     b.add_argument('--data', default=None,
-                   help="fashion-mnist | mosaic | list:PATH | coco:PATH (default: the checkpoint's dataset)")
+                   help="fashion-mnist | mosaic | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
+                        "(default: the checkpoint's dataset)")
     b.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     b.add_argument('--kind', choices=('flat', 'hnsw', 'ivf'), default='flat', help='flat is exact (default)')
     b.add_argument('--bits', type=int, default=None, help='code length to index (default: the longest)')

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from .cifar10 import CIFAR10_CLASSES, CIFAR10_PROTOCOLS, cifar10_split, read_cifar10
 from .coco import load_coco
 from .dataset import HashDataset
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
@@ -167,6 +168,23 @@ def _build_mosaic(root: Optional[PathLike], seed: int, subset: Optional[int], pr
     return {'train': train, 'query': query, 'database': database}
 
 
+def _build_cifar10(root: str, seed: int, subset: Optional[int], protocol: str,
+                   num_query: Optional[int], num_train: Optional[int]) -> Dict[str, HashDataset]:
+    if num_query is not None or num_train is not None:
+        raise ValueError(f'{protocol}: the protocols fix the query and training counts per class; choose one by '
+                         f'the data name ({", ".join(sorted(CIFAR10_PROTOCOLS))}:DIR) and cap the database with '
+                         'subset=')
+    images, labels = read_cifar10(root)
+    split = cifar10_split(labels, protocol, seed)
+    database = split['database']
+    if subset is not None:
+        database = _draw(np.random.default_rng((seed, 4)), database, subset, 'subset', 'CIFAR-10 database images')
+    dataset = HashDataset(labels, images=images, class_names=CIFAR10_CLASSES,
+                          ids=[f'{"train" if i < 50_000 else "test"}/{i % 50_000}' for i in range(len(labels))])
+    return {key: dataset.subset(index) for key, index in
+            (('train', split['train']), ('query', split['query']), ('database', database))}
+
+
 def _preset_for(dataset: HashDataset, protocol: Optional[str], counts_given: bool, name: str) -> Protocol:
     if protocol is None:
         protocol = _LABEL_COUNT_PRESET.get(dataset.num_classes)
@@ -196,13 +214,14 @@ def build_retrieval_data(
 ) -> Dict[str, HashDataset]:
     """``{'train', 'query', 'database'}`` datasets of a benchmark, split by its preset and ``seed``.
 
-    ``name``: ``'fashion-mnist'``, ``'mosaic'`` (``root`` = the Fashion-MNIST folder), ``'list:PATH'`` (a
-    DeepHash list file; ``root`` = image root, default its folder; preset from ``protocol`` or the label
-    count: 21 / 81 / 80 columns -> nuswide21 / nuswide81 / coco) or ``'coco:PATH'`` (an instances json;
-    ``root`` = its image folder, required). ``subset`` caps the database at a seeded sample of that size
-    for quick runs (mosaic: the number of database mosaics); the training count then shrinks to fit unless
-    ``num_train`` is given. ``num_query`` / ``num_train`` override the preset. ``transform`` applies to all
-    three sets, ``train_transform`` (default: ``transform``) to the training set.
+    ``name``: ``'fashion-mnist'``, ``'mosaic'`` (``root`` = the Fashion-MNIST folder), ``'list:PATH'`` (a DeepHash
+    list file; ``root`` = image root, default its folder; preset from ``protocol`` or the label count: 21 / 81 / 80
+    columns -> nuswide21 / nuswide81 / coco), ``'cifar10:DIR'``, ``'cifar10-1:DIR'``, ``'cifar10-2:DIR'`` (the
+    binary version, split by DeepHash-pytorch's protocol of that name, see :mod:`.cifar10`) or ``'coco:PATH'`` (an
+    instances json; ``root`` = its image folder, required). ``subset`` caps the database at a seeded sample of that
+    size for quick runs (mosaic: the number of database mosaics); the training count then shrinks to fit unless
+    ``num_train`` is given. ``num_query`` / ``num_train`` override the preset. ``transform`` applies to all three
+    sets, ``train_transform`` (default: ``transform``) to the training set.
     """
     for arg, value in (('subset', subset), ('num_query', num_query), ('num_train', num_train)):
         _check_count(arg, value)
@@ -210,6 +229,11 @@ def build_retrieval_data(
         out = _build_fashion_mnist(root, seed, subset, PROTOCOLS[name], num_query, num_train)
     elif name == 'mosaic':
         out = _build_mosaic(root, seed, subset, PROTOCOLS[name], num_query, num_train, grid)
+    elif name.split(':', 1)[0] in CIFAR10_PROTOCOLS and ':' in name:
+        kind, path = name.split(':', 1)
+        if protocol not in (None, kind):
+            raise ValueError(f'{name}: the data name sets protocol {kind!r}; got protocol={protocol!r} too')
+        out = _build_cifar10(path, seed, subset, kind, num_query, num_train)
     elif name.startswith(('list:', 'coco:')):
         kind, path = name.split(':', 1)
         if kind == 'list':
@@ -228,7 +252,8 @@ def build_retrieval_data(
         out = {'train': dataset.subset(split.train), 'query': dataset.subset(split.query),
                'database': dataset.subset(split.database)}
     else:
-        raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', 'mosaic', 'list:PATH' or 'coco:PATH'")
+        raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', 'mosaic', 'cifar10[-1|-2]:DIR', 'list:PATH' "
+                         "or 'coco:PATH'")
     for key, ds in out.items():
         ds.transform = train_transform if key == 'train' and train_transform is not None else transform
     return out
