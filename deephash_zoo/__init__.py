@@ -12,5 +12,6 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from .models import *  # noqa: F401,F403,E402  (registers the models with timm)
 from .models import __all__ as _model_all  # noqa: E402
+from .retrieval.folder import encode_images  # noqa: E402
 
-__all__ = ['__version__', *_model_all]
+__all__ = ['__version__', 'encode_images', *_model_all]

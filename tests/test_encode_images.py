@@ -1,0 +1,64 @@
+"""deephash_zoo.encode_images: a folder (or files, or PIL images) to codes in batches, then an index."""
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import deephash_zoo
+from deephash_zoo.retrieval.encoding import model_transform
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp('photos')
+    (root / 'sub').mkdir()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(['a.png', 'b.JPG', 'sub/c.png', 'sub/d.webp', 'e.bmp']):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)).save(root / name)
+    (root / 'broken.png').write_bytes(b'not an image')
+    (root / 'notes.txt').write_text('skipped: not an image suffix')
+    return root
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.manual_seed(0)
+    return timm.create_model('dath_n_16', pretrained_cfg_overlay=dict(input_size=(3, 64, 64))).eval()
+
+
+def test_a_folder_encodes_in_batches_as_the_model_would(photos, model):
+    found = deephash_zoo.encode_images(model, photos, batch_size=2)
+    assert found.ids == ['a.png', 'b.JPG', 'e.bmp', 'sub/c.png', 'sub/d.webp']
+    assert [name for name, _ in found.skipped] == ['broken.png'] and 'cannot open image' in found.skipped[0][1]
+    assert found.codes.shape == (5, 2) and found.codes.dtype == np.uint8 and found.bits == 16
+    transform = model_transform(model)
+    x = torch.stack([transform(Image.open(photos / i).convert('RGB')) for i in found.ids])
+    assert np.array_equal(found.codes, model.encode(x, packed=True).numpy())
+    assert found.manifest == {'model': 'dath_n_16', 'model_bits': [16], 'img_size': 64}
+    signs = deephash_zoo.encode_images(model, [photos / 'a.png', Image.open(photos / 'e.bmp')], packed=False)
+    assert signs.codes.shape == (2, 16) and set(np.unique(signs.codes)) <= {-1, 1}
+    assert np.array_equal(np.packbits(signs.codes > 0, axis=1), found.codes[[0, 2]])
+
+
+def test_two_lines_from_a_folder_to_neighbours(photos, model):
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex
+
+    found = deephash_zoo.encode_images(model, photos)
+    index = HashIndex.build(found.codes, found.bits, ids=found.ids, manifest_extra=found.manifest)
+    ids, dist = index.search(found.codes[3], k=1)
+    assert dist[0, 0] == 0 and found.codes[found.ids.index(ids[0, 0])].tobytes() == found.codes[3].tobytes()
+
+
+def test_bad_requests(photos, model, tmp_path):
+    with pytest.raises(FileNotFoundError, match='not a folder of images'):
+        deephash_zoo.encode_images(model, tmp_path / 'missing')
+    with pytest.raises(ValueError, match='no image files'):
+        deephash_zoo.encode_images(model, tmp_path)
+    with pytest.raises(ValueError, match=r'code lengths \(16,\); got bits=32'):
+        deephash_zoo.encode_images(model, photos, bits=32)
+    with pytest.raises(ValueError, match='none of the 1 images could be opened'):
+        deephash_zoo.encode_images(model, [photos / 'broken.png'])
+    with pytest.raises(ValueError, match='batch_size must be a positive integer'):
+        deephash_zoo.encode_images(model, photos, batch_size=0)
