@@ -256,3 +256,30 @@ def test_searcher_refuses_a_model_that_did_not_make_the_index(synthetic_index):
         HashSearcher(_model('dath_s_16', (16,), 0), index, transform=lambda im: im)
     with pytest.raises(ValueError, match='code length mismatch'):
         HashSearcher(_model('dath_n_16', (32,), 0), index, transform=lambda im: im)
+
+
+def test_index_build_from_a_folder_of_images_then_query(run, tmp_path, capsys):
+    from PIL import Image
+
+    photos = tmp_path / 'photos'
+    (photos / 'sub').mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for name in ('a.png', 'sub/b.jpg', 'c.png'):
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(photos / name)
+    (photos / 'broken.png').write_bytes(b'nope')
+    out = tmp_path / 'index'
+    assert run_main(index_main, ['build', '--checkpoint', str(run[0]), '--images', str(photos), '--out', str(out),
+                                 '--no-progress']) == 0
+    said = capsys.readouterr()
+    assert '3 images of' in said.out and '(1 skipped)' in said.out and 'skipped broken.png' in said.err
+    manifest = json.loads((out / 'manifest.json').read_text())
+    assert manifest['ids'] == ['a.png', 'c.png', 'sub/b.jpg'] and manifest['model'] == 'dath_n_16'
+    assert manifest['weights_sha256'] == weights_sha256(run[0] / 'checkpoint' / 'model.safetensors')
+    assert run_main(index_main, ['query', '--index', str(out), '--image', str(photos / 'sub' / 'b.jpg'), '-k', '3',
+                                 '--json']) == 0
+    result = json.loads(capsys.readouterr().out)['results'][0]
+    assert result['distances'][0] == 0 and 'sub/b.jpg' in [i for i, d in zip(result['ids'], result['distances'],
+                                                                            strict=True) if d == 0]
+    _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--images', str(photos),
+                                                  '--data', 'fashion-mnist', '--out', str(tmp_path / 'x')]),
+                    '--images indexes a folder; --data names a benchmark')

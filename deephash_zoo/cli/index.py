@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fashion-mnist | mosaic | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
                         "(default: the checkpoint's dataset)")
     b.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
+    b.add_argument('--images', type=Path, default=None, metavar='DIR',
+                   help='index your own folder of images instead (recursive; ids = paths relative to DIR; '
+                        'unreadable files skipped and counted)')
     b.add_argument('--kind', choices=('flat', 'hnsw', 'ivf'), default='flat', help='flat is exact (default)')
     b.add_argument('--bits', type=int, default=None, help='code length to index (default: the longest)')
     b.add_argument('--db-subset', type=int, default=None, help='index a seeded subset of this many items')
@@ -81,6 +84,8 @@ def build(args: argparse.Namespace) -> int:
     if bits not in ckpt.bits:
         raise UserError(f'{ckpt.architecture} has code lengths {ckpt.bits}; got --bits {bits}')
     img_size = args.img_size or ckpt.img_size
+    if args.images is not None:
+        return _build_from_folder(args, ckpt, bits, img_size)
     transform = model_transform(ckpt.model, img_size)
     data, root, seed = data_defaults(ckpt, args.data, args.data_root, args.seed)
     sets, protocol = protocol_sets(data, root, seed, transform, db_subset=args.db_subset, which=('database',))
@@ -98,6 +103,33 @@ def build(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     print(f'{len(index):,} {data} database items, {bits}-bit codes of {ckpt.architecture} '
           f'({args.kind} index) -> {args.out}')
+    return 0
+
+
+def _build_from_folder(args: argparse.Namespace, ckpt: Any, bits: int, img_size: int) -> int:
+    """``--images DIR``: an index of a folder's images, encoded in batches (bounded memory)."""
+    from deephash_zoo.retrieval.folder import encode_images
+    from deephash_zoo.retrieval.index import HashIndex
+
+    if args.data is not None:
+        raise UserError('--images indexes a folder; --data names a benchmark: give one of them')
+    # encode at the size queries will be encoded at (the manifest's img_size), whatever pretrained_cfg says
+    chans = int(ckpt.model.pretrained_cfg.get('input_size', (3,))[0])
+    ckpt.model.pretrained_cfg = dict(ckpt.model.pretrained_cfg, input_size=(chans, img_size, img_size))
+    found = encode_images(ckpt.model, args.images, bits=bits, batch_size=args.batch_size,
+                          progress=not args.no_progress)
+    for name, why in found.skipped[:5]:
+        print(f'skipped {name}: {why}', file=sys.stderr)
+    extra = dict(found.manifest, model=ckpt.architecture, weights_sha256=ckpt.weights_sha256,
+                 checkpoint=str(ckpt.path), images_root=str(args.images.resolve()), img_size=img_size,
+                 skipped=len(found.skipped), package_version=deephash_zoo.__version__)
+    index = HashIndex.build(found.codes, bits, ids=found.ids, kind=args.kind, manifest_extra=extra)
+    try:
+        index.save(args.out, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    print(f'{len(index):,} images of {args.images} ({len(found.skipped)} skipped), {bits}-bit codes of '
+          f'{ckpt.architecture} ({args.kind} index) -> {args.out}')
     return 0
 
 
@@ -156,6 +188,9 @@ def index_sets(manifest: Dict[str, Any], which: Sequence[str] = ('database',)) -
     """The protocol sets an index was built from (the database, in index order; the queries on request),
     rebuilt from its manifest: for showing images, not encoding them (no transform)."""
     data, proto = manifest.get('dataset'), manifest.get('protocol') or {}
+    if manifest.get('images_root'):
+        raise UserError('--grid draws benchmark indexes; this one holds a folder of images '
+                        f"({manifest['images_root']}), whose neighbours are the ids printed")
     if not data or 'seed' not in proto:
         raise UserError('the index manifest does not record its data set and protocol; rebuild the index')
     root = manifest.get('data_root')
