@@ -41,3 +41,24 @@ def test_encode_errors_are_one_line(args, message, capsys):
     assert run_main(main, args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count('\n') == 1 and 'Traceback' not in err
+
+
+def test_encode_a_folder_to_npy_with_ids_beside(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / 'photos'
+    (photos / 'sub').mkdir(parents=True)
+    for i, name in enumerate(('x.png', 'sub/y.png', 'z.jpg')):
+        Image.new('RGB', (40 + i, 30), (10 * i, 200, 30)).save(photos / name)
+    (photos / 'bad.png').write_bytes(b'no')
+    out = tmp_path / 'codes.npy'
+    assert run_main(main, ['--model', 'dath_n_16', '--images', str(photos), '--out', str(out), '--img-size', '64',
+                           '--batch-size', '2', '--device', 'cpu']) == 0
+    said = capsys.readouterr()
+    assert '3 images (1 skipped), 16-bit codes of dath_n_16 at 64x64' in said.out and 'skipped bad.png' in said.err
+    codes = np.load(out, allow_pickle=False)
+    assert codes.shape == (3, 2) and codes.dtype == np.uint8
+    assert (tmp_path / 'codes.ids.txt').read_text().split() == ['sub/y.png', 'x.png', 'z.jpg']
+    assert run_main(main, ['--model', 'dath_n_16', '--images', str(photos)]) == 2
+    assert 'add --out codes.npy' in capsys.readouterr().err

@@ -1,5 +1,11 @@
-"""``deephash-encode``: create a model, encode a few images, print their codes and the time it took."""
+"""``deephash-encode``: encode images with a model and print their codes and the time it took, or (``--out``)
+write the codes of a whole folder to a .npy file, ids beside it.
+
+``--images DIR --out codes.npy`` streams the folder (recursive) in batches: memory holds one batch and the
+codes; ``codes.ids.txt`` lists the images in row order (paths relative to DIR), unreadable files are
+skipped and counted."""
 import argparse
+import io
 import json
 import statistics
 import sys
@@ -26,7 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='deephash-encode', description=__doc__)
     p.add_argument('--model', default='dath_alexnet_32', help='registered model name (default: %(default)s)')
     p.add_argument('--pretrained', action='store_true', help="load the model's published weights (Hub or cache)")
-    p.add_argument('--images', nargs='*', type=Path, default=None, help='image files (default: Fashion-MNIST)')
+    p.add_argument('--checkpoint', default=None,
+                   help='a checkpoint folder (or run folder, hf-hub:/local-dir: name) instead of --model')
+    p.add_argument('--out', type=Path, default=None,
+                   help='write the packed codes here (.npy) and the ids beside it (.ids.txt), e.g. for a folder')
+    p.add_argument('--batch-size', type=int, default=64, help='images per batch with --out (default: %(default)s)')
+    p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    p.add_argument('--images', nargs='*', type=Path, default=None,
+                   help='image files, or one folder with --out (default: Fashion-MNIST test images)')
     p.add_argument('--fmnist-dir', type=Path, default=None, help='folder of the Fashion-MNIST idx files')
     p.add_argument('--num', type=int, default=8, help='Fashion-MNIST test images to encode (default: %(default)s)')
     p.add_argument('--img-size', type=int, default=None,
@@ -52,12 +65,63 @@ def _load_images(args: argparse.Namespace) -> tuple:
     return pil, [FASHION_MNIST_CLASSES[int(y)] for y in labels[:args.num]]
 
 
+def _device(name: str) -> torch.device:
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda: no CUDA device here')
+    return torch.device('cuda' if name != 'cpu' and torch.cuda.is_available() else 'cpu')
+
+
+def _load_model(args: argparse.Namespace) -> torch.nn.Module:
+    if args.checkpoint and args.pretrained:
+        raise UserError('--checkpoint and --pretrained both name weights: give one')
+    if args.checkpoint:
+        from deephash_zoo.hub.checkpoint import load_checkpoint
+
+        model = load_checkpoint(args.checkpoint)
+        args.model = model.pretrained_cfg.get('architecture', args.model)
+        return model
+    return create_pretrained(args.model) if args.pretrained else timm.create_model(args.model)
+
+
+def _write_codes(args: argparse.Namespace, model: torch.nn.Module) -> int:
+    """``--out``: stream the images (a folder or files) through the model, write codes.npy + codes.ids.txt."""
+    from deephash_zoo.retrieval.folder import encode_images
+
+    if not args.images:
+        raise UserError('--out writes the codes of --images (a folder or files)')
+    if args.img_size:
+        chans = int(model.pretrained_cfg.get('input_size', (3,))[0])
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(chans, args.img_size, args.img_size))
+    source = args.images[0] if len(args.images) == 1 and args.images[0].is_dir() else args.images
+    t0 = time.perf_counter()
+    found = encode_images(model, source, bits=args.bits, batch_size=args.batch_size, progress=True,
+                          device=_device(args.device))
+    seconds = time.perf_counter() - t0
+    out = args.out if args.out.suffix == '.npy' else args.out.with_suffix('.npy')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, found.codes, allow_pickle=False)
+    ids = out.with_suffix('.ids.txt')
+    write_atomic(ids, ('\n'.join(found.ids) + '\n').encode())
+    write_atomic(out, buffer.getvalue())
+    for name, why in found.skipped[:5]:
+        print(f'skipped {name}: {why}', file=sys.stderr)
+    print(f'{len(found.ids):,} images ({len(found.skipped)} skipped), {found.bits}-bit codes of {args.model} '
+          f'at {found.manifest["img_size"]}x{found.manifest["img_size"]}: {1000 * seconds / len(found.ids):.2f} '
+          f'ms/image with reading -> {out} ({found.codes.shape[0]} x {found.codes.shape[1]} bytes) and {ids}')
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    model = (create_pretrained(args.model) if args.pretrained else timm.create_model(args.model)).eval()
+    model = _load_model(args).eval()
     build_s = time.perf_counter() - start
+    if args.out is not None:
+        return _write_codes(args, model)
+    if args.images and any(p.is_dir() for p in args.images):
+        raise UserError('--images names a folder: add --out codes.npy to write its codes')
     if args.bits is not None and args.bits not in model.bits:
         raise UserError(f'{args.model} has code lengths {model.bits}; got --bits {args.bits}')
     cfg = resolve_data_config(model=model)
@@ -67,6 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     pil, names = _load_images(args)
     batch = torch.stack([transform(img) for img in pil])
 
+    device = _device(args.device)
+    model, batch = model.to(device), batch.to(device)
     model.encode(batch[:1])  # warm-up
     times = []
     for _ in range(max(1, args.repeats)):
@@ -81,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'input {cfg["input_size"][1]}x{cfg["input_size"][2]}, {bits}-bit codes')
     width = max(len(n) for n in names)
     rows = []
-    for name, code in zip(names, codes.numpy(), strict=True):
+    for name, code in zip(names, codes.cpu().numpy(), strict=True):
         bit_string = ''.join('1' if b > 0 else '0' for b in code)
         hex_code = np.packbits(code > 0).tobytes().hex()
         print(f'  {name:<{width}}  {bit_string}  0x{hex_code}')
