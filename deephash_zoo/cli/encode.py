@@ -89,13 +89,10 @@ def _write_codes(args: argparse.Namespace, model: torch.nn.Module) -> int:
 
     if not args.images:
         raise UserError('--out writes the codes of --images (a folder or files)')
-    if args.img_size:
-        chans = int(model.pretrained_cfg.get('input_size', (3,))[0])
-        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(chans, args.img_size, args.img_size))
     source = args.images[0] if len(args.images) == 1 and args.images[0].is_dir() else args.images
     t0 = time.perf_counter()
     found = encode_images(model, source, bits=args.bits, batch_size=args.batch_size, progress=True,
-                          device=_device(args.device))
+                          device=_device(args.device), img_size=args.img_size)
     seconds = time.perf_counter() - t0
     out = args.out if args.out.suffix == '.npy' else args.out.with_suffix('.npy')
     out.parent.mkdir(parents=True, exist_ok=True)

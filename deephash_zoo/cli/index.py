@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 def build(args: argparse.Namespace) -> int:
     from deephash_zoo.extras import check_installed
     from deephash_zoo.retrieval.encoding import encode_dataset, model_transform
-    from deephash_zoo.retrieval.index import MANIFEST_FILE, HashIndex
+    from deephash_zoo.retrieval.index import MANIFEST_FILE
 
     check_installed('faiss')  # before encoding the whole database
     if args.out.exists() and not args.overwrite:
@@ -96,38 +96,38 @@ def build(args: argparse.Namespace) -> int:
     extra = dict(model=ckpt.architecture, model_bits=list(ckpt.bits), weights_sha256=ckpt.weights_sha256,
                  checkpoint=str(ckpt.path), dataset=data, data_root=root, protocol=protocol, img_size=img_size,
                  package_version=deephash_zoo.__version__)
-    index = HashIndex.build(codes, bits, ids=ids, kind=args.kind, manifest_extra=extra)
-    try:
-        index.save(args.out, overwrite=args.overwrite)
-    except FileExistsError as e:
-        raise UserError(str(e)) from None
+    index = _save_index(args, codes, bits, ids, extra)
     print(f'{len(index):,} {data} database items, {bits}-bit codes of {ckpt.architecture} '
           f'({args.kind} index) -> {args.out}')
     return 0
 
 
+def _save_index(args: argparse.Namespace, codes: Any, bits: int, ids: Any, extra: Dict[str, Any]) -> Any:
+    """The ``--kind`` index of ``codes`` with its manifest, saved at ``--out`` (``--overwrite`` replaces one)."""
+    from deephash_zoo.retrieval.index import HashIndex
+
+    index = HashIndex.build(codes, bits, ids=ids, kind=args.kind, manifest_extra=extra)
+    try:
+        index.save(args.out, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    return index
+
+
 def _build_from_folder(args: argparse.Namespace, ckpt: Any, bits: int, img_size: int) -> int:
     """``--images DIR``: an index of a folder's images, encoded in batches (bounded memory)."""
     from deephash_zoo.retrieval.folder import encode_images
-    from deephash_zoo.retrieval.index import HashIndex
 
     if args.data is not None:
         raise UserError('--images indexes a folder; --data names a benchmark: give one of them')
-    # encode at the size queries will be encoded at (the manifest's img_size), whatever pretrained_cfg says
-    chans = int(ckpt.model.pretrained_cfg.get('input_size', (3,))[0])
-    ckpt.model.pretrained_cfg = dict(ckpt.model.pretrained_cfg, input_size=(chans, img_size, img_size))
     found = encode_images(ckpt.model, args.images, bits=bits, batch_size=args.batch_size,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, img_size=img_size)  # the size queries are encoded at
     for name, why in found.skipped[:5]:
         print(f'skipped {name}: {why}', file=sys.stderr)
     extra = dict(found.manifest, model=ckpt.architecture, weights_sha256=ckpt.weights_sha256,
                  checkpoint=str(ckpt.path), images_root=str(args.images.resolve()), img_size=img_size,
                  skipped=len(found.skipped), package_version=deephash_zoo.__version__)
-    index = HashIndex.build(found.codes, bits, ids=found.ids, kind=args.kind, manifest_extra=extra)
-    try:
-        index.save(args.out, overwrite=args.overwrite)
-    except FileExistsError as e:
-        raise UserError(str(e)) from None
+    index = _save_index(args, found.codes, bits, found.ids, extra)
     print(f'{len(index):,} images of {args.images} ({len(found.skipped)} skipped), {bits}-bit codes of '
           f'{ckpt.architecture} ({args.kind} index) -> {args.out}')
     return 0

@@ -90,10 +90,11 @@ def _batches(items: List[Any], ids: List[str], size: int, skipped: List[Tuple[st
 
 
 def encode_images(model: torch.nn.Module, images: ImagesArg, *, bits: Optional[int] = None, packed: bool = True,
-                  batch_size: int = 64, progress: bool = False, device: Union[str, torch.device, None] = None
-                  ) -> EncodedImages:
+                  batch_size: int = 64, progress: bool = False, device: Union[str, torch.device, None] = None,
+                  img_size: Optional[int] = None) -> EncodedImages:
     """Codes of ``images`` (a folder, searched recursively; image files; or PIL images) at code length ``bits``
-    (default: the model's longest), in batches of ``batch_size``."""
+    (default: the model's longest), in batches of ``batch_size``, at input size ``img_size`` (default: the
+    model's ``pretrained_cfg``, the size its weights were trained at)."""
     model_bits = tuple(getattr(model, 'bits', ()) or ())
     if not model_bits:
         raise ValueError('the model has no hash layer (it is not a hashing model, or num_classes=0)')
@@ -103,7 +104,8 @@ def encode_images(model: torch.nn.Module, images: ImagesArg, *, bits: Optional[i
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}')
     items, ids = _items(images)
-    transform = model_transform(model)
+    transform = model_transform(model, img_size)
+    img_size = img_size or int(resolve_data_config(model=model)['input_size'][-1])
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).eval()
     skipped: List[Tuple[str, str]] = []
@@ -117,6 +119,5 @@ def encode_images(model: torch.nn.Module, images: ImagesArg, *, bits: Optional[i
     if not kept:
         raise ValueError(f'none of the {len(items)} images could be opened (first: {skipped[0][1]})')
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
-    manifest = dict(model=cfg.get('architecture'), model_bits=list(model_bits),
-                    img_size=int(resolve_data_config(model=model)['input_size'][-1]))
+    manifest = dict(model=cfg.get('architecture'), model_bits=list(model_bits), img_size=img_size)
     return EncodedImages(np.concatenate(chunks), kept, bits, skipped, manifest)
