@@ -36,7 +36,7 @@ from tqdm import tqdm
 from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
-from deephash_zoo.utils import write_atomic
+from deephash_zoo.utils import non_finite_tensors, restore_dir, write_atomic
 
 from .recipes import PRETRAIN, RECIPES, Recipe, family_of, get_recipe
 from .state import load_train_state, save_train_state
@@ -297,8 +297,6 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 def _claim_run_folder(out: Path, resume: bool, log: Callable[[str], None]) -> None:
     """Once the run has started: create ``out``, clear what an earlier run left (everything it wrote when
     replacing it; the hidden temporaries of a killed save always)."""
-    from deephash_zoo.utils import restore_dir
-
     out.mkdir(parents=True, exist_ok=True)
     for name in ('checkpoint', 'last'):
         if restore_dir(out / name):
@@ -331,8 +329,6 @@ def _check_finite(values: Dict[str, float], model: nn.Module, step: int, out: Pa
     """Stop the run with one line naming the step and the loss part (or weights) that became NaN / inf."""
     bad = [f'{k} = {v}' for k, v in values.items() if not math.isfinite(v)]
     if not bad and weights:
-        from deephash_zoo.utils import non_finite_tensors
-
         tensors = non_finite_tensors(model.state_dict())
         if tensors:
             bad = [f'weights ({len(tensors)} tensors, first {tensors[0]})']
@@ -494,8 +490,6 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
     start_epoch, step = 0, 0
     if cfg.resume:
-        from deephash_zoo.utils import restore_dir
-
         if rank == 0 and restore_dir(out / 'last'):
             log.message(f'{out / "last"}: restored the state a killed save had set aside')
         meta = load_train_state(out / 'last', model, loss, optimizer, scheduler)
