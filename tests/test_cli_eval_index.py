@@ -102,7 +102,8 @@ def test_eval_metrics_json_equals_evaluate(run, tmp_path, capsys):
         chance_at = mean_average_precision(rq, rd, q.labels, db.labels, min(1000, NDB), bits=bits).map
         assert extra['random_codes'] == {'map': chance['map'], 'map_at_1000': chance_at,
                                          'p_at_100': chance['p_at_n']['100'], 'p_at_n': chance['p_at_n'],
-                                         'precision_radius2': chance['precision_radius2'], 'seed': 0}
+                                         'precision_radius2': chance['precision_radius2'],
+                                         'map_tie_aware': chance['map_tie_aware'], 'seed': 0}
         distinct = len({row.tobytes() for row in codes[0]})
         assert extra['distinct_codes'] == {'num_items': NQ, 'num_distinct': distinct, 'fraction': distinct / NQ}
     for name in ('pr_curve.png', 'p_at_n.png'):
