@@ -238,3 +238,39 @@ def test_hash_head_on_other_backbone_families(backbone, kwargs):
     assert model.pretrained_cfg['classifier'] == ('hash.fc.0', 'hash.fc.1')
     model.reset_classifier(0)
     assert model(x).shape == (2, model.head_hidden_size)
+
+
+def _overflowing_map() -> torch.Tensor:
+    """Activations up to 40 on a 13x13 map: a channel energy reaches ~9.5e4, past fp16's 65,504."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(2, 32, 13, 13, generator=generator) * 40
+
+
+@pytest.mark.parametrize('kind', ['position', 'channel', 'dual'])
+def test_attention_energies_stay_finite_in_fp16(kind):
+    from deephash_zoo.models.attention import create_attention
+
+    module = create_attention(kind, 32).eval()
+    for parameter in module.parameters():
+        torch.nn.init.normal_(parameter, std=0.05) if parameter.dim() > 1 else parameter.data.fill_(0.5)
+    x = _overflowing_map()
+    a = x.flatten(2).half()
+    assert torch.isinf(torch.bmm(a, a.transpose(1, 2))).any(), 'the input must overflow an fp16 energy'
+    with torch.no_grad():
+        expected = module(x)
+        in_half = module.half()(x.half())
+    assert in_half.dtype == torch.float16
+    assert torch.isfinite(in_half).all()
+    torch.testing.assert_close(in_half.float(), expected, rtol=2e-2, atol=0.5)
+
+
+def test_channel_attention_energy_is_fp32_under_fp16_autocast():
+    from deephash_zoo.models.attention import ChannelAttention
+
+    module = ChannelAttention(32).eval()
+    x = _overflowing_map()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
+        out = module(x)
+    assert torch.isfinite(out).all()
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), module(x), rtol=1e-2, atol=0.5)

@@ -9,7 +9,8 @@ ImageNet initialisation meaningful) and learns how much attention to mix in.
 ADMTH (Wang et al. 2023) uses squeeze-and-excitation (Hu et al. 2018, reduction 16), which timm
 already provides as ``SEModule``.
 """
-from typing import Optional
+from contextlib import nullcontext
+from typing import ContextManager, Optional
 
 import torch
 import torch.nn as nn
@@ -18,6 +19,20 @@ from timm.layers import SEModule
 __all__ = ['PositionAttention', 'ChannelAttention', 'DualAttention', 'create_attention', 'ATTENTION_KINDS']
 
 ATTENTION_KINDS = ('none', 'position', 'channel', 'dual', 'se')
+
+
+def _energy_in_fp32(x: torch.Tensor) -> ContextManager:
+    """Autocast off for an attention energy, so fp16 autocast cannot overflow it.
+
+    A channel energy ``A A^T`` sums ``H*W`` products: a 13x13 map of activations up to 40 already
+    reaches 9.5e4, past fp16's 65,504, and ``max - E`` of two infs is NaN even with the module's scale
+    at 0. The energies are computed in fp32 and the attention weights cast back. Outside autocast
+    (training in fp32, ONNX export) this is a no-op context, so the exported graph is unchanged.
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return nullcontext()
 
 
 class PositionAttention(nn.Module):
@@ -40,8 +55,10 @@ class PositionAttention(nn.Module):
         b, c, h, w = x.shape
         q = self.query(x).flatten(2).transpose(1, 2)  # B, N, C'
         k = self.key(x).flatten(2)  # B, C', N
-        attn = torch.softmax(torch.bmm(q, k), dim=-1)  # B, N, N: row i = weights of every position for i
         v = self.value(x).flatten(2)  # B, C, N
+        with _energy_in_fp32(x):
+            # B, N, N: row i = weights of every position for i; fp32 so fp16 inputs cannot overflow
+            attn = torch.softmax(torch.bmm(q.float(), k.float()), dim=-1).to(v.dtype)
         out = torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w)
         return self.gamma * out + x
 
@@ -50,7 +67,8 @@ class ChannelAttention(nn.Module):
     """DANet channel attention module (CAM): ``out = gamma * (softmax(max(E) - E) . A) + x``, E = A A^T.
 
     DANet subtracts the energy from its row maximum before the softmax (it sharpens the contrast
-    between channels and keeps the exponent bounded); we follow it. ``gamma`` starts at 0.
+    between channels and keeps the exponent bounded); we follow it. ``gamma`` starts at 0. The
+    energy is computed in fp32 whatever the input dtype (fp16 overflows it, see ``_energy_in_fp32``).
     """
 
     def __init__(self, channels: int, device=None, dtype=None) -> None:
@@ -60,9 +78,11 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         a = x.flatten(2)  # B, C, N
-        energy = torch.bmm(a, a.transpose(1, 2))  # B, C, C
-        energy = energy.amax(dim=-1, keepdim=True) - energy
-        attn = torch.softmax(energy, dim=-1)
+        with _energy_in_fp32(x):
+            a32 = a.float()  # fp16 would overflow: the energy sums H*W products
+            energy = torch.bmm(a32, a32.transpose(1, 2))  # B, C, C
+            energy = energy.amax(dim=-1, keepdim=True) - energy
+            attn = torch.softmax(energy, dim=-1).to(a.dtype)
         out = torch.bmm(attn, a).reshape(b, c, h, w)
         return self.gamma * out + x
 
