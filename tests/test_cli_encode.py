@@ -12,12 +12,16 @@ from tests.test_data_fashion_mnist import HAS_FMNIST
 def test_encode_prints_codes_and_timing(tmp_path, capsys):
     out = tmp_path / 'codes.json'
     assert run_main(main, ['--model', 'admth_cnnf_16', '--num', '3', '--img-size', '64', '--repeats', '1',
-                           '--json', str(out)]) == 0
+                           '--json-out', str(out)]) == 0
     printed = capsys.readouterr().out
     assert '16-bit codes' in printed and 'ms/image' in printed and 'Ankle boot' in printed
     report = json.loads(out.read_text())
     assert len(report['codes']) == 3 and all(len(r['bits']) == 16 for r in report['codes'])
     assert report['ms_per_image'] > 0
+    assert run_main(main, ['--model', 'admth_cnnf_16', '--num', '3', '--img-size', '64', '--repeats', '1',
+                           '--json']) == 0
+    printed = json.loads(capsys.readouterr().out)  # --json: the same record on stdout, nothing else
+    assert [r['bits'] for r in printed['codes']] == [r['bits'] for r in report['codes']]
 
 
 def test_encode_image_files(tmp_path, capsys):
@@ -35,7 +39,8 @@ def test_encode_image_files(tmp_path, capsys):
 @pytest.mark.parametrize('args, message', [
     (['--model', 'dath_alexnet_33'], 'Unknown model (dath_alexnet_33)'),
     (['--model', 'dath_n_16', '--bits', '20'], 'has code lengths (16,); got --bits 20'),
-    (['--model', 'dath_n_16', '--fmnist-dir', '/nonexistent'], 'Fashion-MNIST file not found'),
+    (['--model', 'dath_n_16', '--data-root', '/nonexistent'], 'Fashion-MNIST file not found'),
+    (['--model', 'dath_n_16', '--fmnist-dir', '/nonexistent'], 'Fashion-MNIST file not found'),  # the old name
 ])
 def test_encode_errors_are_one_line(args, message, capsys):
     assert run_main(main, args) == 2

@@ -8,9 +8,9 @@ import torch
 
 import deephash_zoo  # noqa: F401  (registers the models)
 from deephash_zoo.cli._common import run_main
-from deephash_zoo.cli.eval import EVAL_NS
 from deephash_zoo.cli.eval import main as eval_main
 from deephash_zoo.cli.index import main as index_main
+from deephash_zoo.evaluation import EVAL_NS
 from deephash_zoo.hub.checkpoint import weights_sha256
 from deephash_zoo.retrieval.encoding import encode_dataset, encode_dataset_lengths, model_transform
 from deephash_zoo.retrieval.metrics import evaluate, mean_average_precision, random_codes

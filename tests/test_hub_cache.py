@@ -120,7 +120,7 @@ import numpy as np
 import timm, torch
 from timm.data import create_transform, resolve_data_config
 import deephash_zoo
-from deephash_zoo.cli.eval import protocol_sets, score_codes
+from deephash_zoo.evaluation import protocol_sets, score_codes
 
 out = sys.argv[1]
 model = timm.create_model('dath_n_16', pretrained=True).eval()  # from the seeded cache, offline
@@ -141,7 +141,7 @@ json.dump(dict(input_size=list(config['input_size']), map=result['map']), open(o
 def test_a_timm_user_encodes_at_the_trained_size_and_gets_the_published_map(seeded, tmp_path):
     """pretrained=True + resolve_data_config + create_transform: the 64x64 the checkpoint was trained at, and
     the mAP deephash-eval reports on the same query and database sets."""
-    from deephash_zoo.cli.eval import _parser, run_evaluation
+    from deephash_zoo.evaluation import EvalOptions, run_evaluation
 
     _, ckpt, cache, _ = seeded
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'),
@@ -151,6 +151,44 @@ def test_a_timm_user_encodes_at_the_trained_size_and_gets_the_published_map(seed
     assert proc.returncode == 0, proc.stderr[-3000:]
     user = json.loads((tmp_path / 'user.json').read_text())
     assert user['input_size'] == [3, 64, 64]
-    ev = run_evaluation(_parser().parse_args(['--checkpoint', str(ckpt), '--query-subset', '30', '--db-subset', '90',
-                                              '--no-progress', '--no-plots']))
+    ev = run_evaluation(EvalOptions(checkpoint=ckpt, query_subset=30, db_subset=90, progress=False, plots=False))
     assert ev.report['img_size'] == 64 and ev.report['results']['16']['map'] == user['map']
+
+
+@pytest.mark.skipif(not Path('/usr/share/datasets/fashion-mnist').is_dir() and not os.environ.get('FASHION_MNIST_DIR'),
+                    reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+def test_eval_and_index_take_hub_names_offline(seeded, tmp_path):
+    """deephash-eval and deephash-index build with hf-hub:ORG/NAME (from the seeded cache, HF_HUB_OFFLINE=1)
+    and local-dir:FOLDER give what the folder gives; a Hub name not in the cache is one line."""
+    from deephash_zoo.evaluation import EvalOptions, run_evaluation
+
+    _, ckpt, cache, _ = seeded
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+
+    def command(module: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, '-m', f'deephash_zoo.cli.{module}', *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    subset = ['--query-subset', '30', '--db-subset', '90', '--no-progress', '--no-plots']
+    hub = command('eval', '--checkpoint', f'hf-hub:{REPO_ID}', *subset, '--json')
+    assert hub.returncode == 0, hub.stderr[-3000:]
+    report = json.loads(hub.stdout)
+    assert report['checkpoint'] == f'hf-hub:{REPO_ID}'
+    assert (tmp_path / 'runs' / 'hf-hub' / 'deephash-zoo--dath_n_16.fmnist' / 'eval' / 'metrics.json').is_file()
+    local = command('eval', '--checkpoint', f'local-dir:{ckpt}', *subset, '--json', '--out', str(tmp_path / 'local'))
+    assert local.returncode == 0, local.stderr[-3000:]
+    folder = run_evaluation(EvalOptions(checkpoint=ckpt, query_subset=30, db_subset=90, progress=False, plots=False))
+    for other in (report, json.loads(local.stdout)):
+        assert other['weights_sha256'] == folder.report['weights_sha256']
+        assert other['results']['16']['map'] == folder.report['results']['16']['map']
+
+    index = command('index', 'build', '--checkpoint', f'hf-hub:{REPO_ID}', '--db-subset', '40', '--no-progress',
+                    '--out', str(tmp_path / 'index'))
+    assert index.returncode == 0, index.stderr[-3000:]
+    manifest = json.loads((tmp_path / 'index' / 'manifest.json').read_text())
+    assert manifest['num_items'] == 40 and manifest['weights_sha256'] == folder.report['weights_sha256']
+
+    missing = command('eval', '--checkpoint', 'hf-hub:nobody/not-cached', *subset)
+    assert missing.returncode == 2 and missing.stderr.count('\n') == 1, missing.stderr
+    assert 'hf-hub:nobody/not-cached: checkpoint not found: offline (HF_HUB_OFFLINE=1)' in missing.stderr

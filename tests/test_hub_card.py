@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 import deephash_zoo  # noqa: F401  (registers the models)
 from deephash_zoo.cli._common import run_main
 from deephash_zoo.cli.card import main as card_main
-from deephash_zoo.cli.eval import score_codes
+from deephash_zoo.evaluation import score_codes
 from deephash_zoo.hub.card import PAPERS, TEMPLATE_PATH, paper_for, render_card
 from deephash_zoo.hub.checkpoint import save_checkpoint, weights_sha256
 from deephash_zoo.retrieval.metrics import TIE_BREAK

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--host', default=None,
                    help='address to bind (default: $GRADIO_SERVER_NAME as on Spaces, else 127.0.0.1: this machine)')
     p.add_argument('--port', type=int, default=None, help='port (default: $GRADIO_SERVER_PORT, else 7860)')
-    p.add_argument('-k', type=int, default=10, help='neighbours shown (default: %(default)s)')
+    p.add_argument('-k', '--topk', dest='k', type=int, default=10, help='neighbours shown (default: %(default)s)')
     p.add_argument('--examples', type=int, default=9,
                    help='example queries offered, from the protocol\'s query set (default: %(default)s)')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
@@ -75,10 +75,10 @@ def newest_checkpoint(runs: Path, dataset: str = 'fashion-mnist') -> Optional[Pa
 
 def default_index(args: argparse.Namespace) -> Path:
     """The Fashion-MNIST index of the given or newest checkpoint, built (or rebuilt) when missing or stale."""
+    from deephash_zoo.evaluation import checkpoint_summary
     from deephash_zoo.hub.checkpoint import run_folder, weights_sha256
     from deephash_zoo.retrieval.index import MANIFEST_FILE, HashIndex
 
-    from .eval import checkpoint_summary
     from .index import main as index_main
 
     if args.checkpoint is None:

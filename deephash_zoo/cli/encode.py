@@ -40,14 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--images', nargs='*', type=Path, default=None,
                    help='image files, or one folder with --out (default: Fashion-MNIST test images)')
-    p.add_argument('--fmnist-dir', type=Path, default=None, help='folder of the Fashion-MNIST idx files')
+    p.add_argument('--data-root', '--fmnist-dir', dest='data_root', type=Path, default=None,
+                   help='folder of the Fashion-MNIST idx files (default: the Debian package\'s)')
     p.add_argument('--num', type=int, default=8, help='Fashion-MNIST test images to encode (default: %(default)s)')
     p.add_argument('--img-size', type=int, default=None,
                    help="input size (default: the model's pretrained_cfg: 64 for the zoo's weights)")
     p.add_argument('--bits', type=int, default=None, help='code length to print (multi-length models)')
     p.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is reported')
     p.add_argument('--seed', type=int, default=0, help='seed of the randomly initialised weights')
-    p.add_argument('--json', type=Path, default=None, help='also write codes and timings here')
+    p.add_argument('--json', action='store_true', help='print the codes and timings as JSON instead of the table')
+    p.add_argument('--json-out', type=Path, default=None, metavar='PATH', help='also write that JSON to PATH')
     return p
 
 
@@ -60,7 +62,7 @@ def _load_images(args: argparse.Namespace) -> tuple:
         return pil, names
     if args.num <= 0:
         raise UserError(f'--num must be positive, got {args.num}')
-    images, labels = load_fashion_mnist('test', args.fmnist_dir)
+    images, labels = load_fashion_mnist('test', args.data_root)
     pil = [Image.fromarray(img, mode='L').convert('RGB') for img in images[:args.num]]
     return pil, [FASHION_MNIST_CLASSES[int(y)] for y in labels[:args.num]]
 
@@ -139,23 +141,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     ms_per_image = 1000 * statistics.median(times) / len(batch)
 
     bits = codes.shape[1]
+    rows = [dict(item=name, bits=''.join('1' if b > 0 else '0' for b in code),
+                 hex=np.packbits(code > 0).tobytes().hex())
+            for name, code in zip(names, codes.cpu().numpy(), strict=True)]
+    record = dict(model=args.model, input_size=cfg['input_size'], bits=bits, codes=rows, ms_per_image=ms_per_image,
+                  build_seconds=build_s, version=deephash_zoo.__version__)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.json_out, json.dumps(record, indent=2).encode())
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
     print(f'{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, '
           f'{"published" if args.pretrained else "random (seed " + str(args.seed) + ")"} weights, '
           f'input {cfg["input_size"][1]}x{cfg["input_size"][2]}, {bits}-bit codes')
     width = max(len(n) for n in names)
-    rows = []
-    for name, code in zip(names, codes.cpu().numpy(), strict=True):
-        bit_string = ''.join('1' if b > 0 else '0' for b in code)
-        hex_code = np.packbits(code > 0).tobytes().hex()
-        print(f'  {name:<{width}}  {bit_string}  0x{hex_code}')
-        rows.append(dict(item=name, bits=bit_string, hex=hex_code))
+    for row in rows:
+        print(f"  {row['item']:<{width}}  {row['bits']}  0x{row['hex']}")
     print(f'model built in {build_s:.2f} s; encoding {len(batch)} images: {ms_per_image:.2f} ms/image '
           f'(median of {len(times)}, torch {torch.__version__}, {torch.get_num_threads()} threads)')
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.json, json.dumps(dict(
-            model=args.model, input_size=cfg['input_size'], bits=bits, codes=rows, ms_per_image=ms_per_image,
-            build_seconds=build_s, version=deephash_zoo.__version__), indent=2).encode())
     return 0
 
 

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='static: calibrated on Fashion-MNIST training images (default); dynamic: weights only')
     p.add_argument('--fp16', action='store_true', help='TensorRT engine in fp16')
     p.add_argument('--verify-images', type=int, default=32, help='Fashion-MNIST test images in the verification')
-    p.add_argument('--fmnist-dir', type=Path, default=None, help='folder of the Fashion-MNIST idx files')
+    p.add_argument('--data-root', '--fmnist-dir', dest='data_root', type=Path, default=None,
+                   help='folder of the Fashion-MNIST idx files (default: the Debian package\'s)')
     bench = p.add_argument_group('--bench')
     bench.add_argument('--models', default='dath_alexnet_32,admth_cnnf_multi', help='comma-separated model names')
     bench.add_argument('--repeats', type=int, default=10, help='timed runs at batch 1 (default: %(default)s)')
@@ -59,7 +60,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f'{source.name}: codes {list(source.bits)}, input {source.img_size}x{source.img_size}, '
               f'weights sha256 {source.weights_sha256[:16]}... ({source.weights_of})', flush=True)
         result = export_verified(source, out, sign_output=args.sign_output, int8=int8, tensorrt=args.tensorrt,
-                                 fp16=args.fp16, num_real=args.verify_images, fmnist_root=args.fmnist_dir,
+                                 fp16=args.fp16, num_real=args.verify_images, fmnist_root=args.data_root,
                                  progress=lambda msg: print(f'  {msg}', flush=True))
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
@@ -83,7 +84,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError('--models is empty')
     settings = BenchSettings(img_size=args.img_size or 224, repeats=args.repeats, repeats_large=args.repeats_large,
                              large_batch=args.large_batch, threads=args.threads, compile=not args.no_compile,
-                             fmnist_root=args.fmnist_dir)
+                             fmnist_root=args.data_root)
     result = run_bench(models, settings, args.out, progress=lambda msg: print(f'  {msg}', flush=True))
     print(result['markdown'])
     print('wrote ' + ', '.join(result['files']))

@@ -22,9 +22,9 @@ from PIL import Image
 
 import deephash_zoo
 from deephash_zoo.data.images import open_rgb
+from deephash_zoo.evaluation import checkpoint_summary, data_defaults, load_for_retrieval, protocol_sets, resolve_device
 
 from ._common import UserError, run_main
-from .eval import checkpoint_summary, data_defaults, load_for_retrieval, protocol_sets, resolve_device
 
 if TYPE_CHECKING:
     from deephash_zoo.retrieval.index import HashIndex
@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='deephash-index', description=(__doc__ or '').split('\n', 1)[0])
     sub = p.add_subparsers(dest='command', required=True)
     b = sub.add_parser('build', help="encode a benchmark's database set into an index folder")
-    b.add_argument('--checkpoint', required=True, help='checkpoint folder, or a run folder holding checkpoint/')
+    b.add_argument('--checkpoint', required=True,
+                   help='checkpoint folder, a run folder holding checkpoint/, local-dir:FOLDER or hf-hub:ORG/NAME')
     b.add_argument('--data', default=None,
                    help="fashion-mnist | mosaic | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
                         "(default: the checkpoint's dataset)")
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser('query', help='nearest database items of image files')
     q.add_argument('--index', type=Path, required=True, help='index folder written by build')
     q.add_argument('--image', type=Path, nargs='+', required=True, help='query image file(s)')
-    q.add_argument('-k', type=int, default=10, help='neighbours per image (default: %(default)s)')
+    q.add_argument('-k', '--topk', dest='k', type=int, default=10, help='neighbours per image (default: %(default)s)')
     q.add_argument('--checkpoint', default=None, help="checkpoint to encode with (default: the manifest's)")
     q.add_argument('--unverified-index', action='store_true',
                    help='query an index whose manifest names no model or weights digest (a warning says so)')

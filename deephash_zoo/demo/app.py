@@ -179,9 +179,3 @@ def launch(demo: gr.Blocks, host: str = '127.0.0.1', port: int = 7860, block: bo
     """Serve the page; ``block=False`` returns at once (the caller closes ``demo``)."""
     return demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
                        max_file_size=MAX_UPLOAD_BYTES, theme=theme(), footer_links=['api'], quiet=not block)
-
-
-if __name__ == '__main__':  # `python app.py` as on a Space: the same as deephash-demo
-    from deephash_zoo.cli.demo import cli
-
-    cli()

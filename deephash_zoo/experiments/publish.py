@@ -55,7 +55,7 @@ def write_cards(result: Dict[str, Any], cards_dir: Path, efficiency: Optional[Pa
                 org: str = 'deephash-zoo') -> List[Path]:
     """One card per kept checkpoint of ``result``: ``CARDS/<model>.<data tag>.md`` with its model-index
     metrics (the checkpoint's own metrics.json, first seed) and the efficiency table when given."""
-    from deephash_zoo.cli.eval import default_out
+    from deephash_zoo.evaluation import default_out
     from deephash_zoo.hub.card import render_card, write_card
 
     tag = DATA_TAGS.get(result['data'], result['data'].replace(':', '-'))

@@ -21,15 +21,12 @@ __all__ = ['run_cell', 'chance_level']
 
 def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int) -> Dict[str, Any]:
     """The metrics report of ``deephash-eval`` on the run's checkpoint, with the budget's subsets and mAP@K."""
-    from deephash_zoo.cli.eval import _parser, evaluate_checkpoint
+    from deephash_zoo.evaluation import EvalOptions, evaluate_checkpoint
 
-    topk = budget.topk_for(data)
-    argv = ['--checkpoint', str(run_dir / 'checkpoint'), '--data', data, '--seed', str(seed), '--device', 'cpu',
-            '--topk', 'all' if topk is None else str(topk), '--no-plots', '--no-progress']
-    for flag, value in (('--query-subset', budget.query_subset), ('--db-subset', budget.db_subset),
-                        ('--img-size', budget.img_size)):
-        argv += [flag, str(value)] if value is not None else []
-    return evaluate_checkpoint(_parser().parse_args(argv))
+    return evaluate_checkpoint(EvalOptions(
+        checkpoint=run_dir / 'checkpoint', data=data, seed=seed, device='cpu', topk=budget.topk_for(data),
+        query_subset=budget.query_subset, db_subset=budget.db_subset, img_size=budget.img_size, plots=False,
+        progress=False))
 
 
 def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, keep: bool = False,
@@ -60,7 +57,7 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
         weights_sha256=report['weights_sha256'],
     )
     if keep:
-        from deephash_zoo.cli.eval import default_out, write_metrics
+        from deephash_zoo.evaluation import default_out, write_metrics
 
         write_metrics(report, default_out(run_dir / 'checkpoint'))  # where deephash-eval would put it
         row['checkpoint'] = str(run_dir / 'checkpoint')
@@ -74,7 +71,7 @@ def chance_level(data: str, budget: Budget, seed: int, bits: int = 32) -> Dict[s
 
     On the mosaic most pairs share a label, so its chance level is high; a table is read against it.
     """
-    from deephash_zoo.cli.eval import EVAL_NS, protocol_sets
+    from deephash_zoo.evaluation import EVAL_NS, protocol_sets
     from deephash_zoo.retrieval.metrics import evaluate
 
     sets, _ = protocol_sets(data, None, seed, None, budget.query_subset, budget.db_subset)

@@ -154,15 +154,11 @@ def refresh_checkpoint(ckpt: Path, img_size: int, say: Callable[[str], None] = p
 
 def _eval_stage(plan: ZooPlan, run_dir: Path, device: str, progress: bool) -> Callable[[], Dict[str, Any]]:
     def run() -> Dict[str, Any]:
-        from deephash_zoo.cli.eval import _parser, default_out, run_evaluation, write_evaluation
+        from deephash_zoo.evaluation import EvalOptions, default_out, run_evaluation, write_evaluation
 
-        argv = ['--checkpoint', str(run_dir / 'checkpoint'), '--data', plan.data, '--seed', str(plan.seed),
-                '--device', device, '--img-size', str(plan.img_size)]
-        for flag, value in (('--query-subset', plan.query_subset), ('--db-subset', plan.db_subset)):
-            argv += [flag, str(value)] if value is not None else []
-        if not progress:
-            argv.append('--no-progress')
-        ev = run_evaluation(_parser().parse_args(argv))
+        ev = run_evaluation(EvalOptions(
+            checkpoint=run_dir / 'checkpoint', data=plan.data, seed=plan.seed, device=device, img_size=plan.img_size,
+            query_subset=plan.query_subset, db_subset=plan.db_subset, progress=progress))
         write_evaluation(ev, default_out(run_dir / 'checkpoint'))
         return dict(weights_sha256=ev.report['weights_sha256'])
     return run

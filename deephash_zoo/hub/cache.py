@@ -19,7 +19,7 @@ import torch
 
 from deephash_zoo.utils import file_sha256
 
-from .checkpoint import read_checkpoint_config, resolve_checkpoint_dir
+from .folder import read_checkpoint_config, resolve_checkpoint_dir
 
 __all__ = ['seed_hf_cache', 'hf_cache_dir', 'repo_cache_folder', 'hub_repo_id', 'create_pretrained', 'place_file']
 

@@ -20,7 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from deephash_zoo.extras import check_installed
 from deephash_zoo.utils import read_json, write_atomic
 
-from .checkpoint import read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
+from .folder import read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
 
 __all__ = ['TEMPLATE_PATH', 'TAGS', 'PAPERS', 'Paper', 'paper_for', 'render_card', 'write_card', 'load_metrics',
            'load_efficiency', 'efficiency_rows', 'default_repo_id', 'card_evals', 'strip_local_path']

@@ -13,7 +13,6 @@ the package's card template (no metrics yet; ``deephash-card`` / ``deephash-push
 is written into a temporary sibling and renamed into place, so a reader never sees half a checkpoint.
 Weights are safetensors only: nothing here unpickles.
 """
-import json
 import os
 import shutil
 import stat
@@ -31,20 +30,22 @@ from timm.models import save_for_hf
 from deephash_zoo.models.contract import HUB_ORG, filter_state_dict
 from deephash_zoo.models.published import PUBLISHED_TAGS, tag_for_dataset
 from deephash_zoo.models.safe_loading import check_saved_model_args
-from deephash_zoo.utils import file_sha256, non_finite_tensors, replace_dir
+from deephash_zoo.utils import non_finite_tensors, replace_dir
+
+from .folder import (
+    _PICKLE_SUFFIXES,
+    CHECKPOINT_FILES,
+    read_checkpoint_config,
+    resolve_checkpoint_dir,
+    run_folder,
+    weights_sha256,
+)
 
 __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'checkpoint_data_config', 'load_checkpoint', 'NonFiniteWeightsError',
            'read_checkpoint_config', 'weights_sha256',
            'replace_dir', 'resolve_checkpoint_dir', 'run_folder']
 
-CHECKPOINT_FILES = ('config.json', 'model.safetensors')
-_REQUIRED_KEYS = ('architecture', 'num_classes', 'pretrained_cfg', 'bits')
-_PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.pth.tar', '.ckpt', '.pkl')
 
-
-def weights_sha256(path: Union[str, Path]) -> str:
-    """sha256 of a weights file (what manifests, cards and ONNX metadata record)."""
-    return file_sha256(path)
 
 
 def _state_shapes(model: torch.nn.Module) -> Dict[str, tuple]:
@@ -173,81 +174,6 @@ def _write_default_card(folder: Path) -> None:
 
     if TEMPLATE_PATH.is_file() and is_jinja_available():
         write_card(render_card(folder), folder / 'README.md')
-
-
-def resolve_checkpoint_dir(path: Union[str, Path]) -> Path:
-    """A checkpoint folder, or a training run folder holding one in ``checkpoint/``."""
-    path = Path(path)
-    if (path / 'config.json').is_file():
-        return path
-    if (path / 'checkpoint' / 'config.json').is_file():
-        return path / 'checkpoint'
-    raise FileNotFoundError(f'{path}: neither a checkpoint folder (config.json + model.safetensors) '
-                            f'nor a training run holding one in checkpoint/')
-
-
-def run_folder(ckpt_dir: Union[str, Path]) -> Path:
-    """The training run a checkpoint folder belongs to: ``RUN`` for ``RUN/checkpoint`` (as ``deephash-train``
-    writes it), else the checkpoint folder itself; what is derived from the checkpoint goes beside it there."""
-    path = Path(ckpt_dir)
-    return path.parent if path.name == 'checkpoint' else path
-
-
-def read_checkpoint_config(ckpt_dir: Union[str, Path]) -> Dict[str, Any]:
-    """``config.json`` of a checkpoint folder, checked for the keys loading needs."""
-    path = resolve_checkpoint_dir(ckpt_dir) / 'config.json'
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path}: not valid JSON ({e})') from e
-    if not isinstance(config, dict):
-        raise ValueError(f'{path}: expected a JSON object with keys {list(_REQUIRED_KEYS)}, '
-                         f'got {type(config).__name__}')
-    if 'bits' not in config and 'num_classes' in config:  # a folder of timm's own save_for_hf
-        bits = _architecture_bits(config, path)
-        if bits is not None:
-            config['bits'] = bits
-    missing = [k for k in _REQUIRED_KEYS if k not in config]
-    if missing:
-        raise ValueError(f'{path}: missing keys {missing}; expected {list(_REQUIRED_KEYS)}')
-    bits = config['bits']
-    if (not isinstance(bits, list) or not bits or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
-                                                           for b in bits)):
-        raise ValueError(f'{path}: "bits" must be a non-empty list of positive code lengths, got {bits!r}')
-    if config['num_classes'] != sum(bits):
-        raise ValueError(f'{path}: "num_classes" {config["num_classes"]!r} is not the sum of "bits" {bits} '
-                         f'({sum(bits)})')
-    arch = config['architecture']
-    if not isinstance(arch, str) or not timm.is_model(arch):
-        raise ValueError(f'{path}: "architecture" {arch!r} is not a registered model; expected one of '
-                         f'deephash_zoo.list_hash_models() (is deephash_zoo imported?)')
-    if not arch.startswith(('dath', 'admth_', 'dmlh_')) and arch != 'hash_backbone':
-        raise ValueError(f'{path}: "architecture" {arch!r} is a timm model but not a hashing one; expected one of '
-                         'deephash_zoo.list_hash_models() or hash_backbone (hash_model checkpoints)')
-    if not isinstance(config['pretrained_cfg'], dict):
-        raise ValueError(f'{path}: "pretrained_cfg" must be an object (timm\'s pretrained config)')
-    check_saved_model_args(arch, config.get('model_args') or {}, f'{path}')
-    return config
-
-
-def _architecture_bits(config: Dict[str, Any], path: Path) -> Any:
-    """The code lengths of a config without ``bits`` (timm's ``save_for_hf`` writes none): ``model_args['bits']``,
-    else what the architecture builds with that ``num_classes``; left out (reported as missing) when the
-    architecture is not one of ours."""
-    arch = config.get('architecture')
-    if not isinstance(arch, str) or not timm.is_model(arch):
-        return None
-    args = check_saved_model_args(arch, config.get('model_args') or {}, f'{path}')
-    if isinstance(args.get('bits'), (list, tuple)):
-        return list(args['bits'])
-    args.pop('num_classes', None)
-    args.pop('num_labels', None)
-    try:
-        model = timm.create_model(arch, num_classes=config['num_classes'], device='meta', **args)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f'{path}: no "bits", and {arch} does not build from its model_args ({e})') from e
-    bits = getattr(model, 'bits', None)
-    return [int(b) for b in bits] if bits else None
 
 
 def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device] = 'cpu') -> torch.nn.Module:

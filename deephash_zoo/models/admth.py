@@ -23,7 +23,7 @@ from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
 from .published import tags_of, with_trained_input_size
-from .safe_loading import check_pretrained_source
+from .safe_loading import check_pretrained_source, register_constructor
 from .trunks import ConvTrunk
 
 __all__ = ['ADMTH']
@@ -73,6 +73,9 @@ class ADMTH(HashNet):
 
     def _trunk_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
+
+
+register_constructor(('admth', 'dmlh'), ADMTH)
 
 
 def _create_admth(variant: str, pretrained: bool = False, **kwargs: Any) -> ADMTH:

@@ -26,7 +26,7 @@ from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
 from .published import tags_of, with_trained_input_size
-from .safe_loading import check_pretrained_source
+from .safe_loading import check_pretrained_source, register_constructor
 from .trunks import ConvTrunk
 
 __all__ = ['DATH']
@@ -94,6 +94,9 @@ class DATH(HashNet):
         for stream in self.streams:
             feats.append(stream(x))
         return torch.cat(feats, dim=1) if len(feats) > 1 else feats[0]
+
+
+register_constructor(('dath',), DATH)
 
 
 def _create_dath(variant: str, pretrained: bool = False, **kwargs: Any) -> DATH:

@@ -8,9 +8,9 @@ timm's ``local-dir:`` / ``hf-hub:`` routes fall back to ``pytorch_model.bin`` (a
 """
 import inspect
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ['check_saved_model_args', 'check_pretrained_source', 'PICKLE_SUFFIXES']
+__all__ = ['check_saved_model_args', 'check_pretrained_source', 'register_constructor', 'PICKLE_SUFFIXES']
 
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.pkl', '.pickle')
 # keywords that load weights or configs from elsewhere: never taken from a file
@@ -24,12 +24,19 @@ _GENERIC_ARGS = frozenset({'backbone', 'bits', 'num_classes', 'num_labels', 'in_
                            'drop_path_rate', 'global_pool', 'img_size'})
 
 
+# (architecture name prefixes, model class): filled by each family's module as it registers its models, so
+# this module needs none of them (they import it for check_pretrained_source)
+_CONSTRUCTORS: List[Tuple[Tuple[str, ...], Callable[..., Any]]] = []
+
+
+def register_constructor(prefixes: Tuple[str, ...], cls: Callable[..., Any]) -> None:
+    """Declare ``cls`` the constructor of the architectures whose names start with ``prefixes``."""
+    _CONSTRUCTORS.append((prefixes, cls))
+
+
 def _constructor_args(arch: str) -> Optional[frozenset]:
     """The constructor arguments of one of our architectures (None: not ours, nothing to compare with)."""
-    from deephash_zoo.models.admth import ADMTH
-    from deephash_zoo.models.dath import DATH
-
-    for prefixes, cls in ((('dath',), DATH), (('admth', 'dmlh'), ADMTH)):
+    for prefixes, cls in _CONSTRUCTORS:
         if arch.startswith(prefixes):
             return frozenset(inspect.signature(cls).parameters) - {'device', 'dtype'}
     return _GENERIC_ARGS if arch == _GENERIC_ARCH else None
