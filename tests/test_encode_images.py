@@ -62,3 +62,55 @@ def test_bad_requests(photos, model, tmp_path):
         deephash_zoo.encode_images(model, [photos / 'broken.png'])
     with pytest.raises(ValueError, match='batch_size must be a positive integer'):
         deephash_zoo.encode_images(model, photos, batch_size=0)
+
+
+def test_an_index_from_a_folder_searched_with_images(photos, model, tmp_path):
+    """HashIndex.from_images + search(images): the README's two lines; add() and save/load(encoder=)."""
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex
+
+    index = HashIndex.from_images(model, photos, batch_size=2)
+    assert index.ids == ['a.png', 'b.JPG', 'e.bmp', 'sub/c.png', 'sub/d.webp']
+    assert index.manifest['skipped'] == 1 and index.skipped[0][0] == 'broken.png'
+    assert index.manifest['model'] == 'dath_n_16' and index.manifest['img_size'] == 64
+    ids, dist = index.search([photos / 'sub' / 'c.png', Image.open(photos / 'a.png')], k=len(index))
+    assert 'sub/c.png' in ids[0][dist[0] == 0] and 'a.png' in ids[1][dist[1] == 0]  # each image finds itself
+    found = deephash_zoo.encode_images(model, photos)
+    as_files = index.search([photos / i for i in found.ids], k=3)
+    assert all(np.array_equal(a, b) for a, b in zip(index.search(found.codes, k=3), as_files, strict=True))
+
+    extra = tmp_path / 'more'
+    extra.mkdir()
+    Image.open(photos / 'e.bmp').save(extra / 'copy.png')
+    index.add(extra)
+    assert index.ids[-1] == 'copy.png' and index.manifest['num_items'] == 6 == len(index)
+    saved = index.save(tmp_path / 'index')
+    with pytest.raises(ValueError, match='no encoder for images'):
+        HashIndex.load(saved).search([photos / 'a.png'], k=1)
+    loaded = HashIndex.load(saved, encoder=model)
+    ids, dist = loaded.search([extra / 'copy.png'], k=len(loaded))
+    assert {'copy.png', 'e.bmp'} <= set(ids[0][dist[0] == 0])
+
+
+def test_an_index_refuses_what_does_not_fit(photos, model):
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex
+
+    index = HashIndex.from_images(model, photos)
+    other = timm.create_model('dath_n_32').eval()
+    with pytest.raises(ValueError, match=r'code lengths \(32,\); this index holds 16-bit codes'):
+        index.attach(other)
+    with pytest.raises(ValueError, match="model mismatch: the index was built from 'dath_n_16' codes, the encoder "
+                                         "is 'dath_alexnet_16'"):
+        index.attach(timm.create_model('dath_alexnet_16'))
+    with pytest.raises(ValueError, match='broken.png: cannot open image'):
+        index.search([photos / 'broken.png'], k=1)
+    with pytest.raises(ValueError, match='query image .*broken.png: cannot open image'):
+        index.search([photos / 'a.png', photos / 'broken.png'], k=1)
+    with pytest.raises(ValueError, match='string ids: pass ids='):
+        index.add(np.zeros((1, 2), dtype=np.uint8))
+    numbered = HashIndex.build(np.zeros((2, 2), dtype=np.uint8), 16)
+    numbered.add(np.ones((1, 2), dtype=np.uint8))
+    assert numbered.ids == [0, 1, 2]
+    with pytest.raises(ValueError, match='all ints or all strings'):
+        numbered.add(np.ones((1, 2), dtype=np.uint8), ids=['x'])

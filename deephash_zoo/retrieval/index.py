@@ -3,6 +3,13 @@
 The manifest records the index kind, code length, item ids and whatever the caller adds (model name,
 weights sha256) so a search with codes from another model or code length fails loudly instead of
 returning meaningless neighbours.  faiss is optional (extra ``retrieval``) and imported lazily.
+
+An index made by :meth:`HashIndex.from_images` (or loaded with ``encoder=``) keeps the model that encoded
+it, so :meth:`~HashIndex.search` and :meth:`~HashIndex.add` take images (a folder, files, PIL images)
+as well as codes: two lines from a folder to neighbours::
+
+    index = HashIndex.from_images(model, 'photos/')
+    ids, distances = index.search(['query.jpg'], k=10)
 """
 from __future__ import annotations
 
@@ -40,14 +47,89 @@ def _faiss() -> Any:
 class HashIndex:
     """Hamming-distance nearest-neighbour index over packed hash codes (exact 'flat', 'hnsw' or 'ivf')."""
 
-    def __init__(self, index: Any, kind: str, bits: int, ids: list, manifest: dict[str, Any]) -> None:
+    def __init__(self, index: Any, kind: str, bits: int, ids: list, manifest: dict[str, Any],
+                 encoder: Any = None) -> None:
         self._index = index
         self.kind = kind
         self.bits = bits
         self.ids = ids
         self.manifest = manifest
+        self._set_ids(ids)
+        self.skipped: list[tuple[str, str]] = []  # (id, why) of image files from_images / add could not open
+        self.encoder = None
+        if encoder is not None:
+            self.attach(encoder)
+
+    def _set_ids(self, ids: list) -> None:
+        self.ids = ids
         self._int_ids = all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
         self._id_array = np.asarray(ids, dtype=np.int64 if self._int_ids else object)
+
+    # ------------------------------------------------------------------------------------------ images
+    @classmethod
+    def from_images(cls, model: Any, images: Any, *, bits: int | None = None, kind: str = 'flat',
+                    batch_size: int = 64, progress: bool = False, device: Any = None, img_size: int | None = None,
+                    manifest_extra: Mapping[str, Any] | None = None, **build_kwargs: Any) -> HashIndex:
+        """Encode ``images`` (a folder, searched recursively; image files; PIL images) with ``model`` in
+        batches (:func:`deephash_zoo.retrieval.folder.encode_images`) and index the codes; ids are the paths
+        relative to the folder. Files that cannot be opened are skipped: ``manifest['skipped']`` counts
+        them. The index keeps ``model`` as its encoder, so it can be searched with images."""
+        from .folder import encode_images
+
+        found = encode_images(model, images, bits=bits, batch_size=batch_size, progress=progress, device=device,
+                              img_size=img_size)
+        extra = {**found.manifest, 'skipped': len(found.skipped), **dict(manifest_extra or {})}
+        index = cls.build(found.codes, found.bits, ids=found.ids, kind=kind, manifest_extra=extra, **build_kwargs)
+        index.skipped = found.skipped
+        return index.attach(model)
+
+    def attach(self, encoder: Any) -> HashIndex:
+        """Keep ``encoder`` (the hashing model that made the codes) to encode image queries and additions;
+        a model of another architecture than the manifest's, or without this index's code length, is refused."""
+        bits = tuple(getattr(encoder, 'bits', ()) or ())
+        if self.bits not in bits:
+            raise ValueError(f'the encoder has code lengths {bits or "none"}; this index holds {self.bits}-bit codes')
+        arch = (getattr(encoder, 'pretrained_cfg', None) or {}).get('architecture')
+        recorded = self.manifest.get('model')
+        if recorded and arch and arch != recorded:
+            raise ValueError(f'model mismatch: the index was built from {recorded!r} codes, the encoder is {arch!r}')
+        self.encoder = encoder
+        return self
+
+    def _encode(self, images: Any, batch_size: int, progress: bool) -> Any:
+        from .folder import encode_images
+
+        if self.encoder is None:
+            raise ValueError('this index has no encoder for images: build it with HashIndex.from_images, load it '
+                             'with HashIndex.load(path, encoder=model), or pass codes')
+        return encode_images(self.encoder, images, bits=self.bits, batch_size=batch_size, progress=progress,
+                             img_size=self.manifest.get('img_size'))
+
+    def add(self, items: Any, ids: Sequence[int | str] | None = None, *, batch_size: int = 64,
+            progress: bool = False) -> HashIndex:
+        """Add codes, or images (encoded with the index's encoder; ids default to their relative paths, and
+        files that cannot be opened are skipped and counted in ``manifest['skipped']``). Integer ids
+        continue from the largest; an index of string ids needs string ids."""
+        if _is_images(items):
+            found = self._encode(items, batch_size, progress)
+            packed, new_ids = found.codes, (found.ids if ids is None else ids)
+            self.skipped += found.skipped
+            self.manifest['skipped'] = int(self.manifest.get('skipped', 0)) + len(found.skipped)
+        else:
+            packed, new_ids = self._query_codes(items), ids
+        if new_ids is None:
+            if not self._int_ids:
+                raise ValueError('this index has string ids: pass ids= for the new items')
+            start = max(self.ids, default=-1) + 1
+            new_ids = list(range(start, start + len(packed)))
+        new_ids = _check_ids(new_ids, len(packed))
+        if self.ids and all(isinstance(i, str) for i in new_ids) != (not self._int_ids):
+            raise ValueError('new ids must be of the type the index has (all ints or all strings)')
+        self._index.add(packed)
+        self._set_ids(self.ids + new_ids)
+        self.manifest.update(ids=self.ids, num_items=len(self.ids))
+        self.manifest.pop('index_sha256', None)  # recomputed by save
+        return self
 
     # ------------------------------------------------------------------------------------------ build
     @classmethod
@@ -158,9 +240,12 @@ class HashIndex:
             raise AttributeError(f'{what} applies to {kind!r} indexes, this one is {self.kind!r}')
 
     # ---------------------------------------------------------------------------------------- search
-    def search(self, codes: Any, k: int, *, model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, codes: Any, k: int, *, model: str | None = None, batch_size: int = 64,
+               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest items per query: ``(ids, distances)``, each ``(nq, k)``, nearest first.
 
+        ``codes``: packed or sign codes, or images (a folder, image files, PIL images) that the index's
+        encoder turns into codes (a file that cannot be opened is an error here: a query is not skipped).
         ``model``, when given, must equal the manifest's ``model`` (codes of another model are
         meaningless here).  ``k`` above the index size is clipped.  Slots an approximate index cannot
         fill hold id -1 (None for string ids) and distance -1.
@@ -174,7 +259,13 @@ class HashIndex:
             )
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f'k must be a positive integer, got {k!r}')
-        packed = self._query_codes(codes)
+        if _is_images(codes):
+            found = self._encode(codes, batch_size, progress)
+            if found.skipped:
+                raise ValueError(f'query image {found.skipped[0][1]}')  # the reason names the file
+            packed = found.codes
+        else:
+            packed = self._query_codes(codes)
         k = min(int(k), len(self))
         dist, pos = self._index.search(packed, k)
         missing = pos < 0
@@ -234,8 +325,9 @@ class HashIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> HashIndex:
-        """Load a folder written by :meth:`save`, checking the manifest and the index file's checksum."""
+    def load(cls, path: str | os.PathLike, encoder: Any = None) -> HashIndex:
+        """Load a folder written by :meth:`save`, checking the manifest and the index file's checksum;
+        ``encoder``: the model that made the codes, to search with images (see :meth:`attach`)."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f'no index folder at {path}')
@@ -261,7 +353,18 @@ class HashIndex:
                 f'corrupt index: {ipath} holds {index.ntotal} codes of {index.d} bits, '
                 f'the manifest says {len(ids)} codes of {bits} bits'
             )
-        return cls(index, kind, bits, ids, manifest)
+        return cls(index, kind, bits, ids, manifest, encoder=encoder)
+
+
+def _is_images(items: Any) -> bool:
+    """Images (a path, PIL image, or a list of them) rather than codes (arrays, tensors, lists of numbers)."""
+    from PIL import Image
+
+    if isinstance(items, (str, os.PathLike, Image.Image)):
+        return True
+    if isinstance(items, (list, tuple)) and items:
+        return isinstance(items[0], (str, os.PathLike, Image.Image))
+    return False
 
 
 def _check_ids(ids: Sequence[int | str], n: int) -> list:
