@@ -61,3 +61,29 @@ def test_missing_truncated_and_corrupt_files(tmp_path):
         read_idx(bad_magic)
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         load_fashion_mnist('val', tmp_path)
+
+
+def test_off_debian_the_default_names_the_download_and_uses_a_torchvision_copy(tmp_path, monkeypatch):
+    """No Debian files: one line naming DEEPHASH_ALLOW_DOWNLOAD; a copy in torchvision's layout under the cache is
+    used (no download: tests never reach the network) and torchvision itself reads the same files."""
+    from deephash_zoo.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, 'DEFAULT_FASHION_MNIST_DIR', tmp_path / 'no-debian')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.delenv(fashion_mnist.DOWNLOAD_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match='set DEEPHASH_ALLOW_DOWNLOAD=1 to download it with torchvision into '
+                                                f'{tmp_path}/cache/deephash-zoo/fashion-mnist'):
+        load_fashion_mnist('test')
+    raw = fashion_mnist.download_dir() / 'FashionMNIST' / 'raw'
+    raw.mkdir(parents=True)
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    labels = np.array([9, 0, 4], dtype=np.uint8)
+    _write_split(raw, images, labels, gz=False)  # torchvision keeps the extracted files
+    for kind, array in (('images-idx3', images), ('labels-idx1', labels)):  # and wants the train pair too
+        (raw / f'train-{kind}-ubyte').write_bytes(_idx(array.shape, array.tobytes()))
+    got_images, got_labels = load_fashion_mnist('test')
+    assert np.array_equal(got_images, images) and list(got_labels) == [9, 0, 4]
+    from torchvision.datasets import FashionMNIST
+
+    theirs = FashionMNIST(str(fashion_mnist.download_dir()), train=False, download=False)
+    assert np.array_equal(theirs.data.numpy(), images) and theirs.targets.tolist() == [9, 0, 4]

@@ -283,3 +283,27 @@ def test_index_save_removes_what_a_killed_save_left(tmp_path):
     codes = np.packbits(np.random.default_rng(0).random((10, 16)) < 0.5, axis=1)
     HashIndex.build(codes, 16).save(tmp_path / 'index')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['index']
+
+
+def test_calib_data_verifies_and_calibrates_on_another_data_set(tmp_path, capsys):
+    """--calib-data cifar10:DIR: the graphs are verified on its test images and int8 calibrated on its training
+    images (a CIFAR-10 binary folder written here), and the graph's metadata says so."""
+    from deephash_zoo.data.cifar10 import BATCH_FILES
+
+    folder = tmp_path / 'cifar' / 'cifar-10-batches-bin'  # 600 images a class: what the protocol draws
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in BATCH_FILES:
+        labels = np.repeat(np.arange(10, dtype=np.uint8), 100)
+        pixels = rng.integers(0, 256, (1000, 3 * 32 * 32), dtype=np.uint8)
+        (folder / name).write_bytes(np.concatenate([labels[:, None], pixels], axis=1).tobytes())
+    data = f'cifar10-1:{tmp_path / "cifar"}'
+    out = tmp_path / 'out'
+    assert main(['--onnx', '--int8', '--model', 'admth_cnnf_16', '--out', str(out), '--calib-data', data,
+                 '--img-size', '64', '--verify-images', '8']) == 0
+    printed = capsys.readouterr().out
+    assert f'8 {data} test images' in printed and f'calibrating on 64 {data} training images' in printed
+    reports = json.loads((out / 'verification.json').read_text())['graphs']
+    assert list(reports['admth_cnnf_16.onnx']['inputs'])[0] == data
+    meta = {p.key: p.value for p in onnx.load(str(out / 'admth_cnnf_16.int8.onnx')).metadata_props}
+    assert f'on 64 {data} training images' in meta['deephash.quantization']

@@ -33,11 +33,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="input size (default: the checkpoint's training size, else the model's 224)")
     p.add_argument('--sign-output', action='store_true', help='add int8 {-1,+1} sign outputs (signs / signs_<bits>)')
     p.add_argument('--int8-mode', choices=('static', 'dynamic'), default='static',
-                   help='static: calibrated on Fashion-MNIST training images (default); dynamic: weights only')
+                   help='static: calibrated on training images of --calib-data (default); dynamic: weights only')
     p.add_argument('--fp16', action='store_true', help='TensorRT engine in fp16')
-    p.add_argument('--verify-images', type=int, default=32, help='Fashion-MNIST test images in the verification')
+    p.add_argument('--verify-images', type=int, default=32, help='test images of --calib-data in the verification')
+    p.add_argument('--calib-data', default=None, metavar='DATA',
+                   help="data set whose test images verify the graphs and whose training images calibrate static "
+                        "int8: fashion-mnist | mosaic | cifar10[-1|-2]:DIR | list:PATH | coco:PATH (default: the "
+                        "checkpoint's own, else fashion-mnist)")
     p.add_argument('--data-root', '--fmnist-dir', dest='data_root', type=Path, default=None,
-                   help='folder of the Fashion-MNIST idx files (default: the Debian package\'s)')
+                   help='folder of --calib-data (default: the Debian package\'s for Fashion-MNIST)')
     bench = p.add_argument_group('--bench')
     bench.add_argument('--models', default='dath_alexnet_32,admth_cnnf_multi', help='comma-separated model names')
     bench.add_argument('--repeats', type=int, default=10, help='timed runs at batch 1 (default: %(default)s)')
@@ -61,6 +65,7 @@ def _export(args: argparse.Namespace) -> int:
               f'weights sha256 {source.weights_sha256[:16]}... ({source.weights_of})', flush=True)
         result = export_verified(source, out, sign_output=args.sign_output, int8=int8, tensorrt=args.tensorrt,
                                  fp16=args.fp16, num_real=args.verify_images, fmnist_root=args.data_root,
+                                 calib_data=args.calib_data,
                                  progress=lambda msg: print(f'  {msg}', flush=True))
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):

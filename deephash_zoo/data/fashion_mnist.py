@@ -1,7 +1,10 @@
 """Fashion-MNIST from its idx files (gzipped or not), kept in memory as uint8.
 
 The default folder is where Debian's ``dataset-fashion-mnist`` package puts them
-(``apt-get install dataset-fashion-mnist``); any folder holding the original four files works.
+(``apt-get install dataset-fashion-mnist``); any folder holding the original four files works. Off Debian,
+``DEEPHASH_ALLOW_DOWNLOAD=1`` lets the default fall back to ``torchvision.datasets.FashionMNIST(download=True)``
+into ``~/.cache/deephash-zoo/fashion-mnist`` (its ``FashionMNIST/raw/`` files, read by the same checked
+reader); a copy already there is used without asking. Nothing is downloaded unless the user says so.
 """
 import gzip
 import os
@@ -10,9 +13,11 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ['FASHION_MNIST_CLASSES', 'DEFAULT_FASHION_MNIST_DIR', 'load_fashion_mnist', 'read_idx']
+__all__ = ['FASHION_MNIST_CLASSES', 'DEFAULT_FASHION_MNIST_DIR', 'DOWNLOAD_ENV', 'download_dir', 'load_fashion_mnist',
+           'read_idx']
 
 DEFAULT_FASHION_MNIST_DIR = Path(os.environ.get('FASHION_MNIST_DIR', '/usr/share/datasets/fashion-mnist'))
+DOWNLOAD_ENV = 'DEEPHASH_ALLOW_DOWNLOAD'  # 1: the default folder may fall back to a torchvision download
 FASHION_MNIST_CLASSES = (
     'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot',
 )
@@ -23,11 +28,44 @@ _FILES = {
 _IDX_UBYTE = 0x08
 
 
+def download_dir() -> Path:
+    """Where a torchvision download goes: ``$XDG_CACHE_HOME/deephash-zoo/fashion-mnist`` (``~/.cache`` default)."""
+    cache = os.environ.get('XDG_CACHE_HOME') or str(Path.home() / '.cache')
+    return Path(cache) / 'deephash-zoo' / 'fashion-mnist'
+
+
+def _download_allowed() -> bool:
+    return os.environ.get(DOWNLOAD_ENV, '') not in ('', '0')
+
+
+def _has(root: Path, stem: str) -> bool:
+    return any((root / name).is_file() for name in (stem + '.gz', stem))
+
+
+def _torchvision_copy(split: str, allowed: bool) -> Optional[Path]:
+    """The ``FashionMNIST/raw`` folder of a torchvision copy: one already downloaded, or (``allowed``) a new
+    download by ``torchvision.datasets.FashionMNIST(download=True)``; None when neither."""
+    raw = download_dir() / 'FashionMNIST' / 'raw'
+    if all(_has(raw, stem) for stem in _FILES[split]):
+        return raw
+    if not allowed:
+        return None
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(download_dir()), train=split == 'train', download=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise FileNotFoundError(f'Fashion-MNIST: not in {DEFAULT_FASHION_MNIST_DIR} and the torchvision download into '
+                                f'{download_dir()} failed ({e})') from e
+    return raw
+
+
 def _find(root: Path, stem: str) -> Path:
     for name in (stem + '.gz', stem):
         if (root / name).is_file():
             return root / name
-    hint = ' (apt-get install dataset-fashion-mnist, or pass the folder holding the files)'
+    hint = (' (apt-get install dataset-fashion-mnist, pass the folder holding the files, or set '
+            f'{DOWNLOAD_ENV}=1 to download it with torchvision into {download_dir()})')
     raise FileNotFoundError(f'{root / (stem + ".gz")}: Fashion-MNIST file not found{hint}')
 
 
@@ -71,7 +109,11 @@ def load_fashion_mnist(split: str = 'train', root: Optional[Union[str, Path]] = 
     """Images (n, 28, 28) uint8 and class labels (n,) int64 of the ``'train'`` or ``'test'`` split."""
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(root) if root is not None else DEFAULT_FASHION_MNIST_DIR
+    if root is None:
+        root = DEFAULT_FASHION_MNIST_DIR
+        if not all(_has(root, stem) for stem in _FILES[split]):
+            root = _torchvision_copy(split, _download_allowed()) or root
+    root = Path(root)
     images = read_idx(_find(root, _FILES[split][0]))
     labels = read_idx(_find(root, _FILES[split][1]))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

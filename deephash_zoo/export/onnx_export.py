@@ -61,6 +61,7 @@ class ModelSource:
     weights_sha256: str
     weights_of: str  # what the hash is of: the checkpoint file, or the in-memory state of random weights
     checkpoint: Optional[Path] = None
+    dataset: Optional[str] = None  # what the weights were trained on (a checkpoint's config): the default real data
 
     @property
     def bits(self) -> Tuple[int, ...]:
@@ -106,7 +107,8 @@ def load_model_source(
         trained = (config.get('training') or {}).get('img_size')
         size = img_size or (int(trained) if trained else None)
         source = ModelSource(model, arch, 0, weights_sha256(ckpt / 'model.safetensors'),
-                             'checkpoint model.safetensors (file sha256)', ckpt)
+                             'checkpoint model.safetensors (file sha256)', ckpt,
+                             dataset=config.get('dataset') or (config.get('training') or {}).get('data'))
     else:
         torch.manual_seed(seed)
         model = timm.create_model(name, pretrained=pretrained).eval()

@@ -36,7 +36,7 @@ from .verify import (
     INT8,
     VerificationError,
     create_session,
-    fashion_mnist_batch,
+    data_batch,
     torch_codes,
     verification_inputs,
     verify_session,
@@ -104,8 +104,13 @@ def export_verified(
         calibration_images: int = 64,
         fmnist_root: Optional[Union[str, Path]] = None,
         progress: Progress = None,
+        calib_data: Optional[str] = None,
 ) -> ExportResult:
-    """Export ``source`` to ONNX (and int8 / TensorRT on request), verify each, then publish atomically."""
+    """Export ``source`` to ONNX (and int8 / TensorRT on request), verify each, then publish atomically.
+
+    ``calib_data``: the data set (a ``--data`` name) whose test images verify every graph and whose training
+    images calibrate static int8; default the checkpoint's own, else Fashion-MNIST. ``fmnist_root`` is
+    that data set's folder (``--data-root``)."""
     say = progress or (lambda _msg: None)
     check_requirements(int8, tensorrt)
     created = not Path(out_dir).exists()
@@ -122,9 +127,10 @@ def export_verified(
         chans = int(getattr(model, 'in_chans', 3))
         common = dict(model=source.name, img_size=size, bits=list(bits), weights_sha256=source.weights_sha256,
                       weights_sha256_of=source.weights_of, package_version=deephash_zoo.__version__)
-        say(f'verification inputs: {num_real} Fashion-MNIST test images + random batches {list(random_batches)} '
+        data = calib_data or source.dataset or 'fashion-mnist'
+        say(f'verification inputs: {num_real} {data} test images + random batches {list(random_batches)} '
             f'at {size}x{size}; PyTorch reference')
-        inputs = verification_inputs(model, size, num_real, random_batches, root=fmnist_root)
+        inputs = verification_inputs(model, size, num_real, random_batches, root=fmnist_root, data=data)
         reference = torch_codes(model, inputs)
 
         fp32_path = tmp / f'{source.name}.onnx'
@@ -138,10 +144,11 @@ def export_verified(
             int8_path = tmp / f'{source.name}.int8.onnx'
             calibration = None
             if int8 == 'static':
-                say(f'calibrating on {calibration_images} Fashion-MNIST training images')
-                calibration = fashion_mnist_batch(model, size, 'train', 0, calibration_images, fmnist_root)
+                say(f'calibrating on {calibration_images} {data} training images')
+                calibration = data_batch(model, size, data, 'database', calibration_images, fmnist_root)
             say(f'quantising {int8_path.name} (int8 {int8})')
-            quantize_int8(fp32_path, int8_path, int8, calibration)
+            quantize_int8(fp32_path, int8_path, int8, calibration,
+                          calibration_data='Fashion-MNIST' if data == 'fashion-mnist' else data)
             session = create_session(int8_path)
             result.reports[int8_path.name] = dict(common, precision=f'int8-{int8}', **verify_session(
                 session, reference, inputs, bits, INT8, int8_path.name))

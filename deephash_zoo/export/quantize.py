@@ -56,7 +56,8 @@ def _reader(calibration: np.ndarray, batch: int):
 
 
 def quantize_int8(fp32_path: Union[str, Path], out_path: Union[str, Path], mode: str = 'static',
-                  calibration: Optional[np.ndarray] = None, calibration_batch: int = 8) -> Path:
+                  calibration: Optional[np.ndarray] = None, calibration_batch: int = 8,
+                  calibration_data: str = 'Fashion-MNIST') -> Path:
     """Write the int8 version of the fp32 graph at ``fp32_path`` to ``out_path`` (metadata kept, checked).
 
     ``calibration`` (float32 images, already transformed) is required for ``mode='static'``.
@@ -88,7 +89,7 @@ def quantize_int8(fp32_path: Union[str, Path], out_path: Union[str, Path], mode:
     props['deephash.quantization'] = (
         f'onnxruntime.quantization.quantize_{mode}, ' + (
             f'QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on {len(calibration)} '
-            f'Fashion-MNIST training images, ops {OP_TYPES}' if mode == 'static' else 'int8 weights'))
+            f'{calibration_data} training images, ops {OP_TYPES}' if mode == 'static' else 'int8 weights'))
     set_metadata(proto, props)
     onnx.save(proto, str(out_path))
     onnx.checker.check_model(str(out_path))

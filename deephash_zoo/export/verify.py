@@ -33,8 +33,8 @@ from deephash_zoo.retrieval.encoding import model_transform
 
 from .onnx_export import INPUT_NAME, output_names, require
 
-__all__ = ['Thresholds', 'FP32', 'FP16', 'INT8', 'VerificationError', 'fashion_mnist_batch', 'verification_inputs',
-           'torch_codes', 'create_session', 'onnx_codes', 'compare', 'verify_session']
+__all__ = ['Thresholds', 'FP32', 'FP16', 'INT8', 'VerificationError', 'fashion_mnist_batch', 'data_batch',
+           'verification_inputs', 'torch_codes', 'create_session', 'onnx_codes', 'compare', 'verify_session']
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,31 @@ def fashion_mnist_batch(model: nn.Module, img_size: int, split: str = 'test', st
     return torch.stack(batch).numpy().astype(np.float32)
 
 
+def data_batch(model: nn.Module, img_size: int, data: str = 'fashion-mnist', split: str = 'query', num: int = 32,
+               root: Optional[Union[str, Path]] = None) -> np.ndarray:
+    """The first ``num`` images of a benchmark's ``'query'`` (test) or ``'database'`` (training) split, through
+    the model's eval transform (float32): any ``--data`` name (``cifar10:DIR``, ``coco:PATH``, ``list:PATH``)."""
+    if data == 'fashion-mnist':  # straight from the idx files: no protocol split to build
+        return fashion_mnist_batch(model, img_size, 'test' if split == 'query' else 'train', 0, num, root)
+    from deephash_zoo.data import build_retrieval_data
+
+    if split not in ('query', 'database'):
+        raise ValueError(f"split must be 'query' or 'database', got {split!r}")
+    items = build_retrieval_data(data, root=None if root is None else str(root), seed=0,
+                                 transform=model_transform(model, img_size))[split]
+    if num > len(items):
+        raise ValueError(f'{data}: asked for {num} {split} images, the split has {len(items)}')
+    return torch.stack([items[i][0] for i in range(num)]).numpy().astype(np.float32)
+
+
 def verification_inputs(model: nn.Module, img_size: int, num_real: int = 32, random_batches: Sequence[int] = (1, 8),
-                        seed: int = 0, root: Optional[Union[str, Path]] = None) -> Dict[str, np.ndarray]:
-    """The fixed inputs every graph is checked on: real images, then seeded random ones per batch size."""
-    inputs = {'fashion-mnist': fashion_mnist_batch(model, img_size, 'test', 0, num_real, root)}
+                        seed: int = 0, root: Optional[Union[str, Path]] = None, data: str = 'fashion-mnist'
+                        ) -> Dict[str, np.ndarray]:
+    """The fixed inputs every graph is checked on: ``num_real`` test images of ``data``, then seeded random
+    ones per batch size."""
+    inputs = {data: data_batch(model, img_size, data, 'query', num_real, root)}
     rng = np.random.default_rng(seed)
-    chans = inputs['fashion-mnist'].shape[1]
+    chans = inputs[data].shape[1]
     for n in random_batches:
         inputs[f'random_b{n}'] = rng.standard_normal((n, chans, img_size, img_size), dtype=np.float32)
     return inputs
