@@ -18,4 +18,4 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c .ci/constraints.txt -e '.[export,retrieval,convert,coco,cards,demo,dev]'
+.venv/bin/python -m pip install -q -c .ci/constraints.txt -e '.[export,retrieval,convert,coco,cards,demo,fast,dev]'

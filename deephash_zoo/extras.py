@@ -14,6 +14,7 @@ EXTRAS = {
     'pycocotools': 'coco',
     'jinja2': 'cards',
     'gradio': 'demo', 'gradio_client': 'demo',
+    'numba': 'fast',
 }
 
 

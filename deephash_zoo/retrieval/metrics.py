@@ -362,9 +362,17 @@ def _scan(
     radius: int | None = None,
     hist: bool = False,
     chunk_size: int | None = None,
+    backend: str = 'auto',
 ) -> _Scan:
-    """One chunked pass over the queries computing only the requested per-query statistics."""
+    """One chunked pass over the queries computing only the requested per-query statistics.
+
+    ``backend``: ``'numba'`` (the compiled kernel of :mod:`.kernels`, the ``fast`` extra), ``'numpy'``, or
+    ``'auto'``: numba where it is installed and no ``chunk_size`` asks for the NumPy path's chunking. Both
+    give the same numbers.
+    """
     nq, n, nvals = p.num_queries, p.num_database, p.bits + 1
+    if _use_kernel(backend, chunk_size):
+        return _scan_compiled(p, map_k=map_k, ns=ns, totals=totals, radius=radius, hist=hist)
     if chunk_size is None:
         chunk_size = max(1, min(_CHUNK_ELEMENTS // n, (1 << 16) // nvals))
     elif not _is_int(chunk_size) or chunk_size <= 0:
@@ -416,6 +424,43 @@ def _scan(
     return out
 
 
+BACKENDS = ('auto', 'numba', 'numpy')
+
+
+def _use_kernel(backend: str, chunk_size: int | None) -> bool:
+    from . import kernels
+
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    if backend == 'numba' and not kernels.available():
+        raise ImportError("backend='numba' needs numba; pip install 'deephash-zoo[fast]'")
+    return backend == 'numba' or (backend == 'auto' and chunk_size is None and kernels.available())
+
+
+def _scan_compiled(p: _Problem, *, map_k: int, ns: tuple[int, ...], totals: bool, radius: int | None,
+                   hist: bool) -> _Scan:
+    """:func:`_scan`'s statistics from the compiled kernel (one pass per query, no distance matrix)."""
+    from .kernels import scan_queries
+
+    n = p.num_database
+    map_k = min(map_k, n)
+    full = totals or hist or radius is not None
+    r = scan_queries(p.q_words, p.db_words, p.relevance, p.bits, map_k=map_k, ns=tuple(min(x, n) for x in ns),
+                     radius=radius, full=full)
+    out = _Scan()
+    if map_k:
+        out.ap = r['ap']
+    if ns:
+        out.hits_at_n = r['hits']
+    if totals or hist:
+        out.total_relevant = r['total']
+    if radius is not None:
+        out.within, out.within_relevant = r['within'], r['within_relevant']
+    if hist:
+        out.hist = r['hist']
+    return out
+
+
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Elementwise a / b with 0 where b == 0 (the literature's empty-set convention)."""
     a = np.asarray(a, dtype=np.float64)
@@ -432,6 +477,7 @@ def mean_average_precision(
     *,
     bits: int | None = None,
     chunk_size: int | None = None,
+    backend: str = 'auto',
 ) -> MapResult:
     """mAP@topk over the Hamming ranking (``topk=None``: whole database), literature definition.
 
@@ -440,7 +486,7 @@ def mean_average_precision(
     _check_topk(topk)
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
     k = p.num_database if topk is None else topk
-    s = _scan(p, map_k=k, chunk_size=chunk_size)
+    s = _scan(p, map_k=k, chunk_size=chunk_size, backend=backend)
     return MapResult(float(s.ap.mean()), topk, s.ap, p.bits, p.num_queries, p.num_database)
 
 
@@ -452,11 +498,12 @@ def tie_aware_mean_average_precision(
     *,
     bits: int | None = None,
     chunk_size: int | None = None,
+    backend: str = 'auto',
 ) -> MapResult:
     """mAP over the whole ranking with every tie group's order averaged out (He et al., CVPR 2018): what
     :func:`mean_average_precision` gives in expectation over random tie-breaks, whatever the tie-break."""
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
-    s = _scan(p, hist=True, chunk_size=chunk_size)
+    s = _scan(p, hist=True, chunk_size=chunk_size, backend=backend)
     ap = tie_aware_average_precision(s.hist)
     return MapResult(float(ap.mean()), None, ap, p.bits, p.num_queries, p.num_database,
                      tie_break='averaged (tie-aware)')
@@ -471,11 +518,12 @@ def precision_recall_at_n(
     *,
     bits: int | None = None,
     chunk_size: int | None = None,
+    backend: str = 'auto',
 ) -> AtNResult:
     """Mean P@N and R@N over queries for each N (R@N with no relevant item in the database is 0)."""
     ns = _check_ns(ns)
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
-    s = _scan(p, ns=ns, totals=True, chunk_size=chunk_size)
+    s = _scan(p, ns=ns, totals=True, chunk_size=chunk_size, backend=backend)
     return _at_n(s, ns, p.num_database)
 
 
@@ -495,11 +543,12 @@ def hamming_radius_precision_recall(
     *,
     bits: int | None = None,
     chunk_size: int | None = None,
+    backend: str = 'auto',
 ) -> RadiusResult:
     """Mean precision/recall of the items within Hamming distance <= radius (empty set: precision 0)."""
     _check_radius(radius)
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
-    s = _scan(p, totals=True, radius=radius, chunk_size=chunk_size)
+    s = _scan(p, totals=True, radius=radius, chunk_size=chunk_size, backend=backend)
     return RadiusResult(
         int(radius),
         float(_safe_div(s.within_relevant, s.within).mean()),
@@ -515,10 +564,11 @@ def precision_recall_curve(
     *,
     bits: int | None = None,
     chunk_size: int | None = None,
+    backend: str = 'auto',
 ) -> PRCurve:
     """Mean precision and recall within every Hamming radius 0..bits (same conventions as radius 2)."""
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
-    s = _scan(p, hist=True, chunk_size=chunk_size)
+    s = _scan(p, hist=True, chunk_size=chunk_size, backend=backend)
     return _curve(s, p.bits)
 
 
@@ -539,6 +589,7 @@ def evaluate(
     ns: Sequence[int] = DEFAULT_NS,
     bits: int | None = None,
     chunk_size: int | None = None,
+    backend: str = 'auto',
 ) -> dict[str, Any]:
     """All metrics from one pass, as a JSON-serialisable dict (read by the Hub model card).
 
@@ -552,7 +603,7 @@ def evaluate(
     ns = _check_ns(ns)
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
     k = p.num_database if topk is None else topk
-    s = _scan(p, map_k=k, ns=ns, hist=True, chunk_size=chunk_size)
+    s = _scan(p, map_k=k, ns=ns, hist=True, chunk_size=chunk_size, backend=backend)
     at_n = _at_n(s, ns, p.num_database)
     curve = _curve(s, p.bits)
     r2 = min(2, p.bits)
