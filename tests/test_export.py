@@ -307,3 +307,23 @@ def test_calib_data_verifies_and_calibrates_on_another_data_set(tmp_path, capsys
     assert list(reports['admth_cnnf_16.onnx']['inputs'])[0] == data
     meta = {p.key: p.value for p in onnx.load(str(out / 'admth_cnnf_16.int8.onnx')).metadata_props}
     assert f'on 64 {data} training images' in meta['deephash.quantization']
+
+
+@pytest.mark.parametrize('name, size, matrix', [('dath_alexnet_16', 64, True), ('admth_cnnf_16', 96, True),
+                                                 ('dath_n_16', 224, True), ('dath_n_16', 288, False)])
+def test_graph_heads_run_fc6_fc7_as_matmuls_where_the_size_allows(name, size, matrix):
+    """matmul_heads: a copy whose fc6/fc7 are MatMuls on fixed matrices (a map the window's sides divide), the
+    same function as the model; the model itself is untouched; a map larger than the window keeps the convs."""
+    from deephash_zoo.export.onnx_export import matmul_heads
+    from deephash_zoo.models.head import FcMlp
+
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    graph_model = matmul_heads(model, size)
+    fixed = [m.fixed_map for m in graph_model.modules() if isinstance(m, FcMlp)]
+    assert fixed and all((f is not None) == matrix for f in fixed)
+    assert all(m.fc6_matrix is None for m in model.modules() if isinstance(m, FcMlp))  # no side effect
+    assert 'fc6_matrix' not in ''.join(graph_model.state_dict())  # the weights file is unchanged
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(graph_model(x), model(x), rtol=1e-4, atol=1e-5)

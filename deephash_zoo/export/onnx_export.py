@@ -180,6 +180,32 @@ def onnx_metadata(source: ModelSource, precision: str, sign_output: bool, extra:
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
+def matmul_heads(model: nn.Module, img_size: int) -> nn.Module:
+    """A copy of ``model`` whose fc6/fc7 (:class:`deephash_zoo.models.head.FcMlp`) run as MatMuls on matrices
+    fixed for ``img_size`` inputs, where that size gives a map they have a matrix form for; ``model`` itself
+    when none does (its convolutions then stay in the graph). A graph has one input size, so this is exact."""
+    import copy
+
+    from deephash_zoo.models.head import FcMlp
+
+    if not any(isinstance(m, FcMlp) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model).eval()
+    maps: Dict[int, Tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: maps.__setitem__(id(mod), tuple(args[0].shape[-2:])))
+             for m in model.modules() if isinstance(m, FcMlp)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, int(getattr(model, 'in_chans', 3)), img_size, img_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for m in model.modules():
+        if isinstance(m, FcMlp) and id(m) in maps:
+            m.fix_input_map(*maps[id(m)])
+    return model
+
+
 def export_onnx(source: ModelSource, path: Union[str, Path], sign_output: bool = False,
                 example_batch: int = 2) -> Path:
     """Write the fp32 graph of ``source`` to ``path`` with metadata, and run ``onnx.checker`` on it.
@@ -189,7 +215,7 @@ def export_onnx(source: ModelSource, path: Union[str, Path], sign_output: bool =
     onnx = require('onnx')
     require('onnxscript')
     path = Path(path)
-    module = CodesModule(source.model, sign_output).eval()
+    module = CodesModule(matmul_heads(source.model, source.img_size), sign_output).eval()
     chans = int(getattr(source.model, 'in_chans', 3))
     example = torch.randn(example_batch, chans, source.img_size, source.img_size)
     batch = torch.export.Dim('batch', min=1, max=65536)

@@ -4,11 +4,12 @@ Measured by ``deephash-export --bench`` (``export/efficiency.md``: 224x224, batc
 AMD EPYC, random weights): dath_alexnet_32 fp32 20.9 ms, dynamic int8 65.9 ms, static int8 9.0 ms;
 admth_cnnf_multi 36.1 / 51.7 / 16.3 ms.
 
-* **dynamic** (``quantize_dynamic``: int8 weights, activations quantised at run time) is *slower* than
-  fp32 here. Our fc6/fc7 are convolutions (timm's ``ConvMlp`` form, so any input size works), and
-  dynamic quantisation turns every Conv into ``ConvInteger``, which ORT runs with a generic kernel
-  (ORT's profiler: 7-8 ms for fc7 alone against ~4 ms in fp32). A probe that rewrote fc6/fc7 as MatMul
-  got ``MatMulInteger`` and 1.3x over fp32, not enough to keep. Kept as ``mode='dynamic'`` for the bench.
+* **dynamic** (``quantize_dynamic``: int8 weights, activations quantised at run time). fc6/fc7 are
+  convolutions in the model (timm's ``ConvMlp`` form, so any input size works), and dynamic quantisation
+  turned them into ``ConvInteger``, which ORT runs with a generic kernel (ORT's profiler: 7-8 ms for fc7
+  alone against ~4 ms in fp32). A graph has one input size, so the export now writes them as MatMuls on
+  matrices fixed for it (:func:`.onnx_export.matmul_heads`), which dynamic int8 turns into
+  ``MatMulInteger``; ``export/efficiency.md`` has its current figures.
 * **static** (``quantize_static``: QDQ format, per-channel int8 weights, uint8 activations with MinMax
   ranges calibrated on Fashion-MNIST *training* images through the model transform) is 2.2-2.3x faster
   than ORT fp32: ORT fuses the QDQ pairs into ``QLinearConv``/``QLinearMatMul`` with int8 kernels

@@ -44,9 +44,29 @@ class FcMlp(nn.Module):
         self.drop7 = nn.Dropout(drop_rate)
         self.fc7 = nn.Conv2d(hidden, hidden, 1, **dd)
         self.act7 = nn.ReLU(inplace=True)
+        # set by fix_input_map for a graph export at one input size; not part of the state dict
+        self.register_buffer('fc6_matrix', None, persistent=False)
+        self.register_buffer('fc7_matrix', None, persistent=False)
+        self.fixed_map: Optional[tuple] = None
 
     @torch.jit.unused
-    def _matmul_weight(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+    @torch.no_grad()
+    def fix_input_map(self, height: int, width: int) -> bool:
+        """Precompute fc6/fc7 as ``(in, out)`` matrices for a graph export whose input size makes fc6's input
+        map ``height x width``: the graph then holds two MatMuls on ready initialisers, which ONNX Runtime runs
+        as GEMMs and its int8 quantisers cover (dynamic int8 turned the convolutions into ``ConvInteger``,
+        slower than fp32). Returns False, leaving the convolutions, where no matrix form exists (a map larger
+        than the window, or sides that do not divide it)."""
+        weight = self._matmul_weight(torch.empty(1, 1, height, width, device='meta'), exporting_ok=True)
+        if weight is None:
+            return False
+        self.fc6_matrix = weight.t().contiguous()
+        self.fc7_matrix = self.fc7.weight.flatten(1).t().contiguous()
+        self.fixed_map = (height, width)
+        return True
+
+    @torch.jit.unused
+    def _matmul_weight(self, x: torch.Tensor, exporting_ok: bool = False) -> Optional[torch.Tensor]:
         """fc6's weight as a matrix over ``x`` flattened, when fc6 can run as a matrix product; else None.
 
         Same numbers as the convolutions, but eager CPU convolution re-lays fc6's 151 MB weight on every
@@ -56,7 +76,7 @@ class FcMlp(nn.Module):
         taps: summing those taps first is the same function and gradient at 1/36 (1x1) of the cost.
         Graph exports keep the convolutions: there the weights stay initialisers that ONNX Runtime and
         its int8 quantiser use directly (a reshaped 37 M-element weight is not constant-folded)."""
-        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        if not exporting_ok and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
             return None
         k, (h, w) = self.kernel_size, x.shape[-2:]
         weight = self.fc6.weight
@@ -68,6 +88,10 @@ class FcMlp(nn.Module):
         return weight.reshape(o, c, h, k // h, w, k // w).sum(dim=(3, 5)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc6_matrix is not None and self.fc7_matrix is not None and tuple(x.shape[-2:]) == self.fixed_map:
+            x = self.act6(torch.matmul(self.drop6(x).flatten(1), self.fc6_matrix) + self.fc6.bias)
+            x = self.act7(torch.matmul(self.drop7(x), self.fc7_matrix) + self.fc7.bias)
+            return x[:, :, None, None]
         if not torch.jit.is_scripting():
             weight = self._matmul_weight(x)
             if weight is not None:
