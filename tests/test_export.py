@@ -327,3 +327,11 @@ def test_graph_heads_run_fc6_fc7_as_matmuls_where_the_size_allows(name, size, ma
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         torch.testing.assert_close(graph_model(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_efficiency_plot_log_ticks_are_few_and_plain():
+    from deephash_zoo.export.bench import log_ticks
+
+    assert log_ticks(4.6, 107) == [5, 10, 20, 50, 100]
+    assert log_ticks(0.5, 3000) == [0.5, 2, 10, 50, 200, 1000]  # thinned to at most six
+    assert log_ticks(31, 39) == [31, 39]  # no 1-2-5 value inside: the ends

@@ -520,12 +520,22 @@ def render_markdown(data: Dict[str, Any]) -> str:
     return '\n'.join(out)
 
 
+def log_ticks(lo: float, hi: float) -> List[float]:
+    """1-2-5 ticks between ``lo`` and ``hi`` for a log axis: few enough that their labels never overlap
+    (matplotlib's default put '3x10^1' and '4x10^1' on top of each other), at least two."""
+    ticks = [m * 10.0 ** e for e in range(-3, 6) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    while len(ticks) > 6:
+        ticks = ticks[::2]
+    return ticks or [lo, hi]
+
+
 def plot_png(data: Dict[str, Any], path: Union[str, Path]) -> Path:
     """Bar chart: ms per image per runtime, batch 1 and the large batch, one panel per model (log scale)."""
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     large = str(data['settings']['large_batch'])
     models = data['models']
@@ -536,6 +546,7 @@ def plot_png(data: Dict[str, Any], path: Union[str, Path]) -> Path:
                   + ('' if any(p in r['runtime'] for p in ('fp32', 'fp16', 'int8')) else f' ({r["precision"]})')
                   for r in rows]
         y = np.arange(len(rows))
+        shown = [r['batches'][b]['ms_per_image'] for r in rows for b in ('1', large)]
         for offset, batch, colour in ((-0.2, '1', '#4c72b0'), (0.2, large, '#dd8452')):
             values = [r['batches'][batch]['ms_per_image'] for r in rows]
             ax.barh(y + offset, values, height=0.4, color=colour, label=f'batch {batch}')
@@ -544,6 +555,11 @@ def plot_png(data: Dict[str, Any], path: Union[str, Path]) -> Path:
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale('log')
+        lo, hi = min(shown) / 1.3, max(shown) * 1.6  # room on the right for the value labels
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
         ax.set_xlabel('ms per image (median, log scale)')
         ax.set_title(f'{model["model"]} ({data["settings"]["img_size"]}x{data["settings"]["img_size"]})')
         ax.legend(fontsize=8, loc='lower right')
