@@ -67,3 +67,14 @@ def test_encode_a_folder_to_npy_with_ids_beside(tmp_path, capsys):
     assert (tmp_path / 'codes.ids.txt').read_text().split() == ['sub/y.png', 'x.png', 'z.jpg']
     assert run_main(main, ['--model', 'dath_n_16', '--images', str(photos)]) == 2
     assert 'add --out codes.npy' in capsys.readouterr().err
+
+
+def test_encode_precision_flag(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new('RGB', (40, 30), (10, 200, 30)).save(tmp_path / 'a.png')
+    args = ['--model', 'dath_n_16', '--images', str(tmp_path / 'a.png'), '--img-size', '64', '--repeats', '1']
+    assert run_main(main, [*args, '--precision', 'bf16', '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['precision'] == 'bf16'
+    assert run_main(main, [*args, '--precision', 'fp16']) == 2
+    assert 'fp16 is for CUDA' in capsys.readouterr().err

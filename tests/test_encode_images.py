@@ -28,14 +28,14 @@ def model():
 
 
 def test_a_folder_encodes_in_batches_as_the_model_would(photos, model):
-    found = deephash_zoo.encode_images(model, photos, batch_size=2)
+    found = deephash_zoo.encode_images(model, photos, batch_size=2, precision='fp32')
     assert found.ids == ['a.png', 'b.JPG', 'e.bmp', 'sub/c.png', 'sub/d.webp']
     assert [name for name, _ in found.skipped] == ['broken.png'] and 'cannot open image' in found.skipped[0][1]
     assert found.codes.shape == (5, 2) and found.codes.dtype == np.uint8 and found.bits == 16
     transform = model_transform(model)
     x = torch.stack([transform(Image.open(photos / i).convert('RGB')) for i in found.ids])
     assert np.array_equal(found.codes, model.encode(x, packed=True).numpy())
-    assert found.manifest == {'model': 'dath_n_16', 'model_bits': [16], 'img_size': 64}
+    assert found.manifest == {'model': 'dath_n_16', 'model_bits': [16], 'img_size': 64, 'precision': 'fp32'}
     signs = deephash_zoo.encode_images(model, [photos / 'a.png', Image.open(photos / 'e.bmp')], packed=False)
     assert signs.codes.shape == (2, 16) and set(np.unique(signs.codes)) <= {-1, 1}
     assert np.array_equal(np.packbits(signs.codes > 0, axis=1), found.codes[[0, 2]])
@@ -114,3 +114,27 @@ def test_an_index_refuses_what_does_not_fit(photos, model):
     assert numbered.ids == [0, 1, 2]
     with pytest.raises(ValueError, match='all ints or all strings'):
         numbered.add(np.ones((1, 2), dtype=np.uint8), ids=['x'])
+
+
+def test_precision_choices(photos, model, monkeypatch):
+    """bf16 autocast on request; fp16 refused on a CPU; auto tries bf16 only on AMX CPUs and keeps it only when
+    the first batch's signs agree with fp32's (random weights, whose outputs sit near 0, fall back)."""
+    from deephash_zoo import precision as P
+
+    bf16 = deephash_zoo.encode_images(model, photos, precision='bf16')
+    assert bf16.precision == 'bf16' == bf16.manifest['precision'] and bf16.codes.shape == (5, 2)
+    with pytest.raises(ValueError, match='fp16 is for CUDA'):
+        deephash_zoo.encode_images(model, photos, precision='fp16')
+    with pytest.raises(ValueError, match='precision must be one of'):
+        deephash_zoo.encode_images(model, photos, precision='int4')
+    assert P.bf16_support(frozenset({'avx512_bf16', 'amx_bf16'})) == 'amx'
+    assert P.bf16_support(frozenset({'avx512_bf16'})) == 'avx512_bf16' and P.bf16_support(frozenset()) == 'none'
+    assert P.candidate_precision('cpu', frozenset({'amx_bf16'})) == 'bf16'
+    assert P.candidate_precision('cpu', frozenset({'avx512_bf16'})) == 'fp32'
+    assert P.candidate_precision('cuda') == 'fp16'
+    monkeypatch.setattr(P, 'candidate_precision', lambda device_type, flags=None: 'bf16')
+    codes = torch.tensor([[0.9, -0.8, 0.7, -0.6]] * 50)
+    assert P.choose_precision('auto', 'cpu', lambda p: codes) == 'bf16'  # signs agree: keep it
+    flipped = {'fp32': codes, 'bf16': -codes}
+    assert P.choose_precision('auto', 'cpu', lambda p: flipped[p]) == 'fp32'  # they do not: fp32
+    assert P.choose_precision('fp32', 'cpu', lambda p: 1 / 0) == 'fp32'  # a fixed choice runs no probe

@@ -200,6 +200,12 @@ def test_bench_writes_table_json_and_chart(tmp_path, capsys):
         assert rows[key]['batches']['1']['ms_per_image'] > 0 and rows[key]['batches']['4']['repeats'] == 1
     assert rows[('ONNX Runtime fp32', 'fp32')]['sign_agreement'] == 1.0
     assert rows[('torch.compile (inductor, freezing)', 'fp32')]['status'] == 'not run'
+    from deephash_zoo.precision import bf16_support
+
+    bf16 = rows[('PyTorch eager, bf16 autocast', 'bf16')]  # measured where the CPU has bf16, else says why
+    assert bf16['status'] == ('not run' if bf16_support() == 'none' else 'ok'), bf16
+    assert bf16['status'] == 'not run' or 0 <= bf16['sign_agreement'] <= 1
+    assert rows[('ONNX Runtime bf16', 'bf16')]['reason'].startswith("ONNX Runtime's x86 CPU provider")
     if not torch.cuda.is_available():
         assert rows[('PyTorch CUDA', 'fp32')]['reason'] == 'no CUDA device'
     md = (tmp_path / 'efficiency.md').read_text()

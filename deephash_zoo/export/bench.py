@@ -49,6 +49,7 @@ import torch
 
 import deephash_zoo
 from deephash_zoo.extras import check_installed
+from deephash_zoo.precision import bf16_support
 from deephash_zoo.utils import cpu_model, load_average, usable_cores
 
 from .onnx_export import INPUT_NAME, ModelSource, export_onnx, require, state_sha256
@@ -61,6 +62,7 @@ __all__ = ['BenchSettings', 'machine_info', 'bench_model', 'run_bench', 'render_
 
 SCHEMA_VERSION = 1
 EAGER_NO_MKLDNN = 'PyTorch eager, oneDNN off'
+EAGER_BF16 = 'PyTorch eager, bf16 autocast'
 Progress = Optional[Callable[[str], None]]
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -150,10 +152,12 @@ def _onednn(enabled: bool) -> Iterator[None]:
         torch.backends.mkldnn.enabled = before
 
 
-def _torch_runner(model: torch.nn.Module, device: str = 'cpu', fp16: bool = False, mkldnn: bool = True) -> Runner:
+def _torch_runner(model: torch.nn.Module, device: str = 'cpu', fp16: bool = False, mkldnn: bool = True,
+                  bf16: bool = False) -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(x).to(device)
-        with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16, enabled=fp16), _onednn(mkldnn):
+        with (torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16, enabled=fp16),
+              torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16), _onednn(mkldnn)):
             y = model(t)
         if device != 'cpu':
             torch.cuda.synchronize()
@@ -287,6 +291,13 @@ class _ModelBench:
                              self._torch_make(lambda: _torch_runner(self.model))),
                 self.measure(_Row(EAGER_NO_MKLDNN, 'cpu', 'fp32'), [{'threads': t} for t in threads],
                              self._torch_make(lambda: _torch_runner(self.model, mkldnn=False)))]
+        support = bf16_support()
+        if support == 'none':
+            rows.append(_Row(EAGER_BF16, 'cpu', 'bf16', 'not run',
+                             'no bf16 instructions on this CPU (AVX512-BF16, AMX)'))
+        else:
+            rows.append(self.measure(_Row(EAGER_BF16, 'cpu', 'bf16'), [{'threads': t} for t in threads],
+                                     self._torch_make(lambda: _torch_runner(self.model, bf16=True))))
         if s.compile:
             rows.append(self.measure(_Row('torch.compile (inductor, freezing)', 'cpu', 'fp32'),
                                      [{'threads': t} for t in threads],
@@ -295,6 +306,9 @@ class _ModelBench:
         else:
             rows.append(_Row('torch.compile (inductor, freezing)', 'cpu', 'fp32', 'not run', 'skipped (--no-compile)'))
         rows += self._onnx_rows()
+        rows.append(_Row('ONNX Runtime bf16', 'cpu', 'bf16', 'not run',
+                         "ONNX Runtime's x86 CPU provider has no bf16 Conv / MatMul kernels (its bf16 fast math is "
+                         'arm64 only)'))
         rows += self._gpu_rows()
         return rows
 

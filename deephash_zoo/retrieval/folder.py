@@ -24,6 +24,7 @@ from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 from deephash_zoo.data.images import ImageRejected, open_rgb
+from deephash_zoo.precision import autocast, choose_precision, relaxed_codes
 
 from .encoding import model_transform
 
@@ -43,6 +44,7 @@ class EncodedImages:
     bits: int
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     manifest: Dict[str, Any] = field(default_factory=dict)  # what made the codes, for HashIndex.build
+    precision: str = 'fp32'  # what the codes were computed in (see deephash_zoo.precision)
 
 
 def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
@@ -91,10 +93,12 @@ def _batches(items: List[Any], ids: List[str], size: int, skipped: List[Tuple[st
 
 def encode_images(model: torch.nn.Module, images: ImagesArg, *, bits: Optional[int] = None, packed: bool = True,
                   batch_size: int = 64, progress: bool = False, device: Union[str, torch.device, None] = None,
-                  img_size: Optional[int] = None) -> EncodedImages:
+                  img_size: Optional[int] = None, precision: str = 'auto') -> EncodedImages:
     """Codes of ``images`` (a folder, searched recursively; image files; or PIL images) at code length ``bits``
     (default: the model's longest), in batches of ``batch_size``, at input size ``img_size`` (default: the
-    model's ``pretrained_cfg``, the size its weights were trained at)."""
+    model's ``pretrained_cfg``, the size its weights were trained at). ``precision``: ``'fp32'``, ``'bf16'``,
+    ``'fp16'`` (CUDA) or ``'auto'``: bf16 on AMX CPUs and fp16 on CUDA when the first batch's signs agree with
+    fp32's on 99% of the bits, else fp32 (:mod:`deephash_zoo.precision`)."""
     model_bits = tuple(getattr(model, 'bits', ()) or ())
     if not model_bits:
         raise ValueError('the model has no hash layer (it is not a hashing model, or num_classes=0)')
@@ -110,14 +114,19 @@ def encode_images(model: torch.nn.Module, images: ImagesArg, *, bits: Optional[i
     model.to(device).eval()
     skipped: List[Tuple[str, str]] = []
     chunks, kept = [], []
+    chosen: Optional[str] = None
     with tqdm(total=len(items), desc='encoding', unit='image', disable=not progress) as bar:
         for batch, names in _batches(items, ids, batch_size, skipped):
             x = torch.stack([transform(im) for im in batch]).to(device)
-            chunks.append(model.encode(x, bits=bits, packed=packed).cpu().numpy())
+            if chosen is None:
+                chosen = choose_precision(precision, device.type, lambda p, x=x: relaxed_codes(model, x, p))
+            with autocast(chosen, device.type):
+                chunks.append(model.encode(x, bits=bits, packed=packed).cpu().numpy())
             kept += names
             bar.update(len(kept) + len(skipped) - bar.n)
     if not kept:
         raise ValueError(f'none of the {len(items)} images could be opened (first: {skipped[0][1]})')
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
-    manifest = dict(model=cfg.get('architecture'), model_bits=list(model_bits), img_size=img_size)
-    return EncodedImages(np.concatenate(chunks), kept, bits, skipped, manifest)
+    manifest = dict(model=cfg.get('architecture'), model_bits=list(model_bits), img_size=img_size, precision=chosen)
+    return EncodedImages(np.concatenate(chunks), kept, bits, skipped, manifest, chosen or 'fp32')
+

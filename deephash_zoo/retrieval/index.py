@@ -69,7 +69,8 @@ class HashIndex:
     @classmethod
     def from_images(cls, model: Any, images: Any, *, bits: int | None = None, kind: str = 'flat',
                     batch_size: int = 64, progress: bool = False, device: Any = None, img_size: int | None = None,
-                    manifest_extra: Mapping[str, Any] | None = None, **build_kwargs: Any) -> HashIndex:
+                    precision: str = 'auto', manifest_extra: Mapping[str, Any] | None = None,
+                    **build_kwargs: Any) -> HashIndex:
         """Encode ``images`` (a folder, searched recursively; image files; PIL images) with ``model`` in
         batches (:func:`deephash_zoo.retrieval.folder.encode_images`) and index the codes; ids are the paths
         relative to the folder. Files that cannot be opened are skipped: ``manifest['skipped']`` counts
@@ -77,7 +78,7 @@ class HashIndex:
         from .folder import encode_images
 
         found = encode_images(model, images, bits=bits, batch_size=batch_size, progress=progress, device=device,
-                              img_size=img_size)
+                              img_size=img_size, precision=precision)
         extra = {**found.manifest, 'skipped': len(found.skipped), **dict(manifest_extra or {})}
         index = cls.build(found.codes, found.bits, ids=found.ids, kind=kind, manifest_extra=extra, **build_kwargs)
         index.skipped = found.skipped
@@ -103,7 +104,7 @@ class HashIndex:
             raise ValueError('this index has no encoder for images: build it with HashIndex.from_images, load it '
                              'with HashIndex.load(path, encoder=model), or pass codes')
         return encode_images(self.encoder, images, bits=self.bits, batch_size=batch_size, progress=progress,
-                             img_size=self.manifest.get('img_size'))
+                             img_size=self.manifest.get('img_size'), precision=self.manifest.get('precision') or 'fp32')
 
     def add(self, items: Any, ids: Sequence[int | str] | None = None, *, batch_size: int = 64,
             progress: bool = False) -> HashIndex:
