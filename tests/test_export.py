@@ -341,3 +341,19 @@ def test_efficiency_plot_log_ticks_are_few_and_plain():
     assert log_ticks(4.6, 107) == [5, 10, 20, 50, 100]
     assert log_ticks(0.5, 3000) == [0.5, 2, 10, 50, 200, 1000]  # thinned to at most six
     assert log_ticks(31, 39) == [31, 39]  # no 1-2-5 value inside: the ends
+
+
+def test_gpu_bench_runs_its_code_on_the_cpu_and_says_why_rows_did_not_run(tmp_path):
+    """.ci/gpu_bench.sh's module, with --device cpu: eager and compile rows time, the CUDA-only rows say why."""
+    from deephash_zoo.export.gpu_bench import main as gpu_main
+
+    assert gpu_main(['--device', 'cpu', '--models', 'dath_n_16', '--img-size', '64', '--warmup', '0',
+                     '--repeats', '1', '--budget', '60', '--no-compile', '--out', str(tmp_path)]) == 0
+    data = json.loads((tmp_path / 'efficiency-gpu.json').read_text())
+    rows = {r['runtime']: r for r in data['models'][0]['rows']}
+    eager = rows['PyTorch eager']
+    assert eager['status'] == 'ok' and eager['batches']['64']['sign_agreement_vs_eager_fp32'] == 1.0
+    assert rows['CUDA graph (eager fp32)']['reason'] == 'CUDA graphs need a CUDA device'
+    assert rows['PyTorch eager, fp16 autocast']['reason'] == 'fp16 autocast is a CUDA row'
+    md = (tmp_path / 'efficiency-gpu.md').read_text()
+    assert '| `dath_n_16` | PyTorch eager | fp32 |' in md
