@@ -6,6 +6,8 @@
           physical floor: the XOR + popcount of every query-item pair at this machine's measured rate, and
           the bytes read at its measured memory rate.
 ``index`` times exact vs sub-linear FAISS binary indexes and measures the latter's recall@k.
+``folder`` indexes a folder of image files (``HashIndex.from_images``) in a fresh process and reports its
+          peak memory beyond the loaded model, and the time per image.
 
 Each prints a table and writes a JSON record (sizes, timings, machine) for later comparison.
 """
@@ -343,6 +345,89 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- folder
+_FOLDER_CHILD = r"""
+import json, resource, sys, time
+import timm, torch
+import deephash_zoo
+from deephash_zoo.retrieval import HashIndex
+
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) * 1024
+    return 0
+
+model_name, folder, size, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(0)
+model = timm.create_model(model_name, pretrained_cfg_overlay=dict(input_size=(3, size, size))).eval()
+with torch.inference_mode():
+    model(torch.zeros(1, 3, size, size))
+base = rss()
+t0 = time.perf_counter()
+index = HashIndex.from_images(model, folder, batch_size=batch, precision='fp32')
+seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(dict(rss_after_model=base, peak_rss=peak, seconds=seconds, items=len(index),
+                      skipped=len(index.skipped))))
+"""
+
+
+def write_images(folder: Path, n: int, size: int, seed: int) -> None:
+    """``n`` PNG files of Fashion-MNIST test images (random pixels without the data set), in 100 subfolders."""
+    from PIL import Image
+
+    from deephash_zoo.data import load_fashion_mnist
+
+    try:
+        pixels, _ = load_fashion_mnist('test')
+    except FileNotFoundError:
+        pixels = np.random.default_rng(seed).integers(0, 256, (1000, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        sub = folder / f'{i % 100:02d}'
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i % len(pixels)]).resize((size, size)).save(sub / f'{i:06d}.png')
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix='deephash-folder-bench-') as tmp:
+        folder = Path(args.folder) if args.folder else Path(tmp) / 'images'
+        if not args.folder:
+            t0 = time.perf_counter()
+            write_images(folder, args.images, args.image_size, args.seed)
+            print(f'wrote {args.images:,} PNG files ({args.image_size}x{args.image_size}) in '
+                  f'{time.perf_counter() - t0:.1f} s')
+        proc = subprocess.run([sys.executable, '-c', _FOLDER_CHILD, args.model, str(folder), str(args.img_size),
+                               str(args.batch_size)], capture_output=True, text=True)
+        if proc.returncode:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            return 1
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+    mb = 1 << 20
+    beyond = child['peak_rss'] - child['rss_after_model']
+    record = {'benchmark': 'folder', 'model': args.model, 'img_size': args.img_size, 'batch_size': args.batch_size,
+              'images': child['items'], 'skipped': child['skipped'], 'seconds': child['seconds'],
+              'ms_per_image': 1000 * child['seconds'] / max(1, child['items']),
+              'rss_after_model_bytes': child['rss_after_model'], 'peak_rss_bytes': child['peak_rss'],
+              'peak_beyond_model_bytes': beyond, 'machine': machine_info()}
+    print_table([
+        ('folder', f'{child["items"]:,} images ({child["skipped"]} skipped), '
+                   f'{"given" if args.folder else f"written: {args.image_size}x{args.image_size} PNG"}'),
+        ('model', f'{args.model} (random weights) at {args.img_size}x{args.img_size}, batches of {args.batch_size}'),
+        ('HashIndex.from_images', f'{child["seconds"]:.1f} s ({record["ms_per_image"]:.2f} ms / image, reading '
+                                  'included)'),
+        ('memory after loading the model', f'{child["rss_after_model"] / mb:.0f} MiB'),
+        ('peak memory', f'{child["peak_rss"] / mb:.0f} MiB'),
+        ('peak beyond the model', f'{beyond / mb:.0f} MiB'),
+        ('machine', f'{record["machine"]["cpu"]}, {record["machine"]["usable_cores"]} cores'),
+    ], 'folder index benchmark')
+    print(f'wrote {write_json(record, args.out)}')
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m deephash_zoo.retrieval.benchmark', description=__doc__,
@@ -380,6 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument('--seed', type=int, default=0)
     i.add_argument('--out', default='runs/benchmarks/index.json')
     i.set_defaults(func=run_index)
+
+    f = sub.add_parser('folder', help='index a folder of images: peak memory beyond the model, time per image')
+    f.add_argument('--images', type=int, default=10_000, help='PNG files to write (without --folder)')
+    f.add_argument('--image-size', type=int, default=96, help='side of the written PNG files')
+    f.add_argument('--folder', default=None, help='index this folder instead of writing one')
+    f.add_argument('--model', default='dath_alexnet_32')
+    f.add_argument('--img-size', type=int, default=64, help='model input size')
+    f.add_argument('--batch-size', type=int, default=64)
+    f.add_argument('--seed', type=int, default=0)
+    f.add_argument('--out', default='runs/benchmarks/folder.json')
+    f.set_defaults(func=run_folder)
     return parser
 
 
