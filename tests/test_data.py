@@ -326,3 +326,24 @@ def test_mosaic_protocol_from_fashion_mnist():
     np.testing.assert_array_equal(again['database'].image_array(), out['database'].image_array())
     with pytest.raises(ValueError, match='num_train=60 but only 50 database mosaics'):
         build_retrieval_data('mosaic', num_query=10, num_train=60, subset=50)
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+def test_mosaic_quadrant_labels_discriminate():
+    """Same mosaics, (tile, class) labels: 40 columns, one label per tile, and random codes far below the
+    union-of-classes labelling's level (which relates 81% of pairs)."""
+    from deephash_zoo.data import build_retrieval_data
+    from deephash_zoo.retrieval.metrics import mean_average_precision, random_codes
+
+    union = build_retrieval_data('mosaic', seed=3, subset=2000, num_query=200)
+    quad = build_retrieval_data('mosaic-quadrant', seed=3, subset=2000, num_query=200)
+    q, d = quad['query'], quad['database']
+    assert q.labels.shape == (200, 40) and (q.labels.sum(axis=1) == 4).all() and not q.single_label
+    assert q.class_names[0] == 'top-left T-shirt/top' and q.class_names[39] == 'bottom-right Ankle boot'
+    assert np.array_equal(q.load_image(5), union['query'].load_image(5))  # the same images
+    # the union labelling is the OR over tiles of the quadrant labels
+    assert np.array_equal(q.labels.reshape(200, 4, 10).max(axis=1), union['query'].labels)
+    rq, rd = random_codes(len(q), len(d), 32, seed=0)
+    chance = mean_average_precision(rq, rd, q.labels, d.labels, bits=32).map
+    chance_union = mean_average_precision(rq, rd, union['query'].labels, union['database'].labels, bits=32).map
+    assert chance < 0.4 < 0.7 < chance_union

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='deephash-experiment', description=(__doc__ or '').split('\n\n')[0])
     p.add_argument('experiment', choices=sorted(EXPERIMENTS), help='ablation: DATH and its variants; '
                    'multitask: ADMTH multi-length vs DMLH vs four single-length ADMTH')
-    p.add_argument('--data', choices=('fashion-mnist', 'mosaic'), default=None,
+    p.add_argument('--data', choices=('fashion-mnist', 'mosaic', 'mosaic-quadrant'), default=None,
                    help='dataset (default: fashion-mnist for ablation, mosaic for multitask)')
     p.add_argument('--budget', choices=sorted(BUDGETS), default='cpu-small',
                    help='cpu-small: < 30 min on 2 CPU cores; paper: the papers\' settings (GPU); tiny: tests')

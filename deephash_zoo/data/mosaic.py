@@ -10,7 +10,7 @@ import numpy as np
 
 from .dataset import to_multi_hot
 
-__all__ = ['compose_mosaic', 'make_mosaic', 'mosaic_indices']
+__all__ = ['compose_mosaic', 'make_mosaic', 'mosaic_indices', 'quadrant_labels', 'quadrant_names']
 
 Seed = Union[int, Sequence[int]]
 
@@ -40,6 +40,29 @@ def compose_mosaic(images: np.ndarray, labels: Any, index: np.ndarray, num_class
     tiled = images[index].reshape((n, grid, grid, h, w) + rest)
     tiled = tiled.transpose((0, 1, 3, 2, 4) + tuple(range(5, 5 + len(rest))))
     return np.ascontiguousarray(tiled.reshape((n, grid * h, grid * w) + rest)), multi_hot[index].max(axis=1)
+
+
+def quadrant_labels(labels: np.ndarray, index: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """(class, tile position) multi-hot labels ``(n, tiles * num_classes)``: label ``tile * num_classes + class``.
+
+    The union-of-classes labelling relates 81% of mosaic pairs (random codes already score mAP@100 0.82), so a
+    model that knows one tile's class looks perfect; this one relates two mosaics only when the same class sits in
+    the same tile, about a third of the pairs, and a model must place each item to rank well.
+    """
+    classes = np.asarray(labels)[index]  # (n, tiles) class of each tile
+    if classes.ndim != 2:
+        raise ValueError('quadrant labels need one class index per source item')
+    n, tiles = classes.shape
+    out = np.zeros((n, tiles * num_classes), dtype=np.uint8)
+    out[np.arange(n)[:, None], np.arange(tiles)[None, :] * num_classes + classes] = 1
+    return out
+
+
+def quadrant_names(class_names: Sequence[str], grid: int = 2) -> Tuple[str, ...]:
+    """Names of the (tile, class) labels, tiles in row-major order: 'top-left T-shirt/top', ..."""
+    where = ['top-left', 'top-right', 'bottom-left', 'bottom-right'] if grid == 2 else \
+        [f'tile {i}' for i in range(grid * grid)]
+    return tuple(f'{w} {c}' for w in where for c in class_names)
 
 
 def make_mosaic(images: np.ndarray, labels: Any, n: int, seed: Seed, grid: int = 2, num_classes: int = 10

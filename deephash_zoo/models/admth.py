@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .contract import HUB_ORG, filter_state_dict, init_weights
 from .hashnet import HashNet
 from .head import HashHead
-from .published import tags_of, with_trained_input_size
+from .published import UNPUBLISHED, tags_of, with_trained_input_size
 from .safe_loading import check_pretrained_source, register_constructor
 from .trunks import ConvTrunk
 
@@ -107,12 +107,15 @@ def _cfg(bits: Sequence[int], **kwargs: Any) -> Dict[str, Any]:
 
 
 MULTI_BITS = (16, 32, 48, 64)
+_SINGLE_BITS = {f'dmlh_cnnf_{b}': (b,) for b in MULTI_BITS}
 
 _LENGTHS = {'admth_cnnf_multi': MULTI_BITS, 'dmlh_cnnf_multi': MULTI_BITS,
             **{f'admth_cnnf_{b}': (b,) for b in MULTI_BITS}}
 default_cfgs = generate_default_cfgs({
-    f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
-    for name, bits in _LENGTHS.items() for tag in tags_of(name)
+    **{f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
+       for name, bits in _LENGTHS.items() for tag in tags_of(name)},
+    # the ADMTH paper's single-task arm (attention removed too): architectures only, no published weights yet
+    **{name: _cfg(_SINGLE_BITS[name]) for name in UNPUBLISHED},
 })
 
 
@@ -152,3 +155,32 @@ def admth_cnnf_48(pretrained: bool = False, **kwargs: Any) -> ADMTH:
 def admth_cnnf_64(pretrained: bool = False, **kwargs: Any) -> ADMTH:
     """ADMTH with a single 64-bit branch."""
     return _create_admth('admth_cnnf_64', pretrained=pretrained, **dict(dict(bits=(64,)), **kwargs))
+
+
+def _dmlh_single(bits: int, pretrained: bool, kwargs: Dict[str, Any]) -> ADMTH:
+    model_args = dict(bits=(bits,), attention='none')
+    return _create_admth(f'dmlh_cnnf_{bits}', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dmlh_cnnf_16(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """CNN-F with one 16-bit branch and no attention: the ADMTH paper's single-task baseline."""
+    return _dmlh_single(16, pretrained, kwargs)
+
+
+@register_model
+def dmlh_cnnf_32(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """CNN-F with one 32-bit branch and no attention: the ADMTH paper's single-task baseline."""
+    return _dmlh_single(32, pretrained, kwargs)
+
+
+@register_model
+def dmlh_cnnf_48(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """CNN-F with one 48-bit branch and no attention: the ADMTH paper's single-task baseline."""
+    return _dmlh_single(48, pretrained, kwargs)
+
+
+@register_model
+def dmlh_cnnf_64(pretrained: bool = False, **kwargs: Any) -> ADMTH:
+    """CNN-F with one 64-bit branch and no attention: the ADMTH paper's single-task baseline."""
+    return _dmlh_single(64, pretrained, kwargs)
