@@ -51,14 +51,21 @@ class PositionAttention(nn.Module):
         self.value = nn.Conv2d(channels, channels, kernel_size=1, **dd)
         self.gamma = nn.Parameter(torch.zeros(1, **dd))
 
+    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.bmm(q.float(), k.float()), dim=-1)
+
+    @torch.jit.unused
+    def _weights_outside_autocast(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        with _energy_in_fp32(q):
+            return self._weights(q, k)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q = self.query(x).flatten(2).transpose(1, 2)  # B, N, C'
         k = self.key(x).flatten(2)  # B, C', N
         v = self.value(x).flatten(2)  # B, C, N
-        with _energy_in_fp32(x):
-            # B, N, N: row i = weights of every position for i; fp32 so fp16 inputs cannot overflow
-            attn = torch.softmax(torch.bmm(q.float(), k.float()), dim=-1).to(v.dtype)
+        # B, N, N: row i = weights of every position for i; fp32 so fp16 inputs cannot overflow
+        attn = (self._weights(q, k) if torch.jit.is_scripting() else self._weights_outside_autocast(q, k)).to(v.dtype)
         out = torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w)
         return self.gamma * out + x
 
@@ -75,14 +82,21 @@ class ChannelAttention(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
 
+    def _weights(self, a: torch.Tensor) -> torch.Tensor:
+        a32 = a.float()  # fp16 would overflow: the energy sums H*W products
+        energy = torch.bmm(a32, a32.transpose(1, 2))  # B, C, C
+        energy = energy.amax(dim=-1, keepdim=True) - energy
+        return torch.softmax(energy, dim=-1)
+
+    @torch.jit.unused
+    def _weights_outside_autocast(self, a: torch.Tensor) -> torch.Tensor:
+        with _energy_in_fp32(a):
+            return self._weights(a)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         a = x.flatten(2)  # B, C, N
-        with _energy_in_fp32(x):
-            a32 = a.float()  # fp16 would overflow: the energy sums H*W products
-            energy = torch.bmm(a32, a32.transpose(1, 2))  # B, C, C
-            energy = energy.amax(dim=-1, keepdim=True) - energy
-            attn = torch.softmax(energy, dim=-1).to(a.dtype)
+        attn = (self._weights(a) if torch.jit.is_scripting() else self._weights_outside_autocast(a)).to(a.dtype)
         out = torch.bmm(attn, a).reshape(b, c, h, w)
         return self.gamma * out + x
 

@@ -87,12 +87,20 @@ class FcMlp(nn.Module):
         o, c = weight.shape[:2]
         return weight.reshape(o, c, h, k // h, w, k // w).sum(dim=(3, 5)).flatten(1)
 
+    @torch.jit.unused
+    def _fixed_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """fc6/fc7 on the matrices :meth:`fix_input_map` set, for the map size they were fixed for; else None."""
+        if self.fc6_matrix is None or self.fc7_matrix is None or tuple(x.shape[-2:]) != self.fixed_map:
+            return None
+        x = self.act6(torch.matmul(self.drop6(x).flatten(1), self.fc6_matrix) + self.fc6.bias)
+        x = self.act7(torch.matmul(self.drop7(x), self.fc7_matrix) + self.fc7.bias)
+        return x[:, :, None, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fc6_matrix is not None and self.fc7_matrix is not None and tuple(x.shape[-2:]) == self.fixed_map:
-            x = self.act6(torch.matmul(self.drop6(x).flatten(1), self.fc6_matrix) + self.fc6.bias)
-            x = self.act7(torch.matmul(self.drop7(x), self.fc7_matrix) + self.fc7.bias)
-            return x[:, :, None, None]
         if not torch.jit.is_scripting():
+            fixed = self._fixed_forward(x)
+            if fixed is not None:
+                return fixed
             weight = self._matmul_weight(x)
             if weight is not None:
                 x = self.act6(F.linear(self.drop6(x).flatten(1), weight, self.fc6.bias))
