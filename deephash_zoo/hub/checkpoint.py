@@ -46,8 +46,6 @@ __all__ = ['CHECKPOINT_FILES', 'save_checkpoint', 'checkpoint_data_config', 'loa
            'replace_dir', 'resolve_checkpoint_dir', 'run_folder']
 
 
-
-
 def _state_shapes(model: torch.nn.Module) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
