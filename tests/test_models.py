@@ -278,3 +278,25 @@ def test_channel_attention_energy_is_fp32_under_fp16_autocast():
     assert torch.isfinite(out).all()
     with torch.no_grad():
         torch.testing.assert_close(out.float(), module(x), rtol=1e-2, atol=0.5)
+
+
+@pytest.mark.parametrize('kind', ['position', 'channel', 'dual'])
+def test_attention_traces_with_fx_and_runs_on_meta(kind):
+    """The fp32-energy guard must not read autocast state from an FX proxy or a device without autocast.
+
+    timm's suite traces every model (feature extraction) and builds some on the meta device; both
+    failed when the guard asked ``torch.is_autocast_enabled`` about a proxy or ``'meta'``.
+    """
+    from torch.fx import symbolic_trace
+
+    from deephash_zoo.models.attention import create_attention
+
+    module = create_attention(kind, 32).eval()
+    for parameter in module.parameters():
+        parameter.data.normal_(std=0.05)
+    x = _overflowing_map()
+    traced = symbolic_trace(module)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), module(x))
+    on_meta = create_attention(kind, 32, device='meta')
+    assert on_meta(x.to('meta')).shape == x.shape

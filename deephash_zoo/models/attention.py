@@ -27,10 +27,14 @@ def _energy_in_fp32(x: torch.Tensor) -> ContextManager:
     A channel energy ``A A^T`` sums ``H*W`` products: a 13x13 map of activations up to 40 already
     reaches 9.5e4, past fp16's 65,504, and ``max - E`` of two infs is NaN even with the module's scale
     at 0. The energies are computed in fp32 and the attention weights cast back. Outside autocast
-    (training in fp32, ONNX export) this is a no-op context, so the exported graph is unchanged.
+    (training in fp32, ONNX export), on devices without autocast (``meta``) and under FX tracing
+    this is a no-op context, so exported and traced graphs are unchanged.
     """
+    if not isinstance(x, torch.Tensor):  # an FX proxy while tracing: no autocast state to read
+        return nullcontext()
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    # 'meta' and other devices without autocast raise in is_autocast_enabled: nothing to turn off
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return nullcontext()
 
