@@ -39,7 +39,7 @@ def _same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize('multi', [False, True], ids=['single-label', 'multi-label'])
-@pytest.mark.parametrize('bits', [8, 12, 32, 64, 100])
+@pytest.mark.parametrize('bits', [8, 12, 32, 64, 100, 127, 130])
 def test_every_metric_equals_the_numpy_path(bits, multi):
     rng = np.random.default_rng(bits)
     q, d, ql, dl = _problem(rng, 23, 700, bits, multi)
@@ -55,6 +55,21 @@ def test_every_metric_equals_the_numpy_path(bits, multi):
         for field in ('precision', 'recall', 'map', 'per_query'):
             if hasattr(a, field):
                 np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize('n', [0, 63, 64, 1000])
+def test_candidate_collection_equals_flatnonzero(n):
+    """The eight-distances-per-word sweep (byte distances < 128) and the byte loop (wider ones) both return
+    every index at distance <= t, in order, for every threshold, including the largest byte distance 127."""
+    rng = np.random.default_rng(n)
+    for nvals, dtype in ((128, np.uint8), (200, np.uint8), (300, np.uint16)):
+        dist = rng.integers(0, nvals, n).astype(dtype)
+        if n:
+            dist[-1] = nvals - 1
+        cand = np.empty(n + 1, dtype=np.int32)
+        for t in (0, 1, nvals // 2, nvals - 2, nvals - 1):
+            m = kernels._collect(dist, t, cand, nvals)
+            np.testing.assert_array_equal(cand[:m], np.flatnonzero(dist <= t), err_msg=f'{nvals=} {t=}')
 
 
 def test_a_short_threshold_guess_falls_back_to_the_exact_count():
