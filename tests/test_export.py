@@ -142,6 +142,21 @@ def test_int8_static_agrees_with_pytorch(tmp_path, capsys):
     assert (tmp_path / 'admth_cnnf_16.int8.onnx').stat().st_size < (tmp_path / 'admth_cnnf_16.onnx').stat().st_size / 3
 
 
+def test_int8_dynamic_quantises_the_matmuls_only(tmp_path):
+    """Dynamic int8 leaves the convolutions fp32 (ORT's ConvInteger is slower than its fp32 Conv) and
+    quantises fc6/fc7, which the export writes as MatMuls at the graph's input size."""
+    assert main(['--onnx', '--int8', '--int8-mode', 'dynamic', '--model', 'dath_n_16', '--out', str(tmp_path),
+                 *SMALL]) == 0
+    proto = onnx.load(str(tmp_path / 'dath_n_16.int8.onnx'))
+    ops = [n.op_type for n in proto.graph.node]
+    assert 'ConvInteger' not in ops and 'Conv' in ops
+    assert ops.count('MatMulInteger') >= 2  # fc6 and fc7 at least
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta['deephash.precision'] == 'int8-dynamic' and "['MatMul', 'Gemm']" in meta['deephash.quantization']
+    report = json.loads((tmp_path / 'verification.json').read_text())['graphs']['dath_n_16.int8.onnx']
+    assert report['passed']
+
+
 def test_tensorrt_absent_is_one_line_and_writes_nothing(tmp_path, capsys):
     if 'TensorrtExecutionProvider' in ort.get_available_providers():
         pytest.skip('TensorRT is installed here')

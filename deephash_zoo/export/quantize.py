@@ -1,18 +1,21 @@
 """int8 graphs with onnxruntime's quantiser: static (calibrated, the default) or dynamic.
 
-Measured by ``deephash-export --bench`` (``export/efficiency.md``: 224x224, batch 1, ORT on the 2-core
-AMD EPYC, random weights): dath_alexnet_32 fp32 20.9 ms, dynamic int8 65.9 ms, static int8 9.0 ms;
-admth_cnnf_multi 36.1 / 51.7 / 16.3 ms.
+Measured by ``deephash-export --bench`` (``export/efficiency.md`` has the current table; figures here:
+224x224, ORT with 2 threads on a 2-core AMD EPYC with AVX512-VNNI, random weights, ms per image at batch
+1 / 64): dath_alexnet_32 fp32 34.4 / 13.9, dynamic int8 of every Conv and MatMul 57.4 / 68.4, dynamic
+int8 of the MatMuls only 19.2 / 14.0.
 
-* **dynamic** (``quantize_dynamic``: int8 weights, activations quantised at run time). fc6/fc7 are
-  convolutions in the model (timm's ``ConvMlp`` form, so any input size works), and dynamic quantisation
-  turned them into ``ConvInteger``, which ORT runs with a generic kernel (ORT's profiler: 7-8 ms for fc7
-  alone against ~4 ms in fp32). A graph has one input size, so the export now writes them as MatMuls on
-  matrices fixed for it (:func:`.onnx_export.matmul_heads`), which dynamic int8 turns into
-  ``MatMulInteger``; ``export/efficiency.md`` has its current figures.
+* **dynamic** (``quantize_dynamic``: int8 weights, activations quantised at run time) covers the MatMuls
+  only (:data:`DYNAMIC_OP_TYPES`). The export writes fc6/fc7 as MatMuls on matrices fixed for the graph's
+  input size (:func:`.onnx_export.matmul_heads`; in the model they are timm's ``ConvMlp`` convolutions so
+  any size works): dynamic int8 turns them into ``MatMulInteger`` (fused by ORT into
+  ``DynamicQuantizeMatMul``), whose int8 GEMM reads a quarter
+  of the weight bytes that dominate batch 1. Dynamically quantised convolutions become ``ConvInteger``,
+  which ORT runs with a generic kernel slower than its fp32 convolution at every batch (the 57.4 / 68.4
+  above): the convolutions stay fp32.
 * **static** (``quantize_static``: QDQ format, per-channel int8 weights, uint8 activations with MinMax
-  ranges calibrated on Fashion-MNIST *training* images through the model transform) is 2.2-2.3x faster
-  than ORT fp32: ORT fuses the QDQ pairs into ``QLinearConv``/``QLinearMatMul`` with int8 kernels
+  ranges calibrated on the checkpoint's training images through the model transform) is the fastest
+  row of the table: ORT fuses the QDQ pairs into ``QLinearConv``/``QLinearMatMul`` with int8 kernels
   (AVX512-VNNI here) and reads 4x fewer weight bytes. It pays, so it is the default.
 
 Sign agreement with PyTorch (verification inputs, see :mod:`.verify`): 0.993 for random-weight
@@ -21,7 +24,7 @@ the worst case: their codes sit near 0 (median |code| ~0.04), where any rounding
 small random models land between 0.977 and 0.999 depending on the seed; a trained model's codes
 saturate towards +-1. Deploying on a CPU without VNNI, ORT advises ``reduce_range`` for u8s8 kernels.
 
-Only Conv and MatMul are quantised (where the weights and FLOPs are); the attention softmax, adds
+Static int8 quantises Conv and MatMul (where the weights and FLOPs are); the attention softmax, adds
 and tanh stay fp32, which costs nothing measurable and keeps the codes' last step exact.
 """
 from __future__ import annotations
@@ -34,10 +37,11 @@ import numpy as np
 
 from .onnx_export import INPUT_NAME, require, set_metadata
 
-__all__ = ['INT8_MODES', 'OP_TYPES', 'quantize_int8']
+__all__ = ['INT8_MODES', 'OP_TYPES', 'DYNAMIC_OP_TYPES', 'quantize_int8']
 
 INT8_MODES = ('static', 'dynamic')
-OP_TYPES = ['Conv', 'MatMul']
+OP_TYPES = ['Conv', 'MatMul']  # static int8
+DYNAMIC_OP_TYPES = ['MatMul', 'Gemm']  # dynamic int8: ConvInteger is slower than fp32 Conv in ORT
 
 
 def _reader(calibration: np.ndarray, batch: int):
@@ -72,7 +76,8 @@ def quantize_int8(fp32_path: Union[str, Path], out_path: Union[str, Path], mode:
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs pre-processing advice at WARNING
     try:
         if mode == 'dynamic':
-            quantization.quantize_dynamic(str(fp32_path), str(out_path), weight_type=quantization.QuantType.QInt8)
+            quantization.quantize_dynamic(str(fp32_path), str(out_path), weight_type=quantization.QuantType.QInt8,
+                                          op_types_to_quantize=DYNAMIC_OP_TYPES)
         else:
             if calibration is None or len(calibration) == 0:
                 raise ValueError('static int8 quantisation needs calibration images')
@@ -90,7 +95,8 @@ def quantize_int8(fp32_path: Union[str, Path], out_path: Union[str, Path], mode:
     props['deephash.quantization'] = (
         f'onnxruntime.quantization.quantize_{mode}, ' + (
             f'QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on {len(calibration)} '
-            f'{calibration_data} training images, ops {OP_TYPES}' if mode == 'static' else 'int8 weights'))
+            f'{calibration_data} training images, ops {OP_TYPES}' if mode == 'static' else
+            f'int8 weights, ops {DYNAMIC_OP_TYPES} (convolutions fp32)'))
     set_metadata(proto, props)
     onnx.save(proto, str(out_path))
     onnx.checker.check_model(str(out_path))
