@@ -131,7 +131,8 @@ def test_int8_static_agrees_with_pytorch(tmp_path, capsys):
     reports = json.loads((tmp_path / 'verification.json').read_text())['graphs']
     int8 = reports['admth_cnnf_16.int8.onnx']
     assert int8['precision'] == 'int8-static' and int8['passed'] and int8['sign_agreement'] >= 0.98
-    assert int8['thresholds'] == {'min_sign_agreement': 0.98, 'max_abs_diff': None}
+    assert int8['thresholds'] == {'min_sign_agreement': 0.98, 'max_abs_diff': None, 'real_data_only': True}
+    assert int8['held_on'] == ['fashion-mnist'] and int8['held_sign_agreement'] >= 0.98
     assert reports['admth_cnnf_16.onnx']['sign_agreement'] >= 0.999
     proto = onnx.load(str(tmp_path / 'admth_cnnf_16.int8.onnx'))
     ops = {n.op_type for n in proto.graph.node}
@@ -372,3 +373,21 @@ def test_gpu_bench_runs_its_code_on_the_cpu_and_says_why_rows_did_not_run(tmp_pa
     assert rows['PyTorch eager, fp16 autocast']['reason'] == 'fp16 autocast is a CUDA row'
     md = (tmp_path / 'efficiency-gpu.md').read_text()
     assert '| `dath_n_16` | PyTorch eager | fp32 |' in md
+
+
+def test_int8_is_held_on_real_images_and_fp32_on_every_input():
+    """Noise outside the calibrated ranges may disagree in int8 (reported), never in fp32; a real-image
+    disagreement fails both, naming the inputs held."""
+    from deephash_zoo.export.verify import FP32, INT8, VerificationError, compare, hold_to
+
+    rng = np.random.default_rng(0)
+    ref = {'fashion-mnist': rng.standard_normal((32, 16)), 'random_b8': rng.standard_normal((8, 16))}
+    noisy = {'fashion-mnist': ref['fashion-mnist'].copy(), 'random_b8': -ref['random_b8']}  # every noise bit flips
+    report = hold_to(compare(ref, noisy, [16]), INT8, 'g.int8.onnx')
+    assert report['passed'] and report['held_on'] == ['fashion-mnist'] and report['held_sign_agreement'] == 1.0
+    assert report['sign_agreement'] == pytest.approx(0.8)  # pooled figure still reported
+    with pytest.raises(VerificationError, match='sign agreement 0.8000 < 0.999'):
+        hold_to(compare(ref, noisy, [16]), FP32, 'g.onnx')
+    wrong = {'fashion-mnist': -ref['fashion-mnist'], 'random_b8': ref['random_b8'].copy()}
+    with pytest.raises(VerificationError, match='sign agreement 0.0000 < 0.98 on fashion-mnist'):
+        hold_to(compare(ref, wrong, [16]), INT8, 'g.int8.onnx')

@@ -75,7 +75,8 @@ def _export(args: argparse.Namespace) -> int:
         inputs = ', '.join(f'{k} {v["sign_agreement"]:.4f}' for k, v in report['inputs'].items())
         print(f'{name}: max abs diff {report["max_abs_diff"]:.2e}, sign agreement {report["sign_agreement"]:.4f} '
               f'({report["bits_compared"]} bits; {inputs}); threshold >= {report["thresholds"]["min_sign_agreement"]}'
-              f' -> verified')
+              + (f' on {", ".join(report["held_on"])} ({report["held_sign_agreement"]:.4f})'
+                 if report['thresholds'].get('real_data_only') else '') + ' -> verified')
     print('wrote ' + ', '.join(str(f) for f in result.files))
     return 0
 

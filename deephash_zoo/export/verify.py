@@ -11,11 +11,13 @@ precision   sign agreement >=       max abs diff <=    why
 ==========  ======================  =================  ==================================================
 fp32        0.999                   1e-3               same arithmetic up to summation order (we see 3e-7)
 fp16        0.99                    5e-2               TensorRT fp16: 10-bit mantissa through ~10 layers
-int8        0.98                    (reported only)    4x fewer weight bytes; only the bits matter
+int8        0.98 on real images     (reported only)    4x fewer weight bytes; only the bits matter
 ==========  ======================  =================  ==================================================
 
 Agreement is pooled over every bit of every input (e.g. 41 images x 32 bits), not per batch, so one
-flipped bit of a single random image cannot fail an int8 export on its own.
+flipped bit of a single image cannot fail an export on its own. An int8 graph is held on the real images
+only (see :class:`Thresholds`): its calibration fixes activation ranges for the data, and random inputs
+outside them disagree by design; their agreement is still reported.
 """
 from __future__ import annotations
 
@@ -34,20 +36,28 @@ from deephash_zoo.retrieval.encoding import model_transform
 from .onnx_export import INPUT_NAME, output_names, require
 
 __all__ = ['Thresholds', 'FP32', 'FP16', 'INT8', 'VerificationError', 'fashion_mnist_batch', 'data_batch',
-           'verification_inputs', 'torch_codes', 'create_session', 'onnx_codes', 'compare', 'verify_session']
+           'verification_inputs', 'torch_codes', 'create_session', 'onnx_codes', 'compare', 'verify_session', 'hold_to']
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """What a graph must reach; ``max_abs_diff=None`` reports the difference without enforcing it."""
+    """What a graph must reach; ``max_abs_diff=None`` reports the difference without enforcing it.
+
+    ``real_data_only``: hold the sign agreement on the real images alone (random inputs reported, not held).
+    A calibrated int8 graph is built for its data's activation ranges; Gaussian noise lies outside them and
+    gets clipped (the zoo's trained admth_cnnf_multi at 64x64: 0.987 on Fashion-MNIST, 0.84 / 0.91 on the
+    random batches), which says nothing about the codes a deployment computes.
+    """
 
     min_sign_agreement: float
     max_abs_diff: Optional[float]
+    real_data_only: bool = False
 
 
 FP32 = Thresholds(0.999, 1e-3)
 FP16 = Thresholds(0.99, 5e-2)
-INT8 = Thresholds(0.98, None)
+INT8 = Thresholds(0.98, None, real_data_only=True)
+RANDOM_PREFIX = 'random_'  # the verification inputs that are seeded noise, not images
 
 
 class VerificationError(ValueError):
@@ -179,14 +189,25 @@ def verify_session(session, reference: Dict[str, np.ndarray], inputs: Dict[str, 
     """Run ``session`` on ``inputs``, compare with PyTorch's ``reference``; raise unless within ``thresholds``."""
     got, signs_ok = onnx_codes(session, inputs, bits)
     report = compare(reference, got, bits)
-    report.update(graph=label, providers=list(session.get_providers()), thresholds=asdict(thresholds),
-                  sign_outputs_match=signs_ok)
+    report.update(graph=label, providers=list(session.get_providers()), sign_outputs_match=signs_ok)
+    return hold_to(report, thresholds, label)
+
+
+def hold_to(report: Dict[str, Any], thresholds: Thresholds, label: str) -> Dict[str, Any]:
+    """Add the held figures to a :func:`compare` report and raise :class:`VerificationError` unless they pass."""
+    held_on = [k for k in report['inputs'] if not (thresholds.real_data_only and k.startswith(RANDOM_PREFIX))]
+    if not held_on:
+        raise VerificationError(f'{label}: no real images to hold the int8 graph to')
+    agree = sum(report['inputs'][k]['sign_agreement'] * report['inputs'][k]['bits_compared'] for k in held_on)
+    held = agree / sum(report['inputs'][k]['bits_compared'] for k in held_on)
+    report.update(thresholds=asdict(thresholds), held_sign_agreement=held, held_on=held_on)
     failures = []
-    if report['sign_agreement'] < thresholds.min_sign_agreement:
-        failures.append(f'sign agreement {report["sign_agreement"]:.4f} < {thresholds.min_sign_agreement}')
+    if held < thresholds.min_sign_agreement:
+        failures.append(f'sign agreement {held:.4f} < {thresholds.min_sign_agreement}'
+                        + (f' on {", ".join(held_on)}' if thresholds.real_data_only else ''))
     if thresholds.max_abs_diff is not None and not report['max_abs_diff'] <= thresholds.max_abs_diff:
         failures.append(f'max abs diff {report["max_abs_diff"]:.3g} > {thresholds.max_abs_diff}')
-    if signs_ok is False:
+    if report.get('sign_outputs_match') is False:
         failures.append('sign outputs differ from the signs of the code outputs')
     report['passed'] = not failures
     if failures:
