@@ -231,6 +231,25 @@ def test_bench_writes_table_json_and_chart(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['efficiency.json', 'efficiency.md', 'efficiency.png']
 
 
+def test_bench_probes_the_thread_count_again_at_the_large_batch(tmp_path, monkeypatch):
+    """Batch 1's best thread count is not carried to the large batch untested: each thread option is timed
+    there too and the faster one runs (recorded per row and shown in the table when it differs)."""
+    import deephash_zoo.export.bench as bench
+
+    monkeypatch.setattr(bench, 'usable_cores', lambda: 2)  # two options even on a one-core runner
+    settings = bench.BenchSettings(img_size=64, repeats=1, repeats_large=1, warmup=0, warmup_large=0, large_batch=4,
+                                   compile=False, probe_repeats=1, calibration_images=8)
+    data = bench.run_bench(['dath_n_16'], settings, tmp_path)
+    rows = [r for r in json.loads((tmp_path / 'efficiency.json').read_text())['models'][0]['rows']
+            if r['status'] == 'ok' and r['device'] == 'cpu']
+    assert rows
+    for row in rows:
+        large = [p for p in row['probes'] if p.get('batch') == 4]
+        assert sorted(p['threads'] for p in large) == [1, 2], row['runtime']
+        assert row['large_threads'] == min(large, key=lambda p: p['ms_per_image'])['threads']
+    assert data['markdown']
+
+
 def test_failed_export_into_a_new_folder_leaves_no_folder(tmp_path, monkeypatch, capsys):
     import deephash_zoo.export.pipeline as pipeline
 
