@@ -231,22 +231,25 @@ def test_bench_writes_table_json_and_chart(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['efficiency.json', 'efficiency.md', 'efficiency.png']
 
 
-def test_bench_probes_the_thread_count_again_at_the_large_batch(tmp_path, monkeypatch):
-    """Batch 1's best thread count is not carried to the large batch untested: each thread option is timed
-    there too and the faster one runs (recorded per row and shown in the table when it differs)."""
+def test_bench_probes_every_configuration_again_at_the_large_batch(tmp_path, monkeypatch):
+    """Batch 1's best configuration is not carried to the large batch untested: each one is timed there too
+    and the fastest runs (recorded per row; the table names it where it differs)."""
     import deephash_zoo.export.bench as bench
 
-    monkeypatch.setattr(bench, 'usable_cores', lambda: 2)  # two options even on a one-core runner
+    monkeypatch.setattr(bench, 'usable_cores', lambda: 2)  # two thread options even on a one-core runner
     settings = bench.BenchSettings(img_size=64, repeats=1, repeats_large=1, warmup=0, warmup_large=0, large_batch=4,
                                    compile=False, probe_repeats=1, calibration_images=8)
     data = bench.run_bench(['dath_n_16'], settings, tmp_path)
-    rows = [r for r in json.loads((tmp_path / 'efficiency.json').read_text())['models'][0]['rows']
-            if r['status'] == 'ok' and r['device'] == 'cpu']
-    assert rows
-    for row in rows:
+    rows = {r['runtime']: r for r in json.loads((tmp_path / 'efficiency.json').read_text())['models'][0]['rows']
+            if r['status'] == 'ok' and r['device'] == 'cpu'}
+    assert 'PyTorch eager' in rows and 'ONNX Runtime fp32' in rows
+    for name, row in rows.items():
+        first = [p for p in row['probes'] if 'batch' not in p]
         large = [p for p in row['probes'] if p.get('batch') == 4]
-        assert sorted(p['threads'] for p in large) == [1, 2], row['runtime']
-        assert row['large_threads'] == min(large, key=lambda p: p['ms_per_image'])['threads']
+        assert len(large) == len(first) >= 2, name  # 1 and 2 threads (ORT fp32: x 3 levels x IO binding)
+        fastest = min(large, key=lambda p: p['ms_per_image'])
+        assert row['large_config'] == {k: v for k, v in fastest.items() if k not in ('batch', 'ms_per_image')}
+    assert len([p for p in rows['ONNX Runtime fp32']['probes'] if p.get('batch') == 4]) == 12
     assert data['markdown']
 
 

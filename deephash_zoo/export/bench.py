@@ -18,8 +18,8 @@ How it measures, and why:
   usable cores and runs with the faster (on a shared 2-core machine one thread often wins: OpenMP and
   ORT's spinning threads wait on a core another process holds). ORT fp32 also probes graph optimisation
   level (basic / extended / all) and IO binding; int8 graphs run at level all (QDQ fusion needs it).
-  The thread count is probed again at the large batch (the rest of the configuration kept): one thread
-  can win at batch 1 and lose 2x at 64. Every probe is recorded in the JSON.
+  Every configuration is probed again at the large batch: one thread can win at batch 1 and lose 2x at
+  64, and ORT's optimisation levels trade places. Every probe is recorded in the JSON.
 * Sign agreement and max abs difference of each row's batch outputs against eager's are reported: a
   fast row that changes the codes is not a speed-up.
 
@@ -202,7 +202,7 @@ class _Row:
     status: str = 'ok'  # ok | failed | not run
     reason: str = ''
     config: Dict[str, Any] = field(default_factory=dict)
-    large_threads: Optional[int] = None  # the thread count the large batch ran with (probed on its own)
+    large_config: Dict[str, Any] = field(default_factory=dict)  # what the large batch ran with (probed on its own)
     probes: List[Dict[str, Any]] = field(default_factory=list)
     batches: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     sign_agreement: Optional[float] = None
@@ -245,7 +245,7 @@ class _ModelBench:
             row.config = dict(best or {})
             self._apply_threads(row.config)
             row.batches['1'], _ = _time(run, self.one, self.s.warmup, self.s.repeats)
-            run = self._large_batch_runner(row, make, run)
+            run = self._large_batch_runner(row, configs, make, run)
             row.batches[str(self.s.large_batch)], out = _time(run, self.large, self.s.warmup_large,
                                                               self.s.repeats_large)
             if self.reference is None:
@@ -260,26 +260,25 @@ class _ModelBench:
             gc.collect()
         return row
 
-    def _large_batch_runner(self, row: _Row, make: Callable[[Dict[str, Any]], Runner], run: Runner) -> Runner:
-        """The thread count that suits batch 1 need not suit the large batch (one thread can win at batch 1 on
-        a busy machine and lose 2x at 64): probe each thread option again there, the rest of the config kept."""
-        row.large_threads = row.config.get('threads')
-        if 'threads' not in row.config or len(self.thread_options) < 2:
+    def _large_batch_runner(self, row: _Row, configs: List[Dict[str, Any]], make: Callable[[Dict[str, Any]], Runner],
+                            run: Runner) -> Runner:
+        """What suits batch 1 need not suit the large batch (one thread can win at batch 1 on a busy machine and
+        lose 2x at 64; ORT's optimisation levels trade places): every configuration is probed there again."""
+        row.large_config = dict(row.config)
+        if len(configs) < 2:
             return run
-        best_ms, best = float('inf'), None
-        for threads in self.thread_options:
-            config = dict(row.config, threads=threads)
+        best_ms, best = float('inf'), row.config
+        for config in configs:
             candidate = make(config)
             self._apply_threads(config)
             ms = _time(candidate, self.large, 1, 1)[0]['ms_per_image']
             row.probes.append(dict(config, batch=self.s.large_batch, ms_per_image=ms))
             if ms < best_ms:
-                best_ms, best = ms, threads
+                best_ms, best = ms, config
             del candidate
-        row.large_threads = best
-        config = dict(row.config, threads=best)
-        self._apply_threads(config)
-        return make(config)
+        row.large_config = dict(best)
+        self._apply_threads(best)
+        return make(best)
 
     @staticmethod
     def _apply_threads(config: Dict[str, Any]) -> None:
@@ -468,12 +467,15 @@ def _speedup(row: Dict[str, Any], eager: Optional[Dict[str, Any]], batch: str) -
 
 
 def _config(row: Dict[str, Any]) -> str:
-    c = row['config']
-    parts = [f'{c["threads"]} thr'] if c.get('threads') else []
-    large = row.get('large_threads')
-    if parts and large and large != c['threads']:
-        parts[0] += f' ({large} at the large batch)'
+    text = _config_text(row['config'])
+    large = row.get('large_config')
+    if large and large != row['config']:
+        text += f'; large batch: {_config_text(large)}'
+    return text
 
+
+def _config_text(c: Dict[str, Any]) -> str:
+    parts = [f'{c["threads"]} thr'] if c.get('threads') else []
     if 'opt_level' in c:
         parts.append(f'opt {c["opt_level"]}' + (', IO binding' if c.get('io_binding') else ''))
     return ', '.join(parts)
@@ -536,7 +538,7 @@ def render_markdown(data: Dict[str, Any]) -> str:
         f'[min-max]. Threads: ' + (f'{s["threads"]} for every runtime.' if s['threads'] else
                                     'each CPU runtime probed at batch 1 with 1 thread and with all usable cores '
                                     '(ORT fp32 also: optimisation level, IO binding); the faster configuration runs; '
-                                    'the thread count probed again at the large batch.')
+                                    'probed again at the large batch.')
         + f' Sign agreement / max abs diff: the batch-{large} codes against PyTorch eager\'s.',
         '',
     ]
