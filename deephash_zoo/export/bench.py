@@ -234,18 +234,14 @@ class _ModelBench:
     def measure(self, row: _Row, configs: List[Dict[str, Any]], make: Callable[[Dict[str, Any]], Runner]) -> _Row:
         self.say(f'{self.name}: {row.runtime}')
         try:
-            best, best_ms, run = None, float('inf'), None
-            for config in configs:
-                candidate = make(config)
-                ms = _time(candidate, self.one, 1, self.s.probe_repeats)[0]['ms_per_image']
-                row.probes.append(dict(config, ms_per_image=ms))
-                if ms < best_ms:
-                    best, best_ms, run = config, ms, candidate
-                del candidate
-            row.config = dict(best or {})
+            best, run = self._fastest(row, configs, make, self.one, self.s.probe_repeats)
+            row.config = dict(best)
             self._apply_threads(row.config)
             row.batches['1'], _ = _time(run, self.one, self.s.warmup, self.s.repeats)
-            run = self._large_batch_runner(row, configs, make, run)
+            if len(configs) > 1:  # one thread can win at batch 1 and lose 2x at 64; ORT's levels trade places
+                best, run = self._fastest(row, configs, make, self.large, 1, batch=self.s.large_batch)
+                self._apply_threads(best)
+            row.large_config = dict(best)
             row.batches[str(self.s.large_batch)], out = _time(run, self.large, self.s.warmup_large,
                                                               self.s.repeats_large)
             if self.reference is None:
@@ -260,25 +256,21 @@ class _ModelBench:
             gc.collect()
         return row
 
-    def _large_batch_runner(self, row: _Row, configs: List[Dict[str, Any]], make: Callable[[Dict[str, Any]], Runner],
-                            run: Runner) -> Runner:
-        """What suits batch 1 need not suit the large batch (one thread can win at batch 1 on a busy machine and
-        lose 2x at 64; ORT's optimisation levels trade places): every configuration is probed there again."""
-        row.large_config = dict(row.config)
-        if len(configs) < 2:
-            return run
-        best_ms, best = float('inf'), row.config
+    def _fastest(self, row: _Row, configs: List[Dict[str, Any]], make: Callable[[Dict[str, Any]], Runner],
+                 x: np.ndarray, repeats: int, batch: Optional[int] = None) -> Tuple[Dict[str, Any], Runner]:
+        """The fastest of ``configs`` on ``x`` (one warm-up call, then ``repeats``) and its runner; every probe is
+        recorded in the row (with ``batch`` when it is not batch 1)."""
+        best: Dict[str, Any] = {}
+        best_ms, run = float('inf'), None
         for config in configs:
             candidate = make(config)
-            self._apply_threads(config)
-            ms = _time(candidate, self.large, 1, 1)[0]['ms_per_image']
-            row.probes.append(dict(config, batch=self.s.large_batch, ms_per_image=ms))
+            ms = _time(candidate, x, 1, repeats)[0]['ms_per_image']
+            row.probes.append(dict(config, ms_per_image=ms) if batch is None else
+                              dict(config, batch=batch, ms_per_image=ms))
             if ms < best_ms:
-                best_ms, best = ms, config
+                best, best_ms, run = config, ms, candidate
             del candidate
-        row.large_config = dict(best)
-        self._apply_threads(best)
-        return make(best)
+        return best, run
 
     @staticmethod
     def _apply_threads(config: Dict[str, Any]) -> None:
