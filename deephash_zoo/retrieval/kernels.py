@@ -241,15 +241,12 @@ if numba is not None:
             t = _first_at(_histogram(dist, 1, nvals), depth)
         # 3. the items at distance <= t, counted per distance
         m = _collect(dist, t, cand, nvals)
-        per = np.zeros(nvals, dtype=np.int64)
-        for c in range(m):
-            per[dist[cand[c]]] += 1
         if m < depth:  # the guess was short: the exact threshold, and collect again
             t = _first_at(_histogram(dist, 1, nvals), depth)
             m = _collect(dist, t, cand, nvals)
-            per[:] = 0
-            for c in range(m):
-                per[dist[cand[c]]] += 1
+        per = np.zeros(nvals, dtype=np.int64)
+        for c in range(m):
+            per[dist[cand[c]]] += 1
         # 4. counting sort of the candidates by distance (stable: database order within a distance)
         start = np.empty(nvals, dtype=np.int64)
         acc = 0
