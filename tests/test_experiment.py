@@ -101,6 +101,37 @@ def test_multitask_tiny_reports_time_ratio(tmp_path):
     assert 'the paper: 209.6 s vs 629.8 s' in markdown
 
 
+@needs_fmnist
+@pytest.mark.slow
+def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp_path, capsys):
+    from deephash_zoo.hub.checkpoint import read_checkpoint_config
+
+    work = tmp_path / 'work'
+    argv = ['ablation', '--budget', 'tiny-pretrained', '--arms', 'DATH-N,DATH-S', '--work', str(work),
+            '--keep', 'first-seed', '--no-encoding-time', '--seeds', '0']
+    assert main(argv) == 0
+    key = 'ablation-fashion-mnist-tiny-pretrained'
+    result = json.loads((work / f'{key}.json').read_text())
+    assert result['bits'] == [16]  # the budget's own default lengths
+    trunk = work / 'pretrain-alexnet' / 'trunk.safetensors'
+    assert set(result['pretrain']) == {'alexnet'} and result['pretrain']['alexnet']['trunk'] == str(trunk)
+    assert trunk.is_file() and not (work / 'pretrain-alexnet' / 'last').exists()  # resumable state dropped
+    for model in ('dath_n_16', 'dath_s_16'):
+        training = read_checkpoint_config(work / f'{model}-seed0' / 'checkpoint')['training']
+        assert training['recipe'] == 'scratch' and training['init'] == str(trunk)
+    markdown = (work / f'{key}.md').read_text()
+    assert 'Recipe `scratch`' in markdown and 'loss form `mean`' in markdown
+    assert 'Trunk: alexnet pretrained by this run, 1 epochs' in markdown
+
+    # resume with one more seed: the trunk is kept, not pretrained again
+    mtime = trunk.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv[:-1] + ['0,1', '--resume']) == 0
+    assert 'pretrain alexnet: done before' in capsys.readouterr().out and trunk.stat().st_mtime_ns == mtime
+    again = json.loads((work / f'{key}.json').read_text())
+    assert again['resumed_cells'] == 2 and len(again['cells']) == 4 and again['pretrain'] == result['pretrain']
+
+
 def _fake_result(maps: dict) -> dict:
     """An ablation result with the given per-seed mAPs {arm label: [seed0, seed1, seed2]} at 16 bits."""
     arms = [a for a in arms_for('ablation', (16,)) if a.label in maps]

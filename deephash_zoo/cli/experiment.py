@@ -35,16 +35,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--data', choices=('fashion-mnist', 'mosaic', 'mosaic-quadrant'), default=None,
                    help='dataset (default: fashion-mnist for ablation, mosaic for multitask)')
     p.add_argument('--budget', choices=sorted(BUDGETS), default='cpu-small',
-                   help='cpu-small: < 30 min on 2 CPU cores; paper: the papers\' settings (GPU); tiny: tests')
+                   help='cpu-pretrained: the zoo\'s recipe (a pretrained trunk, then 300 hashing steps a cell), '
+                        'about 3 h on 2 CPU cores at 32 and 64 bits; cpu-small: < 30 min from scratch (its runs '
+                        'learn little); paper: the papers\' settings (GPU); tiny, tiny-pretrained: tests')
     p.add_argument('--seeds', type=_ints, default=None, help="comma-separated seeds (default: the budget's)")
-    p.add_argument('--bits', type=_ints, default=None, help='code lengths (default: 16,32,48,64)')
+    p.add_argument('--bits', type=_ints, default=None,
+                   help="code lengths (default: the budget's: 32,64 for cpu-pretrained, else 16,32,48,64)")
     p.add_argument('--arms', default=None, help='comma-separated arm labels to run, e.g. DATH,DATH-N (default: all)')
     p.add_argument('--work', type=Path, default=None,
                    help='run folders and cells.jsonl (default: runs/experiments/KEY)')
     p.add_argument('--resume', action='store_true', help="keep the cells already in WORK/cells.jsonl")
     p.add_argument('--keep', choices=KEEP_CHOICES, default='first-seed',
                    help='checkpoints to keep for cards and deephash-push (default: %(default)s)')
-    p.add_argument('--init', default=None, help='initial weights (safetensors in the model layout), e.g. ImageNet')
+    p.add_argument('--init', default=None,
+                   help='initial weights: safetensors in the model layout (e.g. converted ImageNet weights) or a '
+                        'trunk file of deephash-pretrain; with cpu-pretrained it replaces the pretraining stage')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--no-encoding-time', action='store_true', help='skip the eager encoding-time measurement')
     p.add_argument('--publish', action='store_true', help='write hub_cards/results/, the README block and the cards')
@@ -80,15 +85,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = args.work or Path('runs/experiments') / key
     out = args.cards / 'results' if args.publish else work
     if args.publish:
-        if budget.name == 'tiny':
-            raise UserError('the tiny budget is for tests (its numbers mean nothing); do not --publish it')
+        if budget.name.startswith('tiny'):
+            raise UserError(f'the {budget.name} budget is for tests (its numbers mean nothing); do not --publish it')
         check_readme(args.readme, key)  # before hours of training, not after
     arms = tuple(a.strip() for a in args.arms.split(',')) if args.arms else ()
     command = 'deephash-experiment ' + ' '.join(shlex.quote(a) for a in argv)
     if args.render_only:
         result = _read_result(out / f'{key}.json')
     else:
-        result = run_experiment(args.experiment, data, budget, work, bits=tuple(args.bits or BITS), only=arms,
+        bits = tuple(args.bits or budget.default_bits or BITS)
+        result = run_experiment(args.experiment, data, budget, work, bits=bits, only=arms,
                                 seeds=args.seeds, resume=args.resume, keep=args.keep, init=args.init,
                                 device=args.device, measure_encoding=not args.no_encoding_time, command=command)
     json_rel = f'{out.as_posix()}/{key}.json'

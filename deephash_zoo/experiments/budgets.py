@@ -5,8 +5,8 @@ scratch (no ImageNet weights can be downloaded here) on a seeded 1,024-image tra
 64x64 (AlexNet/CNN-F need at least 63 pixels), evaluates 300 queries against 1,500 database items,
 and repeats with three seeds. From scratch, DATH's quantisation term (gamma=0.01) pulls every code
 onto one vector within a few dozen steps, so this budget trains DATH with gamma=0 (measured in the
-README). Every budget trains with the ``paper`` recipe (``deephash_zoo.training.recipes``), whose
-settings each checkpoint's config.json records. The committed cpu-small tables were made before the
+README). ``cpu-small`` and ``paper`` train with the ``paper`` recipe (``deephash_zoo.training.recipes``),
+``cpu-pretrained`` with ``scratch``; each checkpoint's config.json records its recipe's settings. The committed cpu-small tables were made before the
 recipes existed, with the mean loss form, ADMTH at SGD lr 1e-3 and the earlier initialisation; a 10x
 higher DATH rate collapsed every code within one epoch (mAP@all 0.104 = chance on Fashion-MNIST).
 
@@ -14,7 +14,15 @@ higher DATH rate collapsed every code within one epoch (mAP@all 0.104 = chance o
 epochs, ADMTH 150 epochs, full query and database sets, the papers' loss weights. The papers start
 from ImageNet weights; pass ``--init`` (converted with ``deephash-convert``) to do the same.
 
-``tiny`` is for tests: two steps, a few dozen images, two seeds; its numbers mean nothing.
+``cpu-pretrained`` is built on the working recipe of the zoo (``scratch``): it first pretrains the family's
+trunk as a classifier on the experiment's training set (one trunk per experiment, shared by every arm and seed,
+as one set of ImageNet weights would be), then trains each cell's hashing objective from it for a fixed number
+of steps on the whole training set, and scores mAP@all on seeded query and database subsets. Its sizes are
+set so that one experiment (both code lengths, three seeds) fits in about 3 hours on 2 CPU cores; see
+``deephash-experiment --help``.
+
+``tiny`` and ``tiny-pretrained`` are for tests: two steps, a few dozen images, two seeds; their numbers
+mean nothing.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
@@ -38,6 +46,9 @@ class Budget:
     max_steps: Optional[int] = None
     loss_args: Dict[str, Dict[str, float]] = field(default_factory=dict)  # per family
     topk: Dict[str, Optional[int]] = field(default_factory=dict)  # mAP@K per dataset; absent/None: all
+    recipe: str = 'paper'  # the training recipe of every cell (deephash_zoo.training.recipes)
+    pretrain_epochs: Optional[int] = None  # a trunk pretraining stage of this many epochs (None: none)
+    default_bits: Optional[Tuple[int, ...]] = None  # code lengths run when none are given (None: all four)
 
     def epochs_for(self, family: str) -> int:
         return self.epochs[family]
@@ -66,11 +77,29 @@ BUDGETS: Dict[str, Budget] = {
         img_size=224, train_subset=None, batch_size=128, epochs={'dath': 200, 'admth': 150},
         query_subset=None, db_subset=None, seeds=(0, 1, 2), topk={'mosaic': 5000},
     ),
+    'cpu-pretrained': Budget(
+        name='cpu-pretrained',
+        description='2 CPU cores, about 3 h per experiment at 32 and 64 bits: recipe scratch at 64x64, the trunk '
+                    'pretrained 5 epochs on the whole training set (cross-entropy; shared by every cell), then 300 '
+                    'hashing steps of batch 128 on the whole training set per cell; 2,000 queries x 10,000 database '
+                    'items, mAP@all; seeds 0, 1, 2',
+        # epochs only cap the schedule: 300 steps end each cell (0.64 epoch of Fashion-MNIST, 7.7 of the mosaic)
+        img_size=64, train_subset=None, batch_size=128, epochs={'dath': 100, 'admth': 100}, max_steps=300,
+        query_subset=2000, db_subset=10000, seeds=(0, 1, 2), recipe='scratch', pretrain_epochs=5,
+        default_bits=(32, 64),
+    ),
     'tiny': Budget(
         name='tiny',
         description='tests only: 2 steps of 8 images at 64x64, 20 queries x 60 database items, seeds 0 and 1',
         img_size=64, train_subset=32, batch_size=8, epochs={'dath': 1, 'admth': 1}, max_steps=2,
         query_subset=20, db_subset=60, seeds=(0, 1), loss_args={'dath': {'gamma': 0.0}}, topk={'mosaic': 10},
+    ),
+    'tiny-pretrained': Budget(
+        name='tiny-pretrained',
+        description='tests only: the cpu-pretrained stages at toy size (a 1-epoch trunk pretraining of 32 images, '
+                    '2 hashing steps of 8), 20 queries x 60 database items, seeds 0 and 1',
+        img_size=64, train_subset=32, batch_size=8, epochs={'dath': 1, 'admth': 1}, max_steps=2,
+        query_subset=20, db_subset=60, seeds=(0, 1), recipe='scratch', pretrain_epochs=1, default_bits=(16,),
     ),
 }
 

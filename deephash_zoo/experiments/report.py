@@ -7,7 +7,7 @@ over the seeds, *contradicted* when mean(B) - mean(A) does, and *cannot tell* ot
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', 'at_chance']
+__all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', 'at_chance', 'training_setup']
 
 _DATA_NAMES = {'fashion-mnist': 'Fashion-MNIST', 'mosaic': 'the Fashion-MNIST 2x2 mosaic (multi-label)',
                'mosaic-quadrant': 'the Fashion-MNIST 2x2 mosaic with (tile, class) labels (40 labels)'}
@@ -170,6 +170,29 @@ def _describe_verdicts(per_bits: Dict[str, str]) -> str:
     return '; '.join(parts)
 
 
+def training_setup(result: Dict[str, Any]) -> List[str]:
+    """What the cells started from and which recipe and loss form they trained with, as sentences; empty for
+    results written before budgets named a recipe (their budget description says it)."""
+    from deephash_zoo.training.recipes import RECIPES
+
+    budget = result['budget']
+    if 'recipe' not in budget:
+        return []
+    family = 'dath' if result['experiment'] == 'ablation' else 'admth'
+    recipe = RECIPES[budget['recipe']][family]
+    out = [f"Recipe `{budget['recipe']}` (`deephash-train --help`): {recipe.optimizer} lr {recipe.lr:g}, "
+           f"{recipe.lr_schedule} schedule, loss form `{recipe.loss_reduction}`."]
+    pretrain = result.get('pretrain') or {}
+    for arch, rec in pretrain.items():
+        acc = f", last-epoch training accuracy {rec['accuracy']:.3f}" if rec.get('accuracy') is not None else ''
+        out.append(f"Trunk: {arch} pretrained by this run, {rec['epochs']} epochs ({rec['steps']:,} steps, "
+                   f"{rec['wall_seconds'] / 60:.1f} min wall, {rec['cpu_seconds'] / 60:.1f} CPU min{acc}), shared "
+                   'by every cell.')
+    if not pretrain and result.get('init'):
+        out.append(f"Every cell starts from `{result['init']}` (`--init`).")
+    return out
+
+
 def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, heading_level: int = 3) -> str:
     """The experiment's tables as GitHub markdown (the README block and the .md file are this text)."""
     summary = summarize(result)
@@ -188,7 +211,8 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
              + (f' (resumed: {result["resumed_cells"]} cells from an earlier run)' if result.get('resumed_cells')
                 else '') + '.',
              f'Budget: {budget["description"]}. Mean ± std over seeds {seeds}'
-             + (f'; raw JSON: `{json_path}`' if json_path else '') + '.', '']
+             + (f'; raw JSON: `{json_path}`' if json_path else '') + '.']
+    lines += training_setup(result) + ['']
     chance = result['chance']
     lines += [f'**{metric}** (random codes score {chance["map"]:.3f} on these query and database sets)', '']
     lines += _table(['model'] + [f'{b} bits' for b in bits],
@@ -219,7 +243,10 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
                      'train s in total (all the arm\'s models, per seed)', enc_head], cost_rows)
     mt = multitask_time(result, summary)
     if mt is not None:
-        lines += ['', f'**Training time, one multi-length model vs four single-length models** ({mt["family"]} '
+        n = len(summary[f'{mt["family"]} (single-length)']['models'])
+        counts = 'four single-length models' if n == 4 else \
+            f'the {n} single-length models of the lengths run (the paper\'s ratio counts four)'
+        lines += ['', f'**Training time, one multi-length model vs {counts}** ({mt["family"]} '
                   f'arms; same data, epochs and batch): {_pm(mt["multi"], 1)} s vs {_pm(mt["singles"], 1)} s, ratio '
                   f'{_pm(mt["ratio"])} (the paper: 209.6 s vs 629.8 s, ratio 0.33).']
     lines += ['', '**The papers\' own numbers** (other datasets, other budgets: not comparable with the rows '

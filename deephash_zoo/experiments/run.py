@@ -3,10 +3,16 @@
 Cells are appended to ``WORK/cells.jsonl`` as they finish, so ``resume=True`` after an interruption
 re-trains only what is missing (each cell is deterministic given its seed). Seeds run in the outer
 loop: a run stopped early still has every model at the first seed.
+
+A budget with a pretraining stage (``pretrain_epochs``) first trains each trunk the arms need as a classifier
+on the experiment's training set, into ``WORK/pretrain-ARCH/trunk.safetensors``, recorded in
+``WORK/pretrain.jsonl``; every cell starts from it. ``resume=True`` keeps a finished trunk and continues an
+interrupted pretraining from its ``last/`` state. ``init`` (a trunk file, e.g. the zoo's) replaces the stage.
 """
 import datetime
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +22,8 @@ import timm
 import torch
 
 import deephash_zoo
+from deephash_zoo.training.recipes import trunk_of
+from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, epoch_records, train
 from deephash_zoo.utils import cpu_model, load_average, usable_cores
 
 from .budgets import Budget
@@ -71,6 +79,49 @@ def _encoding(experiment: str, arms: List[Any], say: Callable[[str], None]) -> D
     return out
 
 
+def _read_records(path: Path) -> Dict[str, Dict[str, Any]]:
+    records: Dict[str, Dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                records[rec['arch']] = rec
+    return records
+
+
+def pretrain_trunks(models: Sequence[str], data: str, budget: Budget, work: Path, seed: int, resume: bool,
+                    device: str = 'auto', say: Callable[[str], None] = print) -> Dict[str, Dict[str, Any]]:
+    """The budget's pretraining stage for every trunk ``models`` start from; ``{arch: record}``.
+
+    A record (``WORK/pretrain.jsonl``) holds the trunk file, its CPU and wall seconds, steps and the last epoch's
+    loss and accuracy. Its resumable state is deleted once the trunk is written (hundreds of MB)."""
+    path = work / 'pretrain.jsonl'
+    if not resume:
+        path.unlink(missing_ok=True)
+    records = _read_records(path)
+    for arch in dict.fromkeys(trunk_of(m) for m in models):
+        folder = work / f'pretrain-{arch}'
+        if arch in records and (folder / TRUNK_FILE).is_file():
+            say(f'pretrain {arch}: done before ({records[arch]["wall_seconds"] / 60:.1f} min), kept')
+            continue
+        again = resume and (folder / 'last' / 'state.json').is_file()
+        say(f'pretrain {arch}: {budget.pretrain_epochs} epochs' + (' (continued)' if again else ''))
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        summary = train(TrainConfig(
+            model=arch, stage='pretrain', data=data, out=str(folder), epochs=budget.pretrain_epochs,
+            batch_size=budget.batch_size, img_size=budget.img_size, subset=budget.train_subset, seed=seed,
+            log_every=10_000, device=device, resume=again, overwrite=not again))
+        last = epoch_records(folder)[-1]
+        rec = dict(arch=arch, trunk=str(folder / TRUNK_FILE), epochs=budget.pretrain_epochs, steps=summary['step'],
+                   cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0,
+                   loss=float(last['loss']), accuracy=last.get('accuracy'), continued=again, cpu=cpu_model())
+        with open(path, 'a') as f:
+            f.write(json.dumps(rec) + '\n')
+        records[arch] = rec
+        shutil.rmtree(folder / 'last', ignore_errors=True)
+    return records
+
+
 def run_experiment(
         experiment: str,
         data: str,
@@ -103,6 +154,9 @@ def run_experiment(
     models = list(dict.fromkeys(m for arm in arms for m in arm.distinct_models))
     machine_start = machine_info()
     t0 = time.perf_counter()
+    pretrained: Dict[str, Dict[str, Any]] = {}
+    if budget.pretrain_epochs and init is None:
+        pretrained = pretrain_trunks(models, data, budget, work, seeds[0], resume, device, say)
     total = len(models) * len(seeds)
     for seed in seeds:
         for model in models:
@@ -110,7 +164,8 @@ def run_experiment(
                 continue
             keep_this = keep == 'all' or (keep == 'first-seed' and seed == seeds[0])
             t_cell = time.perf_counter()
-            row = run_cell(model, data, budget, seed, work / f'{model}-seed{seed}', keep=keep_this, init=init,
+            start = pretrained[trunk_of(model)]['trunk'] if pretrained else init
+            row = run_cell(model, data, budget, seed, work / f'{model}-seed{seed}', keep=keep_this, init=start,
                            device=device)
             with open(cells_path, 'a') as f:
                 f.write(json.dumps(row) + '\n')
@@ -130,7 +185,7 @@ def run_experiment(
         params={m: _num_params(m) for m in models},
         cells=[done[(m, s)] for s in seeds for m in models],
         encoding=dict(img_size=ENCODE_IMG_SIZE, batch=1, runtime='PyTorch eager', models=encoding),
-        chance=chance, init=init,
+        chance=chance, init=init, pretrain=pretrained,
         wall_seconds=time.perf_counter() - t0, train_wall_seconds=train_wall,
         machine=dict(machine_start, load_average_end=load_average()),
         generated=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),

@@ -36,10 +36,11 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
     ``keep``: leave the checkpoint (and its metrics.json) in ``run_dir`` for cards and pushing; without it
     the run folder is removed. No resumable training state is written: a cell is redone, not resumed.
     """
-    family = family_defaults(model)['family']
+    family = family_defaults(model, budget.recipe)['family']
     t0 = time.perf_counter()
-    train(TrainConfig(model=model, data=data, out=str(run_dir), epochs=budget.epochs_for(family),
-                      batch_size=budget.batch_size, img_size=budget.img_size, subset=budget.train_subset,
+    train(TrainConfig(model=model, data=data, out=str(run_dir), recipe=budget.recipe,
+                      epochs=budget.epochs_for(family), batch_size=budget.batch_size, img_size=budget.img_size,
+                      subset=budget.train_subset,
                       max_steps=budget.max_steps, seed=seed, log_every=10_000, init=init, device=device,
                       loss_args=budget.loss_args_for(family), save_state=False, overwrite=True))
     train_wall = time.perf_counter() - t0

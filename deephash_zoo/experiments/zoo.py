@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from deephash_zoo.hub.checkpoint import weights_sha256
-from deephash_zoo.training.recipes import family_of
+from deephash_zoo.training.recipes import family_of, trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, train
 from deephash_zoo.utils import cpu_model
 
@@ -36,7 +36,6 @@ __all__ = ['ZooPlan', 'PLANS', 'get_plan', 'build_zoo', 'zoo_result', 'render_zo
 SCHEMA_VERSION = 1
 HEADLINE = ('dath_alexnet_16', 'dath_alexnet_32', 'dath_alexnet_48', 'dath_alexnet_64', 'admth_cnnf_multi',
             'dmlh_cnnf_multi')
-_TRUNKS = {'dath': 'alexnet', 'admth': 'cnnf'}
 
 
 @dataclass(frozen=True)
@@ -80,11 +79,6 @@ def get_plan(name: str) -> ZooPlan:
     if name not in PLANS:
         raise ValueError(f'unknown zoo plan {name!r}; expected one of {", ".join(PLANS)}')
     return PLANS[name]
-
-
-def trunk_of(model: str) -> str:
-    """The trunk architecture a headline model is initialised from."""
-    return _TRUNKS[family_of(model)]
 
 
 def _read_stages(path: Path) -> Dict[str, Dict[str, Any]]:

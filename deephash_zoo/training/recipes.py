@@ -31,7 +31,7 @@ A recipe never overrides what the command line sets.
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional
 
-__all__ = ['Recipe', 'RECIPES', 'PRETRAIN', 'get_recipe', 'family_of']
+__all__ = ['Recipe', 'RECIPES', 'PRETRAIN', 'get_recipe', 'family_of', 'trunk_of']
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,11 @@ def family_of(model_name: str) -> str:
     if model_name.startswith(('admth', 'dmlh')):
         return 'admth'
     raise ValueError(f'no training recipe for {model_name!r}; expected a dath*, admth* or dmlh* model')
+
+
+def trunk_of(model_name: str) -> str:
+    """The trunk a model is initialised from by the pretraining stage: 'alexnet' (DATH) or 'cnnf' (ADMTH, DMLH)."""
+    return {'dath': 'alexnet', 'admth': 'cnnf'}[family_of(model_name)]
 
 
 def get_recipe(name: str, model_name: str) -> Recipe:
