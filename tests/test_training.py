@@ -162,3 +162,22 @@ def test_resume_after_max_steps_trains_only_the_rest_of_the_epoch(tmp_path):
     assert (state['epoch'], state['step'], state['extra']['complete']) == (1, 4, True)
     assert train_main([*base, '--resume']) == 0  # finished: nothing to train, and no error
     assert [r['step'] for r in _records(out) if r['event'] == 'step'] == steps
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason='Fashion-MNIST not installed')
+@pytest.mark.slow
+def test_multitask_benchmark_times_the_attention_free_arms_from_steady_steps(tmp_path, capsys):
+    from deephash_zoo.training.benchmark import main, multitask_models
+
+    assert multitask_models('dmlh') == ['dmlh_cnnf_multi', 'dmlh_cnnf_16', 'dmlh_cnnf_32', 'dmlh_cnnf_48',
+                                        'dmlh_cnnf_64']
+    out = tmp_path / 'mt.json'
+    assert main(['multitask', '--img-size', '64', '--batch-size', '4', '--steps', '2', '--out', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['family'] == 'dmlh' and list(result['median_step_seconds']) == multitask_models('dmlh')
+    singles = sum(result['median_step_seconds'][m] for m in multitask_models('dmlh')[1:])
+    assert result['four_singles_step_seconds'] == pytest.approx(singles)
+    assert result['ratio'] == pytest.approx(result['multi_step_seconds'] / singles)
+    assert f"ratio multi / four singles: {result['ratio']:.3f}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match='--steps must be >= 2'):
+        main(['multitask', '--steps', '1', '--out', str(out)])

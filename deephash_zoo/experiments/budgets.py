@@ -6,9 +6,10 @@ scratch (no ImageNet weights can be downloaded here) on a seeded 1,024-image tra
 and repeats with three seeds. From scratch, DATH's quantisation term (gamma=0.01) pulls every code
 onto one vector within a few dozen steps, so this budget trains DATH with gamma=0 (measured in the
 README). ``cpu-small`` and ``paper`` train with the ``paper`` recipe (``deephash_zoo.training.recipes``),
-``cpu-pretrained`` with ``scratch``; each checkpoint's config.json records its recipe's settings. The committed cpu-small tables were made before the
-recipes existed, with the mean loss form, ADMTH at SGD lr 1e-3 and the earlier initialisation; a 10x
-higher DATH rate collapsed every code within one epoch (mAP@all 0.104 = chance on Fashion-MNIST).
+``cpu-pretrained`` with ``scratch``; each checkpoint's config.json records its recipe's settings. The
+committed cpu-small tables were made before the recipes existed, with the mean loss form, ADMTH at SGD lr 1e-3
+and the earlier initialisation; a 10x higher DATH rate collapsed every code within one epoch (mAP@all 0.104 =
+chance on Fashion-MNIST).
 
 ``paper`` is the papers' own setting for a GPU: 224x224, whole training set, batch 128, DATH 200
 epochs, ADMTH 150 epochs, full query and database sets, the papers' loss weights. The papers start
