@@ -95,6 +95,39 @@ def test_an_older_checkpoint_is_resaved_and_evaluated_again(built, capsys):
     assert stages[-1]['stage'] == 'eval:dath_n_16' and stages[-1]['weights_sha256'] == report['weights_sha256']
 
 
+@needs_fmnist
+@pytest.mark.slow
+def test_a_stage_built_with_other_settings_is_built_again(tmp_path, monkeypatch, capsys):
+    """Changing the plan (here its seed) re-runs the pretraining, the hashing stage that starts from the new trunk
+    and its evaluation, from the start; records written before settings were recorded are kept as they are."""
+    from dataclasses import replace
+
+    from deephash_zoo.experiments import zoo
+
+    argv = ['build', '--plan', 'tiny', '--models', 'dath_n_16', '--work', str(tmp_path), '--no-progress']
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / 'stages.jsonl').read_text().splitlines()]
+    assert records[0]['settings'] == dict(epochs=1, data='fashion-mnist', img_size=64, subset=64, seed=0)
+    assert records[1]['settings']['init_sha256'] and records[1]['settings']['epochs'] == 1
+    legacy = [{k: v for k, v in rec.items() if k != 'settings'} for rec in records]
+    (tmp_path / 'stages.jsonl').write_text(''.join(json.dumps(rec) + '\n' for rec in legacy))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count('skipped') == 3  # the older records are taken as they are
+
+    (tmp_path / 'stages.jsonl').write_text(''.join(json.dumps(rec) + '\n' for rec in records))
+    (tmp_path / 'dath_n_16' / 'last').mkdir(exist_ok=True)  # a stale resumable state must not be resumed
+    (tmp_path / 'dath_n_16' / 'last' / 'state.json').write_text('{}')
+    monkeypatch.setitem(zoo.PLANS, 'tiny', replace(zoo.PLANS['tiny'], seed=1))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'pretrain:alexnet: done before with other settings, run again' in out
+    assert 'train:dath_n_16: done before with other settings, run again' in out
+    assert 'eval:dath_n_16: done before on other weights, run again' in out
+    again = [json.loads(line) for line in (tmp_path / 'stages.jsonl').read_text().splitlines()][-3:]
+    assert [rec['settings'].get('seed') for rec in again] == [1, 1, None] and not again[1]['resumed']
+
+
 def test_bad_requests_are_one_line(tmp_path):
     for argv, message in ((['build', '--plan', 'tiny', '--models', 'resnet18', '--work', str(tmp_path)],
                            "no training recipe for 'resnet18'"),

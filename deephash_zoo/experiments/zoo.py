@@ -17,6 +17,7 @@ A record may carry a ``note`` (how a stage ran when it shared the machine or was
 lists the notes under it.
 """
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,10 +101,20 @@ class _Stages:
         self.say = say
 
     def run(self, name: str, artifact: Path, fn: Callable[[], Dict[str, Any]],
-            still_valid: Callable[[Dict[str, Any]], bool] = lambda rec: True) -> Dict[str, Any]:
-        """Run ``fn`` unless a record of ``name`` exists, its ``artifact`` too, and ``still_valid(record)``."""
-        if name in self.done and artifact.exists() and not still_valid(self.done[name]):
-            self.say(f'{name}: done before on other weights, run again')
+            still_valid: Callable[[Dict[str, Any]], bool] = lambda rec: True,
+            settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Run ``fn`` unless a record of ``name`` exists, its ``artifact`` too, and ``still_valid(record)``.
+
+        ``settings`` (what the stage's product depends on: epochs, the trunk it starts from, ...) go into the
+        record; a record made with other settings is run again from the start (its resumable ``last/`` state
+        is dropped). Records written before settings were recorded are taken as they are."""
+        settings = settings or {}
+        rec = self.done.get(name)
+        changed = rec is not None and 'settings' in rec and rec['settings'] != settings
+        if rec is not None and artifact.exists() and (changed or not still_valid(rec)):
+            self.say(f'{name}: done before with other settings, run again' if changed else
+                     f'{name}: done before on other weights, run again')
+            shutil.rmtree(artifact.parent / 'last', ignore_errors=True)
         elif name in self.done and artifact.exists():
             self.say(f'{name}: done before ({self.done[name]["cpu_seconds"] / 60:.1f} CPU min), skipped')
             return self.done[name]
@@ -112,7 +123,7 @@ class _Stages:
         info = fn()
         rec = dict(stage=name, cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0,
                    artifact=str(artifact), finished=time.strftime('%Y-%m-%dT%H:%M:%S%z'), cpu=cpu_model(),
-                   threads=torch.get_num_threads(), **info)
+                   threads=torch.get_num_threads(), settings=settings, **info)
         with open(self.path, 'a') as f:
             f.write(json.dumps(rec) + '\n')
         self.done[name] = rec
@@ -172,14 +183,17 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
     for model in models:  # a trunk is pretrained just before the first model that needs it
         arch = trunk_of(model)
         pre = work / f'pretrain-{arch}'
+        data_settings = dict(data=plan.data, img_size=plan.img_size, subset=plan.subset, seed=plan.seed)
         if arch not in trunks:
             stages.run(f'pretrain:{arch}', pre / TRUNK_FILE, _train_stage(TrainConfig(
-                model=arch, stage='pretrain', out=str(pre), epochs=plan.pretrain_epochs, **common)))
+                model=arch, stage='pretrain', out=str(pre), epochs=plan.pretrain_epochs, **common)),
+                settings=dict(epochs=plan.pretrain_epochs, **data_settings))
             trunks[arch] = pre / TRUNK_FILE
         run_dir = work / model
+        epochs = plan.hash_epochs[family_of(model)]
         stages.run(f'train:{model}', run_dir / 'checkpoint', _train_stage(TrainConfig(
-            model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]),
-            epochs=plan.hash_epochs[family_of(model)], **common)))
+            model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]), epochs=epochs, **common)),
+            settings=dict(epochs=epochs, init_sha256=weights_sha256(trunks[arch]), **data_settings))
         refresh_checkpoint(run_dir / 'checkpoint', plan.img_size, say)
         weights = weights_sha256(run_dir / 'checkpoint' / 'model.safetensors')
         stages.run(f'eval:{model}', run_dir / 'eval' / 'metrics.json', _eval_stage(plan, run_dir, device, progress),
