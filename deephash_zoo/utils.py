@@ -41,6 +41,23 @@ def read_json(path: Union[str, Path], missing: str) -> Any:
         raise ValueError(f'{path}: not valid JSON ({e})') from e
 
 
+def read_jsonl(path: Union[str, Path]) -> List[Any]:
+    """The records of a JSON-lines file that a resumable run appends to (none when it does not exist yet); a line
+    that does not parse (a record cut short when the run was killed) is a ValueError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{path}, line {number}: not a JSON record ({e}); delete that line to run '
+                                 'its step again') from None
+    return records
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
     platform or file system cannot."""

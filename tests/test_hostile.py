@@ -417,3 +417,19 @@ def test_idx_gzip_bombs_cost_no_more_than_their_header(tmp_path):
     with pytest.raises(ValueError, match=r'padded idx data: header says \(10,\) = 10 bytes, file holds more'):
         read_idx(padded)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 * 1024  # KiB: under 64 MB more
+
+
+def test_a_record_cut_short_in_a_resumable_log_is_named_with_its_line(tmp_path, capsys):
+    """An experiment's cells.jsonl whose last record a kill cut in half: one line naming the file and line."""
+    from deephash_zoo.cli._common import run_main
+    from deephash_zoo.cli.experiment import main
+    from deephash_zoo.utils import read_jsonl
+
+    assert read_jsonl(tmp_path / 'absent.jsonl') == []
+    cells = tmp_path / 'cells.jsonl'
+    cells.write_text('{"model": "dath_n_16", "seed": 0}\n\n{"model": "dath_s_16", "se')
+    with pytest.raises(ValueError, match=r'cells.jsonl, line 3: not a JSON record'):
+        read_jsonl(cells)
+    assert run_main(main, ['ablation', '--budget', 'tiny', '--work', str(tmp_path), '--resume']) == 2
+    err = capsys.readouterr().err
+    assert 'cells.jsonl, line 3: not a JSON record' in err and 'Traceback' not in err

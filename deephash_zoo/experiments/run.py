@@ -24,7 +24,7 @@ import torch
 import deephash_zoo
 from deephash_zoo.training.recipes import trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, epoch_records, train
-from deephash_zoo.utils import cpu_model, load_average, usable_cores
+from deephash_zoo.utils import cpu_model, load_average, read_jsonl, usable_cores
 
 from .budgets import Budget
 from .plan import BITS, arms_for
@@ -43,13 +43,7 @@ def experiment_key(experiment: str, data: str, budget: str) -> str:
 
 
 def _load_cells(path: Path) -> Dict[Tuple[str, int], Dict[str, Any]]:
-    cells: Dict[Tuple[str, int], Dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                cells[(row['model'], int(row['seed']))] = row
-    return cells
+    return {(row['model'], int(row['seed'])): row for row in read_jsonl(path)}
 
 
 def machine_info() -> Dict[str, Any]:
@@ -79,16 +73,6 @@ def _encoding(experiment: str, arms: List[Any], say: Callable[[str], None]) -> D
     return out
 
 
-def _read_records(path: Path) -> Dict[str, Dict[str, Any]]:
-    records: Dict[str, Dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                records[rec['arch']] = rec
-    return records
-
-
 def pretrain_trunks(models: Sequence[str], data: str, budget: Budget, work: Path, seed: int, resume: bool,
                     device: str = 'auto', say: Callable[[str], None] = print) -> Dict[str, Dict[str, Any]]:
     """The budget's pretraining stage for every trunk ``models`` start from; ``{arch: record}``.
@@ -98,7 +82,7 @@ def pretrain_trunks(models: Sequence[str], data: str, budget: Budget, work: Path
     path = work / 'pretrain.jsonl'
     if not resume:
         path.unlink(missing_ok=True)
-    records = _read_records(path)
+    records = {rec['arch']: rec for rec in read_jsonl(path)}
     for arch in dict.fromkeys(trunk_of(m) for m in models):
         folder = work / f'pretrain-{arch}'
         if arch in records and (folder / TRUNK_FILE).is_file():

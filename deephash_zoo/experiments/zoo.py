@@ -29,7 +29,7 @@ from safetensors import safe_open
 from deephash_zoo.hub.checkpoint import weights_sha256
 from deephash_zoo.training.recipes import family_of, trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, train
-from deephash_zoo.utils import cpu_model
+from deephash_zoo.utils import cpu_model, read_jsonl
 
 __all__ = ['ZooPlan', 'PLANS', 'get_plan', 'build_zoo', 'zoo_result', 'render_zoo_markdown', 'trunk_of',
            'refresh_checkpoint']
@@ -83,13 +83,7 @@ def get_plan(name: str) -> ZooPlan:
 
 
 def _read_stages(path: Path) -> Dict[str, Dict[str, Any]]:
-    stages: Dict[str, Dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                stages[rec['stage']] = rec
-    return stages
+    return {rec['stage']: rec for rec in read_jsonl(path)}
 
 
 class _Stages:
