@@ -122,6 +122,10 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
     markdown = (work / f'{key}.md').read_text()
     assert 'Recipe `scratch`' in markdown and 'loss form `mean`' in markdown
     assert 'Trunk: alexnet pretrained by this run, 1 epochs' in markdown
+    distinct = _table_rows(markdown, next(t for t in re.findall(r'\*\*([^*]+)\*\*', markdown)
+                                          if t.startswith('Distinct codes')))
+    cells = [c for c in result['cells'] if c['model'] == 'dath_n_16']
+    assert float(distinct['DATH-N'][0]) == pytest.approx(cells[0]['results']['16']['distinct_codes'], abs=5e-4)
 
     # resume with one more seed: the trunk is kept, not pretrained again
     mtime = trunk.stat().st_mtime_ns

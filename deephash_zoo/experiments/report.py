@@ -66,15 +66,18 @@ def _cells_of(result: Dict[str, Any], model: str) -> List[Dict[str, Any]]:
 
 
 def summarize(result: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """Per arm: mAP and P@100 (mean, std, n) per code length; training seconds per epoch and in total
+    """Per arm: mAP, P@100 and distinct codes (mean, std, n; distinct None for results from before it was
+    recorded) per code length; training seconds per epoch and in total
     (the arm's models summed, per seed); encoding ms/image (the arm's models summed)."""
     out = {}
     for arm in result['arms']:
         per_bits = {}
         for b, model in arm['models'].items():
             cells = _cells_of(result, model)
+            distinct = [c['results'][b].get('distinct_codes') for c in cells]
             per_bits[b] = dict(map=_mean_std([c['results'][b]['map'] for c in cells]),
-                               p_at_100=_mean_std([c['results'][b]['p_at_n']['100'] for c in cells]))
+                               p_at_100=_mean_std([c['results'][b]['p_at_n']['100'] for c in cells]),
+                               distinct=_mean_std(distinct) if None not in distinct else None)
         models = list(dict.fromkeys(arm['models'].values()))
         totals = [sum(c['train_seconds'] for m in models for c in _cells_of(result, m) if c['seed'] == s)
                   for s in result['seeds']]  # per seed, in the order of result['seeds']
@@ -227,6 +230,13 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
     lines += _table(['model'] + [f'{b} bits' for b in bits],
                     [[label] + [_pm(s['bits'][b]['p_at_100']) if b in s['bits'] else '' for b in bits]
                      for label, s in summary.items()])
+    if all(v['distinct'] is not None for s in summary.values() for v in s['bits'].values()):
+        lines += ['', '**Distinct codes** (share of different codes among the first 1,000 queries; 1 when every '
+                  'query has its own code, the number of classes / 1,000 when the codes collapse onto one per '
+                  'class)', '']
+        lines += _table(['model'] + [f'{b} bits' for b in bits],
+                        [[label] + [_pm(s['bits'][b]['distinct']) if b in s['bits'] else '' for b in bits]
+                         for label, s in summary.items()])
     enc = result.get('encoding') or {}
     enc_head = f'encode ms/image ({enc.get("runtime", "eager")}, batch 1, {enc.get("img_size", 224)}x' \
                f'{enc.get("img_size", 224)})'

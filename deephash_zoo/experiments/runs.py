@@ -48,7 +48,8 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
     report = _evaluate(run_dir, data, budget, seed)
     row = dict(
         model=model, data=data, seed=seed,
-        results={b: dict(map=r['map'], p_at_n=r['p_at_n'], precision_radius2=r['precision_radius2'])
+        results={b: dict(map=r['map'], p_at_n=r['p_at_n'], precision_radius2=r['precision_radius2'],
+                         distinct_codes=(r.get('distinct_codes') or {}).get('fraction'))
                  for b, r in report['results'].items()},
         epoch_seconds=statistics.median(e['seconds'] for e in epochs),
         train_seconds=sum(e['seconds'] for e in epochs),
