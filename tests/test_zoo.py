@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -151,8 +152,8 @@ def test_rows_of_an_earlier_build_are_carried_over_and_marked(tmp_path):
                                                          precision_radius2=0.3, random_map=0.1, distinct_codes=0.9)})
     stages = [dict(stage=s, cpu_seconds=60.0, wall_seconds=60.0, cpu='Some CPU')
               for s in ('pretrain:alexnet', 'train:dath_n_16', 'eval:dath_n_16', 'train:dath_s_16')]
-    earlier = dict(schema_version=SCHEMA_VERSION, plan=dict(name='tiny'), models=[row, dict(row, model='dath_s_16')],
-                   stages=stages)
+    earlier = dict(schema_version=SCHEMA_VERSION, plan=json.loads(json.dumps(asdict(plan))),  # as published
+                   models=[row, dict(row, model='dath_s_16')], stages=stages)
     result = zoo_result(plan, tmp_path, ('dath_n_16', 'dmlh_cnnf_multi'), earlier=earlier)
     assert [(m['model'], m.get('carried_over')) for m in result['models']] == [('dath_n_16', True)]
     assert sorted(s['stage'] for s in result['stages']) == ['eval:dath_n_16', 'pretrain:alexnet', 'train:dath_n_16']
@@ -162,3 +163,9 @@ def test_rows_of_an_earlier_build_are_carried_over_and_marked(tmp_path):
     assert 'Carried over from the earlier published build' in table and '`dath_n_16`' in table.split('Carried')[1]
     with pytest.raises(ValueError, match="not of plan 'tiny'"):
         zoo_result(plan, tmp_path, ('dath_n_16',), earlier=dict(earlier, plan=dict(name='fmnist')))
+    # rows built under other settings of the plan (a shorter pretraining) are carried and named as such
+    shorter = dict(asdict(plan), pretrain_epochs=0, description='an older plan')
+    table = render_zoo_markdown(zoo_result(plan, tmp_path, ('dath_n_16',), earlier=dict(earlier, plan=shorter)),
+                                'x.json', 'cmd')
+    assert 'with other plan settings, not rebuilt yet (an older plan): `dath_n_16`.' in table
+    assert 'Carried over from the earlier published build' not in table

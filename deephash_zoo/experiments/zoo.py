@@ -240,7 +240,10 @@ def _carry_over(plan: ZooPlan, earlier: Dict[str, Any], models: Tuple[str, ...],
     if earlier.get('schema_version') != SCHEMA_VERSION or (earlier.get('plan') or {}).get('name') != plan.name:
         raise ValueError(f'the earlier zoo JSON is not of plan {plan.name!r} and schema {SCHEMA_VERSION}')
     have = {row['model'] for row in rows}
-    kept = [dict(row, carried_over=True) for row in earlier.get('models', [])
+    # rows the earlier build made under other settings of the plan (e.g. a shorter pretraining) say so
+    same = earlier['plan'] == json.loads(json.dumps(asdict(plan)))  # as the JSON holds it: lists, not tuples
+    other = {} if same else dict(other_plan=earlier['plan'].get('description', '?'))
+    kept = [dict(row, carried_over=True, **other) for row in earlier.get('models', [])
             if row['model'] in models and row['model'] not in have]
     wanted = {name for row in kept
               for name in (f"pretrain:{trunk_of(row['model'])}", f"train:{row['model']}", f"eval:{row['model']}")}
@@ -282,10 +285,17 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
                       "same sets. *tie-aware*: mAP@all averaged over every order of the items a Hamming distance ties "
                       "(He et al., \"Hashing as Tie-Aware Learning to Rank\"; '-': not measured by that build). "
                       "*distinct codes*: share of different codes among the first 1,000 queries."]
-    carried = [row['model'] for row in result['models'] if row.get('carried_over')]
+    carried = [row['model'] for row in result['models'] if row.get('carried_over') and not row.get('other_plan')]
     if carried:
         lines += ['', f"Carried over from the earlier published build (stages and metrics as recorded then; this "
                       f"build did not retrain them): {', '.join(f'`{m}`' for m in carried)}."]
+    older = {}
+    for row in result['models']:
+        if row.get('other_plan'):
+            older.setdefault(row['other_plan'], []).append(row['model'])
+    for description, names in older.items():
+        lines += ['', f"Carried over from an earlier published build with other plan settings, not rebuilt yet "
+                      f"({description}): {', '.join(f'`{m}`' for m in names)}."]
     notes = [f"- `{rec['stage']}`: {rec['note']}" for rec in result['stages'] if rec.get('note')]
     if notes:
         lines += ['', 'Notes on how stages ran:', *notes]
