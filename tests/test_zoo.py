@@ -120,6 +120,7 @@ def test_a_stage_built_with_other_settings_is_built_again(tmp_path, monkeypatch,
     (tmp_path / 'dath_n_16' / 'last').mkdir(exist_ok=True)  # a stale resumable state must not be resumed
     (tmp_path / 'dath_n_16' / 'last' / 'state.json').write_text('{}')
     monkeypatch.setitem(zoo.PLANS, 'tiny', replace(zoo.PLANS['tiny'], seed=1))
+    assert zoo_result(get_plan('tiny'), tmp_path, ('dath_n_16',))['models'] == []  # not what the plan builds now
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert 'pretrain:alexnet: done before with other settings, run again' in out
@@ -127,6 +128,9 @@ def test_a_stage_built_with_other_settings_is_built_again(tmp_path, monkeypatch,
     assert 'eval:dath_n_16: done before on other weights, run again' in out
     again = [json.loads(line) for line in (tmp_path / 'stages.jsonl').read_text().splitlines()][-3:]
     assert [rec['settings'].get('seed') for rec in again] == [1, 1, None] and not again[1]['resumed']
+    result = zoo_result(get_plan('tiny'), tmp_path, ('dath_n_16',))
+    assert [m['model'] for m in result['models']] == ['dath_n_16']
+    assert [rec['settings'].get('seed') for rec in result['stages']] == [1, 1, None]  # the eval's has no seed
 
 
 def test_bad_requests_are_one_line(tmp_path):
@@ -168,4 +172,7 @@ def test_rows_of_an_earlier_build_are_carried_over_and_marked(tmp_path):
     table = render_zoo_markdown(zoo_result(plan, tmp_path, ('dath_n_16',), earlier=dict(earlier, plan=shorter)),
                                 'x.json', 'cmd')
     assert 'with other plan settings, not rebuilt yet (an older plan): `dath_n_16`.' in table
+    names = {rec['stage'] for rec in zoo_result(plan, tmp_path, ('dath_n_16',),
+                                                 earlier=dict(earlier, plan=shorter))['stages']}
+    assert names == {f'{stage} (earlier plan)' for stage in ('pretrain:alexnet', 'train:dath_n_16', 'eval:dath_n_16')}
     assert 'Carried over from the earlier published build' not in table

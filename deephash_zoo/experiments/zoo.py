@@ -163,6 +163,31 @@ def _eval_stage(plan: ZooPlan, run_dir: Path, device: str, progress: bool) -> Ca
     return run
 
 
+def _pretrain_settings(plan: ZooPlan) -> Dict[str, Any]:
+    """What a pretraining stage's trunk depends on (recorded with it; another value builds it again)."""
+    return dict(epochs=plan.pretrain_epochs, data=plan.data, img_size=plan.img_size, subset=plan.subset,
+                seed=plan.seed)
+
+
+def _train_settings(plan: ZooPlan, model: str, trunk_sha256: Optional[str]) -> Dict[str, Any]:
+    """What a hashing stage's checkpoint depends on, the trunk it starts from included."""
+    return dict(_pretrain_settings(plan), epochs=plan.hash_epochs[family_of(model)], init_sha256=trunk_sha256)
+
+
+def _built_under(plan: ZooPlan, work: Path, stages: Dict[str, Dict[str, Any]], model: str,
+                 trunk_sha: Callable[[str], Optional[str]]) -> bool:
+    """Whether the model's recorded stages are what ``plan`` builds now: the trunk it was trained from is the
+    current trunk, pretrained and trained with the plan's settings. Records without settings (older builds)
+    count as current, as when they were made."""
+    arch = trunk_of(model)
+    pre, train_rec = stages.get(f'pretrain:{arch}'), stages.get(f'train:{model}')
+    if pre is None or train_rec is None:
+        return False
+    if 'settings' in pre and pre['settings'] != _pretrain_settings(plan):
+        return False
+    return 'settings' not in train_rec or train_rec['settings'] == _train_settings(plan, model, trunk_sha(arch))
+
+
 def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = None, device: str = 'auto',
               say: Callable[[str], None] = print, progress: bool = True) -> Dict[str, Any]:
     """Run every stage the models need that is not done yet; returns :func:`zoo_result`."""
@@ -177,17 +202,16 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
     for model in models:  # a trunk is pretrained just before the first model that needs it
         arch = trunk_of(model)
         pre = work / f'pretrain-{arch}'
-        data_settings = dict(data=plan.data, img_size=plan.img_size, subset=plan.subset, seed=plan.seed)
         if arch not in trunks:
             stages.run(f'pretrain:{arch}', pre / TRUNK_FILE, _train_stage(TrainConfig(
                 model=arch, stage='pretrain', out=str(pre), epochs=plan.pretrain_epochs, **common)),
-                settings=dict(epochs=plan.pretrain_epochs, **data_settings))
+                settings=_pretrain_settings(plan))
             trunks[arch] = pre / TRUNK_FILE
         run_dir = work / model
-        epochs = plan.hash_epochs[family_of(model)]
         stages.run(f'train:{model}', run_dir / 'checkpoint', _train_stage(TrainConfig(
-            model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]), epochs=epochs, **common)),
-            settings=dict(epochs=epochs, init_sha256=weights_sha256(trunks[arch]), **data_settings))
+            model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]),
+            epochs=plan.hash_epochs[family_of(model)], **common)),
+            settings=_train_settings(plan, model, weights_sha256(trunks[arch])))
         refresh_checkpoint(run_dir / 'checkpoint', plan.img_size, say)
         weights = weights_sha256(run_dir / 'checkpoint' / 'model.safetensors')
         stages.run(f'eval:{model}', run_dir / 'eval' / 'metrics.json', _eval_stage(plan, run_dir, device, progress),
@@ -207,13 +231,20 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
     from deephash_zoo.utils import read_json
 
     stages = _read_stages(work / 'stages.jsonl')
+    shas: Dict[str, Optional[str]] = {}
+
+    def trunk_sha(arch: str) -> Optional[str]:
+        if arch not in shas:
+            trunk = work / f'pretrain-{arch}' / TRUNK_FILE
+            shas[arch] = weights_sha256(trunk) if trunk.is_file() else None
+        return shas[arch]
+
     rows = []
-    for model in models:
-        if f'eval:{model}' not in stages:
+    for model in models:  # rows built under other settings of the plan are left to the earlier build's JSON
+        if f'eval:{model}' not in stages or not _built_under(plan, work, stages, model, trunk_sha):
             continue
         report = read_json(work / model / 'eval' / 'metrics.json', 'run the build first')
-        arch = trunk_of(model)
-        own = {'pretrain': f'pretrain:{arch}', 'train': f'train:{model}', 'eval': f'eval:{model}'}
+        own = _stage_names(model)
         rows.append(dict(
             model=model, checkpoint=str(work / model / 'checkpoint'), weights_sha256=report['weights_sha256'],
             protocol=report['protocol'], img_size=report['img_size'],
@@ -224,8 +255,11 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
                      for b, r in report['results'].items()},
             cpu_seconds={s: stages[name]['cpu_seconds'] for s, name in own.items()},
             wall_seconds={s: stages[name]['wall_seconds'] for s, name in own.items()},
-            pretrain_shared_by=sum(1 for m in models if trunk_of(m) == arch),
         ))
+    for row in rows:  # the cost of a trunk is shared by the rows built on it
+        row['pretrain_shared_by'] = sum(1 for r in rows if trunk_of(r['model']) == trunk_of(row['model']))
+    behind = {name for row in rows for name in _stage_names(row['model']).values()}
+    stages = {name: rec for name, rec in stages.items() if name in behind}  # the stages behind the rows shown
     if earlier is not None:
         rows, stages = _carry_over(plan, earlier, models, rows, stages)
     return dict(schema_version=SCHEMA_VERSION, plan=asdict(plan), recipe='scratch', machine=machine_info(),
@@ -234,23 +268,37 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
                 total_wall_seconds=sum(rec['wall_seconds'] for rec in stages.values()))
 
 
+EARLIER_PLAN = ' (earlier plan)'  # suffix of a stage record kept for rows built under other plan settings
+
+
+def _stage_names(model: str) -> Dict[str, str]:
+    return {'pretrain': f'pretrain:{trunk_of(model)}', 'train': f'train:{model}', 'eval': f'eval:{model}'}
+
+
 def _carry_over(plan: ZooPlan, earlier: Dict[str, Any], models: Tuple[str, ...], rows: List[Dict[str, Any]],
                 stages: Dict[str, Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
-    """``rows`` and ``stages`` with the earlier build's rows of ``models`` that this build has not evaluated."""
+    """``rows`` and ``stages`` with the earlier build's rows of ``models`` that this build has not evaluated.
+
+    Rows the earlier build made under other settings of the plan (e.g. a shorter pretraining) say so
+    (``other_plan``: that plan's description), and their stage records are kept beside this build's records of
+    the same name (suffixed :data:`EARLIER_PLAN`): their trunk was another one."""
     if earlier.get('schema_version') != SCHEMA_VERSION or (earlier.get('plan') or {}).get('name') != plan.name:
         raise ValueError(f'the earlier zoo JSON is not of plan {plan.name!r} and schema {SCHEMA_VERSION}')
     have = {row['model'] for row in rows}
-    # rows the earlier build made under other settings of the plan (e.g. a shorter pretraining) say so
     same = earlier['plan'] == json.loads(json.dumps(asdict(plan)))  # as the JSON holds it: lists, not tuples
     other = {} if same else dict(other_plan=earlier['plan'].get('description', '?'))
-    kept = [dict(row, carried_over=True, **other) for row in earlier.get('models', [])
-            if row['model'] in models and row['model'] not in have]
-    wanted = {name for row in kept
-              for name in (f"pretrain:{trunk_of(row['model'])}", f"train:{row['model']}", f"eval:{row['model']}")}
+    kept = [dict(row, carried_over=True, **({} if row.get('other_plan') else other))
+            for row in earlier.get('models', []) if row['model'] in models and row['model'] not in have]
+    wanted = {False: set(), True: set()}  # stage names of the kept rows, by "built under other plan settings"
+    for row in kept:
+        wanted[bool(row.get('other_plan'))].update(_stage_names(row['model']).values())
     stages = dict(stages)
     for rec in earlier.get('stages', []):
-        if rec['stage'] in wanted and rec['stage'] not in stages:
-            stages[rec['stage']] = dict(rec, carried_over=True)
+        base = rec['stage'].removesuffix(EARLIER_PLAN)
+        if base in wanted[True]:
+            stages.setdefault(base + EARLIER_PLAN, dict(rec, stage=base + EARLIER_PLAN, carried_over=True))
+        elif base == rec['stage'] and base in wanted[False] and base not in stages:
+            stages[base] = dict(rec, carried_over=True)
     order = {m: i for i, m in enumerate(models)}
     return sorted(rows + kept, key=lambda row: order[row['model']]), stages
 
