@@ -75,7 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for row in result['models']:
             repo_id = f"deephash-zoo/{row['model']}.{tag}"
             if row.get('carried_over'):
-                print(f"kept {args.cards / (repo_id.split('/')[-1] + '.md')} (built earlier; not in {work})")
+                print(f"kept {args.cards / (repo_id.split('/')[-1] + '.md')} (its row is carried over from the "
+                      f"published table: not built under this plan in {work})")
                 continue
             metrics = Path(row['checkpoint']).parent / 'eval' / 'metrics.json'
             card = render_card(row['checkpoint'], metrics=metrics, efficiency=args.efficiency, repo_id=repo_id)

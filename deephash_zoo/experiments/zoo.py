@@ -63,10 +63,10 @@ class ZooPlan:
 PLANS: Dict[str, ZooPlan] = {
     'fmnist': ZooPlan(
         name='fmnist',
-        description='Fashion-MNIST at 64x64 on CPU: each trunk pretrained 5 epochs on the 60,000 training images '
+        description='Fashion-MNIST at 64x64 on CPU: each trunk pretrained 10 epochs on the 60,000 training images '
                     '(cross-entropy), then each model 2 epochs of its hashing objective (recipe scratch); '
                     'evaluated with the 10,000 test images as queries against the 60,000 training images',
-        data='fashion-mnist', img_size=64, pretrain_epochs=5, hash_epochs={'dath': 2, 'admth': 2},
+        data='fashion-mnist', img_size=64, pretrain_epochs=10, hash_epochs={'dath': 2, 'admth': 2},
     ),
     'tiny': ZooPlan(
         name='tiny', description='tests only: 64 training images, 2 steps a stage, 20 queries x 60 database items',
@@ -348,7 +348,13 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
     if notes:
         lines += ['', 'Notes on how stages ran:', *notes]
     threads = sorted({str(rec.get('threads', '?')) for rec in result['stages']})
-    lines += ['', f"Total: {result['total_wall_seconds'] / 60:.1f} minutes wall, "
-                  f"{result['total_cpu_seconds'] / 60:.1f} CPU minutes (every thread of the build process, "
-                  f"{'/'.join(threads)} threads) over {len(result['stages'])} stages.", '']
+    parts = {False: [], True: []}  # stage records of this plan, and of rows built under earlier settings
+    for rec in result['stages']:
+        parts[rec['stage'].endswith(EARLIER_PLAN)].append(rec)
+    totals = [f"{sum(r['wall_seconds'] for r in recs) / 60:.1f} minutes wall, "
+              f"{sum(r['cpu_seconds'] for r in recs) / 60:.1f} CPU minutes over {len(recs)} stages{what}"
+              for recs, what in ((parts[False], ' of this plan' if parts[True] else ''),
+                                 (parts[True], ' of the rows built under earlier settings')) if recs]
+    lines += ['', f"Total: {'; '.join(totals)} (CPU: every thread of the build process, {'/'.join(threads)} "
+                  'threads).', '']
     return '\n'.join(lines)
