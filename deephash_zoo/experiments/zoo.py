@@ -174,7 +174,7 @@ def _train_settings(plan: ZooPlan, model: str, trunk_sha256: Optional[str]) -> D
     return dict(_pretrain_settings(plan), epochs=plan.hash_epochs[family_of(model)], init_sha256=trunk_sha256)
 
 
-def _built_under(plan: ZooPlan, work: Path, stages: Dict[str, Dict[str, Any]], model: str,
+def _built_under(plan: ZooPlan, stages: Dict[str, Dict[str, Any]], model: str,
                  trunk_sha: Callable[[str], Optional[str]]) -> bool:
     """Whether the model's recorded stages are what ``plan`` builds now: the trunk it was trained from is the
     current trunk, pretrained and trained with the plan's settings. Records without settings (older builds)
@@ -241,7 +241,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
 
     rows = []
     for model in models:  # rows built under other settings of the plan are left to the earlier build's JSON
-        if f'eval:{model}' not in stages or not _built_under(plan, work, stages, model, trunk_sha):
+        if f'eval:{model}' not in stages or not _built_under(plan, stages, model, trunk_sha):
             continue
         report = read_json(work / model / 'eval' / 'metrics.json', 'run the build first')
         own = _stage_names(model)
