@@ -131,7 +131,7 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
     mtime = trunk.stat().st_mtime_ns
     capsys.readouterr()
     assert main(argv[:-1] + ['0,1', '--resume']) == 0
-    assert 'pretrain alexnet: done before' in capsys.readouterr().out and trunk.stat().st_mtime_ns == mtime
+    assert 'pretrain:alexnet: done before' in capsys.readouterr().out and trunk.stat().st_mtime_ns == mtime
     again = json.loads((work / f'{key}.json').read_text())
     assert again['resumed_cells'] == 2 and len(again['cells']) == 4 and again['pretrain'] == result['pretrain']
 

@@ -109,6 +109,15 @@ def test_admth_multi_on_mosaic_learns_and_writes_a_checkpoint(tmp_path):
     assert config['training']['optimizer'] == 'sgd' and summary['replicas_identical']
 
 
+@needs_fmnist
+def test_progress_false_draws_no_bar(tmp_path, capsys):
+    """deephash-zoo build --no-progress: a long background run's log holds messages, not bar redraws."""
+    train(TrainConfig(model='dath_n_16', recipe='scratch', out=str(tmp_path / 'run'), img_size=64, subset=32,
+                      batch_size=16, epochs=1, progress=False))
+    out, err = capsys.readouterr()
+    assert 'epoch 1/1:' in out + err and 'it/s' not in out + err and 's/it' not in out + err
+
+
 def test_train_state_round_trip_without_pickle(tmp_path):
     from deephash_zoo.losses import ADMTHLoss
 

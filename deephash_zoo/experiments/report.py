@@ -188,9 +188,10 @@ def training_setup(result: Dict[str, Any]) -> List[str]:
     pretrain = result.get('pretrain') or {}
     for arch, rec in pretrain.items():
         acc = f", last-epoch training accuracy {rec['accuracy']:.3f}" if rec.get('accuracy') is not None else ''
+        pieces = f" over {rec['pieces']} pieces (stopped and continued)" if rec.get('pieces', 1) > 1 else ''
         out.append(f"Trunk: {arch} pretrained by this run, {rec['epochs']} epochs ({rec['steps']:,} steps, "
-                   f"{rec['wall_seconds'] / 60:.1f} min wall, {rec['cpu_seconds'] / 60:.1f} CPU min{acc}), shared "
-                   'by every cell.')
+                   f"{rec['wall_seconds'] / 60:.1f} min wall, {rec['cpu_seconds'] / 60:.1f} CPU min{pieces}{acc}), "
+                   'shared by every cell.')
     if not pretrain and result.get('init'):
         out.append(f"Every cell starts from `{result['init']}` (`--init`).")
     return out

@@ -29,6 +29,7 @@ from deephash_zoo.utils import cpu_model, load_average, read_jsonl, usable_cores
 from .budgets import Budget
 from .plan import BITS, arms_for
 from .runs import chance_level, run_cell
+from .stages import StageLog
 
 __all__ = ['SCHEMA_VERSION', 'KEEP_CHOICES', 'run_experiment', 'experiment_key', 'machine_info']
 
@@ -77,31 +78,34 @@ def pretrain_trunks(models: Sequence[str], data: str, budget: Budget, work: Path
                     device: str = 'auto', say: Callable[[str], None] = print) -> Dict[str, Dict[str, Any]]:
     """The budget's pretraining stage for every trunk ``models`` start from; ``{arch: record}``.
 
-    A record (``WORK/pretrain.jsonl``) holds the trunk file, its CPU and wall seconds, steps and the last epoch's
-    loss and accuracy. Its resumable state is deleted once the trunk is written (hundreds of MB)."""
-    path = work / 'pretrain.jsonl'
+    A record (``WORK/pretrain.jsonl``, a :class:`~deephash_zoo.experiments.stages.StageLog`) holds the trunk
+    file, its CPU and wall seconds summed over the pieces it ran in, steps and the last epoch's loss and
+    accuracy. Its resumable state is deleted once the trunk is written (hundreds of MB)."""
+    log_path = work / 'pretrain.jsonl'
     if not resume:
-        path.unlink(missing_ok=True)
-    records = {rec['arch']: rec for rec in read_jsonl(path)}
+        log_path.unlink(missing_ok=True)
+    log = StageLog(log_path, say)
+    if not resume:
+        shutil.rmtree(log.timers, ignore_errors=True)
+    settings = dict(epochs=budget.pretrain_epochs, data=data, img_size=budget.img_size,
+                    subset=budget.train_subset, batch_size=budget.batch_size, seed=seed)
+    records = {}
     for arch in dict.fromkeys(trunk_of(m) for m in models):
         folder = work / f'pretrain-{arch}'
-        if arch in records and (folder / TRUNK_FILE).is_file():
-            say(f'pretrain {arch}: done before ({records[arch]["wall_seconds"] / 60:.1f} min), kept')
-            continue
-        again = resume and (folder / 'last' / 'state.json').is_file()
-        say(f'pretrain {arch}: {budget.pretrain_epochs} epochs' + (' (continued)' if again else ''))
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        summary = train(TrainConfig(
-            model=arch, stage='pretrain', data=data, out=str(folder), epochs=budget.pretrain_epochs,
-            batch_size=budget.batch_size, img_size=budget.img_size, subset=budget.train_subset, seed=seed,
-            log_every=10_000, device=device, resume=again, overwrite=not again))
-        last = epoch_records(folder)[-1]
-        rec = dict(arch=arch, trunk=str(folder / TRUNK_FILE), epochs=budget.pretrain_epochs, steps=summary['step'],
-                   cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0,
-                   loss=float(last['loss']), accuracy=last.get('accuracy'), continued=again, cpu=cpu_model())
-        with open(path, 'a') as f:
-            f.write(json.dumps(rec) + '\n')
-        records[arch] = rec
+        if not resume:
+            shutil.rmtree(folder / 'last', ignore_errors=True)
+
+        def pretrain(arch: str = arch, folder: Path = folder) -> Dict[str, Any]:
+            again = (folder / 'last' / 'state.json').is_file()
+            summary = train(TrainConfig(
+                model=arch, stage='pretrain', data=data, out=str(folder), epochs=budget.pretrain_epochs,
+                batch_size=budget.batch_size, img_size=budget.img_size, subset=budget.train_subset, seed=seed,
+                log_every=10_000, device=device, resume=again, overwrite=not again))
+            last = epoch_records(folder)[-1]
+            return dict(arch=arch, trunk=str(folder / TRUNK_FILE), epochs=budget.pretrain_epochs,
+                        steps=summary['step'], loss=float(last['loss']), accuracy=last.get('accuracy'))
+
+        records[arch] = log.run(f'pretrain:{arch}', folder / TRUNK_FILE, pretrain, settings=settings)
         shutil.rmtree(folder / 'last', ignore_errors=True)
     return records
 

@@ -4,7 +4,8 @@ on the full protocol and render its card; resumable stage by stage.
 Each stage is recorded in ``WORK/stages.jsonl`` when it finishes, with its CPU
 time (``time.process_time``: every thread of this process) and wall time, so an interrupted build
 continues where it stopped (an interrupted training stage continues from its ``last/`` state) and the
-final table still reports what every stage cost:
+final table still reports what every stage cost, summed over the pieces an interrupted stage ran in
+(:class:`~deephash_zoo.experiments.stages.StageLog`):
 
 1. ``pretrain:ARCH``, before the first model that needs it: one trunk per architecture (AlexNet for every
    DATH model, CNN-F for ADMTH and DMLH), ``WORK/pretrain-ARCH/trunk.safetensors``: shared within a family,
@@ -17,19 +18,18 @@ A record may carry a ``note`` (how a stage ran when it shared the machine or was
 lists the notes under it.
 """
 import json
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import torch
 from safetensors import safe_open
 
 from deephash_zoo.hub.checkpoint import weights_sha256
 from deephash_zoo.training.recipes import family_of, trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, train
-from deephash_zoo.utils import cpu_model, read_jsonl
+from deephash_zoo.utils import read_jsonl
+
+from .stages import StageLog
 
 __all__ = ['ZooPlan', 'PLANS', 'get_plan', 'build_zoo', 'zoo_result', 'render_zoo_markdown', 'trunk_of',
            'refresh_checkpoint']
@@ -84,45 +84,6 @@ def get_plan(name: str) -> ZooPlan:
 
 def _read_stages(path: Path) -> Dict[str, Dict[str, Any]]:
     return {rec['stage']: rec for rec in read_jsonl(path)}
-
-
-class _Stages:
-    """``WORK/stages.jsonl``: the stages done, and a timer that records a stage when it finishes."""
-
-    def __init__(self, work: Path, say: Callable[[str], None]) -> None:
-        self.path = work / 'stages.jsonl'
-        self.done = _read_stages(self.path)
-        self.say = say
-
-    def run(self, name: str, artifact: Path, fn: Callable[[], Dict[str, Any]],
-            still_valid: Callable[[Dict[str, Any]], bool] = lambda rec: True,
-            settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Run ``fn`` unless a record of ``name`` exists, its ``artifact`` too, and ``still_valid(record)``.
-
-        ``settings`` (what the stage's product depends on: epochs, the trunk it starts from, ...) go into the
-        record; a record made with other settings is run again from the start (its resumable ``last/`` state
-        is dropped). Records written before settings were recorded are taken as they are."""
-        settings = settings or {}
-        rec = self.done.get(name)
-        changed = rec is not None and 'settings' in rec and rec['settings'] != settings
-        if rec is not None and artifact.exists() and (changed or not still_valid(rec)):
-            self.say(f'{name}: done before with other settings, run again' if changed else
-                     f'{name}: done before on other weights, run again')
-            shutil.rmtree(artifact.parent / 'last', ignore_errors=True)
-        elif name in self.done and artifact.exists():
-            self.say(f'{name}: done before ({self.done[name]["cpu_seconds"] / 60:.1f} CPU min), skipped')
-            return self.done[name]
-        self.say(f'{name}: running')
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        info = fn()
-        rec = dict(stage=name, cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0,
-                   artifact=str(artifact), finished=time.strftime('%Y-%m-%dT%H:%M:%S%z'), cpu=cpu_model(),
-                   threads=torch.get_num_threads(), settings=settings, **info)
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(rec) + '\n')
-        self.done[name] = rec
-        self.say(f'{name}: {rec["cpu_seconds"] / 60:.1f} CPU min, {rec["wall_seconds"] / 60:.1f} min wall')
-        return rec
 
 
 def _train_stage(cfg: TrainConfig) -> Callable[[], Dict[str, Any]]:
@@ -195,9 +156,9 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
     for m in models:
         trunk_of(m)  # refuses a model outside the two families before any work
     work.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(work, say)
+    stages = StageLog(work / 'stages.jsonl', say)
     common = dict(data=plan.data, img_size=plan.img_size, subset=plan.subset, max_steps=plan.max_steps,
-                  seed=plan.seed, device=device, batch_size=plan.batch_size, log_every=50)
+                  seed=plan.seed, device=device, batch_size=plan.batch_size, log_every=50, progress=progress)
     trunks: Dict[str, Path] = {}
     for model in models:  # a trunk is pretrained just before the first model that needs it
         arch = trunk_of(model)
@@ -303,6 +264,14 @@ def _carry_over(plan: ZooPlan, earlier: Dict[str, Any], models: Tuple[str, ...],
     return sorted(rows + kept, key=lambda row: order[row['model']]), stages
 
 
+def _stage_notes(rec: Dict[str, Any]) -> List[str]:
+    """What the table says under it about how a stage ran: its note, and the pieces it was run in."""
+    notes = [rec['note']] if rec.get('note') else []
+    if rec.get('pieces', 1) > 1:
+        notes.append(f"run in {rec['pieces']} pieces (stopped and continued); its times are their sum")
+    return notes
+
+
 def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) -> str:
     """The zoo table: one row per model and code length, with the random-codes level and each stage's cost."""
     plan, machine = result['plan'], result['machine']
@@ -344,7 +313,7 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
     for description, names in older.items():
         lines += ['', f"Carried over from an earlier published build with other plan settings, not rebuilt yet "
                       f"({description}): {', '.join(f'`{m}`' for m in names)}."]
-    notes = [f"- `{rec['stage']}`: {rec['note']}" for rec in result['stages'] if rec.get('note')]
+    notes = [f"- `{rec['stage']}`: " + '; '.join(_stage_notes(rec)) for rec in result['stages'] if _stage_notes(rec)]
     if notes:
         lines += ['', 'Notes on how stages ran:', *notes]
     threads = sorted({str(rec.get('threads', '?')) for rec in result['stages']})

@@ -90,6 +90,7 @@ class TrainConfig:
     device: str = 'auto'
     loss_args: Dict[str, float] = field(default_factory=dict)
     save_state: bool = True  # False: no resumable last/ (for callers that never resume, e.g. experiments)
+    progress: bool = True  # False: no progress bar (logs of long background runs)
 
 
 def family_defaults(model_name: str, recipe: str = 'paper') -> Dict[str, Any]:
@@ -528,7 +529,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         train_module.train()
         sums: Dict[str, float] = {}
         seen, t0, t_first, seen_first = 0, time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=rank != 0, leave=False)
+        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=rank != 0 or not cfg.progress, leave=False)
         for images, labels in bar:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
