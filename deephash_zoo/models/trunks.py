@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .attention import create_attention
+from .lrn import LocalResponseNorm
 
 __all__ = ['ConvTrunk', 'MIN_INPUT_SIZE', 'TRUNK_CHANNELS']
 
@@ -39,7 +40,7 @@ def _alexnet_layers(in_chans: int, dd: Dict) -> Tuple[List[nn.Module], Tuple[int
 def _cnnf_layers(in_chans: int, dd: Dict) -> Tuple[List[nn.Module], Tuple[int, int]]:
     # MatConvNet's norm [5 1 2e-5 0.75] is kappa + alpha * sum; torch's LRN divides alpha by size.
     def lrn() -> nn.Module:
-        return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
 
     layers = [
         nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=0, **dd), nn.ReLU(inplace=True), lrn(),
