@@ -109,3 +109,49 @@ def test_an_unreadable_timer_is_a_one_line_error(tmp_path):
     (log.timers / 'train-a.json').write_text('{"cpu_seconds": 1')
     with pytest.raises(ValueError, match=r'train-a\.json: unreadable stage timer .*delete it'):
         log.run('train:a', tmp_path / 'a' / 'product', _product(tmp_path / 'a' / 'product'))
+
+
+def test_each_tick_samples_the_load_and_a_busy_machine_is_noted(tmp_path, monkeypatch):
+    monkeypatch.setattr('os.getloadavg', lambda: (5.0, 5.0, 5.0))
+    log = StageLog(tmp_path / 'stages.jsonl', lambda s: None, tick=0.02)
+    artifact = tmp_path / 'a' / 'product'
+
+    def slow():
+        time.sleep(0.2)
+        return _product(artifact)()
+
+    rec = log.run('train:a', artifact, slow)
+    assert rec['load_mean'] == 5.0 and rec['cores'] >= 1
+    assert any('ran beside other work (1-minute load 5.0' in n for n in _stage_notes(dict(rec, cores=2)))
+    assert not any('beside other work' in n for n in _stage_notes(dict(rec, load_mean=2.3, cores=2)))
+
+
+def test_a_note_is_added_to_the_last_record_of_a_stage(tmp_path):
+    log = StageLog(tmp_path / 'stages.jsonl', lambda s: None)
+    artifact = tmp_path / 'a' / 'product'
+    log.run('train:a', artifact, _product(artifact), settings=dict(epochs=1))
+    log.run('train:a', artifact, _product(artifact), settings=dict(epochs=2))  # built again: two records
+    log.note('train:a', 'paused 5 min')
+    log.note('train:a', 'tests ran beside it')
+    lines = [json.loads(line) for line in (tmp_path / 'stages.jsonl').read_text().splitlines()]
+    assert 'note' not in lines[0] and lines[1]['note'] == 'paused 5 min; tests ran beside it'
+    assert StageLog(tmp_path / 'stages.jsonl').done['train:a']['note'] == lines[1]['note']
+    with pytest.raises(ValueError, match=r"no finished stage 'eval:a' \(finished: train:a\)"):
+        log.note('eval:a', 'x')
+
+
+def test_cli_note_is_one_line_on_bad_requests(tmp_path, capsys):
+    from deephash_zoo.cli._common import UserError
+    from deephash_zoo.cli.zoo import main
+
+    log = StageLog(tmp_path / 'stages.jsonl', lambda s: None)
+    artifact = tmp_path / 'a' / 'product'
+    log.run('train:a', artifact, _product(artifact))
+    assert main(['note', '--plan', 'tiny', '--work', str(tmp_path), '--stage', 'train:a', '--text', 'shared']) == 0
+    assert 'note is now: shared' in capsys.readouterr().out
+    with pytest.raises(UserError, match='needs --stage NAME and --text'):
+        main(['note', '--plan', 'tiny', '--work', str(tmp_path), '--stage', 'train:a'])
+    with pytest.raises(UserError, match="no finished stage 'train:b'"):
+        main(['note', '--plan', 'tiny', '--work', str(tmp_path), '--stage', 'train:b', '--text', 'x'])
+    with pytest.raises(UserError, match='no stage log'):
+        main(['note', '--plan', 'tiny', '--work', str(tmp_path / 'none'), '--stage', 'train:a', '--text', 'x'])

@@ -3,7 +3,8 @@ model with the ``scratch`` recipe, evaluate it on the full protocol, and (``--pu
 ``hub_cards/results/`` and README.md and each model's card into ``hub_cards/``.
 
 Resumable stage by stage: run the same command again after an interruption. Each stage prints its CPU and
-wall time as it finishes.
+wall time as it finishes. ``deephash-zoo note --stage NAME --text TEXT`` adds a note to a finished stage's
+record (how it ran); the table lists the notes under it.
 """
 import argparse
 import shlex
@@ -20,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     from deephash_zoo.experiments.zoo import HEADLINE, PLANS
 
     p = argparse.ArgumentParser(prog='deephash-zoo', description=(__doc__ or '').split('\n\n')[0])
-    p.add_argument('action', choices=('build',), help='build: run the stages not done yet, then the table')
+    p.add_argument('action', choices=('build', 'note'),
+                   help='build: run the stages not done yet, then the table; note: add --text to the record of '
+                        '--stage')
     p.add_argument('--plan', choices=sorted(PLANS), default='fmnist',
                    help='fmnist: the published build (default); tiny: tests only')
     p.add_argument('--models', default=None,
@@ -34,7 +37,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--efficiency', type=Path, default=Path('export/efficiency.json'),
                    help="efficiency JSON for the cards' speed table")
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.add_argument('--stage', help='note: the finished stage, e.g. train:dath_alexnet_32')
+    p.add_argument('--text', help='note: what to say about how it ran')
     return p
+
+
+def _note(work: Path, stage: Optional[str], text: Optional[str]) -> int:
+    from deephash_zoo.experiments.stages import StageLog
+
+    if not stage or text is None:
+        raise UserError('note needs --stage NAME and --text TEXT')
+    path = work / 'stages.jsonl'
+    if not path.is_file():
+        raise UserError(f'{path}: no stage log; run deephash-zoo build first')
+    try:
+        rec = StageLog(path, print).note(stage, text)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    print(f"{path}: {stage}: note is now: {rec['note']}")
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -46,6 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     plan = get_plan(args.plan)
     key = f'zoo-{plan.name}'
     work = args.work or Path('runs') / key
+    if args.action == 'note':
+        return _note(work, args.stage, args.text)
     models = tuple(m.strip() for m in args.models.split(',') if m.strip()) if args.models else plan.models
     if args.publish:
         if not plan.publishable:

@@ -7,8 +7,13 @@ wall time it took. Because a stopped process cannot write its record, a running 
 far in ``TIMERS/NAME.json``, rewritten every ``tick`` seconds; the piece that continues it adds that time, so
 the record reports every piece (the work an interruption lost included, less at most one tick) and how many
 pieces there were, not only the last one.
+
+Each tick also samples the machine's 1-minute load average: a stage that ran beside other work (tests, a
+second training) took longer than it would alone, and its record says so (``load_mean`` against ``cores``).
+:meth:`StageLog.note` adds a free-text note to a finished stage's record.
 """
 import json
+import os
 import shutil
 import threading
 import time
@@ -17,7 +22,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from deephash_zoo.utils import cpu_model, read_jsonl, write_atomic
+from deephash_zoo.utils import cpu_model, read_jsonl, usable_cores, write_atomic
 
 __all__ = ['StageLog', 'TIMER_TICK_SECONDS']
 
@@ -32,13 +37,22 @@ class _Timer:
         earlier = _read_timer(path)
         self.cpu_before, self.wall_before = earlier['cpu_seconds'], earlier['wall_seconds']
         self.pieces = earlier['pieces'] + 1
+        self.load_sum, self.load_ticks = earlier['load_sum'], earlier['load_ticks']
         self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f'stage-timer:{path.stem}', daemon=True)
 
     def totals(self) -> Dict[str, Any]:
         return dict(cpu_seconds=self.cpu_before + time.process_time() - self._cpu0,
-                    wall_seconds=self.wall_before + time.perf_counter() - self._wall0, pieces=self.pieces)
+                    wall_seconds=self.wall_before + time.perf_counter() - self._wall0, pieces=self.pieces,
+                    load_sum=self.load_sum, load_ticks=self.load_ticks)
+
+    def sample_load(self) -> None:
+        try:
+            self.load_sum += os.getloadavg()[0]
+            self.load_ticks += 1
+        except OSError:  # no load average on this system
+            pass
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +60,7 @@ class _Timer:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.tick):
+            self.sample_load()
             self.save()
 
     def __enter__(self) -> '_Timer':
@@ -64,9 +79,10 @@ def _read_timer(path: Path) -> Dict[str, Any]:
     try:
         data = json.loads(path.read_text())
         return dict(cpu_seconds=float(data['cpu_seconds']), wall_seconds=float(data['wall_seconds']),
-                    pieces=int(data['pieces']))
+                    pieces=int(data['pieces']), load_sum=float(data.get('load_sum', 0.0)),
+                    load_ticks=int(data.get('load_ticks', 0)))
     except FileNotFoundError:
-        return dict(cpu_seconds=0.0, wall_seconds=0.0, pieces=0)
+        return dict(cpu_seconds=0.0, wall_seconds=0.0, pieces=0, load_sum=0.0, load_ticks=0)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f'{path}: unreadable stage timer ({err}); delete it to count this stage from now') from err
 
@@ -115,7 +131,9 @@ class StageLog:
             spent = timer.totals()
         rec = dict(stage=name, cpu_seconds=spent['cpu_seconds'], wall_seconds=spent['wall_seconds'],
                    artifact=str(artifact), finished=time.strftime('%Y-%m-%dT%H:%M:%S%z'), cpu=cpu_model(),
-                   threads=torch.get_num_threads(), settings=settings, **info)
+                   threads=torch.get_num_threads(), cores=usable_cores(), settings=settings, **info)
+        if spent['load_ticks']:
+            rec['load_mean'] = round(spent['load_sum'] / spent['load_ticks'], 2)
         if spent['pieces'] > 1:
             rec['pieces'] = spent['pieces']
         with open(self.path, 'a') as f:
@@ -124,4 +142,20 @@ class StageLog:
         self.done[name] = rec
         pieces = f' in {spent["pieces"]} pieces' if spent['pieces'] > 1 else ''
         self.say(f'{name}: {rec["cpu_seconds"] / 60:.1f} CPU min, {rec["wall_seconds"] / 60:.1f} min wall{pieces}')
+        return rec
+
+    def note(self, name: str, text: str) -> Dict[str, Any]:
+        """Add ``text`` to the note of the finished stage ``name`` (how it ran: paused, shared the machine, ...);
+        the log is rewritten whole, through a temporary file."""
+        if name not in self.done:
+            known = ', '.join(self.done) or 'none yet'
+            raise ValueError(f'{self.path}: no finished stage {name!r} (finished: {known})')
+        if not text.strip():
+            raise ValueError('the note is empty')
+        rec = self.done[name]
+        rec['note'] = f"{rec['note']}; {text.strip()}" if rec.get('note') else text.strip()
+        records = read_jsonl(self.path)
+        last = max(i for i, r in enumerate(records) if r['stage'] == name)  # the record ``done`` holds
+        records[last] = rec
+        write_atomic(self.path, ''.join(json.dumps(r) + '\n' for r in records).encode())
         return rec

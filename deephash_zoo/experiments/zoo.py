@@ -267,6 +267,10 @@ def _carry_over(plan: ZooPlan, earlier: Dict[str, Any], models: Tuple[str, ...],
 def _stage_notes(rec: Dict[str, Any]) -> List[str]:
     """What the table says under it about how a stage ran: its note, and the pieces it was run in."""
     notes = [rec['note']] if rec.get('note') else []
+    cores = rec.get('cores') or rec.get('threads')
+    if rec.get('load_mean') is not None and cores and rec['load_mean'] > cores + 0.5:
+        notes.append(f"ran beside other work (1-minute load {rec['load_mean']:.1f} on average on {cores} cores), "
+                     'so it took longer than it would alone')
     if rec.get('pieces', 1) > 1:
         notes.append(f"run in {rec['pieces']} pieces (stopped and continued); its times are their sum")
     return notes
