@@ -73,3 +73,10 @@ def test_cnnf_graph_export_is_torchs(tmp_path):
             setattr(model.get_submodule(parent), child, nn.LocalResponseNorm(module.size, module.alpha,
                                                                              module.beta, module.k))
     assert ours == _op_types(model, tmp_path / 'torch.onnx')
+
+
+def test_meta_tensors_in_bfloat16_keep_their_dtype():
+    """timm's suite builds models on the meta device and runs them in bfloat16 (autocast knows no 'meta')."""
+    ours, _ = _pair(5, 0.75)
+    y = ours(torch.empty(1, 8, 3, 3, device='meta', dtype=torch.bfloat16))
+    assert y.device.type == 'meta' and y.dtype == torch.bfloat16

@@ -87,7 +87,10 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
     @torch.jit.unused
     def _autocasting(self, x: torch.Tensor) -> bool:
-        return torch.is_autocast_enabled(x.device.type)
+        try:
+            return torch.is_autocast_enabled(x.device.type)
+        except RuntimeError:  # a device type autocast does not know ('meta'): nothing is autocast there
+            return False
 
     @torch.jit.unused
     def _exporting(self) -> bool:
