@@ -176,3 +176,87 @@ def test_rows_of_an_earlier_build_are_carried_over_and_marked(tmp_path):
                                                  earlier=dict(earlier, plan=shorter))['stages']}
     assert names == {f'{stage} (earlier plan)' for stage in ('pretrain:alexnet', 'train:dath_n_16', 'eval:dath_n_16')}
     assert 'Carried over from the earlier published build' not in table
+
+
+def _work_with_a_cnnf_row(work, plan):
+    """A work folder holding this build's own pretrain:cnnf (a tiny trunk file) and an evaluated dmlh row."""
+    from safetensors.torch import save_file
+
+    from deephash_zoo.experiments.zoo import _pretrain_settings, _train_settings
+    from deephash_zoo.hub.checkpoint import weights_sha256
+
+    trunk = work / 'pretrain-cnnf' / 'trunk.safetensors'
+    trunk.parent.mkdir(parents=True)
+    save_file({'w': torch.ones(3)}, str(trunk))
+    sha = weights_sha256(trunk)
+    records = [dict(stage='pretrain:cnnf', cpu_seconds=600.0, wall_seconds=300.0, cpu='Some CPU',
+                    settings=_pretrain_settings(plan)),
+               dict(stage='train:dmlh_cnnf_multi', cpu_seconds=120.0, wall_seconds=60.0, cpu='Some CPU',
+                    settings=_train_settings(plan, 'dmlh_cnnf_multi', sha)),
+               dict(stage='eval:dmlh_cnnf_multi', cpu_seconds=30.0, wall_seconds=15.0, cpu='Some CPU', settings={})]
+    (work / 'stages.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+    result = dict(map=0.6, map_at_1000=0.6, map_tie_aware=0.6, p_at_n={'100': 0.5}, precision_radius2=0.4,
+                  random_codes=dict(map=0.1), distinct_codes=dict(fraction=0.2))
+    report = dict(weights_sha256='1' * 64, protocol=dict(num_queries=20, num_database=60), img_size=64,
+                  results={'16': result})
+    (work / 'dmlh_cnnf_multi' / 'eval').mkdir(parents=True)
+    (work / 'dmlh_cnnf_multi' / 'eval' / 'metrics.json').write_text(json.dumps(report))
+    return sha
+
+
+def test_a_carried_row_is_tied_to_the_trunk_it_was_trained_from(tmp_path):
+    """A build that pretrains a trunk again (its work folder lost the earlier one) and carries a row of the
+    same architecture: the same trunk bit for bit is shared and costs once; another trunk keeps the carried
+    row's own pretraining in the table, said to be another trunk, and survives being carried again."""
+    from deephash_zoo.experiments.zoo import SCHEMA_VERSION
+
+    plan = get_plan('tiny')
+    sha = _work_with_a_cnnf_row(tmp_path / 'work', plan)
+    cost = dict(pretrain=900.0, train=240.0, eval=60.0)
+    row = dict(model='admth_cnnf_multi', checkpoint='gone', weights_sha256='0' * 64,
+               protocol=dict(num_queries=20, num_database=60), img_size=64, cpu_seconds=cost, wall_seconds=cost,
+               pretrain_shared_by=1, results={'16': dict(map=0.7, map_at_1000=0.7, p_at_100=0.6,
+                                                         precision_radius2=0.5, random_map=0.1, distinct_codes=0.1)})
+
+    def earlier_with(trunk_sha):
+        stages = [dict(stage='pretrain:cnnf', cpu_seconds=900.0, wall_seconds=900.0, cpu='Some CPU',
+                       note='shared the cores'),
+                  dict(stage='train:admth_cnnf_multi', cpu_seconds=240.0, wall_seconds=240.0, cpu='Some CPU',
+                       settings=dict(init_sha256=trunk_sha)),
+                  dict(stage='eval:admth_cnnf_multi', cpu_seconds=60.0, wall_seconds=60.0, cpu='Some CPU')]
+        return dict(schema_version=SCHEMA_VERSION, plan=json.loads(json.dumps(asdict(plan))), models=[row],
+                    stages=stages)
+
+    models = ('admth_cnnf_multi', 'dmlh_cnnf_multi')
+    same = zoo_result(plan, tmp_path / 'work', models, earlier=earlier_with(sha))
+    assert [(m['model'], m['pretrain_shared_by']) for m in same['models']] == [('admth_cnnf_multi', 2),
+                                                                             ('dmlh_cnnf_multi', 2)]
+    assert same['models'][0]['cpu_seconds']['pretrain'] == 600.0  # this build's pretraining, counted once
+    assert sorted(s['stage'] for s in same['stages']) == [
+        'eval:admth_cnnf_multi', 'eval:dmlh_cnnf_multi', 'pretrain:cnnf', 'train:admth_cnnf_multi',
+        'train:dmlh_cnnf_multi']
+    assert same['total_cpu_seconds'] == 600.0 + 240 + 60 + 120 + 30
+    table = render_zoo_markdown(same, 'x.json', 'cmd')
+    assert 'ran again in this build and made, bit for bit, the trunk `admth_cnnf_multi` was trained from' in table
+    assert '| 5.0 (10.0) / 4.0 (4.0) / 1.0 (1.0) (trunk shared by 2) |' in table
+
+    other = zoo_result(plan, tmp_path / 'work', models, earlier=earlier_with('f' * 64))
+    assert [m['pretrain_shared_by'] for m in other['models']] == [1, 1]
+    assert other['models'][0]['cpu_seconds']['pretrain'] == 900.0
+    assert 'pretrain:cnnf (earlier run)' in {s['stage'] for s in other['stages']}
+    assert other['total_cpu_seconds'] == 600.0 + 900 + 240 + 60 + 120 + 30
+    table = render_zoo_markdown(other, 'x.json', 'cmd')
+    assert ('`admth_cnnf_multi` was trained from another `cnnf` trunk than the other `cnnf` rows' in table
+            and f'(trunk sha256 ffffffffffff, the other rows\' {sha[:12]})' in table)
+    assert '- `pretrain:cnnf (earlier run)`: shared the cores' in table
+    assert '| 15.0 (15.0) / 4.0 (4.0) / 1.0 (1.0) (trunk shared by 1) |' in table
+
+    # the published result carried again by a build that has nothing of its own keeps both trunks apart
+    again = zoo_result(plan, tmp_path / 'empty', models, earlier=json.loads(json.dumps(other)))
+    assert [m['pretrain_shared_by'] for m in again['models']] == [1, 1]
+    assert again['total_cpu_seconds'] == other['total_cpu_seconds']
+    assert render_zoo_markdown(again, 'x.json', 'cmd').count('another `cnnf` trunk') == 1
+    # and the same-trunk case carried again no longer claims a pretraining "in this build"
+    again = zoo_result(plan, tmp_path / 'empty', models, earlier=json.loads(json.dumps(same)))
+    assert [m['pretrain_shared_by'] for m in again['models']] == [2, 2]
+    assert 'ran again in this build' not in render_zoo_markdown(again, 'x.json', 'cmd')

@@ -223,6 +223,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
     stages = {name: rec for name, rec in stages.items() if name in behind}  # the stages behind the rows shown
     if earlier is not None:
         rows, stages = _carry_over(plan, earlier, models, rows, stages)
+        _match_trunks(rows, stages, {r['stage']: r for r in earlier.get('stages', [])}, trunk_sha)
     return dict(schema_version=SCHEMA_VERSION, plan=asdict(plan), recipe='scratch', machine=machine_info(),
                 stages=list(stages.values()), models=rows,
                 total_cpu_seconds=sum(rec['cpu_seconds'] for rec in stages.values()),
@@ -230,6 +231,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
 
 
 EARLIER_PLAN = ' (earlier plan)'  # suffix of a stage record kept for rows built under other plan settings
+EARLIER_RUN = ' (earlier run)'  # suffix of a carried row's own pretraining when this build made another trunk
 
 
 def _stage_names(model: str) -> Dict[str, str]:
@@ -248,7 +250,8 @@ def _carry_over(plan: ZooPlan, earlier: Dict[str, Any], models: Tuple[str, ...],
     have = {row['model'] for row in rows}
     same = earlier['plan'] == json.loads(json.dumps(asdict(plan)))  # as the JSON holds it: lists, not tuples
     other = {} if same else dict(other_plan=earlier['plan'].get('description', '?'))
-    kept = [dict(row, carried_over=True, **({} if row.get('other_plan') else other))
+    kept = [dict({k: v for k, v in row.items() if k != 'trunk_rebuilt'}, carried_over=True,
+                 **({} if row.get('other_plan') else other))
             for row in earlier.get('models', []) if row['model'] in models and row['model'] not in have]
     wanted = {False: set(), True: set()}  # stage names of the kept rows, by "built under other plan settings"
     for row in kept:
@@ -260,8 +263,68 @@ def _carry_over(plan: ZooPlan, earlier: Dict[str, Any], models: Tuple[str, ...],
             stages.setdefault(base + EARLIER_PLAN, dict(rec, stage=base + EARLIER_PLAN, carried_over=True))
         elif base == rec['stage'] and base in wanted[False] and base not in stages:
             stages[base] = dict(rec, carried_over=True)
+        elif base.endswith(EARLIER_RUN):  # the own pretraining of a kept row trained from another trunk
+            for row in kept:
+                if row.get('other_trunk') and f"pretrain:{trunk_of(row['model'])}{EARLIER_RUN}" == base:
+                    name = base + (EARLIER_PLAN if row.get('other_plan') else '')
+                    stages.setdefault(name, dict(rec, stage=name, carried_over=True))
     order = {m: i for i, m in enumerate(models)}
     return sorted(rows + kept, key=lambda row: order[row['model']]), stages
+
+
+def _match_trunks(rows: List[Dict[str, Any]], stages: Dict[str, Dict[str, Any]],
+                  earlier_stages: Dict[str, Dict[str, Any]], trunk_sha: Callable[[str], Optional[str]]) -> None:
+    """Tie each carried row of this plan to the trunk it was trained from, where this build pretrained the same
+    architecture again (e.g. in a new session whose work folder lost the earlier one).
+
+    The same trunk bit for bit (its train record's ``init_sha256``): the row shares this build's pretraining,
+    which costs once. Another trunk (or one not recorded): the row's own pretraining stays in the table as
+    ``pretrain:ARCH (earlier run)`` and the row says so (``other_trunk``), so that rows which look alike are not
+    read as built on one trunk. Changes ``rows`` and ``stages`` in place."""
+    variant: Dict[str, Tuple[str, str]] = {}  # model -> (architecture, which trunk)
+    for row in rows:
+        arch = trunk_of(row['model'])
+        pre = f'pretrain:{arch}'
+        variant[row['model']] = (arch, 'this build')
+        if not row.get('carried_over') or row.get('other_plan'):
+            continue
+        if pre not in stages or stages[pre].get('carried_over'):  # nothing pretrained again here
+            variant[row['model']] = (arch, 'earlier run' if row.get('other_trunk') else 'earlier build')
+            continue
+        theirs = ((earlier_stages.get(f"train:{row['model']}") or {}).get('settings') or {}).get('init_sha256')
+        if theirs is not None and theirs == trunk_sha(arch):
+            row['trunk_rebuilt'] = True
+            for kind in ('cpu_seconds', 'wall_seconds'):
+                row[kind] = dict(row[kind], pretrain=stages[pre][kind])
+            continue
+        variant[row['model']] = (arch, 'earlier run')
+        row['other_trunk'] = dict(theirs=theirs, this_build=trunk_sha(arch))
+        if pre in earlier_stages:
+            stages.setdefault(pre + EARLIER_RUN, dict(earlier_stages[pre], stage=pre + EARLIER_RUN, carried_over=True))
+            for kind in ('cpu_seconds', 'wall_seconds'):
+                row[kind] = dict(row[kind], pretrain=earlier_stages[pre][kind])
+    for row in rows:
+        if not row.get('other_plan'):
+            row['pretrain_shared_by'] = sum(1 for v in variant.values() if v == variant[row['model']])
+
+
+def _trunk_lines(rows: List[Dict[str, Any]]) -> List[str]:
+    """What the table says under it about carried rows whose trunk this build pretrained again."""
+    lines = []
+    for row in rows:
+        arch = trunk_of(row['model'])
+        if row.get('trunk_rebuilt'):
+            lines.append(f"`pretrain:{arch}` ran again in this build and made, bit for bit, the trunk "
+                         f"`{row['model']}` was trained from (same sha256), so that row counts this build's "
+                         'pretraining.')
+        elif row.get('other_trunk'):
+            theirs, ours = row['other_trunk']['theirs'], row['other_trunk']['this_build']
+            lines.append(f"`{row['model']}` was trained from another `{arch}` trunk than the other `{arch}` rows: "
+                         f"an earlier run of `pretrain:{arch}` with the same settings, listed as "
+                         f"`pretrain:{arch}{EARLIER_RUN}` (trunk sha256 {(theirs or 'not recorded')[:12]}, the "
+                         f"other rows' {(ours or '?')[:12]}); the two runs' trunks differ, so these rows do not "
+                         'share one.')
+    return lines
 
 
 def _stage_notes(rec: Dict[str, Any]) -> List[str]:
@@ -317,6 +380,9 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
     for description, names in older.items():
         lines += ['', f"Carried over from an earlier published build with other plan settings, not rebuilt yet "
                       f"({description}): {', '.join(f'`{m}`' for m in names)}."]
+    trunks = _trunk_lines(result['models'])
+    if trunks:
+        lines += ['', *trunks]
     notes = [f"- `{rec['stage']}`: " + '; '.join(_stage_notes(rec)) for rec in result['stages'] if _stage_notes(rec)]
     if notes:
         lines += ['', 'Notes on how stages ran:', *notes]
