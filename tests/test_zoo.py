@@ -251,6 +251,11 @@ def test_a_carried_row_is_tied_to_the_trunk_it_was_trained_from(tmp_path):
     assert '- `pretrain:cnnf (earlier run)`: shared the cores' in table
     assert '| 15.0 (15.0) / 4.0 (4.0) / 1.0 (1.0) (trunk shared by 1) |' in table
 
+    # rendered again from the same work folder with that result as the published one: nothing moves
+    rerendered = zoo_result(plan, tmp_path / 'work', models, earlier=json.loads(json.dumps(other)))
+    assert [m['cpu_seconds'] for m in rerendered['models']] == [m['cpu_seconds'] for m in other['models']]
+    assert rerendered['total_cpu_seconds'] == other['total_cpu_seconds']
+    assert render_zoo_markdown(rerendered, 'x.json', 'cmd') == render_zoo_markdown(other, 'x.json', 'cmd')
     # the published result carried again by a build that has nothing of its own keeps both trunks apart
     again = zoo_result(plan, tmp_path / 'empty', models, earlier=json.loads(json.dumps(other)))
     assert [m['pretrain_shared_by'] for m in again['models']] == [1, 1]

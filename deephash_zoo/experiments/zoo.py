@@ -294,18 +294,25 @@ def _match_trunks(rows: List[Dict[str, Any]], stages: Dict[str, Dict[str, Any]],
         theirs = ((earlier_stages.get(f"train:{row['model']}") or {}).get('settings') or {}).get('init_sha256')
         if theirs is not None and theirs == trunk_sha(arch):
             row['trunk_rebuilt'] = True
-            for kind in ('cpu_seconds', 'wall_seconds'):
-                row[kind] = dict(row[kind], pretrain=stages[pre][kind])
+            _cost_pretrain_from(row, stages[pre])
             continue
         variant[row['model']] = (arch, 'earlier run')
+        # its own pretraining: already set apart when the earlier JSON was rendered this way, else under its name
+        own = earlier_stages.get(pre + EARLIER_RUN) if row.get('other_trunk') else None
+        own = own or earlier_stages.get(pre)
         row['other_trunk'] = dict(theirs=theirs, this_build=trunk_sha(arch))
-        if pre in earlier_stages:
-            stages.setdefault(pre + EARLIER_RUN, dict(earlier_stages[pre], stage=pre + EARLIER_RUN, carried_over=True))
-            for kind in ('cpu_seconds', 'wall_seconds'):
-                row[kind] = dict(row[kind], pretrain=earlier_stages[pre][kind])
+        if own is not None:
+            stages.setdefault(pre + EARLIER_RUN, dict(own, stage=pre + EARLIER_RUN, carried_over=True))
+            _cost_pretrain_from(row, own)
     for row in rows:
         if not row.get('other_plan'):
             row['pretrain_shared_by'] = sum(1 for v in variant.values() if v == variant[row['model']])
+
+
+def _cost_pretrain_from(row: Dict[str, Any], rec: Dict[str, Any]) -> None:
+    """The row's pretraining cost is that of the stage record ``rec`` (the run that made its trunk)."""
+    for kind in ('cpu_seconds', 'wall_seconds'):
+        row[kind] = dict(row[kind], pretrain=rec[kind])
 
 
 def _trunk_lines(rows: List[Dict[str, Any]]) -> List[str]:
