@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from deephash_zoo.losses import (
     ADMTHLoss,
+    BranchLabelLoss,
     ClassificationLoss,
     ConsistencyLoss,
     DATHLoss,
@@ -377,6 +378,41 @@ def test_single_length_has_zero_consistency() -> None:
     assert out['loss'].item() == pytest.approx(20.0 * out['pairwise'].item(), rel=1e-6)
     out['loss'].backward()
     assert torch.isfinite(codes.grad).all()
+
+
+@pytest.mark.parametrize('kind', LABEL_KINDS)
+@pytest.mark.parametrize('reduction', ['mean', 'scaled-sum', 'sum'])
+def test_admth_label_term_adds_a_classifier_per_branch(kind: str, reduction: str) -> None:
+    """label_weight * sum_k J2(W_k h_k + c_k): DATH's classification loss on each branch's codes."""
+    bits, batch = (4, 6), 7
+    labels = make_labels(kind, batch, 3, seed=31)
+    branches = [make_codes(batch, b, seed=30 + b) for b in bits]
+    plain = ADMTHLoss(bits, reduction=reduction).double()
+    with_label = ADMTHLoss(bits, label_weight=0.5, num_labels=3, reduction=reduction).double()
+    with_label.consistency.load_state_dict(plain.consistency.state_dict())
+    codes = torch.cat(branches, dim=1)
+    base, out = plain(codes, labels), with_label(codes, labels)
+    assert 'label' not in base and set(out) == {'loss', 'pairwise', 'consistency', 'label'}
+    per_item = 1 if reduction == 'sum' else batch  # ref_classification averages over the batch
+    expected = sum(ref_classification(fc(h).detach(), labels, 'bce') * batch / per_item
+                   for fc, h in zip(with_label.label.classifiers, branches, strict=True))
+    assert out['label'].item() == pytest.approx(expected, **TOL)
+    assert out['loss'].item() == pytest.approx(base['loss'].item() + 0.5 * expected, **TOL)
+
+
+def test_admth_label_term_is_off_in_the_papers_form_and_trains_its_classifiers() -> None:
+    assert ADMTHLoss(num_labels=10).label is None  # label_weight 0: no classifier, the paper's objective
+    loss_fn = ADMTHLoss(bits=(16, 32), label_weight=1.0, num_labels=3)
+    assert [tuple(fc.weight.shape) for fc in loss_fn.label.classifiers] == [(3, 16), (3, 32)]
+    codes = torch.tanh(torch.randn(4, 48, generator=torch.Generator().manual_seed(32))).requires_grad_(True)
+    loss_fn(codes, torch.tensor([0, 1, 0, 2]))['loss'].backward()
+    assert all(fc.weight.grad.abs().sum() > 0 for fc in loss_fn.label.classifiers)
+    with pytest.raises(ValueError, match='needs num_labels'):
+        ADMTHLoss(label_weight=1.0)
+    with pytest.raises(ValueError, match='label_weight must be >= 0'):
+        ADMTHLoss(label_weight=-1.0, num_labels=3)
+    with pytest.raises(ValueError, match='at least 2 labels'):
+        BranchLabelLoss((16,), num_labels=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -119,6 +119,33 @@ def test_trunk_of_another_architecture_is_refused():
         expand_trunk_state(trunk, 'cnnf', timm.create_model('dath_alexnet_16'))
 
 
+def test_label_weight_is_an_admth_hashing_setting():
+    """The label term is off in the papers' recipe, set per run, and refused where it means nothing."""
+    assert get_recipe('paper', 'admth_cnnf_multi').label_weight == 0
+    settings = resolve_settings(TrainConfig(model='dmlh_cnnf_multi', recipe='scratch', label_weight=2.0))
+    assert settings['label_weight'] == 2
+    with pytest.raises(ValueError, match="DATH's label term is its own J2"):
+        resolve_settings(TrainConfig(model='dath_alexnet_32', recipe='scratch', label_weight=1.0))
+    with pytest.raises(ValueError, match='pretraining stage is a classifier already'):
+        resolve_settings(TrainConfig(model='cnnf', stage='pretrain', label_weight=1.0))
+    with pytest.raises(ValueError, match='label_weight must be >= 0'):
+        resolve_settings(TrainConfig(model='admth_cnnf_multi', label_weight=-1.0))
+
+
+@needs_fmnist
+def test_a_run_with_the_label_term_records_it_and_its_card_names_it(tmp_path):
+    from deephash_zoo.hub.card import render_card
+
+    run = tmp_path / 'admth'
+    train(TrainConfig(model='admth_cnnf_16', recipe='scratch', data='fashion-mnist', img_size=64, subset=32,
+                      batch_size=16, max_steps=2, log_every=1, label_weight=0.5, out=str(run)))
+    steps = [r for r in map(json.loads, (run / 'train_log.jsonl').read_text().splitlines()) if r['event'] == 'step']
+    assert steps and all(r['label'] > 0 for r in steps), steps
+    assert json.loads((run / 'checkpoint' / 'config.json').read_text())['training']['label_weight'] == 0.5
+    card = str(render_card(run / 'checkpoint'))
+    assert "Not the paper's objective" in card and 'cross-entropy with weight 0.5' in card
+
+
 def _epoch_means(run) -> list:
     lines = (run / 'train_log.jsonl').read_text().splitlines()
     return [r for r in map(json.loads, lines) if r['event'] == 'epoch']

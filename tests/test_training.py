@@ -107,6 +107,7 @@ def test_admth_multi_on_mosaic_learns_and_writes_a_checkpoint(tmp_path):
     config = json.loads((tmp_path / 'run' / 'checkpoint' / 'config.json').read_text())
     assert config['architecture'] == 'admth_cnnf_16' and config['dataset'] == 'mosaic'
     assert config['training']['optimizer'] == 'sgd' and summary['replicas_identical']
+    assert config['training']['label_weight'] == 0 and 'label' not in epochs[0]  # the paper's objective
 
 
 @needs_fmnist

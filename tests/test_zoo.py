@@ -265,3 +265,27 @@ def test_a_carried_row_is_tied_to_the_trunk_it_was_trained_from(tmp_path):
     again = zoo_result(plan, tmp_path / 'empty', models, earlier=json.loads(json.dumps(same)))
     assert [m['pretrain_shared_by'] for m in again['models']] == [2, 2]
     assert 'ran again in this build' not in render_zoo_markdown(again, 'x.json', 'cmd')
+
+
+def test_a_row_trained_with_the_label_term_says_so(tmp_path, monkeypatch):
+    """Were the scratch recipe to take ADMTH's label term (not the paper's), the row records its weight and the
+    table names the rows that used it; a hashing stage recorded without it is not what the plan builds then."""
+    from dataclasses import replace
+
+    from deephash_zoo.training.recipes import RECIPES
+
+    plan, weight = get_plan('tiny'), 5.0
+    _work_with_a_cnnf_row(tmp_path / 'plain', plan)
+    plain = zoo_result(plan, tmp_path / 'plain', ('dmlh_cnnf_multi',))
+    assert [m['label_weight'] for m in plain['models']] == [0.0]
+    assert 'label term' not in render_zoo_markdown(plain, 'x.json', 'cmd')
+
+    monkeypatch.setitem(RECIPES['scratch'], 'admth', replace(RECIPES['scratch']['admth'], label_weight=weight))
+    assert zoo_result(plan, tmp_path / 'plain', ('dmlh_cnnf_multi',))['models'] == []  # trained without it
+    _work_with_a_cnnf_row(tmp_path, plan)
+    result = zoo_result(plan, tmp_path, ('dmlh_cnnf_multi',))
+    assert [m['label_weight'] for m in result['models']] == [weight]
+    table = render_zoo_markdown(result, 'x.json', 'cmd')
+    assert (f"label classifier on each code length's codes, cross-entropy with weight {weight:g}" in table
+            and table.rstrip().count('`dmlh_cnnf_multi`.') == 1)
+

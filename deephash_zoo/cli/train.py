@@ -17,7 +17,8 @@ def _recipe_lines() -> str:
             extra = ''.join([f', warm-up {r.warmup_steps} steps' if r.warmup_steps else '',
                              f', gamma ramp {r.gamma_ramp_steps} steps' if r.gamma_ramp_steps else '',
                              ', flips' if r.flip else '', ', Nesterov' if r.nesterov else '',
-                             ', centred hash biases' if r.center_hash else ''])
+                             ', centred hash biases' if r.center_hash else '',
+                             f', label term x{r.label_weight:g} (not the paper\'s)' if r.label_weight else ''])
             decay = f' (x{r.lr_decay} every {r.lr_step_epochs} epochs)' if r.lr_schedule == 'step' else ''
             lines.append(f'  {name:8s} {family:6s} {r.optimizer} lr {r.lr:g}{decay}, {r.lr_schedule} schedule, '
                          f'wd {r.weight_decay:g}, batch {r.batch_size}, {r.img_size}x{r.img_size}, '
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="DATH: raise gamma (J3's weight) linearly from 0 over N steps (0: none)")
     p.add_argument('--center-hash', action=argparse.BooleanOptionalAction, default=None,
                    help="start the hash layers' biases centred on the features of one training batch")
+    p.add_argument('--label-weight', type=float, default=None,
+                   help="ADMTH family: add a label classifier on each branch's codes with this weight (not in the "
+                        "paper; 0: off, the paper's objective; recorded in config.json and named in the card)")
     p.add_argument('--img-size', type=int, default=None,
                    help="input size (default: the recipe's: paper 224, scratch 64; >= 63)")
     p.add_argument('--subset', type=int, default=None, help='train on this many items (seeded choice)')
@@ -109,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         num_workers=args.workers, init=args.init, resume=args.resume, overwrite=args.overwrite,
         log_every=args.log_every,
         amp=not args.no_amp, device=args.device, loss_args=loss_args, loss_reduction=args.loss_reduction,
-        gamma_ramp_steps=args.gamma_ramp_steps, center_hash=args.center_hash, **schedule_settings(args),
+        gamma_ramp_steps=args.gamma_ramp_steps, center_hash=args.center_hash, label_weight=args.label_weight,
+        **schedule_settings(args),
     )
     summary = train(cfg)
     if summary.get('replicas_identical') is False:

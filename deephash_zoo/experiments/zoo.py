@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from safetensors import safe_open
 
 from deephash_zoo.hub.checkpoint import weights_sha256
-from deephash_zoo.training.recipes import family_of, trunk_of
+from deephash_zoo.training.recipes import family_of, get_recipe, trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, train
 from deephash_zoo.utils import read_jsonl
 
@@ -131,8 +131,13 @@ def _pretrain_settings(plan: ZooPlan) -> Dict[str, Any]:
 
 
 def _train_settings(plan: ZooPlan, model: str, trunk_sha256: Optional[str]) -> Dict[str, Any]:
-    """What a hashing stage's checkpoint depends on, the trunk it starts from included."""
-    return dict(_pretrain_settings(plan), epochs=plan.hash_epochs[family_of(model)], init_sha256=trunk_sha256)
+    """What a hashing stage's checkpoint depends on, the trunk it starts from included, and the recipe's
+    label term where it has one (so a checkpoint trained without it is trained again)."""
+    settings = dict(_pretrain_settings(plan), epochs=plan.hash_epochs[family_of(model)], init_sha256=trunk_sha256)
+    label_weight = get_recipe('scratch', model).label_weight
+    if label_weight:
+        settings['label_weight'] = label_weight
+    return settings
 
 
 def _built_under(plan: ZooPlan, stages: Dict[str, Dict[str, Any]], model: str,
@@ -216,6 +221,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
                      for b, r in report['results'].items()},
             cpu_seconds={s: stages[name]['cpu_seconds'] for s, name in own.items()},
             wall_seconds={s: stages[name]['wall_seconds'] for s, name in own.items()},
+            label_weight=(stages[own['train']].get('settings') or {}).get('label_weight', 0.0),
         ))
     for row in rows:  # the cost of a trunk is shared by the rows built on it
         row['pretrain_shared_by'] = sum(1 for r in rows if trunk_of(r['model']) == trunk_of(row['model']))
@@ -387,6 +393,15 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
     for description, names in older.items():
         lines += ['', f"Carried over from an earlier published build with other plan settings, not rebuilt yet "
                       f"({description}): {', '.join(f'`{m}`' for m in names)}."]
+    labelled: Dict[float, List[str]] = {}
+    for row in result['models']:
+        if row.get('label_weight'):
+            labelled.setdefault(row['label_weight'], []).append(row['model'])
+    for weight, names in labelled.items():
+        lines += ['', f"Trained with the `scratch` recipe's label term, which the ADMTH paper does not have: a label "
+                      f"classifier on each code length's codes, cross-entropy with weight {weight:g} beside the "
+                      f"paper's pairwise and consistency terms (`deephash-train --label-weight`; training only, the "
+                      f"checkpoints keep the paper's architecture): {', '.join(f'`{m}`' for m in names)}."]
     trunks = _trunk_lines(result['models'])
     if trunks:
         lines += ['', *trunks]

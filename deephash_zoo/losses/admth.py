@@ -1,7 +1,8 @@
 """ADMTH's objective (Eqs. 5-9 of the ADMTH paper): alpha * pairwise likelihood per branch + beta * consistency.
 
 The pairwise term is DPSH's negative log likelihood of the label similarities; the consistency term
-ties the codes of adjacent-length branches together through learned linear maps Q_k.
+ties the codes of adjacent-length branches together through learned linear maps Q_k. An optional label
+term (``label_weight``, off in the paper's form) is not the paper's: see :class:`BranchLabelLoss`.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dath import ClassificationLoss
 from .similarity import OBJECTIVE_REDUCTIONS, Reduction, check_batch, check_codes, check_reduction, label_similarity
 
-__all__ = ['PairwiseLikelihoodLoss', 'ConsistencyLoss', 'ADMTHLoss']
+__all__ = ['PairwiseLikelihoodLoss', 'ConsistencyLoss', 'BranchLabelLoss', 'ADMTHLoss']
 
 
 class PairwiseLikelihoodLoss(nn.Module):
@@ -85,6 +87,38 @@ class ConsistencyLoss(nn.Module):
         return f'bits={self.bits}, reduction={self.reduction!r}'
 
 
+class BranchLabelLoss(nn.Module):
+    """A label classifier on each branch's codes (not in the ADMTH paper; DATH's J2, Eqs. 5-7 of DATH).
+
+    Why: the pairwise likelihood only asks that codes of one class agree more than codes of two; a
+    linear classifier on the codes also asks that each class sit on its own side of a hyperplane,
+    which is what lifts DATH's codes above its trunk's features. The classifiers (``Linear(L_k, C)``,
+    one per code length) are parameters of this module, not of the model: the checkpoint keeps the
+    paper's architecture, and only the trainer sees them. Summed over branches; over the batch,
+    ``reduction`` as :class:`~deephash_zoo.losses.dath.ClassificationLoss` (softmax cross-entropy for
+    class indices, binary cross-entropy summed over labels for multi-hot labels).
+    """
+
+    def __init__(self, bits: Sequence[int], num_labels: int, reduction: Reduction = 'mean') -> None:
+        super().__init__()
+        if int(num_labels) < 2:
+            raise ValueError(f'the label term needs at least 2 labels, got num_labels={num_labels}')
+        self.bits = _check_bits(bits)
+        self.num_labels = int(num_labels)
+        self.classifiers = nn.ModuleList(nn.Linear(width, self.num_labels) for width in self.bits)
+        self.classification = ClassificationLoss(reduction=reduction)
+
+    def forward(self, codes: Sequence[Tensor], labels: Tensor) -> Tensor:
+        """``codes``: one (B, L_k) tensor per code length, in the order of ``bits``."""
+        if len(codes) != len(self.bits):
+            raise ValueError(f'expected {len(self.bits)} code tensors (bits={self.bits}), got {len(codes)}')
+        return sum((self.classification(fc(h), labels) for fc, h in zip(self.classifiers, codes, strict=True)),
+                   codes[0].new_zeros(()))
+
+    def extra_repr(self) -> str:
+        return f'bits={self.bits}, num_labels={self.num_labels}'
+
+
 class ADMTHLoss(nn.Module):
     """ADMTH's total loss, Eq. 9: alpha * sum_k PLoss(H_k) + beta * CLoss (paper: alpha = 20, beta = 1).
 
@@ -101,18 +135,30 @@ class ADMTHLoss(nn.Module):
     against the pairwise term than the paper does (127x at B = 128). ``'scaled-sum'`` is the paper's sum
     divided by the B (B - 1) pairs: the paper's weights at a per-pair scale (alpha * pairwise_mean + beta *
     consistency_mean / (B - 1)); its logged terms are the per-pair and per-item means.
+
+    ``label_weight`` > 0 adds ``label_weight * BranchLabelLoss`` (per-item mean under ``'mean'`` and
+    ``'scaled-sum'``, summed under ``'sum'``; logged as ``'label'``), which needs ``num_labels``. It is not
+    in the paper: 0, the default, is the paper's objective.
     """
 
     def __init__(self, bits: Sequence[int] = (16, 32, 48, 64), alpha: float = 20.0, beta: float = 1.0,
-                 reduction: Reduction = 'mean') -> None:
+                 label_weight: float = 0.0, num_labels: int | None = None, reduction: Reduction = 'mean') -> None:
         super().__init__()
         self.bits = _check_bits(bits)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.label_weight = float(label_weight)
+        if not self.label_weight >= 0:
+            raise ValueError(f'label_weight must be >= 0 (0: the paper\'s objective), got {label_weight}')
         self.reduction = check_reduction(reduction, OBJECTIVE_REDUCTIONS)
         terms = 'mean' if reduction == 'scaled-sum' else reduction  # scaled-sum reweights the means in forward
         self.pairwise = PairwiseLikelihoodLoss(terms)
         self.consistency = ConsistencyLoss(self.bits, terms)
+        self.label: BranchLabelLoss | None = None
+        if self.label_weight > 0:
+            if num_labels is None:
+                raise ValueError('label_weight > 0 needs num_labels (the classes of the label classifiers)')
+            self.label = BranchLabelLoss(self.bits, num_labels, terms)
 
     def forward(self, codes: Tensor, labels: Tensor) -> dict[str, Tensor]:
         check_codes(codes)
@@ -127,14 +173,19 @@ class ADMTHLoss(nn.Module):
         consistency = self.consistency(branches)
         # scaled-sum: (alpha sum_pairs + beta sum_items) / (B (B - 1)), from the means
         items_per_pair = 1.0 / max(codes.shape[0] - 1, 1) if self.reduction == 'scaled-sum' else 1.0
-        return {
+        terms = {
             'loss': self.alpha * pairwise + items_per_pair * self.beta * consistency,
             'pairwise': pairwise,
             'consistency': consistency,
         }
+        if self.label is not None:
+            terms['label'] = self.label(branches, labels)
+            terms['loss'] = terms['loss'] + self.label_weight * terms['label']
+        return terms
 
     def extra_repr(self) -> str:
-        return f'bits={self.bits}, alpha={self.alpha}, beta={self.beta}, reduction={self.reduction!r}'
+        label = f', label_weight={self.label_weight}' if self.label is not None else ''
+        return f'bits={self.bits}, alpha={self.alpha}, beta={self.beta}{label}, reduction={self.reduction!r}'
 
 
 def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:

@@ -24,7 +24,9 @@ setting a checkpoint was trained with, and every checkpoint's ``config.json`` re
   the codes before J1 has spread them; 64x64 input (what 2 CPU cores train in minutes, and what the zoo's
   weights are registered at); the hash layers' biases start centred on the features of one
   training batch (``center_hash``), so every bit starts by splitting the images instead of giving
-  most of them the same sign. No change to the papers' architectures.
+  most of them the same sign. No change to the papers' architectures or objectives: ADMTH's label term
+  (``label_weight``, :class:`~deephash_zoo.losses.admth.BranchLabelLoss`, not in the paper) is off here;
+  ``--label-weight`` turns it on.
 
 A recipe never overrides what the command line sets.
 """
@@ -54,6 +56,7 @@ class Recipe:
     center_hash: bool = False  # data-dependent start: hash-layer biases centred on a batch's features
     grad_clip: float = 0.0  # clip the gradient's global L2 norm to this (0: never)
     img_size: Optional[int] = None  # training input size (None: the model's registered pretrained_cfg)
+    label_weight: float = 0.0  # ADMTH: weight of a label classifier on each branch's codes (not the paper's; 0: off)
 
     def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

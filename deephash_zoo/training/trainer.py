@@ -78,6 +78,7 @@ class TrainConfig:
     center_hash: Optional[bool] = None
     grad_clip: Optional[float] = None
     img_size: Optional[int] = None
+    label_weight: Optional[float] = None
     subset: Optional[int] = None
     max_steps: Optional[int] = None
     seed: int = 0
@@ -111,6 +112,12 @@ def resolve_settings(cfg: TrainConfig) -> Dict[str, Any]:
             settings[key] = getattr(cfg, key)
     if settings['lr_schedule'] not in ('constant', 'step', 'cosine'):
         raise ValueError(f"lr_schedule must be 'constant', 'step' or 'cosine', got {settings['lr_schedule']!r}")
+    if not settings['label_weight'] >= 0:
+        raise ValueError(f"label_weight must be >= 0 (0: the paper's objective), got {settings['label_weight']}")
+    if settings['label_weight'] and (cfg.stage == 'pretrain' or family_of(cfg.model) == 'dath'):
+        where = 'the pretraining stage is a classifier already' if cfg.stage == 'pretrain' else \
+            "DATH's label term is its own J2 (weighted by --loss-arg beta)"
+        raise ValueError(f'--label-weight is for the ADMTH family\'s hashing stage: {where}')
     return settings
 
 
@@ -376,7 +383,9 @@ def _check_loss_args(cfg: TrainConfig) -> None:
     if cfg.stage == 'pretrain':
         raise ValueError('--loss-arg: the pretraining stage trains with cross-entropy, which takes none')
     loss_cls = DATHLoss if family_of(cfg.model) == 'dath' else ADMTHLoss
-    accepted = sorted(set(inspect.signature(loss_cls).parameters) - {'bits', 'reduction'})
+    if 'label_weight' in cfg.loss_args:
+        raise ValueError('--loss-arg label_weight: set it with --label-weight (a recipe setting, kept in config.json)')
+    accepted = sorted(set(inspect.signature(loss_cls).parameters) - {'bits', 'num_labels', 'reduction', 'label_weight'})
     unknown = sorted(set(cfg.loss_args) - set(accepted))
     if unknown:
         raise ValueError(f'--loss-arg {unknown[0]}: {loss_cls.__name__} has no such hyper-parameter '
@@ -408,7 +417,7 @@ def _build_objective(cfg: TrainConfig, settings: Dict[str, Any], num_labels: int
     if family == 'dath':
         loss: nn.Module = DATHLoss(**loss_args)
     else:
-        loss = ADMTHLoss(bits=model.bits, **loss_args)
+        loss = ADMTHLoss(bits=model.bits, num_labels=num_labels, label_weight=settings['label_weight'], **loss_args)
     return HashObjective(model, loss, single_label=single_label)
 
 
