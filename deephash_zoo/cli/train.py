@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="start the hash layers' biases centred on the features of one training batch")
     p.add_argument('--label-weight', type=float, default=None,
                    help="ADMTH family: add a label classifier on each branch's codes with this weight (not in the "
-                        "paper; 0: off, the paper's objective; recorded in config.json and named in the card)")
+                        "paper; 0: off, the paper's objective; recorded in config.json and named in the card). "
+                        "Long runs at lr 1e-3 need --grad-clip (5 with --grad-clip 100 trained the zoo's schedule)")
     p.add_argument('--img-size', type=int, default=None,
                    help="input size (default: the recipe's: paper 224, scratch 64; >= 63)")
     p.add_argument('--subset', type=int, default=None, help='train on this many items (seeded choice)')

@@ -91,10 +91,10 @@ class BranchLabelLoss(nn.Module):
     """A label classifier on each branch's codes (not in the ADMTH paper; DATH's J2, Eqs. 5-7 of DATH).
 
     Why: the pairwise likelihood only asks that codes of one class agree more than codes of two; a
-    linear classifier on the codes also asks that each class sit on its own side of a hyperplane,
-    which is what lifts DATH's codes above its trunk's features. The classifiers (``Linear(L_k, C)``,
-    one per code length) are parameters of this module, not of the model: the checkpoint keeps the
-    paper's architecture, and only the trainer sees them. Summed over branches; over the batch,
+    linear classifier on the codes also asks that each class sit on its own side of a hyperplane, as
+    DATH's J2 does. On Fashion-MNIST its gain for ADMTH was small (README, Train). The classifiers
+    (``Linear(L_k, C)``, one per code length) are parameters of this module, not of the model: the
+    checkpoint keeps the paper's architecture, and only the trainer sees them. Summed over branches; over the batch,
     ``reduction`` as :class:`~deephash_zoo.losses.dath.ClassificationLoss` (softmax cross-entropy for
     class indices, binary cross-entropy summed over labels for multi-hot labels).
     """
