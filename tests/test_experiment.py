@@ -3,14 +3,17 @@ README block are produced and say the same numbers; resuming re-trains nothing; 
 import json
 import re
 import statistics
+from pathlib import Path
 
 import pytest
 
 from deephash_zoo.cli.experiment import main
 from deephash_zoo.experiments import BUDGETS, arms_for, get_budget, render_markdown, summarize
-from deephash_zoo.experiments.publish import markers, update_readme, write_cards
+from deephash_zoo.experiments.publish import markers, update_readme, write_cards, zoo_cards
 from deephash_zoo.experiments.report import at_chance, claims, verdict
 from tests.test_data_fashion_mnist import HAS_FMNIST
+
+REPO = Path(__file__).resolve().parents[1]
 
 needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='Fashion-MNIST not installed (apt-get install '
                                                          'dataset-fashion-mnist)')
@@ -70,6 +73,17 @@ def test_ablation_tiny_json_and_table_agree_and_resume(tmp_path, capsys):
     card = (tmp_path / 'cards' / 'dath_n_16.fmnist.md').read_text()
     cell = next(c for c in result['cells'] if c['model'] == 'dath_n_16' and c['seed'] == 0)
     assert 'model-index' in card and f"{cell['results']['16']['map']}" in card
+    # a card the zoo's published table lists is the zoo's: the experiment leaves it as it is
+    zoo_dir = tmp_path / 'zoo-cards'
+    (zoo_dir / 'results').mkdir(parents=True)
+    (zoo_dir / 'results' / 'zoo-fmnist.json').write_text(json.dumps(
+        {'plan': {'data': 'fashion-mnist'}, 'models': [{'model': 'dath_n_16'}]}))
+    (zoo_dir / 'dath_n_16.fmnist.md').write_text('the zoo card\n')
+    said = []
+    assert [p.name for p in write_cards(result, zoo_dir, say=said.append)] == ['dath_s_16.fmnist.md']
+    assert (zoo_dir / 'dath_n_16.fmnist.md').read_text() == 'the zoo card\n'
+    assert said == [f"kept {zoo_dir / 'dath_n_16.fmnist.md'}: the zoo build publishes it "
+                    f"({zoo_dir / 'results' / 'zoo-fmnist.json'})"]
 
     # resume: every cell is read back, nothing is trained again, the numbers are the same
     assert main(argv + ['--resume', '--no-encoding-time']) == 0
@@ -175,6 +189,24 @@ def test_rows_at_the_random_codes_level_are_named():
         render_markdown(result)
 
 
+def test_cards_go_where_no_zoo_card_stands_and_only_for_published_data(tmp_path):
+    """The committed zoo table owns its six headline cards; data the zoo publishes no weights for, and a model
+    on data it is not registered for, get none (the card would name weights timm could not resolve)."""
+    owned = zoo_cards(REPO / 'hub_cards')
+    assert {'dath_alexnet_32.fmnist', 'admth_cnnf_multi.fmnist', 'dmlh_cnnf_multi.fmnist'} <= set(owned)
+    assert not any(name.startswith(('dath_s_', 'dath_n_')) for name in owned)
+    said = []
+    cell = {'model': 'dath_n_16', 'checkpoint': str(tmp_path)}
+    assert write_cards({'data': 'mosaic-quadrant', 'cells': [cell]}, tmp_path / 'cards', say=said.append) == []
+    assert said and 'mosaic-quadrant' in said[0] and not (tmp_path / 'cards').exists()
+    (tmp_path / 'model.safetensors').write_bytes(b'')  # kept, but its tag is not registered: no card is rendered
+    said.clear()
+    unregistered = {'data': 'fashion-mnist', 'cells': [dict(cell, model='dmlh_cnnf_32')]}
+    assert write_cards(unregistered, tmp_path / 'cards', say=said.append) == []
+    assert said == ['no card for dmlh_cnnf_32: fmnist is not one of its published tags '
+                    '(deephash_zoo/models/published.py)']
+
+
 def test_readme_block_is_replaced_between_markers_only(tmp_path):
     readme = tmp_path / 'README.md'
     start, end = markers('ablation-fashion-mnist-cpu-small')
@@ -207,18 +239,32 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
         get_budget('huge')
 
 
-@pytest.mark.parametrize('key', ['ablation-fashion-mnist-cpu-small', 'ablation-mosaic-cpu-small',
-                                 'multitask-mosaic-cpu-small'])
+COMMITTED = sorted(p.stem for p in (REPO / 'hub_cards' / 'results').glob('*.json') if not p.stem.startswith('zoo-'))
+
+
+def test_the_committed_experiments_are_found():
+    assert {'ablation-fashion-mnist-cpu-small', 'ablation-mosaic-cpu-small', 'multitask-mosaic-cpu-small'} <= set(
+        COMMITTED)
+
+
+@pytest.mark.parametrize('key', COMMITTED)
 def test_committed_tables_are_the_render_of_the_committed_json(key):
     """README blocks and hub_cards/results/*.md are exactly what the command renders from the raw JSON."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    result = json.loads((root / 'hub_cards' / 'results' / f'{key}.json').read_text())
+    result = json.loads((REPO / 'hub_cards' / 'results' / f'{key}.json').read_text())
     markdown = render_markdown(result, json_path=f'hub_cards/results/{key}.json')
-    assert (root / 'hub_cards' / 'results' / f'{key}.md').read_text() == markdown
+    assert (REPO / 'hub_cards' / 'results' / f'{key}.md').read_text() == markdown
     start, end = markers(key)
-    readme = (root / 'README.md').read_text()
+    readme = (REPO / 'README.md').read_text()
     block = readme.split(start + '\n', 1)[1].split(end, 1)[0]
     assert block == markdown.replace('### ', '#### ', 1)
-    assert len(result['seeds']) == 3 and result['budget']['name'] == 'cpu-small'
+    assert len(result['seeds']) == 3 and key.endswith('-' + result['budget']['name'])
+
+
+def test_readme_blocks_without_results_are_empty():
+    """An experiment's README block holds its command's output or nothing (not run yet): never typed text."""
+    readme = (REPO / 'README.md').read_text()
+    keys = re.findall(r'<!-- deephash-experiment:(\S+):start -->', readme)
+    assert 'ablation-fashion-mnist-cpu-pretrained' in keys
+    for key in set(keys) - set(COMMITTED) - {'zoo-fmnist'}:
+        start, end = markers(key)
+        assert readme.split(start + '\n', 1)[1].split(end, 1)[0] == '', key

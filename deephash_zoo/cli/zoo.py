@@ -59,7 +59,7 @@ def _note(work: Path, stage: Optional[str], text: Optional[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from deephash_zoo.experiments.publish import DATA_TAGS, check_readme, update_readme, write_outputs
+    from deephash_zoo.experiments.publish import check_readme, update_readme, write_outputs
     from deephash_zoo.experiments.zoo import build_zoo, get_plan, render_zoo_markdown, zoo_result
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -92,9 +92,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"wrote {paths['json']} and {paths['markdown']}")
     if args.publish:
         from deephash_zoo.hub.card import render_card, write_card
+        from deephash_zoo.models.published import tag_for_dataset
 
         update_readme(args.readme, key, markdown.replace('### ', '#### ', 1))
-        tag = DATA_TAGS.get(plan.data, plan.data)
+        tag = tag_for_dataset(plan.data)
         for row in result['models']:
             repo_id = f"deephash-zoo/{row['model']}.{tag}"
             if row.get('carried_over'):

@@ -1,15 +1,22 @@
 """Where an experiment's results go: JSON + markdown files, the README block between generated
-markers, and one model card per kept checkpoint (rendered by :mod:`deephash_zoo.hub.card`)."""
+markers, and one model card per kept checkpoint (rendered by :mod:`deephash_zoo.hub.card`).
+
+A card names a Hub repository, ``deephash-zoo/<model>.<tag>``, so two commands may want to write the same one:
+the zoo build's card wins (its checkpoints are the headline weights, trained longer and scored on the full
+protocol), and an experiment leaves a card the zoo's published table lists as it is. A card is written only for a
+model and tag that :data:`~deephash_zoo.models.published.PUBLISHED_TAGS` registers: ``timm.list_pretrained``
+lists exactly the cards, so a card for data without a tag (``mosaic-quadrant``) or for a model published on other
+data only (``dmlh_cnnf_32``) would name weights timm cannot resolve. Publishing those is a change to that table.
+"""
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from deephash_zoo.utils import write_atomic
+from deephash_zoo.models.published import PUBLISHED_TAGS, tag_for_dataset
+from deephash_zoo.utils import read_json, write_atomic
 
-__all__ = ['write_outputs', 'check_readme', 'update_readme', 'markers', 'write_cards', 'DATA_TAGS']
-
-DATA_TAGS = {'fashion-mnist': 'fmnist', 'mosaic': 'mosaic'}  # the Hub repo suffix of a checkpoint trained on it
+__all__ = ['write_outputs', 'check_readme', 'update_readme', 'markers', 'write_cards', 'zoo_cards']
 
 
 def markers(key: str) -> tuple:
@@ -51,21 +58,45 @@ def update_readme(readme: Path, key: str, markdown: str) -> None:
     write_atomic(readme, _block(key).sub(lambda _: f'{start}\n{markdown}{end}', text, count=1).encode())
 
 
+def zoo_cards(cards_dir: Path) -> Dict[str, Path]:
+    """The cards the zoo build publishes (``<model>.<tag>``), each with the zoo results file that lists it."""
+    owned = {}
+    for path in sorted((cards_dir / 'results').glob('zoo-*.json')):
+        zoo = read_json(path, 'a zoo results file')
+        tag = tag_for_dataset(zoo['plan']['data'])
+        owned.update({f"{row['model']}.{tag}": path for row in zoo['models']} if tag else {})
+    return owned
+
+
 def write_cards(result: Dict[str, Any], cards_dir: Path, efficiency: Optional[Path] = None,
-                org: str = 'deephash-zoo') -> List[Path]:
+                org: str = 'deephash-zoo', say: Callable[[str], None] = print) -> List[Path]:
     """One card per kept checkpoint of ``result``: ``CARDS/<model>.<data tag>.md`` with its model-index
-    metrics (the checkpoint's own metrics.json, first seed) and the efficiency table when given."""
+    metrics (the checkpoint's own metrics.json, first seed) and the efficiency table when given; none for data
+    the zoo publishes no weights for, nor for a model and tag it does not register, nor where the zoo's card
+    stands (see the module docstring)."""
     from deephash_zoo.evaluation import default_out
     from deephash_zoo.hub.card import render_card, write_card
 
-    tag = DATA_TAGS.get(result['data'], result['data'].replace(':', '-'))
+    tag = tag_for_dataset(result['data'])
+    if tag is None:
+        say(f"no cards: the zoo publishes no weights trained on {result['data']} (its checkpoints stay in the "
+            'work folder)')
+        return []
+    owned = zoo_cards(cards_dir)
     written = []
     for cell in result['cells']:
         ckpt = cell.get('checkpoint')
         if not ckpt or not (Path(ckpt) / 'model.safetensors').is_file():
             continue
-        repo_id = f'{org}/{cell["model"]}.{tag}'
+        name = f'{cell["model"]}.{tag}'
+        if tag not in PUBLISHED_TAGS.get(cell['model'], ()):
+            say(f'no card for {cell["model"]}: {tag} is not one of its published tags '
+                '(deephash_zoo/models/published.py)')
+            continue
+        if name in owned:
+            say(f'kept {cards_dir / name}.md: the zoo build publishes it ({owned[name]})')
+            continue
         metrics = default_out(Path(ckpt)) / 'metrics.json'  # as run_cell wrote it
-        card = render_card(ckpt, metrics=metrics, efficiency=efficiency, repo_id=repo_id)
-        written.append(write_card(card, cards_dir / f'{repo_id.split("/")[-1]}.md'))
+        card = render_card(ckpt, metrics=metrics, efficiency=efficiency, repo_id=f'{org}/{name}')
+        written.append(write_card(card, cards_dir / f'{name}.md'))
     return written
