@@ -11,6 +11,7 @@ from deephash_zoo.cli.experiment import main
 from deephash_zoo.experiments import BUDGETS, arms_for, get_budget, render_markdown, summarize
 from deephash_zoo.experiments.publish import markers, update_readme, write_cards, zoo_cards
 from deephash_zoo.experiments.report import at_chance, claims, verdict
+from deephash_zoo.utils import file_sha256
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +149,21 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
     assert 'pretrain:alexnet: done before' in capsys.readouterr().out and trunk.stat().st_mtime_ns == mtime
     again = json.loads((work / f'{key}.json').read_text())
     assert again['resumed_cells'] == 2 and len(again['cells']) == 4 and again['pretrain'] == result['pretrain']
+    cell = again['cells'][0]
+    assert cell['settings']['init_sha256'] == file_sha256(trunk) and cell['settings']['recipe'] == 'scratch'
+
+    # a cell from other starting weights or another setting is never mixed into the table
+    cells_path = work / 'cells.jsonl'
+    rows = [json.loads(line) for line in cells_path.read_text().splitlines()]
+    for key_, value, needle in (('init_sha256', '0' * 64, 'init_sha256'), ('lr', 0.5, 'lr: 0.5 -> 0.001')):
+        changed = [dict(r, settings=dict(r['settings'], **{key_: value})) if i == 0 else r for i, r in enumerate(rows)]
+        cells_path.write_text(''.join(json.dumps(r) + '\n' for r in changed))
+        with pytest.raises(ValueError, match=f"{rows[0]['model']} seed 0 was trained with other settings .*{needle}"):
+            main(argv[:-1] + ['0,1', '--resume'])
+    old = [{k: v for k, v in r.items() if k != 'settings'} for r in rows]
+    cells_path.write_text(''.join(json.dumps(r) + '\n' for r in old))
+    with pytest.raises(ValueError, match='does not record its settings'):
+        main(argv[:-1] + ['0,1', '--resume'])
 
 
 def _fake_result(maps: dict) -> dict:

@@ -179,3 +179,75 @@ def test_scratch_recipe_lowers_j1_without_collapse(tmp_path):
     _, counts = np.unique(codes, axis=0, return_counts=True)
     assert len(counts) >= 10 and counts.max() < 0.5 * len(codes), sorted(counts)[-5:]
 
+
+
+def test_open_gate_starts_position_attention_as_a_mix_of_the_inputs_own_positions():
+    """gamma = s and the value projection at the identity: with query and key at 0 the attention is uniform, so
+    the module adds s x the mean over positions, exactly; channel attention's gamma is set likewise."""
+    from deephash_zoo.models.attention import ChannelAttention, PositionAttention, open_attention_gates
+
+    torch.manual_seed(0)
+    pam, cam = PositionAttention(16), ChannelAttention(16)
+    assert open_attention_gates(torch.nn.Sequential(pam, cam), 0.5) == 2
+    assert pam.gamma.item() == 0.5 and cam.gamma.item() == 0.5
+    with torch.no_grad():
+        for conv in (pam.query, pam.key):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    x = torch.randn(2, 16, 3, 3)
+    torch.testing.assert_close(pam(x), x + 0.5 * x.mean(dim=(2, 3), keepdim=True))
+
+
+@pytest.mark.parametrize('gate', [0.0, 1.0])
+def test_attention_projections_learn_only_through_an_open_gate(gate):
+    """The fixed point the gate breaks: at gamma = 0 the query / key / value projections get no gradient at all,
+    so a short run cannot teach them; opened, they do from the first step."""
+    from deephash_zoo.losses import DATHLoss
+    from deephash_zoo.models.attention import open_attention_gates
+
+    torch.manual_seed(0)
+    model = timm.create_model('dath_s_16', num_labels=3)
+    if gate:
+        open_attention_gates(model, gate)
+    model.train()
+    codes = model(torch.randn(6, 3, 64, 64))
+    DATHLoss()(codes, model.label_logits(codes), torch.tensor([0, 0, 1, 1, 2, 2]))['loss'].backward()
+    pam = model.streams[0].attn
+    grads = [pam.query.weight.grad, pam.key.weight.grad, pam.value.weight.grad]
+    if gate:
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    else:
+        assert all(g is None or g.abs().sum() == 0 for g in grads)
+
+
+def test_attn_gate_init_is_a_dath_hashing_setting():
+    """Off (DANet's 0) in both recipes; refused for the ADMTH family (SE has no gate) and the pretraining stage."""
+    assert all(families['dath'].attn_gate_init == 0 for families in RECIPES.values())
+    assert resolve_settings(TrainConfig(model='dath_s_32', recipe='scratch', attn_gate_init=1.0))['attn_gate_init'] == 1
+    with pytest.raises(ValueError, match='SE attention has no gate'):
+        resolve_settings(TrainConfig(model='admth_cnnf_multi', recipe='scratch', attn_gate_init=1.0))
+    with pytest.raises(ValueError, match='trains a trunk without attention'):
+        resolve_settings(TrainConfig(model='alexnet', stage='pretrain', attn_gate_init=1.0))
+    with pytest.raises(ValueError, match='finite'):
+        resolve_settings(TrainConfig(model='dath_s_32', attn_gate_init=float('nan')))
+
+
+@needs_fmnist
+def test_a_run_with_open_gates_records_them_and_its_card_names_them(tmp_path):
+    from safetensors import safe_open
+
+    from deephash_zoo.hub.card import render_card
+
+    run = tmp_path / 'dath'
+    train(TrainConfig(model='dath_c_16', recipe='scratch', data='fashion-mnist', img_size=64, subset=32,
+                      batch_size=16, max_steps=1, log_every=1, attn_gate_init=0.5, lr=0.0, out=str(run)))
+    assert json.loads((run / 'checkpoint' / 'config.json').read_text())['training']['attn_gate_init'] == 0.5
+    with safe_open(str(run / 'checkpoint' / 'model.safetensors'), 'pt') as f:
+        assert f.get_tensor('streams.0.attn.gamma').item() == 0.5  # lr 0: the start as written
+    card = str(render_card(run / 'checkpoint'))
+    assert "Not DANet's start" in card and 'residual scale (gamma) at 0.5' in card
+    plain = tmp_path / 'plain'  # DATH-N: nothing to open, and its config and card do not claim otherwise
+    train(TrainConfig(model='dath_n_16', recipe='scratch', data='fashion-mnist', img_size=64, subset=32,
+                      batch_size=16, max_steps=1, log_every=1, attn_gate_init=0.5, out=str(plain)))
+    assert json.loads((plain / 'checkpoint' / 'config.json').read_text())['training']['attn_gate_init'] == 0
+    assert "Not DANet's start" not in str(render_card(plain / 'checkpoint'))

@@ -18,7 +18,8 @@ def _recipe_lines() -> str:
                              f', gamma ramp {r.gamma_ramp_steps} steps' if r.gamma_ramp_steps else '',
                              ', flips' if r.flip else '', ', Nesterov' if r.nesterov else '',
                              ', centred hash biases' if r.center_hash else '',
-                             f', label term x{r.label_weight:g} (not the paper\'s)' if r.label_weight else ''])
+                             f', label term x{r.label_weight:g} (not the paper\'s)' if r.label_weight else '',
+                             f', attention gates open at {r.attn_gate_init:g} (DANet: 0)' if r.attn_gate_init else ''])
             decay = f' (x{r.lr_decay} every {r.lr_step_epochs} epochs)' if r.lr_schedule == 'step' else ''
             lines.append(f'  {name:8s} {family:6s} {r.optimizer} lr {r.lr:g}{decay}, {r.lr_schedule} schedule, '
                          f'wd {r.weight_decay:g}, batch {r.batch_size}, {r.img_size}x{r.img_size}, '
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="ADMTH family: add a label classifier on each branch's codes with this weight (not in the "
                         "paper; 0: off, the paper's objective; recorded in config.json and named in the card). "
                         "Long runs at lr 1e-3 need --grad-clip (5 with --grad-clip 100 trained the zoo's schedule)")
+    p.add_argument('--attn-gate-init', type=float, default=None,
+                   help="DATH family: start DANet's attention scale (gamma) at this value instead of 0, the value "
+                        "projection of position attention at the identity (DANet's formula unchanged; recorded in "
+                        "config.json and named in the card). From a trunk pretrained without attention, gamma = 0 "
+                        "stays 0 in a short run and the attention adds nothing")
     p.add_argument('--img-size', type=int, default=None,
                    help="input size (default: the recipe's: paper 224, scratch 64; >= 63)")
     p.add_argument('--subset', type=int, default=None, help='train on this many items (seeded choice)')
@@ -115,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log_every=args.log_every,
         amp=not args.no_amp, device=args.device, loss_args=loss_args, loss_reduction=args.loss_reduction,
         gamma_ramp_steps=args.gamma_ramp_steps, center_hash=args.center_hash, label_weight=args.label_weight,
-        **schedule_settings(args),
+        attn_gate_init=args.attn_gate_init, **schedule_settings(args),
     )
     summary = train(cfg)
     if summary.get('replicas_identical') is False:

@@ -50,6 +50,7 @@ class Budget:
     recipe: str = 'paper'  # the training recipe of every cell (deephash_zoo.training.recipes)
     pretrain_epochs: Optional[int] = None  # a trunk pretraining stage of this many epochs (None: none)
     default_bits: Optional[Tuple[int, ...]] = None  # code lengths run when none are given (None: all four)
+    attn_gate_init: Optional[float] = None  # DATH cells: --attn-gate-init (None: the recipe's, DANet's 0)
 
     def epochs_for(self, family: str) -> int:
         return self.epochs[family]

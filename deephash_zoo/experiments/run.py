@@ -24,11 +24,11 @@ import torch
 import deephash_zoo
 from deephash_zoo.training.recipes import trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, epoch_records, train
-from deephash_zoo.utils import cpu_model, load_average, read_jsonl, usable_cores
+from deephash_zoo.utils import cpu_model, file_sha256, load_average, read_jsonl, usable_cores
 
 from .budgets import Budget
 from .plan import BITS, arms_for
-from .runs import chance_level, run_cell
+from .runs import cell_settings, chance_level, run_cell
 from .stages import StageLog
 
 __all__ = ['SCHEMA_VERSION', 'KEEP_CHOICES', 'run_experiment', 'experiment_key', 'machine_info']
@@ -45,6 +45,24 @@ def experiment_key(experiment: str, data: str, budget: str) -> str:
 
 def _load_cells(path: Path) -> Dict[Tuple[str, int], Dict[str, Any]]:
     return {(row['model'], int(row['seed'])): row for row in read_jsonl(path)}
+
+
+def _check_resumed(done: Dict[Tuple[str, int], Dict[str, Any]], expected: Dict[str, Dict[str, Any]],
+                   cells_path: Path) -> None:
+    """Refuse to resume onto cells trained with other settings or from other starting weights: a table mixing
+    them would compare recipes, not arms."""
+    for (model, seed), row in done.items():
+        if model not in expected:
+            continue  # another arm's or code length's cell: kept, and not part of this table
+        had = row.get('settings')
+        if had is None:
+            raise ValueError(f'{cells_path}: the cell {model} seed {seed} does not record its settings (written by an '
+                             'earlier version); start without --resume or in a fresh --work folder')
+        changed = sorted(k for k in set(had) | set(expected[model]) if had.get(k) != expected[model].get(k))
+        if changed:
+            diff = '; '.join(f'{k}: {had.get(k)!r} -> {expected[model].get(k)!r}' for k in changed[:4])
+            raise ValueError(f'{cells_path}: the cell {model} seed {seed} was trained with other settings ({diff}); '
+                             'a table must not mix them: start without --resume or in a fresh --work folder')
 
 
 def machine_info() -> Dict[str, Any]:
@@ -145,6 +163,11 @@ def run_experiment(
     pretrained: Dict[str, Dict[str, Any]] = {}
     if budget.pretrain_epochs and init is None:
         pretrained = pretrain_trunks(models, data, budget, work, seeds[0], resume, device, say)
+    starts = {m: pretrained[trunk_of(m)]['trunk'] if pretrained else init for m in models}
+    digests = {path: file_sha256(path) for path in set(starts.values()) if path}
+    expected = {m: cell_settings(m, data, budget, starts[m], digests.get(starts[m])) for m in models}
+    if resume:
+        _check_resumed(done, expected, cells_path)
     total = len(models) * len(seeds)
     for seed in seeds:
         for model in models:
@@ -152,9 +175,8 @@ def run_experiment(
                 continue
             keep_this = keep == 'all' or (keep == 'first-seed' and seed == seeds[0])
             t_cell = time.perf_counter()
-            start = pretrained[trunk_of(model)]['trunk'] if pretrained else init
-            row = run_cell(model, data, budget, seed, work / f'{model}-seed{seed}', keep=keep_this, init=start,
-                           device=device)
+            row = run_cell(model, data, budget, seed, work / f'{model}-seed{seed}', keep=keep_this,
+                           init=starts[model], device=device, settings=expected[model])
             with open(cells_path, 'a') as f:
                 f.write(json.dumps(row) + '\n')
             done[(model, seed)] = row

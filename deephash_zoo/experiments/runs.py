@@ -12,11 +12,34 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from deephash_zoo.training.trainer import TrainConfig, epoch_records, family_defaults, train
+from deephash_zoo.training.trainer import TrainConfig, epoch_records, family_defaults, resolve_settings, train
+from deephash_zoo.utils import file_sha256
 
 from .budgets import Budget
 
-__all__ = ['run_cell', 'chance_level']
+__all__ = ['run_cell', 'cell_settings', 'chance_level']
+
+
+def _train_config(model: str, data: str, budget: Budget, seed: int, run_dir: Path, init: Optional[str],
+                  device: str) -> TrainConfig:
+    family = family_defaults(model, budget.recipe)['family']
+    return TrainConfig(model=model, data=data, out=str(run_dir), recipe=budget.recipe,
+                       epochs=budget.epochs_for(family), batch_size=budget.batch_size, img_size=budget.img_size,
+                       subset=budget.train_subset, max_steps=budget.max_steps, seed=seed, log_every=10_000, init=init,
+                       device=device, loss_args=budget.loss_args_for(family),
+                       attn_gate_init=budget.attn_gate_init if family == 'dath' else None,
+                       save_state=False, overwrite=True)
+
+
+def cell_settings(model: str, data: str, budget: Budget, init: Optional[str],
+                  init_sha256: Optional[str] = None) -> Dict[str, Any]:
+    """Everything but the seed that decides a cell's numbers: the resolved training settings, the budget's sizes
+    and the sha256 of the weights it starts from. ``--resume`` keeps a cell only where this is unchanged."""
+    cfg = _train_config(model, data, budget, 0, Path('unused'), init, 'cpu')
+    return dict(resolve_settings(cfg), recipe=budget.recipe, budget=budget.name, data=data, epochs=cfg.epochs,
+                max_steps=cfg.max_steps, subset=cfg.subset, loss_args=dict(cfg.loss_args),
+                query_subset=budget.query_subset, db_subset=budget.db_subset, topk=budget.topk_for(data),
+                init_sha256=init_sha256 if init_sha256 or not init else file_sha256(init))
 
 
 def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int) -> Dict[str, Any]:
@@ -30,19 +53,17 @@ def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int) -> Dict[str, 
 
 
 def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, keep: bool = False,
-             init: Optional[str] = None, device: str = 'auto') -> Dict[str, Any]:
+             init: Optional[str] = None, device: str = 'auto',
+             settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train ``model`` on ``data`` with ``seed``, evaluate it, and return the row of the experiment's JSON.
+
+    ``settings``: the cell's :func:`cell_settings`, recorded in the row (computed here when not given).
 
     ``keep``: leave the checkpoint (and its metrics.json) in ``run_dir`` for cards and pushing; without it
     the run folder is removed. No resumable training state is written: a cell is redone, not resumed.
     """
-    family = family_defaults(model, budget.recipe)['family']
     t0 = time.perf_counter()
-    train(TrainConfig(model=model, data=data, out=str(run_dir), recipe=budget.recipe,
-                      epochs=budget.epochs_for(family), batch_size=budget.batch_size, img_size=budget.img_size,
-                      subset=budget.train_subset,
-                      max_steps=budget.max_steps, seed=seed, log_every=10_000, init=init, device=device,
-                      loss_args=budget.loss_args_for(family), save_state=False, overwrite=True))
+    train(_train_config(model, data, budget, seed, run_dir, init, device))
     train_wall = time.perf_counter() - t0
     epochs = epoch_records(run_dir)
     report = _evaluate(run_dir, data, budget, seed)
@@ -57,6 +78,7 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
         steps=int(epochs[-1]['step']), epochs=len(epochs), final_loss=float(epochs[-1]['loss']),
         train_wall_seconds=train_wall, eval_seconds=time.perf_counter() - t0 - train_wall,
         weights_sha256=report['weights_sha256'],
+        settings=settings if settings is not None else cell_settings(model, data, budget, init),
     )
     if keep:
         from deephash_zoo.evaluation import default_out, write_metrics

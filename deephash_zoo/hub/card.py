@@ -35,8 +35,8 @@ _P_AT_NS = ('100', '500', '1000')  # P@N columns of the card (all N are in metri
 MAP_AT = 1000  # the second mAP column: deephash-eval's map_at_1000
 _TRAINING_KEYS = ('recipe', 'data', 'epochs', 'batch_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'nesterov',
                   'lr_schedule', 'warmup_steps', 'lr_step_epochs', 'lr_decay', 'loss_reduction', 'gamma_ramp_steps',
-                  'center_hash', 'grad_clip', 'drop_rate', 'flip', 'img_size', 'label_weight', 'subset', 'max_steps',
-                  'seed', 'world_size', 'amp', 'loss_args', 'init')
+                  'center_hash', 'grad_clip', 'drop_rate', 'flip', 'img_size', 'label_weight', 'attn_gate_init',
+                  'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'init')
 _PATH_KEYS = ('data', 'init', 'data_root', 'out')
 
 
@@ -366,6 +366,7 @@ def render_card(
         efficiency_found=table is not None,
         training=_training_items(training), bibtex=paper.bibtex() if paper else None, package=PACKAGE,
         recipe=training.get('recipe'), label_weight=training.get('label_weight') or 0,
+        attn_gate_init=training.get('attn_gate_init') or 0,
         **ctx_metrics,
     )
     return ModelCard.from_template(card_data, template_path=str(template), **context)

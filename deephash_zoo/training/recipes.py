@@ -57,6 +57,7 @@ class Recipe:
     grad_clip: float = 0.0  # clip the gradient's global L2 norm to this (0: never)
     img_size: Optional[int] = None  # training input size (None: the model's registered pretrained_cfg)
     label_weight: float = 0.0  # ADMTH: weight of a label classifier on each branch's codes (not the paper's; 0: off)
+    attn_gate_init: float = 0.0  # DATH: DANet's residual scale (gamma) at the hashing stage's start (0: DANet's)
 
     def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

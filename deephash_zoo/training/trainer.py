@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
+from deephash_zoo.models.attention import open_attention_gates
 from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
 from deephash_zoo.utils import non_finite_tensors, restore_dir, write_atomic
 
@@ -79,6 +80,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     img_size: Optional[int] = None
     label_weight: Optional[float] = None
+    attn_gate_init: Optional[float] = None
     subset: Optional[int] = None
     max_steps: Optional[int] = None
     seed: int = 0
@@ -118,6 +120,12 @@ def resolve_settings(cfg: TrainConfig) -> Dict[str, Any]:
         where = 'the pretraining stage is a classifier already' if cfg.stage == 'pretrain' else \
             "DATH's label term is its own J2 (weighted by --loss-arg beta)"
         raise ValueError(f'--label-weight is for the ADMTH family\'s hashing stage: {where}')
+    if not math.isfinite(settings['attn_gate_init']):
+        raise ValueError(f"attn_gate_init must be a finite number, got {settings['attn_gate_init']}")
+    if settings['attn_gate_init'] and (cfg.stage == 'pretrain' or family_of(cfg.model) != 'dath'):
+        where = 'the pretraining stage trains a trunk without attention' if cfg.stage == 'pretrain' else \
+            "the ADMTH family's SE attention has no gate"
+        raise ValueError(f"--attn-gate-init is for the DATH family's hashing stage: {where}")
     return settings
 
 
@@ -409,7 +417,13 @@ def _build_objective(cfg: TrainConfig, settings: Dict[str, Any], num_labels: int
     model = timm.create_model(cfg.model, pretrained=False, **model_kwargs)
     if cfg.init:
         _load_init(model, cfg.init, log)
-    elif not cfg.resume:
+    if settings['attn_gate_init'] and not cfg.resume:
+        opened = open_attention_gates(model, settings['attn_gate_init'])
+        log(f"attention gates opened: {opened} DANet module(s) start with gamma = {settings['attn_gate_init']:g}"
+            if opened else f'{cfg.model} has no DANet attention: --attn-gate-init has nothing to open')
+        if not opened:
+            settings['attn_gate_init'] = 0.0  # config.json and the card record what the run did
+    if not cfg.init and not cfg.resume:
         hint = (' the paper recipe expects ImageNet weights (--init); from scratch, pretrain a trunk '
                 '(deephash-pretrain) and use --recipe scratch --init TRUNK') if cfg.recipe == 'paper' else ''
         log(f'no --init given: training from scratch (random initialisation);{hint}')
