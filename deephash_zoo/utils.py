@@ -12,8 +12,9 @@ from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, List, Mapping, Union
 
-__all__ = ['file_sha256', 'cpu_model', 'usable_cores', 'load_average', 'write_atomic', 'replace_dir', 'restore_dir',
-           'temporary_name', 'remove_dead_temporaries', 'non_finite_tensors', 'read_json']
+__all__ = ['file_sha256', 'state_sha256', 'tensors_file_sha256', 'cpu_model', 'usable_cores', 'load_average',
+           'write_atomic', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
+           'non_finite_tensors', 'read_json']
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -150,6 +151,26 @@ def file_sha256(path: Union[str, Path]) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             h.update(block)
     return h.hexdigest()
+
+
+def state_sha256(state: Mapping[str, Any]) -> str:
+    """sha256 over named tensors (sorted names, dtype, shape, raw bytes): identifies weights, in memory or on disk."""
+    import torch
+
+    h = hashlib.sha256()
+    for key, value in sorted(state.items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f'{key}|{t.dtype}|{tuple(t.shape)}|'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.hexdigest()
+
+
+def tensors_file_sha256(path: Union[str, Path]) -> str:
+    """:func:`state_sha256` of a safetensors file's tensors. Unlike :func:`file_sha256` it ignores the header's
+    metadata, which safetensors writes in no fixed order: the same weights saved twice give the same digest."""
+    from safetensors.torch import load_file
+
+    return state_sha256(load_file(str(path)))
 
 
 def cpu_model() -> str:

@@ -11,7 +11,7 @@ from deephash_zoo.cli.experiment import main
 from deephash_zoo.experiments import BUDGETS, arms_for, get_budget, render_markdown, summarize
 from deephash_zoo.experiments.publish import markers, update_readme, write_cards, zoo_cards
 from deephash_zoo.experiments.report import at_chance, claims, verdict
-from deephash_zoo.utils import file_sha256
+from deephash_zoo.utils import tensors_file_sha256
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,9 +122,11 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
     from deephash_zoo.hub.checkpoint import read_checkpoint_config
 
     work = tmp_path / 'work'
+    cells_path = tmp_path / 'tracked' / 'cells.jsonl'  # --cells: kept outside the work folder
     argv = ['ablation', '--budget', 'tiny-pretrained', '--arms', 'DATH-N,DATH-S', '--work', str(work),
-            '--keep', 'first-seed', '--no-encoding-time', '--seeds', '0']
+            '--cells', str(cells_path), '--keep', 'first-seed', '--no-encoding-time', '--seeds', '0']
     assert main(argv) == 0
+    assert len(cells_path.read_text().splitlines()) == 2 and not (work / 'cells.jsonl').exists()
     key = 'ablation-fashion-mnist-tiny-pretrained'
     result = json.loads((work / f'{key}.json').read_text())
     assert result['bits'] == [16]  # the budget's own default lengths
@@ -150,12 +152,13 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
     again = json.loads((work / f'{key}.json').read_text())
     assert again['resumed_cells'] == 2 and len(again['cells']) == 4 and again['pretrain'] == result['pretrain']
     cell = again['cells'][0]
-    assert cell['settings']['init_sha256'] == file_sha256(trunk) and cell['settings']['recipe'] == 'scratch'
+    settings = cell['settings']
+    assert settings['init_tensors_sha256'] == tensors_file_sha256(trunk) and settings['recipe'] == 'scratch'
 
     # a cell from other starting weights or another setting is never mixed into the table
-    cells_path = work / 'cells.jsonl'
     rows = [json.loads(line) for line in cells_path.read_text().splitlines()]
-    for key_, value, needle in (('init_sha256', '0' * 64, 'init_sha256'), ('lr', 0.5, 'lr: 0.5 -> 0.001')):
+    for key_, value, needle in (('init_tensors_sha256', '0' * 64, 'init_tensors_sha256'),
+                                ('lr', 0.5, 'lr: 0.5 -> 0.001')):
         changed = [dict(r, settings=dict(r['settings'], **{key_: value})) if i == 0 else r for i, r in enumerate(rows)]
         cells_path.write_text(''.join(json.dumps(r) + '\n' for r in changed))
         with pytest.raises(ValueError, match=f"{rows[0]['model']} seed 0 was trained with other settings .*{needle}"):

@@ -251,3 +251,18 @@ def test_a_run_with_open_gates_records_them_and_its_card_names_them(tmp_path):
                       batch_size=16, max_steps=1, log_every=1, attn_gate_init=0.5, out=str(plain)))
     assert json.loads((plain / 'checkpoint' / 'config.json').read_text())['training']['attn_gate_init'] == 0
     assert "Not DANet's start" not in str(render_card(plain / 'checkpoint'))
+
+
+@needs_fmnist
+def test_pretraining_is_repeatable_to_the_byte(tmp_path):
+    """The same seeded pretraining gives the same trunk tensors, so an experiment's cells, which record their
+    digest, can be resumed on a fresh machine of the same kind after the stage is rerun there."""
+    from deephash_zoo.utils import tensors_file_sha256
+
+    digests = []
+    for name in ('a', 'b'):
+        out = tmp_path / name
+        train(TrainConfig(model='alexnet', stage='pretrain', data='fashion-mnist', img_size=64, subset=32,
+                          batch_size=16, epochs=1, log_every=1, out=str(out)))
+        digests.append(tensors_file_sha256(out / TRUNK_FILE))  # not the file's bytes: see tensors_file_sha256
+    assert digests[0] == digests[1]

@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--arms', default=None, help='comma-separated arm labels to run, e.g. DATH,DATH-N (default: all)')
     p.add_argument('--work', type=Path, default=None,
                    help='run folders and cells.jsonl (default: runs/experiments/KEY)')
-    p.add_argument('--resume', action='store_true', help="keep the cells already in WORK/cells.jsonl")
+    p.add_argument('--cells', type=Path, default=None,
+                   help='file the finished cells are appended to (default: WORK/cells.jsonl); keep it under version '
+                        'control to finish a long experiment in pieces on other machines of the same kind')
+    p.add_argument('--resume', action='store_true',
+                   help='keep the cells already in the cells file (refused where a cell was trained with other '
+                        'settings or from another trunk)')
     p.add_argument('--keep', choices=KEEP_CHOICES, default='first-seed',
                    help='checkpoints to keep for cards and deephash-push (default: %(default)s)')
     p.add_argument('--init', default=None,
@@ -96,7 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         bits = tuple(args.bits or budget.default_bits or BITS)
         result = run_experiment(args.experiment, data, budget, work, bits=bits, only=arms,
                                 seeds=args.seeds, resume=args.resume, keep=args.keep, init=args.init,
-                                device=args.device, measure_encoding=not args.no_encoding_time, command=command)
+                                device=args.device, measure_encoding=not args.no_encoding_time, command=command,
+                                cells_path=args.cells)
     json_rel = f'{out.as_posix()}/{key}.json'
     markdown = render_markdown(result, json_path=json_rel)
     paths = write_outputs(result, markdown, out, key)

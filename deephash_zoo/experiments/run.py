@@ -24,7 +24,7 @@ import torch
 import deephash_zoo
 from deephash_zoo.training.recipes import trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, epoch_records, train
-from deephash_zoo.utils import cpu_model, file_sha256, load_average, read_jsonl, usable_cores
+from deephash_zoo.utils import cpu_model, load_average, read_jsonl, tensors_file_sha256, usable_cores
 
 from .budgets import Budget
 from .plan import BITS, arms_for
@@ -143,8 +143,12 @@ def run_experiment(
         measure_encoding: bool = True,
         command: str = '',
         say: Callable[[str], None] = print,
+        cells_path: Optional[Path] = None,
 ) -> Dict[str, Any]:
-    """Train and evaluate every cell of ``experiment`` on ``data``; returns the experiment's JSON dict."""
+    """Train and evaluate every cell of ``experiment`` on ``data``; returns the experiment's JSON dict.
+
+    ``cells_path``: where finished cells are appended (default ``WORK/cells.jsonl``); a file kept elsewhere, e.g.
+    under version control, carries a long experiment across machines and sessions."""
     if keep not in KEEP_CHOICES:
         raise ValueError(f'keep must be one of {KEEP_CHOICES}, got {keep!r}')
     arms = arms_for(experiment, tuple(bits), tuple(only))
@@ -152,7 +156,8 @@ def run_experiment(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f'seeds must be distinct and at least one, got {list(seeds)}')
     work.mkdir(parents=True, exist_ok=True)
-    cells_path = work / 'cells.jsonl'
+    cells_path = cells_path or work / 'cells.jsonl'
+    cells_path.parent.mkdir(parents=True, exist_ok=True)
     if not resume and cells_path.exists():
         cells_path.unlink()
     done = _load_cells(cells_path)
@@ -164,7 +169,7 @@ def run_experiment(
     if budget.pretrain_epochs and init is None:
         pretrained = pretrain_trunks(models, data, budget, work, seeds[0], resume, device, say)
     starts = {m: pretrained[trunk_of(m)]['trunk'] if pretrained else init for m in models}
-    digests = {path: file_sha256(path) for path in set(starts.values()) if path}
+    digests = {path: tensors_file_sha256(path) for path in set(starts.values()) if path}
     expected = {m: cell_settings(m, data, budget, starts[m], digests.get(starts[m])) for m in models}
     if resume:
         _check_resumed(done, expected, cells_path)

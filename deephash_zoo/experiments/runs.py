@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from deephash_zoo.training.trainer import TrainConfig, epoch_records, family_defaults, resolve_settings, train
-from deephash_zoo.utils import file_sha256
+from deephash_zoo.utils import tensors_file_sha256
 
 from .budgets import Budget
 
@@ -32,14 +32,15 @@ def _train_config(model: str, data: str, budget: Budget, seed: int, run_dir: Pat
 
 
 def cell_settings(model: str, data: str, budget: Budget, init: Optional[str],
-                  init_sha256: Optional[str] = None) -> Dict[str, Any]:
+                  init_digest: Optional[str] = None) -> Dict[str, Any]:
     """Everything but the seed that decides a cell's numbers: the resolved training settings, the budget's sizes
-    and the sha256 of the weights it starts from. ``--resume`` keeps a cell only where this is unchanged."""
+    and the digest of the weights it starts from (``tensors_file_sha256``). ``--resume`` keeps a cell only where
+    this is unchanged."""
     cfg = _train_config(model, data, budget, 0, Path('unused'), init, 'cpu')
     return dict(resolve_settings(cfg), recipe=budget.recipe, budget=budget.name, data=data, epochs=cfg.epochs,
                 max_steps=cfg.max_steps, subset=cfg.subset, loss_args=dict(cfg.loss_args),
                 query_subset=budget.query_subset, db_subset=budget.db_subset, topk=budget.topk_for(data),
-                init_sha256=init_sha256 if init_sha256 or not init else file_sha256(init))
+                init_tensors_sha256=init_digest if init_digest or not init else tensors_file_sha256(init))
 
 
 def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int) -> Dict[str, Any]:

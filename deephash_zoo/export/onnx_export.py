@@ -23,7 +23,6 @@ written by the caller into a temporary folder and renamed into place (see :mod:`
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from timm.data import resolve_data_config
 import deephash_zoo
 from deephash_zoo.extras import require  # the export modules import it from here
 from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
+from deephash_zoo.utils import state_sha256 as state_dict_sha256
 
 __all__ = ['EXPORTER', 'INPUT_NAME', 'ExportError', 'ModelSource', 'CodesModule', 'require', 'load_model_source',
            'output_names', 'state_sha256', 'onnx_metadata', 'export_onnx', 'read_metadata']
@@ -70,12 +70,7 @@ class ModelSource:
 
 def state_sha256(model: nn.Module) -> str:
     """sha256 over the state dict (sorted names, dtype, shape, raw bytes): identifies in-memory weights."""
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        t = value.detach().cpu().contiguous()
-        h.update(f'{key}|{t.dtype}|{tuple(t.shape)}|'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
-    return h.hexdigest()
+    return state_dict_sha256(model.state_dict())
 
 
 def load_model_source(

@@ -12,7 +12,6 @@ objective; ``stage='pretrain'`` trains a bare trunk as a classifier (:class:`Tru
 writes ``OUT/trunk.safetensors``, the initialisation the ``scratch`` recipe starts hashing from.
 Unset settings come from the named recipe (:mod:`deephash_zoo.training.recipes`).
 """
-import hashlib
 import inspect
 import json
 import math
@@ -37,7 +36,7 @@ from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.attention import open_attention_gates
 from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
-from deephash_zoo.utils import non_finite_tensors, restore_dir, write_atomic
+from deephash_zoo.utils import non_finite_tensors, restore_dir, state_sha256, write_atomic
 
 from .recipes import PRETRAIN, RECIPES, Recipe, family_of, get_recipe
 from .state import load_train_state, save_train_state
@@ -210,14 +209,6 @@ def _build_optimizer(name: str, params: List[nn.Parameter], lr: float, wd: float
     if name == 'adam':
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     raise ValueError(f"unknown optimizer {name!r}; expected 'rmsprop', 'sgd' or 'adam'")
-
-
-def _weights_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _load_init(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
@@ -605,7 +596,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if stop:
             break
 
-    digest = _weights_digest(objective)
+    digest = state_sha256(objective.state_dict())
     digests = [digest]
     if distributed:
         digests = [None] * world
