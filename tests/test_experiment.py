@@ -287,3 +287,14 @@ def test_readme_blocks_without_results_are_empty():
     for key in set(keys) - set(COMMITTED) - {'zoo-fmnist'}:
         start, end = markers(key)
         assert readme.split(start + '\n', 1)[1].split(end, 1)[0] == '', key
+
+
+def test_training_setup_names_open_attention_gates_for_dath_only():
+    from deephash_zoo.experiments.report import training_setup
+
+    opened = {'budget': {'recipe': 'scratch', 'attn_gate_init': 1.0}, 'experiment': 'ablation'}
+    assert any('`--attn-gate-init 1`' in line for line in training_setup(opened))
+    closed = {'budget': {'recipe': 'scratch', 'attn_gate_init': None}, 'experiment': 'ablation'}
+    assert not any('gate' in line for line in training_setup(closed))
+    admth = dict(opened, experiment='multitask')  # SE has no gate: nothing to say
+    assert not any('gate' in line for line in training_setup(admth))

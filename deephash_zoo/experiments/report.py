@@ -185,6 +185,11 @@ def training_setup(result: Dict[str, Any]) -> List[str]:
     recipe = RECIPES[budget['recipe']][family]
     out = [f"Recipe `{budget['recipe']}` (`deephash-train --help`): {recipe.optimizer} lr {recipe.lr:g}, "
            f"{recipe.lr_schedule} schedule, loss form `{recipe.loss_reduction}`."]
+    gate = budget.get('attn_gate_init')
+    if family == 'dath' and gate:
+        out.append(f'Attention gates opened (`--attn-gate-init {gate:g}`): every DANet module starts with its scale '
+                   f"gamma at {gate:g} and position attention's value projection at the identity, not at DANet's 0, "
+                   'at which a short run from a trunk pretrained without attention leaves the attention unused.')
     pretrain = result.get('pretrain') or {}
     for arch, rec in pretrain.items():
         acc = f", last-epoch training accuracy {rec['accuracy']:.3f}" if rec.get('accuracy') is not None else ''
