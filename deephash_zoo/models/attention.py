@@ -80,7 +80,8 @@ class PositionAttention(nn.Module):
         adding ``scale`` x an attention-weighted mix of the input's own positions (see ``open_attention_gates``)."""
         self.gamma.fill_(scale)
         c = self.value.out_channels
-        self.value.weight.copy_(torch.eye(c, dtype=self.value.weight.dtype).reshape(c, c, 1, 1))
+        w = self.value.weight
+        w.copy_(torch.eye(c, dtype=w.dtype, device=w.device).reshape(c, c, 1, 1))
         if self.value.bias is not None:
             self.value.bias.zero_()
 
