@@ -98,13 +98,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         tag = tag_for_dataset(plan.data)
         for row in result['models']:
             repo_id = f"deephash-zoo/{row['model']}.{tag}"
+            card_path = args.cards / f"{row['model']}.{tag}.md"
             if row.get('carried_over'):
-                print(f"kept {args.cards / (repo_id.split('/')[-1] + '.md')} (its row is carried over from the "
+                print(f"kept {card_path} (its row is carried over from the "
                       f"published table: not built under this plan in {work})")
                 continue
             metrics = Path(row['checkpoint']).parent / 'eval' / 'metrics.json'
             card = render_card(row['checkpoint'], metrics=metrics, efficiency=args.efficiency, repo_id=repo_id)
-            print(f"wrote {write_card(card, args.cards / (repo_id.split('/')[-1] + '.md'))}")
+            print(f"wrote {write_card(card, card_path)}")
         print(f'updated {args.readme} ({key})')
     return 0
 
