@@ -232,6 +232,34 @@ def test_attn_gate_init_is_a_dath_hashing_setting():
         resolve_settings(TrainConfig(model='dath_s_32', attn_gate_init=float('nan')))
 
 
+def test_flips_are_off_where_the_labels_name_a_position():
+    """A horizontal flip of a 2x2 mosaic is the mosaic of its tiles with left and right swapped (each tile
+    mirrored), so its (tile, class) labels change while its union labels do not: the recipes' flips stay off for
+    mosaic-quadrant (config.json and the experiment's cells record it), and asking for them is refused."""
+    from deephash_zoo.data.mosaic import compose_mosaic, quadrant_labels
+    from deephash_zoo.experiments.budgets import get_budget
+    from deephash_zoo.experiments.runs import cell_settings
+
+    rng = np.random.default_rng(0)
+    images, classes = rng.integers(0, 256, (4, 5, 5), dtype=np.uint8), np.array([0, 1, 2, 3])
+    index, swapped = np.array([[0, 1, 2, 3]]), np.array([[1, 0, 3, 2]])
+    mosaic, union = compose_mosaic(images, classes, index, 4)
+    mirrored, mirrored_union = compose_mosaic(images[:, :, ::-1], classes, swapped, 4)
+    assert np.array_equal(mosaic[:, :, ::-1], mirrored) and np.array_equal(union, mirrored_union)
+    assert not np.array_equal(quadrant_labels(classes, index, 4), quadrant_labels(classes, swapped, 4))
+
+    for stage, model in (('hash', 'dath_n_32'), ('hash', 'admth_cnnf_multi'), ('pretrain', 'alexnet')):
+        recipe = 'scratch' if stage == 'hash' else 'paper'
+        assert resolve_settings(TrainConfig(model=model, stage=stage, recipe=recipe, data='mosaic'))['flip']
+        assert not resolve_settings(TrainConfig(model=model, stage=stage, recipe=recipe,
+                                                data='mosaic-quadrant'))['flip']
+        with pytest.raises(ValueError, match=r'--flip: the labels of mosaic-quadrant .*\(--no-flip\)'):
+            resolve_settings(TrainConfig(model=model, stage=stage, recipe=recipe, data='mosaic-quadrant', flip=True))
+    budget = get_budget('cpu-pretrained')
+    assert cell_settings('dath_n_32', 'fashion-mnist', budget, None)['flip']
+    assert not cell_settings('dath_n_32', 'mosaic-quadrant', budget, None)['flip']
+
+
 @needs_fmnist
 def test_a_run_with_open_gates_records_them_and_its_card_names_them(tmp_path):
     from safetensors import safe_open

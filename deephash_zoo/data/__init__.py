@@ -5,12 +5,12 @@ from .dataset import HashDataset, to_multi_hot
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
 from .listfile import load_list_file
 from .mosaic import compose_mosaic, make_mosaic, mosaic_indices
-from .protocols import PROTOCOLS, Protocol, Split, build_retrieval_data, split_protocol
+from .protocols import PROTOCOLS, Protocol, Split, build_retrieval_data, labels_survive_flip, split_protocol
 
 __all__ = [
     'FASHION_MNIST_CLASSES', 'DEFAULT_FASHION_MNIST_DIR', 'load_fashion_mnist', 'read_idx',
     'HashDataset', 'to_multi_hot', 'load_list_file', 'load_coco',
     'CIFAR10_CLASSES', 'CIFAR10_PROTOCOLS', 'cifar10_split', 'read_cifar10',
     'compose_mosaic', 'make_mosaic', 'mosaic_indices',
-    'PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'split_protocol',
+    'PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'labels_survive_flip', 'split_protocol',
 ]

@@ -18,7 +18,7 @@ from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .listfile import load_list_file
 from .mosaic import compose_mosaic, mosaic_indices, quadrant_labels, quadrant_names
 
-__all__ = ['PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'split_protocol']
+__all__ = ['PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'labels_survive_flip', 'split_protocol']
 
 PathLike = Union[str, Path]
 Transform = Optional[Callable[..., Any]]
@@ -34,6 +34,7 @@ class Protocol:
     num_database: Optional[int] = None
     map_topk: Optional[int] = None  # the mAP@K the papers report; None: rank the whole database
     description: str = ''
+    mirror_safe: bool = True  # False: a label says where in the image a thing sits, so a flip would change it
 
 
 PROTOCOLS: Dict[str, Protocol] = {
@@ -56,9 +57,16 @@ PROTOCOLS: Dict[str, Protocol] = {
     'mosaic-quadrant': Protocol(1000, 5000, 'database', 20000, None,
                                 'the mosaic images with (tile, class) labels: 40 labels, two mosaics relevant when '
                                 'the same class sits in the same tile (about a third of the pairs; random codes '
-                                'score mAP@all ~0.34); ranked over the whole database'),
+                                'score mAP@all ~0.34); ranked over the whole database', mirror_safe=False),
 }
 _LABEL_COUNT_PRESET = {21: 'nuswide21', 81: 'nuswide81', 80: 'coco'}
+
+
+def labels_survive_flip(data: str) -> bool:
+    """Whether a horizontal flip keeps an item's labels true. Not for ``mosaic-quadrant``, whose labels name
+    the tile a class sits in (a flip swaps the left and right tiles); a list or COCO file is taken as safe."""
+    preset = PROTOCOLS.get(data)
+    return preset is None or preset.mirror_safe
 
 
 class Split(NamedTuple):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.data import create_transform, resolve_data_config
 from tqdm import tqdm
 
+from deephash_zoo.data.protocols import labels_survive_flip
 from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.attention import open_attention_gates
@@ -119,6 +120,11 @@ def resolve_settings(cfg: TrainConfig) -> Dict[str, Any]:
         where = 'the pretraining stage is a classifier already' if cfg.stage == 'pretrain' else \
             "DATH's label term is its own J2 (weighted by --loss-arg beta)"
         raise ValueError(f'--label-weight is for the ADMTH family\'s hashing stage: {where}')
+    if settings['flip'] and not labels_survive_flip(cfg.data):
+        if cfg.flip:
+            raise ValueError(f'--flip: the labels of {cfg.data} say where in the image a class sits, and a horizontal '
+                             'flip swaps left and right; train it without flips (--no-flip)')
+        settings['flip'] = False  # the recipe's flips would make the labels wrong
     if not math.isfinite(settings['attn_gate_init']):
         raise ValueError(f"attn_gate_init must be a finite number, got {settings['attn_gate_init']}")
     if settings['attn_gate_init'] and (cfg.stage == 'pretrain' or family_of(cfg.model) != 'dath'):
@@ -467,6 +473,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         raise ValueError(f'--out {out}: is a file, not a run folder')
     check_run_folder(out, cfg.resume, cfg.overwrite)
     log = _RunLog(out / 'train_log.jsonl', rank)
+    if cfg.flip is None and not labels_survive_flip(cfg.data):
+        log.message(f'{cfg.data}: no random flips (its labels say where in the image a class sits)')
     _seed_everything(cfg.seed)
 
     probe = timm.create_model(_DATA_PROBE[cfg.model] if pretraining else cfg.model, pretrained=False, device='meta')
