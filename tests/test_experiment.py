@@ -238,6 +238,20 @@ def test_readme_block_is_replaced_between_markers_only(tmp_path):
         update_readme(readme, 'multitask-mosaic-cpu-small', 'x')
 
 
+@needs_fmnist
+def test_subsets_the_data_cannot_give_stop_the_experiment_before_it_trains(tmp_path):
+    """The mosaics hold 1,000 queries: a budget asking for more fails at once, not after its first trunk and cell."""
+    import dataclasses
+
+    from deephash_zoo.experiments.run import run_experiment
+
+    budget = dataclasses.replace(get_budget('tiny-pretrained'), query_subset=5000)
+    with pytest.raises(ValueError, match=r"--query-subset 5,000 is larger than the protocol's 1,000 items"):
+        run_experiment('ablation', 'mosaic', budget, tmp_path / 'work', bits=(16,), only=('DATH-N',),
+                       measure_encoding=False, say=lambda _: None)
+    assert [p.name for p in (tmp_path / 'work').iterdir()] == []  # no trunk, no run folder, no cell
+
+
 def test_bad_requests_are_one_line_errors(tmp_path, capsys):
     from deephash_zoo.cli._common import run_main
 

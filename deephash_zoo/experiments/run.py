@@ -165,6 +165,9 @@ def run_experiment(
     models = list(dict.fromkeys(m for arm in arms for m in arm.distinct_models))
     machine_start = machine_info()
     t0 = time.perf_counter()
+    # first, so that query and database subsets the data cannot give stop the run before anything trains
+    say('chance level (random codes)')
+    chance = chance_level(data, budget, seeds[0])
     pretrained: Dict[str, Dict[str, Any]] = {}
     if budget.pretrain_epochs and init is None:
         pretrained = pretrain_trunks(models, data, budget, work, seeds[0], resume, device, say)
@@ -190,8 +193,6 @@ def run_experiment(
                 f'{time.perf_counter() - t_cell:.0f} s (elapsed {time.perf_counter() - t0:.0f} s)')
     train_wall = time.perf_counter() - t0
     encoding = _encoding(experiment, arms, say) if measure_encoding else {}
-    say('chance level (random codes)')
-    chance = chance_level(data, budget, seeds[0])
     return dict(
         schema_version=SCHEMA_VERSION, experiment=experiment, data=data, budget=asdict(budget),
         seeds=list(seeds), bits=list(bits),
