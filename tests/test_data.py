@@ -14,12 +14,14 @@ from deephash_zoo.data import (
     PROTOCOLS,
     HashDataset,
     build_retrieval_data,
+    compose_mosaic,
     load_coco,
     load_list_file,
     make_mosaic,
     mosaic_indices,
     split_protocol,
 )
+from deephash_zoo.data.mosaic import quadrant_labels
 
 _FMNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
                  't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
@@ -233,6 +235,29 @@ def test_mosaic_quadrants_and_label_union():
         assert set(np.flatnonzero(multi_hot[k])) == {int(labels[s]) for s in index[k]}
 
 
+def test_pair_mosaics_fill_two_tiles_and_keep_the_full_mosaics_draws():
+    """filled=2: two items on seeded tiles, the other two black and label-free; without it, the draws (and so
+    every mosaic already built) are what they were."""
+    images, labels = _source()
+    full = mosaic_indices(len(images), 50, seed=4)
+    np.testing.assert_array_equal(full, np.random.default_rng(4).integers(0, len(images), (50, 4), dtype=np.int64))
+    pair = mosaic_indices(len(images), 50, seed=4, filled=2)
+    assert ((pair >= 0).sum(axis=1) == 2).all() and len({tuple(r >= 0) for r in pair}) > 1  # positions vary
+    np.testing.assert_array_equal(pair[pair >= 0], full[pair >= 0])
+    mosaics, multi_hot = compose_mosaic(images, labels, pair, 10)
+    for k in range(50):
+        quads = [mosaics[k, :28, :28], mosaics[k, :28, 28:], mosaics[k, 28:, :28], mosaics[k, 28:, 28:]]
+        for q, src in zip(quads, pair[k], strict=True):
+            np.testing.assert_array_equal(q, images[src] if src >= 0 else 0)
+        assert set(np.flatnonzero(multi_hot[k])) == {int(labels[s]) for s in pair[k] if s >= 0}
+    with pytest.raises(ValueError, match='filled must be 1..4'):
+        mosaic_indices(len(images), 5, seed=0, filled=5)
+    with pytest.raises(ValueError, match='no blank tiles'):
+        quadrant_labels(labels, pair, 10)
+    with pytest.raises(ValueError, match=r'tile indices must lie in -1..19'):
+        compose_mosaic(images, labels, np.array([[0, 1, 2, 20]]), 10)
+
+
 # ------------------------------------------------------------------------------------------------ protocols
 def test_split_protocol_disjoint_and_deterministic():
     a = split_protocol(100, num_query=10, num_train=20, seed=0)
@@ -326,6 +351,24 @@ def test_mosaic_protocol_from_fashion_mnist():
     np.testing.assert_array_equal(again['database'].image_array(), out['database'].image_array())
     with pytest.raises(ValueError, match='num_train=60 but only 50 database mosaics'):
         build_retrieval_data('mosaic', num_query=10, num_train=60, subset=50)
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+def test_pair_mosaics_discriminate_without_position():
+    """mosaic-pair: one or two labels per mosaic, random codes below 0.4 mAP@all on the cpu-pretrained budget's
+    sets (2,000 queries x 10,000 database mosaics), and labels a horizontal flip keeps."""
+    from deephash_zoo.data import build_retrieval_data, labels_survive_flip
+    from deephash_zoo.experiments.budgets import get_budget
+    from deephash_zoo.experiments.runs import chance_level
+
+    out = build_retrieval_data('mosaic-pair', seed=0)
+    assert {k: len(v) for k, v in out.items()} == {'train': 5000, 'query': 2000, 'database': 20000}
+    q = out['query']
+    assert set(q.labels.sum(axis=1)) == {1, 2} and q.labels.shape == (2000, 10) and not q.single_label
+    assert all(i.startswith('test:') and i.count('-') == 2 for i in q.ids[:50])  # two blank tiles each
+    assert (q.image_array() == 0).reshape(2000, 2, 28, 2, 28).all(axis=(2, 4)).sum(axis=(1, 2)).min() >= 2
+    assert chance_level('mosaic-pair', get_budget('cpu-pretrained'), 0)['map'] < 0.4
+    assert labels_survive_flip('mosaic-pair') and not labels_survive_flip('mosaic-quadrant')
 
 
 @pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')

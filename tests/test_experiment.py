@@ -312,3 +312,21 @@ def test_training_setup_names_open_attention_gates_for_dath_only():
     assert not any('gate' in line for line in training_setup(closed))
     admth = dict(opened, experiment='multitask')  # SE has no gate: nothing to say
     assert not any('gate' in line for line in training_setup(admth))
+
+
+def test_mosaic_trunks_are_pretrained_on_the_items_their_tiles_are_cut_from():
+    """A mosaic's 5,000 training mosaics are too few to pretrain on: its stage trains on Fashion-MNIST, and the
+    table says so (a Fashion-MNIST table, pretrained on its own data, says nothing more)."""
+    from deephash_zoo.experiments.report import training_setup
+    from deephash_zoo.experiments.run import pretraining_data
+
+    assert [pretraining_data(d) for d in ('fashion-mnist', 'mosaic', 'mosaic-pair', 'mosaic-quadrant')] == [
+        'fashion-mnist'] * 4
+    assert pretraining_data('list:nus.txt') == 'list:nus.txt'
+    record = dict(epochs=5, steps=2340, wall_seconds=60.0, cpu_seconds=120.0, accuracy=0.9,
+                  settings=dict(data='fashion-mnist'))
+    for data, named in (('mosaic-pair', True), ('fashion-mnist', False)):
+        result = {'budget': {'recipe': 'scratch'}, 'experiment': 'ablation', 'data': data,
+                  'pretrain': {'alexnet': record}}
+        trunk = [line for line in training_setup(result) if line.startswith('Trunk:')]
+        assert len(trunk) == 1 and ('on Fashion-MNIST (the mosaics\' source items)' in trunk[0]) == named, trunk

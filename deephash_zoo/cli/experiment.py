@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='deephash-experiment', description=(__doc__ or '').split('\n\n')[0])
     p.add_argument('experiment', choices=sorted(EXPERIMENTS), help='ablation: DATH and its variants; '
                    'multitask: ADMTH multi-length vs DMLH vs four single-length ADMTH')
-    p.add_argument('--data', choices=('fashion-mnist', 'mosaic', 'mosaic-quadrant'), default=None,
+    p.add_argument('--data', choices=('fashion-mnist', 'mosaic', 'mosaic-quadrant', 'mosaic-pair'), default=None,
                    help='dataset (default: fashion-mnist for ablation, mosaic for multitask)')
     p.add_argument('--budget', choices=sorted(BUDGETS), default='cpu-small',
                    help='cpu-pretrained: the zoo\'s recipe (a pretrained trunk, then 300 hashing steps a cell), '

@@ -35,6 +35,7 @@ class Protocol:
     map_topk: Optional[int] = None  # the mAP@K the papers report; None: rank the whole database
     description: str = ''
     mirror_safe: bool = True  # False: a label says where in the image a thing sits, so a flip would change it
+    mosaic_filled: Optional[int] = None  # mosaics: tiles that hold an item, the rest black (None: every tile)
 
 
 PROTOCOLS: Dict[str, Protocol] = {
@@ -58,6 +59,11 @@ PROTOCOLS: Dict[str, Protocol] = {
                                 'the mosaic images with (tile, class) labels: 40 labels, two mosaics relevant when '
                                 'the same class sits in the same tile (about a third of the pairs; random codes '
                                 'score mAP@all ~0.34); ranked over the whole database', mirror_safe=False),
+    'mosaic-pair': Protocol(2000, 5000, 'database', 20000, None,
+                            '2x2 mosaics of two Fashion-MNIST items on two seeded tiles, the other two black, label = '
+                            'union of their classes: about a third of the pairs relevant, without position in the '
+                            'labels; 2,000 query mosaics from the test images, 20,000 database mosaics from the '
+                            'training images, 5,000 training mosaics drawn from the database', mosaic_filled=2),
 }
 _LABEL_COUNT_PRESET = {21: 'nuswide21', 81: 'nuswide81', 80: 'coco'}
 
@@ -157,14 +163,15 @@ def _build_fashion_mnist(root: Optional[PathLike], seed: int, subset: Optional[i
 
 
 def _mosaic_set(images: np.ndarray, labels: np.ndarray, n: int, seed: Sequence[int], grid: int, split: str,
-                quadrants: bool = False) -> HashDataset:
-    index = mosaic_indices(len(images), n, seed, grid)
+                quadrants: bool = False, filled: Optional[int] = None) -> HashDataset:
+    index = mosaic_indices(len(images), n, seed, grid, filled)
     tiles, multi_hot = compose_mosaic(images, labels, index, len(FASHION_MNIST_CLASSES))
     names = FASHION_MNIST_CLASSES
     if quadrants:  # same images, (tile, class) labels
         multi_hot = quadrant_labels(labels, index, len(FASHION_MNIST_CLASSES))
         names = quadrant_names(FASHION_MNIST_CLASSES, grid)
-    ids = [f'{split}:' + '+'.join(map(str, row)) for row in index.tolist()]  # which source items, for manifests
+    # which source items, for manifests ('-': a blank tile)
+    ids = [f'{split}:' + '+'.join(str(i) if i >= 0 else '-' for i in row) for row in index.tolist()]
     return HashDataset(multi_hot, images=tiles, class_names=names, ids=ids, single_label=False)
 
 
@@ -179,8 +186,8 @@ def _build_mosaic(root: Optional[PathLike], seed: int, subset: Optional[int], pr
         raise ValueError(f'num_train={ntr:,} but only {ndb:,} database mosaics to train on')
     src = _fashion_mnist_sets(root)
     quadrants = preset is PROTOCOLS['mosaic-quadrant']
-    query = _mosaic_set(*src['test'], nq, (seed, 1), grid, 'test', quadrants)
-    database = _mosaic_set(*src['train'], ndb, (seed, 2), grid, 'train', quadrants)
+    query = _mosaic_set(*src['test'], nq, (seed, 1), grid, 'test', quadrants, preset.mosaic_filled)
+    database = _mosaic_set(*src['train'], ndb, (seed, 2), grid, 'train', quadrants, preset.mosaic_filled)
     train = database.subset(_draw(np.random.default_rng((seed, 3)), np.arange(ndb), ntr, 'num_train', 'mosaics'))
     return {'train': train, 'query': query, 'database': database}
 
@@ -244,7 +251,7 @@ def build_retrieval_data(
         _check_count(arg, value)
     if name == 'fashion-mnist':
         out = _build_fashion_mnist(root, seed, subset, PROTOCOLS[name], num_query, num_train)
-    elif name in ('mosaic', 'mosaic-quadrant'):
+    elif name in ('mosaic', 'mosaic-quadrant', 'mosaic-pair'):
         out = _build_mosaic(root, seed, subset, PROTOCOLS[name], num_query, num_train, grid)
     elif name.split(':', 1)[0] in CIFAR10_PROTOCOLS and ':' in name:
         kind, path = name.split(':', 1)
@@ -269,7 +276,7 @@ def build_retrieval_data(
         out = {'train': dataset.subset(split.train), 'query': dataset.subset(split.query),
                'database': dataset.subset(split.database)}
     else:
-        raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', 'mosaic', 'mosaic-quadrant', "
+        raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', 'mosaic', 'mosaic-quadrant', 'mosaic-pair', "
                          "'cifar10[-1|-2]:DIR', 'list:PATH' or 'coco:PATH'")
     for key, ds in out.items():
         ds.transform = train_transform if key == 'train' and train_transform is not None else transform

@@ -5,8 +5,9 @@ A card names a Hub repository, ``deephash-zoo/<model>.<tag>``, so two commands m
 the zoo build's card wins (its checkpoints are the headline weights, trained longer and scored on the full
 protocol), and an experiment leaves a card the zoo's published table lists as it is. A card is written only for a
 model and tag that :data:`~deephash_zoo.models.published.PUBLISHED_TAGS` registers: ``timm.list_pretrained``
-lists exactly the cards, so a card for data without a tag (``mosaic-quadrant``) or for a model published on other
-data only (``dmlh_cnnf_32``) would name weights timm cannot resolve. Publishing those is a change to that table.
+lists exactly the cards, so a card for data without a tag (``mosaic-pair``, ``mosaic-quadrant``) or for a model
+published on other data only (``dmlh_cnnf_32``) would name weights timm cannot resolve. Publishing those is a
+change to that table.
 """
 import json
 import re

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 __all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', 'at_chance', 'training_setup']
 
 _DATA_NAMES = {'fashion-mnist': 'Fashion-MNIST', 'mosaic': 'the Fashion-MNIST 2x2 mosaic (multi-label)',
-               'mosaic-quadrant': 'the Fashion-MNIST 2x2 mosaic with (tile, class) labels (40 labels)'}
+               'mosaic-quadrant': 'the Fashion-MNIST 2x2 mosaic with (tile, class) labels (40 labels)',
+               'mosaic-pair': 'Fashion-MNIST pair mosaics (two items on a 2x2 grid, multi-label)'}
 
 PAPER_NOTES = {
     'ablation': [
@@ -194,7 +195,9 @@ def training_setup(result: Dict[str, Any]) -> List[str]:
     for arch, rec in pretrain.items():
         acc = f", last-epoch training accuracy {rec['accuracy']:.3f}" if rec.get('accuracy') is not None else ''
         pieces = f" over {rec['pieces']} pieces (stopped and continued)" if rec.get('pieces', 1) > 1 else ''
-        out.append(f"Trunk: {arch} pretrained by this run, {rec['epochs']} epochs ({rec['steps']:,} steps, "
+        source = (rec.get('settings') or {}).get('data', result['data'])
+        on = f" on {_DATA_NAMES.get(source, source)} (the mosaics' source items)" if source != result['data'] else ''
+        out.append(f"Trunk: {arch} pretrained by this run{on}, {rec['epochs']} epochs ({rec['steps']:,} steps, "
                    f"{rec['wall_seconds'] / 60:.1f} min wall, {rec['cpu_seconds'] / 60:.1f} CPU min{pieces}{acc}), "
                    'shared by every cell.')
     if not pretrain and result.get('init'):
