@@ -201,6 +201,22 @@ def test_verdicts_follow_the_spread_rule():
     assert 'At the random-codes level' not in markdown
 
 
+def test_each_ordering_shows_its_differences_seed_by_seed():
+    """An arm ahead at every seed by less than the seeds' spread: the unpaired verdict cannot tell, and the table
+    shows the seed-by-seed differences (same query and database subsets per seed) that say more."""
+    from deephash_zoo.experiments.report import paired_differences
+
+    result = _fake_result({'DATH-S': [0.42, 0.61, 0.25], 'DATH-N': [0.40, 0.60, 0.20]})
+    [found] = claims(result)
+    assert found['per_bits'] == {'16': 'cannot tell'}
+    assert found['per_seed']['16'] == pytest.approx([0.02, 0.01, 0.05])
+    assert paired_differences(result, 'DATH-N', 'DATH-S')['16'] == pytest.approx([-0.02, -0.01, -0.05])
+    assert ('(DATH-S over DATH-N): cannot tell at 16 bits. Seed by seed, DATH-S minus DATH-N: '
+            '+0.0200 / +0.0100 / +0.0500 at 16 bits (DATH-S ahead in 3 of 3).') in render_markdown(result)
+    one_seed = dict(result, seeds=result['seeds'][:1], cells=[c for c in result['cells'] if c['seed'] == 0])
+    assert 'Seed by seed' not in render_markdown(one_seed)  # one difference is no pattern
+
+
 def test_rows_at_the_random_codes_level_are_named():
     result = _fake_result({'DATH-S': [0.50, 0.51, 0.52], 'DATH-N': [0.10, 0.11, 0.09]})
     assert at_chance(result, summarize(result)) == ['DATH-N']

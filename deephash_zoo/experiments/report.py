@@ -2,12 +2,15 @@
 as other datasets), and which of the papers' orderings these runs confirm, contradict or cannot tell.
 
 An ordering "A beats B" is *confirmed* at a code length when mean(A) - mean(B) exceeds std(A) + std(B)
-over the seeds, *contradicted* when mean(B) - mean(A) does, and *cannot tell* otherwise.
+over the seeds, *contradicted* when mean(B) - mean(A) does, and *cannot tell* otherwise. Beside each verdict the
+tables give A - B seed by seed (:func:`paired_differences`): both arms of a seed are scored on the same query and
+database subsets, so those differences show what the unpaired rule's spread hides.
 """
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', 'at_chance', 'training_setup']
+__all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', 'at_chance', 'training_setup',
+           'paired_differences']
 
 _DATA_NAMES = {'fashion-mnist': 'Fashion-MNIST', 'mosaic': 'the Fashion-MNIST 2x2 mosaic (multi-label)',
                'mosaic-quadrant': 'the Fashion-MNIST 2x2 mosaic with (tile, class) labels (40 labels)',
@@ -125,7 +128,8 @@ def claims(result: Dict[str, Any], summary: Optional[Dict[str, Dict[str, Any]]] 
             continue
         per_bits = {b: verdict(summary[better]['bits'][b]['map'], summary[worse]['bits'][b]['map'])
                     for b in summary[better]['bits'] if b in summary[worse]['bits']}
-        out.append(dict(claim=text, better=better, worse=worse, per_bits=per_bits))
+        out.append(dict(claim=text, better=better, worse=worse, per_bits=per_bits,
+                        per_seed=paired_differences(result, better, worse)))
     ratio = multitask_time(result, summary)
     if ratio is not None:
         parity = (1.0, 0.0, ratio['ratio'][2])  # "multi takes less time": its time ratio falls below 1
@@ -134,6 +138,27 @@ def claims(result: Dict[str, Any], summary: Optional[Dict[str, Dict[str, Any]]] 
                         better=f"{ratio['family']} (multi-length)", worse=f"{ratio['family']} (single-length)",
                         per_bits={'time': v}))
     return out
+
+
+def paired_differences(result: Dict[str, Any], better: str, worse: str) -> Dict[str, List[float]]:
+    """Per code length, mAP(better) - mAP(worse) seed by seed (the seeds both arms ran). The arms of one seed are
+    scored on the same seeded query and database subsets, so a difference that keeps its sign over the seeds is
+    worth reading beside the verdict, which compares the arms' spreads unpaired."""
+    arms = {a['label']: a['models'] for a in result['arms']}
+    out = {}
+    for b, model in arms[better].items():
+        if b not in arms[worse]:
+            continue
+        ours = {c['seed']: c['results'][b]['map'] for c in _cells_of(result, model)}
+        theirs = {c['seed']: c['results'][b]['map'] for c in _cells_of(result, arms[worse][b])}
+        out[b] = [ours[s] - theirs[s] for s in result['seeds'] if s in ours and s in theirs]
+    return out
+
+
+def _describe_pairs(better: str, worse: str, per_seed: Dict[str, List[float]]) -> str:
+    parts = [f"{' / '.join(f'{d:+.4f}' for d in diffs)} at {b} bits ({better} ahead in "
+             f'{sum(d > 0 for d in diffs)} of {len(diffs)})' for b, diffs in per_seed.items() if len(diffs) > 1]
+    return f' Seed by seed, {better} minus {worse}: ' + '; '.join(parts) + '.' if parts else ''
 
 
 def multitask_time(result: Dict[str, Any], summary: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -274,7 +299,9 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
     found = claims(result, summary)
     if found:
         lines += ['', '**The papers\' orderings in these runs** (mAP; confirmed / contradicted when the means '
-                  'differ by more than the sum of their standard deviations)', '']
+                  'differ by more than the sum of their standard deviations; then the differences seed by seed, '
+                  'each seed scoring both arms on the same query and database subsets)', '']
         for c in found:
-            lines.append(f'- {c["claim"]} ({c["better"]} over {c["worse"]}): {_describe_verdicts(c["per_bits"])}.')
+            lines.append(f'- {c["claim"]} ({c["better"]} over {c["worse"]}): {_describe_verdicts(c["per_bits"])}.'
+                         + _describe_pairs(c['better'], c['worse'], c.get('per_seed', {})))
     return '\n'.join(lines) + '\n'
