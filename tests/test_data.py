@@ -372,6 +372,27 @@ def test_pair_mosaics_discriminate_without_position():
 
 
 @pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
+def test_single_item_canvases_show_one_item_at_tile_scale_with_its_class():
+    """mosaic-single, the mosaics' pretraining data: one item on one tile of a black 2x2 canvas, single-label
+    with that item's class, and the whole database trained on (a preset without a training count)."""
+    from deephash_zoo.data import build_retrieval_data, load_fashion_mnist
+
+    out = build_retrieval_data('mosaic-single', seed=0, num_query=30, subset=200)
+    assert {k: len(v) for k, v in out.items()} == {'train': 200, 'query': 30, 'database': 200}
+    train = out['train']
+    assert train.single_label and train.labels.shape == (200, 10) and set(train.labels.sum(axis=1)) == {1}
+    images = train.image_array().reshape(200, 2, 28, 2, 28).transpose(0, 1, 3, 2, 4).reshape(200, 4, 28, 28)
+    source_images, source_labels = load_fashion_mnist('train')
+    for k in range(200):
+        tiles = train.ids[k].split(':')[1].split('+')
+        (where, item), = [(t, int(i)) for t, i in enumerate(tiles) if i != '-']
+        np.testing.assert_array_equal(images[k, where], source_images[item])
+        assert (images[k, [t for t in range(4) if t != where]] == 0).all()
+        assert train.labels[k].argmax() == source_labels[item]
+    assert len(build_retrieval_data('mosaic-single', seed=0, num_query=30)['train']) == 60000
+
+
+@pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
 def test_mosaic_quadrant_labels_discriminate():
     """Same mosaics, (tile, class) labels: 40 columns, one label per tile, and random codes far below the
     union-of-classes labelling's level (which relates 81% of pairs)."""

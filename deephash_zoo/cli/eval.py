@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', required=True,
                    help='checkpoint folder, a run folder holding checkpoint/, local-dir:FOLDER or hf-hub:ORG/NAME')
     p.add_argument('--data', default=None,
-                   help="fashion-mnist | mosaic[-pair|-quadrant] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
+                   help="fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
                         "(default: the checkpoint's dataset)")
     p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     p.add_argument('--bits', type=int, default=None, help='evaluate only this code length (default: all)')

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--checkpoint', required=True,
                    help='checkpoint folder, a run folder holding checkpoint/, local-dir:FOLDER or hf-hub:ORG/NAME')
     b.add_argument('--data', default=None,
-                   help="fashion-mnist | mosaic[-pair|-quadrant] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
+                   help="fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
                         "(default: the checkpoint's dataset)")
     b.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     b.add_argument('--images', type=Path, default=None, metavar='DIR',

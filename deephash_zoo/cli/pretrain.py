@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
                'cross-entropy. DATH models take the alexnet trunk, ADMTH / DMLH models the cnnf trunk.')
     p.add_argument('--trunk', required=True, choices=('alexnet', 'cnnf'), help='alexnet (DATH) or cnnf (ADMTH)')
     p.add_argument('--data', default='fashion-mnist',
-                   help='fashion-mnist | mosaic[-pair|-quadrant] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH '
+                   help='fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH '
                         '(default: %(default)s)')
     p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     p.add_argument('--out', required=True, help='run folder: trunk.safetensors, last/, train_log.jsonl')

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--recipe', choices=tuple(RECIPES), default='paper',
                    help='named settings (default: %(default)s); see below')
     p.add_argument('--data', default='fashion-mnist',
-                   help='fashion-mnist | mosaic[-pair|-quadrant] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH '
+                   help='fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH '
                         '(default: %(default)s)')
     p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     p.add_argument('--out', required=True, help='run folder: checkpoint/, last/, train_log.jsonl')

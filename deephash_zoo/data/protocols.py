@@ -18,7 +18,8 @@ from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .listfile import load_list_file
 from .mosaic import compose_mosaic, mosaic_indices, quadrant_labels, quadrant_names
 
-__all__ = ['PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'labels_survive_flip', 'split_protocol']
+__all__ = ['MOSAIC_DATA', 'PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'labels_survive_flip',
+           'split_protocol']
 
 PathLike = Union[str, Path]
 Transform = Optional[Callable[..., Any]]
@@ -64,7 +65,13 @@ PROTOCOLS: Dict[str, Protocol] = {
                             'union of their classes: about a third of the pairs relevant, without position in the '
                             'labels; 2,000 query mosaics from the test images, 20,000 database mosaics from the '
                             'training images, 5,000 training mosaics drawn from the database', mosaic_filled=2),
+    'mosaic-single': Protocol(1000, None, 'database', 60000, None,
+                              'one Fashion-MNIST item on a seeded tile of a black 2x2 canvas, label = its class: '
+                              'items at the scale and in the places the mosaics show them, for pretraining a trunk '
+                              'before a mosaic benchmark; 1,000 query canvases from the test images, 60,000 '
+                              'database canvases from the training images, all of them trained on', mosaic_filled=1),
 }
+MOSAIC_DATA = tuple(name for name in PROTOCOLS if name.startswith('mosaic'))  # built by _build_mosaic
 _LABEL_COUNT_PRESET = {21: 'nuswide21', 81: 'nuswide81', 80: 'coco'}
 
 
@@ -172,14 +179,14 @@ def _mosaic_set(images: np.ndarray, labels: np.ndarray, n: int, seed: Sequence[i
         names = quadrant_names(FASHION_MNIST_CLASSES, grid)
     # which source items, for manifests ('-': a blank tile)
     ids = [f'{split}:' + '+'.join(str(i) if i >= 0 else '-' for i in row) for row in index.tolist()]
-    return HashDataset(multi_hot, images=tiles, class_names=names, ids=ids, single_label=False)
+    return HashDataset(multi_hot, images=tiles, class_names=names, ids=ids, single_label=filled == 1 and not quadrants)
 
 
 def _build_mosaic(root: Optional[PathLike], seed: int, subset: Optional[int], preset: Protocol,
                   num_query: Optional[int], num_train: Optional[int], grid: int) -> Dict[str, HashDataset]:
     nq = preset.num_query if num_query is None else num_query
     ndb = int(subset if subset is not None else preset.num_database or 0)
-    ntr = num_train if num_train is not None else min(int(preset.num_train or 0), ndb)
+    ntr = num_train if num_train is not None else ndb if preset.num_train is None else min(preset.num_train, ndb)
     if not ndb:
         raise ValueError('the mosaic database needs at least one mosaic')
     if ntr > ndb:
@@ -251,7 +258,7 @@ def build_retrieval_data(
         _check_count(arg, value)
     if name == 'fashion-mnist':
         out = _build_fashion_mnist(root, seed, subset, PROTOCOLS[name], num_query, num_train)
-    elif name in ('mosaic', 'mosaic-quadrant', 'mosaic-pair'):
+    elif name in MOSAIC_DATA:
         out = _build_mosaic(root, seed, subset, PROTOCOLS[name], num_query, num_train, grid)
     elif name.split(':', 1)[0] in CIFAR10_PROTOCOLS and ':' in name:
         kind, path = name.split(':', 1)
@@ -276,7 +283,7 @@ def build_retrieval_data(
         out = {'train': dataset.subset(split.train), 'query': dataset.subset(split.query),
                'database': dataset.subset(split.database)}
     else:
-        raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', 'mosaic', 'mosaic-quadrant', 'mosaic-pair', "
+        raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', {', '.join(map(repr, MOSAIC_DATA))}, "
                          "'cifar10[-1|-2]:DIR', 'list:PATH' or 'coco:PATH'")
     for key, ds in out.items():
         ds.transform = train_transform if key == 'train' and train_transform is not None else transform
