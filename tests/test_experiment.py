@@ -169,6 +169,29 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
         main(argv[:-1] + ['0,1', '--resume'])
 
 
+@needs_fmnist
+def test_a_budget_with_an_eval_seed_scores_every_training_seed_on_the_same_subsets(tmp_path):
+    """cpu-pretrained scores every cell on seed 0's query and database subsets, so seeds vary the training alone; a
+    budget without eval_seed scores a cell on its own seed's draw. The row and its settings say which."""
+    import dataclasses
+
+    from deephash_zoo.evaluation import default_out
+    from deephash_zoo.experiments.runs import cell_settings, run_cell
+
+    assert get_budget('cpu-pretrained').eval_seed == 0 and get_budget('tiny').eval_seed is None
+    fixed = dataclasses.replace(get_budget('tiny'), eval_seed=0)
+    for budget, scored_on in ((fixed, 0), (get_budget('tiny'), 1)):
+        run_dir = tmp_path / f'{budget.eval_seed}'
+        row = run_cell('dmlh_cnnf_16', 'fashion-mnist', budget, 1, run_dir, keep=True)
+        report = json.loads((default_out(run_dir / 'checkpoint') / 'metrics.json').read_text())
+        assert row['seed'] == 1 and row['eval_seed'] == report['protocol']['seed'] == scored_on
+        assert row['results']['16']['map'] == pytest.approx(report['results']['16']['map'])
+        assert row['settings']['eval_seed'] == budget.eval_seed
+    # a cell scored on its own seed's draw is not resumed into a table scored on one draw
+    assert cell_settings('dmlh_cnnf_16', 'fashion-mnist', fixed, None) != \
+        cell_settings('dmlh_cnnf_16', 'fashion-mnist', get_budget('tiny'), None)
+
+
 def _fake_result(maps: dict) -> dict:
     """An ablation result with the given per-seed mAPs {arm label: [seed0, seed1, seed2]} at 16 bits."""
     arms = [a for a in arms_for('ablation', (16,)) if a.label in maps]
@@ -346,3 +369,38 @@ def test_mosaic_trunks_are_pretrained_on_the_items_their_tiles_are_cut_from():
                   'pretrain': {'alexnet': record}}
         trunk = [line for line in training_setup(result) if line.startswith('Trunk:')]
         assert len(trunk) == 1 and ('on Fashion-MNIST (the mosaics\' source items)' in trunk[0]) == named, trunk
+
+
+def test_spread_separates_training_seeds_from_evaluation_draws():
+    from deephash_zoo.experiments.spread import summarize_spread
+
+    table = {0: {0: 0.80, 1: 0.84}, 1: {0: 0.81, 1: 0.85}}  # the draw moves both seeds by 0.04, training by 0.01
+    s = summarize_spread(table)
+    assert s['mean_std_over_training_seeds'] == pytest.approx(0.01 / 2 ** 0.5)
+    assert s['mean_std_over_eval_seeds'] == pytest.approx(0.04 / 2 ** 0.5)
+    assert s['std_own_draw'] == pytest.approx(0.05 / 2 ** 0.5)
+
+
+@needs_fmnist
+def test_spread_command_scores_every_training_seed_on_every_draw_and_reuses_its_checkpoints(tmp_path, capsys):
+    from deephash_zoo.evaluation import default_out
+    from deephash_zoo.experiments.spread import main
+
+    work, out = tmp_path / 'work', tmp_path / 'spread.json'
+    argv = ['--model', 'dmlh_cnnf_16', '--budget', 'tiny', '--seeds', '0,1', '--work', str(work), '--out', str(out)]
+    assert main(argv) == 0
+    record = json.loads(out.read_text())
+    assert set(record['map']) == {'0', '1'} and all(set(row) == {'0', '1'} for row in record['map'].values())
+    assert record['machine']['cpu'] and 'std over training seeds' in capsys.readouterr().out
+    # the diagonal is what a cell of a budget without eval_seed reports: its own seed's draw
+    for seed in (0, 1):
+        checkpoint = work / f'dmlh_cnnf_16-seed{seed}' / 'checkpoint'
+        metrics = json.loads((default_out(checkpoint) / 'metrics.json').read_text())
+        assert metrics['protocol']['seed'] == seed
+        assert record['map'][str(seed)][str(seed)] == pytest.approx(metrics['results']['16']['map'])
+    weights = work / 'dmlh_cnnf_16-seed0' / 'checkpoint' / 'model.safetensors'
+    mtime = weights.stat().st_mtime_ns
+    assert main(argv) == 0 and weights.stat().st_mtime_ns == mtime  # scored again, not retrained
+    assert json.loads(out.read_text())['map'] == record['map']
+    assert main(argv[:4] + ['--seeds', '0', '--work', str(work)]) == 2
+    assert 'two or more distinct seeds' in capsys.readouterr().err

@@ -4,7 +4,8 @@ as other datasets), and which of the papers' orderings these runs confirm, contr
 An ordering "A beats B" is *confirmed* at a code length when mean(A) - mean(B) exceeds std(A) + std(B)
 over the seeds, *contradicted* when mean(B) - mean(A) does, and *cannot tell* otherwise. Beside each verdict the
 tables give A - B seed by seed (:func:`paired_differences`): both arms of a seed are scored on the same query and
-database subsets, so those differences show what the unpaired rule's spread hides.
+database subsets (a budget with ``eval_seed`` scores every cell on one draw), so those differences show what the
+unpaired rule's spread hides.
 """
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -14,7 +15,12 @@ __all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', '
 
 _DATA_NAMES = {'fashion-mnist': 'Fashion-MNIST', 'mosaic': 'the Fashion-MNIST 2x2 mosaic (multi-label)',
                'mosaic-quadrant': 'the Fashion-MNIST 2x2 mosaic with (tile, class) labels (40 labels)',
-               'mosaic-pair': 'Fashion-MNIST pair mosaics (two items on a 2x2 grid, multi-label)'}
+               'mosaic-pair': 'Fashion-MNIST pair mosaics (two items on a 2x2 grid, multi-label)',
+               'mosaic-single': 'single Fashion-MNIST items on a random tile of the 2x2 mosaic canvas'}
+# a trunk pretrained on other data than the table's (a mosaic's): what that data is to the table
+_PRETRAINED_ON = {'fashion-mnist': "Fashion-MNIST (the mosaics' source items)",
+                  'mosaic-single': "single Fashion-MNIST items on a random tile of the 2x2 mosaic canvas (the "
+                                   "mosaics' source items at tile scale and position, one class label each)"}
 
 PAPER_NOTES = {
     'ablation': [
@@ -142,8 +148,8 @@ def claims(result: Dict[str, Any], summary: Optional[Dict[str, Dict[str, Any]]] 
 
 def paired_differences(result: Dict[str, Any], better: str, worse: str) -> Dict[str, List[float]]:
     """Per code length, mAP(better) - mAP(worse) seed by seed (the seeds both arms ran). The arms of one seed are
-    scored on the same seeded query and database subsets, so a difference that keeps its sign over the seeds is
-    worth reading beside the verdict, which compares the arms' spreads unpaired."""
+    scored on the same seeded query and database subsets and trained in the same data order, so a difference that
+    keeps its sign over the seeds is worth reading beside the verdict, which compares the arms' spreads unpaired."""
     arms = {a['label']: a['models'] for a in result['arms']}
     out = {}
     for b, model in arms[better].items():
@@ -153,6 +159,13 @@ def paired_differences(result: Dict[str, Any], better: str, worse: str) -> Dict[
         theirs = {c['seed']: c['results'][b]['map'] for c in _cells_of(result, arms[worse][b])}
         out[b] = [ours[s] - theirs[s] for s in result['seeds'] if s in ours and s in theirs]
     return out
+
+
+def _scored_on(budget: Dict[str, Any]) -> str:
+    """Which query and database subsets the cells were scored on, for the reader of the seed-by-seed differences."""
+    if budget.get('eval_seed') is None:
+        return 'each seed scoring both arms on the same query and database subsets (its own draw)'
+    return f'every cell scored on the same query and database subsets (seed {budget["eval_seed"]}\'s draw)'
 
 
 def _describe_pairs(better: str, worse: str, per_seed: Dict[str, List[float]]) -> str:
@@ -221,7 +234,7 @@ def training_setup(result: Dict[str, Any]) -> List[str]:
         acc = f", last-epoch training accuracy {rec['accuracy']:.3f}" if rec.get('accuracy') is not None else ''
         pieces = f" over {rec['pieces']} pieces (stopped and continued)" if rec.get('pieces', 1) > 1 else ''
         source = (rec.get('settings') or {}).get('data', result['data'])
-        on = f" on {_DATA_NAMES.get(source, source)} (the mosaics' source items)" if source != result['data'] else ''
+        on = f' on {_PRETRAINED_ON.get(source, source)}' if source != result['data'] else ''
         out.append(f"Trunk: {arch} pretrained by this run{on}, {rec['epochs']} epochs ({rec['steps']:,} steps, "
                    f"{rec['wall_seconds'] / 60:.1f} min wall, {rec['cpu_seconds'] / 60:.1f} CPU min{pieces}{acc}), "
                    'shared by every cell.')
@@ -300,7 +313,7 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
     if found:
         lines += ['', '**The papers\' orderings in these runs** (mAP; confirmed / contradicted when the means '
                   'differ by more than the sum of their standard deviations; then the differences seed by seed, '
-                  'each seed scoring both arms on the same query and database subsets)', '']
+                  f'{_scored_on(budget)})', '']
         for c in found:
             lines.append(f'- {c["claim"]} ({c["better"]} over {c["worse"]}): {_describe_verdicts(c["per_bits"])}.'
                          + _describe_pairs(c['better'], c['worse'], c.get('per_seed', {})))

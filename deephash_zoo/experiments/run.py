@@ -176,7 +176,7 @@ def run_experiment(
     t0 = time.perf_counter()
     # first, so that query and database subsets the data cannot give stop the run before anything trains
     say('chance level (random codes)')
-    chance = chance_level(data, budget, seeds[0])
+    chance = chance_level(data, budget, budget.eval_seed_for(seeds[0]))
     pretrained: Dict[str, Dict[str, Any]] = {}
     if budget.pretrain_epochs and init is None:
         pretrained = pretrain_trunks(models, data, budget, work, seeds[0], resume, device, say)

@@ -17,7 +17,7 @@ from deephash_zoo.utils import tensors_file_sha256
 
 from .budgets import Budget
 
-__all__ = ['run_cell', 'cell_settings', 'chance_level']
+__all__ = ['run_cell', 'cell_settings', 'chance_level', 'score_checkpoint']
 
 
 def _train_config(model: str, data: str, budget: Budget, seed: int, run_dir: Path, init: Optional[str],
@@ -40,10 +40,11 @@ def cell_settings(model: str, data: str, budget: Budget, init: Optional[str],
     return dict(resolve_settings(cfg), recipe=budget.recipe, budget=budget.name, data=data, epochs=cfg.epochs,
                 max_steps=cfg.max_steps, subset=cfg.subset, loss_args=dict(cfg.loss_args),
                 query_subset=budget.query_subset, db_subset=budget.db_subset, topk=budget.topk_for(data),
+                eval_seed=budget.eval_seed,
                 init_tensors_sha256=init_digest if init_digest or not init else tensors_file_sha256(init))
 
 
-def _evaluate(run_dir: Path, data: str, budget: Budget, seed: int) -> Dict[str, Any]:
+def score_checkpoint(run_dir: Path, data: str, budget: Budget, seed: int) -> Dict[str, Any]:
     """The metrics report of ``deephash-eval`` on the run's checkpoint, with the budget's subsets and mAP@K."""
     from deephash_zoo.evaluation import EvalOptions, evaluate_checkpoint
 
@@ -67,9 +68,9 @@ def run_cell(model: str, data: str, budget: Budget, seed: int, run_dir: Path, ke
     train(_train_config(model, data, budget, seed, run_dir, init, device))
     train_wall = time.perf_counter() - t0
     epochs = epoch_records(run_dir)
-    report = _evaluate(run_dir, data, budget, seed)
+    report = score_checkpoint(run_dir, data, budget, budget.eval_seed_for(seed))
     row = dict(
-        model=model, data=data, seed=seed,
+        model=model, data=data, seed=seed, eval_seed=budget.eval_seed_for(seed),
         results={b: dict(map=r['map'], p_at_n=r['p_at_n'], precision_radius2=r['precision_radius2'],
                          distinct_codes=(r.get('distinct_codes') or {}).get('fraction'))
                  for b, r in report['results'].items()},
