@@ -171,12 +171,14 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
 
 @needs_fmnist
 def test_a_budget_with_an_eval_seed_scores_every_training_seed_on_the_same_subsets(tmp_path):
-    """cpu-pretrained scores every cell on seed 0's query and database subsets, so seeds vary the training alone; a
-    budget without eval_seed scores a cell on its own seed's draw. The row and its settings say which."""
+    """cpu-pretrained trains and scores every cell on seed 0's split and subsets, so seeds vary the training alone;
+    a budget without eval_seed uses the cell's own seed's draw. The row, its settings and the checkpoint say which."""
     import dataclasses
 
+    from deephash_zoo.cli.eval import main as eval_main
     from deephash_zoo.evaluation import default_out
     from deephash_zoo.experiments.runs import cell_settings, run_cell
+    from deephash_zoo.hub.checkpoint import read_checkpoint_config
 
     assert get_budget('cpu-pretrained').eval_seed == 0 and get_budget('tiny').eval_seed is None
     fixed = dataclasses.replace(get_budget('tiny'), eval_seed=0)
@@ -187,6 +189,12 @@ def test_a_budget_with_an_eval_seed_scores_every_training_seed_on_the_same_subse
         assert row['seed'] == 1 and row['eval_seed'] == report['protocol']['seed'] == scored_on
         assert row['results']['16']['map'] == pytest.approx(report['results']['16']['map'])
         assert row['settings']['eval_seed'] == budget.eval_seed
+        # trained on that split too (a mosaic's training mosaics come from it), and deephash-eval defaults to it
+        training = read_checkpoint_config(run_dir / 'checkpoint')['training']
+        assert training['seed'] == 1 and training['data_seed'] == budget.eval_seed
+        assert eval_main(['--checkpoint', str(run_dir), '--query-subset', '20', '--db-subset', '60', '--no-plots',
+                          '--out', str(tmp_path / 'eval'), '--no-progress']) == 0
+        assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['protocol']['seed'] == scored_on
     # a cell scored on its own seed's draw is not resumed into a table scored on one draw
     assert cell_settings('dmlh_cnnf_16', 'fashion-mnist', fixed, None) != \
         cell_settings('dmlh_cnnf_16', 'fashion-mnist', get_budget('tiny'), None)

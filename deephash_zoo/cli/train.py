@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--subset', type=int, default=None, help='train on this many items (seeded choice)')
     p.add_argument('--max-steps', type=int, default=None, help='stop after this many optimiser steps')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--data-seed', type=int, default=None,
+                   help='seed of the benchmark split (queries, database, training set) and of --subset, so that runs '
+                        'of several seeds train and are scored on one split (default: --seed)')
     p.add_argument('--workers', type=int, default=0, help='data loader processes')
     p.add_argument('--init', default=None, help='initial weights: a trunk file of deephash-pretrain, or safetensors '
                                                 'in this model layout (converted ImageNet weights); default: '
@@ -118,6 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = TrainConfig(
         model=args.model, recipe=args.recipe, data=args.data, out=args.out, data_root=args.data_root,
         epochs=args.epochs, img_size=args.img_size, subset=args.subset, max_steps=args.max_steps, seed=args.seed,
+        data_seed=args.data_seed,
         num_workers=args.workers, init=args.init, resume=args.resume, overwrite=args.overwrite,
         log_every=args.log_every,
         amp=not args.no_amp, device=args.device, loss_args=loss_args, loss_reduction=args.loss_reduction,

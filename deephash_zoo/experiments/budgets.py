@@ -22,10 +22,11 @@ be), then trains each cell's hashing objective from it for a fixed number of ste
 and scores mAP@all on seeded query and database subsets. Its sizes are set so that one experiment (both code
 lengths, three seeds) fits in about 3 hours on 2 CPU cores; see ``deephash-experiment --help``.
 
-Every cpu-pretrained cell is scored on the same subsets (seed 0's, ``eval_seed``), as a paper scores every
-method on one split, so that the seeds vary the training alone: with subsets drawn per seed, the draw moved all
-arms of a seed together by more than the arms differed (measured in the README), and the verdicts counted that
-as spread. Its DATH cells open the attention gates (``attn_gate_init=1``, see
+Every cpu-pretrained cell trains on and is scored on one split (seed 0's, ``eval_seed``: the benchmark split,
+which for a mosaic draws the training mosaics, and the query and database subsets), as a paper scores every method
+on one split, so that the seeds vary the training alone (initialisation, data order, flips): with a draw per
+seed, the draw moved all arms of a seed together (measured in the README) and the verdicts counted that as
+spread. Its DATH cells open the attention gates (``attn_gate_init=1``, see
 :func:`deephash_zoo.models.attention.open_attention_gates`): with DANet's start at 0, 300 steps left every
 gamma within 0.002 of 0, DATH-C computed DATH-N's function and DATH-S DATH-1's to 0.0002 mAP, and the
 ablation could not say anything about attention.
@@ -59,7 +60,7 @@ class Budget:
     pretrain_epochs: Optional[int] = None  # a trunk pretraining stage of this many epochs (None: none)
     default_bits: Optional[Tuple[int, ...]] = None  # code lengths run when none are given (None: all four)
     attn_gate_init: Optional[float] = None  # DATH cells: --attn-gate-init (None: the recipe's, DANet's 0)
-    eval_seed: Optional[int] = None  # every cell scored on this seed's query/database subsets (None: its own seed's)
+    eval_seed: Optional[int] = None  # every cell's split and scoring subsets are this seed's (None: its own seed's)
 
     def eval_seed_for(self, seed: int) -> int:
         """The seed whose query and database subsets score the cell of training seed ``seed``."""

@@ -25,7 +25,8 @@ def _train_config(model: str, data: str, budget: Budget, seed: int, run_dir: Pat
     family = family_defaults(model, budget.recipe)['family']
     return TrainConfig(model=model, data=data, out=str(run_dir), recipe=budget.recipe,
                        epochs=budget.epochs_for(family), batch_size=budget.batch_size, img_size=budget.img_size,
-                       subset=budget.train_subset, max_steps=budget.max_steps, seed=seed, log_every=10_000, init=init,
+                       subset=budget.train_subset, max_steps=budget.max_steps, seed=seed,
+                       data_seed=budget.eval_seed, log_every=10_000, init=init,
                        device=device, loss_args=budget.loss_args_for(family),
                        attn_gate_init=budget.attn_gate_init if family == 'dath' else None,
                        save_state=False, overwrite=True)

@@ -84,6 +84,7 @@ class TrainConfig:
     subset: Optional[int] = None
     max_steps: Optional[int] = None
     seed: int = 0
+    data_seed: Optional[int] = None  # the seed of the benchmark's split and --subset draw (None: ``seed``)
     num_workers: int = 0
     init: Optional[str] = None
     resume: bool = False
@@ -367,12 +368,13 @@ def _prepare_data(cfg: TrainConfig, model: nn.Module, flip: bool, img_size: Opti
     transform = create_transform(**data_cfg)
     if flip:
         transform = transforms.Compose([transforms.RandomHorizontalFlip(), transform])
-    splits = build_retrieval_data(cfg.data, root=cfg.data_root, seed=cfg.seed)
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    splits = build_retrieval_data(cfg.data, root=cfg.data_root, seed=data_seed)
     dataset = splits['train']
     if cfg.subset:
         if cfg.subset > len(dataset):
             raise ValueError(f'--subset {cfg.subset} is larger than the training set ({len(dataset)} items)')
-        order = np.random.default_rng(cfg.seed).permutation(len(dataset))[:cfg.subset]
+        order = np.random.default_rng(data_seed).permutation(len(dataset))[:cfg.subset]
         dataset = dataset.subset(np.sort(order))
     dataset.transform = transform
     return dataset, data_cfg
