@@ -421,3 +421,16 @@ def test_the_time_claim_counts_the_single_length_models_that_ran():
     timed = [c for c in claims(result) if 'time' in c['per_bits']]
     assert len(timed) == 1 and 'the 2 single-length models of the lengths run' in timed[0]['claim']
     assert 'the four' not in timed[0]['claim'] and timed[0]['per_bits']['time'] == 'contradicted'
+
+
+def test_the_readme_quotes_the_committed_spread_measurement():
+    """The README's spread table and figures are the committed JSON's, not typed numbers."""
+    record = json.loads((REPO / 'benchmarks' / 'eval-spread.amd-epyc.json').read_text())
+    readme = (REPO / 'README.md').read_text()
+    section = readme.split('How far a seed moves a cell, and why', 1)[1].split('How to read', 1)[0]
+    assert record['machine']['cpu'].startswith('AMD EPYC') and 'AMD EPYC' in section
+    for t in record['seeds']:
+        row = f'| {t} | ' + ' | '.join(f"{record['map'][str(t)][str(e)]:.4f}" for e in record['seeds']) + ' |'
+        assert row in section
+    for key in ('mean_std_over_eval_seeds', 'mean_std_over_training_seeds', 'std_own_draw'):
+        assert f'{record[key]:.4f}' in section
