@@ -16,11 +16,12 @@ epochs, ADMTH 150 epochs, full query and database sets, the papers' loss weights
 from ImageNet weights; pass ``--init`` (converted with ``deephash-convert``) to do the same.
 
 ``cpu-pretrained`` is built on the working recipe of the zoo (``scratch``): it first pretrains the family's
-trunk as a classifier on the experiment's training set (for a mosaic, the Fashion-MNIST training images its
-tiles are cut from; one trunk per experiment, shared by every arm and seed, as one set of ImageNet weights would
-be), then trains each cell's hashing objective from it for a fixed number of steps on the whole training set,
-and scores mAP@all on seeded query and database subsets. Its sizes are set so that one experiment (both code
-lengths, three seeds) fits in about 3 hours on 2 CPU cores; see ``deephash-experiment --help``.
+trunk as a classifier on the experiment's training set (for a mosaic, ``mosaic-single``: the Fashion-MNIST items
+its tiles are cut from, one per image on a random tile of the same canvas; one trunk per experiment, shared by
+every arm and seed, as one set of ImageNet weights would be), then trains each cell's hashing objective from it
+for a fixed number of steps on the whole training set, and scores mAP@all on seeded query and database subsets.
+Its sizes are set so that one experiment (both code lengths, three seeds) fits in about 3 hours on 2 CPU cores;
+see ``deephash-experiment --help``.
 
 Every cpu-pretrained cell trains on and is scored on one split (seed 0's, ``eval_seed``: the benchmark split,
 which for a mosaic draws the training mosaics, and the query and database subsets), as a paper scores every method

@@ -18,8 +18,7 @@ _DATA_NAMES = {'fashion-mnist': 'Fashion-MNIST', 'mosaic': 'the Fashion-MNIST 2x
                'mosaic-pair': 'Fashion-MNIST pair mosaics (two items on a 2x2 grid, multi-label)',
                'mosaic-single': 'single Fashion-MNIST items on a random tile of the 2x2 mosaic canvas'}
 # a trunk pretrained on other data than the table's (a mosaic's): what that data is to the table
-_PRETRAINED_ON = {'fashion-mnist': "Fashion-MNIST (the mosaics' source items)",
-                  'mosaic-single': "single Fashion-MNIST items on a random tile of the 2x2 mosaic canvas (the "
+_PRETRAINED_ON = {'mosaic-single': "single Fashion-MNIST items on a random tile of the 2x2 mosaic canvas (the "
                                    "mosaics' source items at tile scale and position, one class label each)"}
 
 PAPER_NOTES = {
