@@ -22,6 +22,7 @@ import timm
 import torch
 
 import deephash_zoo
+from deephash_zoo.data.protocols import MOSAIC_DATA
 from deephash_zoo.training.recipes import trunk_of
 from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, epoch_records, train
 from deephash_zoo.utils import cpu_model, load_average, read_jsonl, tensors_file_sha256, usable_cores
@@ -102,7 +103,7 @@ def pretraining_data(data: str) -> str:
     trunk pretrained on the full-frame Fashion-MNIST images sees items at twice the scale and always centred:
     a DATH-N cell hashed the pair mosaics from it into 12 distinct codes per 1,000 images (mAP 0.452 against
     0.344 random); from a ``mosaic-single`` trunk, 280 distinct codes and mAP 0.699 (AMD EPYC, stop 29)."""
-    return 'mosaic-single' if data.startswith('mosaic') else data
+    return 'mosaic-single' if data in MOSAIC_DATA else data
 
 
 def pretrain_trunks(models: Sequence[str], data: str, budget: Budget, work: Path, seed: int, resume: bool,
