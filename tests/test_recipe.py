@@ -159,8 +159,10 @@ def test_scratch_recipe_lowers_j1_without_collapse(tmp_path):
     as classes, none holding half of the images (the paper recipe from random weights gives one code)."""
     common = dict(data='fashion-mnist', img_size=64, subset=512, batch_size=32, log_every=1)
     pre = tmp_path / 'pre'
-    # batches of 32 from a fresh trunk: clipped gradients (the full-size stage uses batches of 128)
-    train(TrainConfig(model='alexnet', stage='pretrain', out=str(pre), epochs=8, lr=0.01, warmup_steps=16,
+    # batches of 32 from a fresh trunk: clipped gradients (the full-size stage uses batches of 128). 4 epochs at
+    # lr 0.02 train a trunk as good for this test as 8 at 0.01 did, in half the time (AMD EPYC, 2 cores: triplet
+    # ratio 0.46 against 0.51, 43 distinct codes against 27; 4 epochs at 0.01 gave 0.82 and 7)
+    train(TrainConfig(model='alexnet', stage='pretrain', out=str(pre), epochs=4, lr=0.02, warmup_steps=16,
                       grad_clip=2.0, **common))
     run = tmp_path / 'hash'
     train(TrainConfig(model='dath_n_32', recipe='scratch', out=str(run), init=str(pre / TRUNK_FILE), epochs=3,
