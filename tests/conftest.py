@@ -12,6 +12,7 @@ import torch
 
 import deephash_zoo  # noqa: F401  (registers the models)
 from deephash_zoo.hub.checkpoint import save_checkpoint
+from deephash_zoo.utils import usable_cores
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
 TINY_IMG = 64
@@ -19,6 +20,19 @@ TINY_NDB = 120  # database items in the tiny index
 # The most the suite holds on disk at once, with room to spare: 1,656 MiB measured over a whole run (df sampled
 # every 0.5 s), mostly the SIGKILL-resume test's train state and weights and their next copy before the rename.
 DISK_NEEDED_GIB = float(os.environ.get('DEEPHASH_TEST_DISK_GIB', '2'))
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist each worker gets its share of the cores, for torch here and for the processes its
+    tests start: two workers of two threads each would put four threads on two cores."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers > 1:
+        threads = max(1, usable_cores() // workers)
+        os.environ['OMP_NUM_THREADS'] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
 
 
 def _temp_root(config: pytest.Config) -> Path:

@@ -1,9 +1,15 @@
-"""The suite's own disk use: a passing module leaves no files behind, and a disk too full to hold the
-suite's checkpoints stops the session at once with one message (tests/conftest.py, pyproject.toml)."""
+"""The suite's own resources: a passing module leaves no files behind, a disk too full to hold the suite's
+checkpoints stops the session at once with one message, and each pytest-xdist worker runs on its share of the
+cores (tests/conftest.py, pyproject.toml)."""
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+
+from deephash_zoo.utils import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +33,12 @@ def test_too_little_disk_stops_the_session_saying_why():
     assert done.returncode == 1, out[-3000:]
     assert 'GiB free in' in out and 'the test suite needs 1e+06 GiB there' in out and '--basetemp' in out, out
     assert 'passed' not in out and 'Traceback' not in out, out
+
+
+def test_an_xdist_worker_runs_on_its_share_of_the_cores():
+    """The README's command runs two workers: each (and what its tests start) gets half the cores."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers == 1:
+        pytest.skip('not run under pytest-xdist (the README command: -n 2)')
+    share = max(1, usable_cores() // workers)
+    assert torch.get_num_threads() == share and os.environ['OMP_NUM_THREADS'] == str(share)
