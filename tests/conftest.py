@@ -12,6 +12,7 @@ import torch
 
 import deephash_zoo  # noqa: F401  (registers the models)
 from deephash_zoo.hub.checkpoint import save_checkpoint
+from deephash_zoo.retrieval import kernels
 from deephash_zoo.utils import usable_cores
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
@@ -23,12 +24,14 @@ DISK_NEEDED_GIB = float(os.environ.get('DEEPHASH_TEST_DISK_GIB', '2'))
 
 
 def _share_the_cores_between_workers() -> None:
-    """Under pytest-xdist each worker gets its share of the cores, for torch here and for the processes its
-    tests start: two workers of two threads each would put four threads on two cores."""
+    """Under pytest-xdist each worker gets its share of the cores, for torch and numba here and for the processes
+    its tests start: two workers of two threads each would put four threads on two cores."""
     workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
     if workers > 1:
         threads = max(1, usable_cores() // workers)
         os.environ['OMP_NUM_THREADS'] = str(threads)
+        if kernels.available():  # first: numba starting its threads sets the OpenMP count torch shares
+            kernels.numba.set_num_threads(threads)
         torch.set_num_threads(threads)
 
 

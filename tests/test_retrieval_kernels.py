@@ -5,6 +5,10 @@ mAP) is compared on single- and multi-label data, code lengths with 1, 2 and 4-b
 than one 64-bit word, many ties, and K below, at and above the database size; then the guessed-threshold
 path's fallback, and the NumPy path when numba is absent.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -97,3 +101,20 @@ def test_numpy_path_when_numba_is_absent(monkeypatch):
         M.evaluate(q, d, ql, dl, backend='numba')
     with pytest.raises(ValueError, match="backend must be one of"):
         M.evaluate(q, d, ql, dl, backend='gpu')
+
+
+def test_the_kernel_leaves_torch_thread_count_as_it_was():
+    """numba's OpenMP layer sets the OpenMP thread count when it starts its threads, and torch shares that libgomp:
+    the first mAP of a process must not undo a user's ``torch.set_num_threads`` (a fresh process, as numba starts
+    its threads once)."""
+    script = ('import numpy as np, torch\n'
+              'torch.set_num_threads(1)\n'
+              'from deephash_zoo.retrieval import kernels, metrics\n'
+              'assert torch.get_num_threads() == 1\n'  # torch applies its count at its first use, as a user's would
+              'q = np.where(np.random.default_rng(0).random((40, 16)) < 0.5, -1, 1).astype(np.int8)\n'
+              'metrics.mean_average_precision(q, q, np.arange(40) % 4, np.arange(40) % 4)\n'
+              'print(kernels.numba.get_num_threads(), torch.get_num_threads())\n')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'NUMBA_NUM_THREADS': '2'})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ['2', '1'], done.stdout

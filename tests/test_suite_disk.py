@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from deephash_zoo.retrieval import kernels
+from deephash_zoo.retrieval.metrics import mean_average_precision
 from deephash_zoo.utils import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +39,14 @@ def test_too_little_disk_stops_the_session_saying_why():
 
 
 def test_an_xdist_worker_runs_on_its_share_of_the_cores():
-    """The README's command runs two workers: each (and what its tests start) gets half the cores."""
+    """The README's command runs two workers: each (and what its tests start) gets half the cores, still after
+    the compiled metrics kernel has run in this worker (numba's threads once reset torch's count to theirs)."""
     workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
     if workers == 1:
         pytest.skip('not run under pytest-xdist (the README command: -n 2)')
     share = max(1, usable_cores() // workers)
+    q = np.where(np.random.default_rng(0).random((40, 16)) < 0.5, -1, 1).astype(np.int8)
+    mean_average_precision(q, q, np.arange(40) % 4, np.arange(40) % 4)
     assert torch.get_num_threads() == share and os.environ['OMP_NUM_THREADS'] == str(share)
+    if kernels.available():
+        assert kernels.numba.get_num_threads() == share

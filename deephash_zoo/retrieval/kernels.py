@@ -19,7 +19,9 @@ larger than the database's distances. Results equal the NumPy path exactly (``te
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import sys
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -297,6 +299,20 @@ if numba is not None:
                            within_rel_out, hist_out)
 
 
+@contextlib.contextmanager
+def _torch_threads_kept() -> Iterator[None]:
+    """Leave torch's thread count as it was. numba's OpenMP layer sets the OpenMP thread count to its own pool's
+    size when it first starts its threads, and torch, sharing the one libgomp a process loads, then runs on that
+    many: a user's ``torch.set_num_threads(1)`` would not survive the first mAP computed."""
+    torch = sys.modules.get('torch')
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if torch is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _chunks(num_queries: int) -> int:
     """Runs of queries the threads share: a few per thread, so an uneven run does not leave threads idle."""
     return max(1, min(num_queries, 8 * numba.get_num_threads()))
@@ -306,7 +322,8 @@ def popcount_sweep(q_words: np.ndarray, db_words: np.ndarray) -> None:
     """XOR + popcount of every query against every database item and nothing else (the benchmark's floor:
     what no mAP implementation can skip). Same word layout and loops as :func:`scan_queries`."""
     qw, dw = words64(q_words), words64(db_words)
-    _sweep_kernel(qw, np.ascontiguousarray(dw.T), _chunks(len(qw)), np.zeros(len(qw), dtype=np.uint8))
+    with _torch_threads_kept():
+        _sweep_kernel(qw, np.ascontiguousarray(dw.T), _chunks(len(qw)), np.zeros(len(qw), dtype=np.uint8))
 
 
 def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits: int, *, map_k: int = 0,
@@ -337,11 +354,12 @@ def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits
         'within_relevant': np.zeros(nq if full else 1, dtype=np.int64),
         'hist': np.zeros((nq if full else 1, nvals, 2), dtype=np.int64),
     }
-    _scan_kernel(qw, np.ascontiguousarray(dw.T), q_class, db_class, q_lab, db_lab, relevance.multi, nvals,
-                 int(map_k), sorted_ns,
-                 -1 if radius is None else int(radius), bool(full),
-                 np.zeros(1, dtype=np.uint8 if nvals <= 256 else np.uint16), _chunks(nq), out['ap'], out['hits'],
-                 out['total'], out['within'], out['within_relevant'], out['hist'])
+    with _torch_threads_kept():
+        _scan_kernel(qw, np.ascontiguousarray(dw.T), q_class, db_class, q_lab, db_lab, relevance.multi, nvals,
+                     int(map_k), sorted_ns,
+                     -1 if radius is None else int(radius), bool(full),
+                     np.zeros(1, dtype=np.uint8 if nvals <= 256 else np.uint16), _chunks(nq), out['ap'], out['hits'],
+                     out['total'], out['within'], out['within_relevant'], out['hist'])
     hits = np.empty_like(out['hits'])
     hits[:, order] = out['hits']
     out['hits'] = hits
