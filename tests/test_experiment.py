@@ -44,6 +44,9 @@ def _check_agree(result: dict, markdown: str) -> None:
         assert set(rows) == {a['label'] for a in result['arms']}
         for arm in result['arms']:
             for i, bits in enumerate(str(b) for b in result['bits']):
+                if bits not in arm['models']:  # a length this arm did not run: blank
+                    assert rows[arm['label']][i] == ''
+                    continue
                 model = arm['models'][bits]
                 shown = float(rows[arm['label']][i].split('±')[0])
                 assert shown == pytest.approx(_mean_from_cells(result, model, bits, key), abs=5e-4)
@@ -90,6 +93,22 @@ def test_ablation_tiny_json_and_table_agree_and_resume(tmp_path, capsys):
     assert main(argv + ['--resume', '--no-encoding-time']) == 0
     again = json.loads((work / f'{key}.json').read_text())
     assert again['resumed_cells'] == 4 and again['cells'] == result['cells']
+
+    # a 32-bit column for DATH-S alone: the table keeps DATH-N from the cells file, blank where it did not run
+    assert main(argv[:4] + ['DATH-S', '--bits', '16,32'] + argv[7:] + ['--resume', '--no-encoding-time']) == 0
+    grown = json.loads((work / f'{key}.json').read_text())
+    markdown = (work / f'{key}.md').read_text()
+    assert grown['bits'] == [16, 32] and grown['resumed_cells'] == 4
+    assert {a['label']: sorted(a['models']) for a in grown['arms']} == {'DATH-S': ['16', '32'], 'DATH-N': ['16']}
+    assert [c for c in grown['cells'] if c['model'].endswith('_16')] == result['cells']
+    assert sorted(c['seed'] for c in grown['cells'] if c['model'] == 'dath_s_32') == [0, 1]
+    _check_agree(grown, markdown)
+    assert 'Not run (blank above; this table grew a length for some arms only): DATH-N at 32 bits.' in markdown
+    assert 'at 16 bits' in markdown and 'at 32 bits' not in markdown.split("orderings in these runs")[1]
+    # training totals count the lengths both arms ran: DATH-S's 16-bit model only, as before the column
+    summary, before = summarize(grown), summarize(result)
+    assert summary['DATH-S']['train_seconds_per_seed'] == before['DATH-S']['train_seconds_per_seed']
+    assert "the arm's models at the lengths every arm ran" in markdown
 
 
 @needs_fmnist

@@ -79,6 +79,8 @@ def summarize(result: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     recorded) per code length; training seconds per epoch and in total
     (the arm's models summed, per seed); encoding ms/image (the arm's models summed)."""
     out = {}
+    # a table grown in pieces may give some arms fewer lengths: training totals count the lengths every arm has
+    common = set.intersection(*(set(a['models']) for a in result['arms'])) if result['arms'] else set()
     for arm in result['arms']:
         per_bits = {}
         for b, model in arm['models'].items():
@@ -88,7 +90,8 @@ def summarize(result: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
                                p_at_100=_mean_std([c['results'][b]['p_at_n']['100'] for c in cells]),
                                distinct=_mean_std(distinct) if None not in distinct else None)
         models = list(dict.fromkeys(arm['models'].values()))
-        totals = [sum(c['train_seconds'] for m in models for c in _cells_of(result, m) if c['seed'] == s)
+        counted = list(dict.fromkeys(m for b, m in arm['models'].items() if b in common)) or models
+        totals = [sum(c['train_seconds'] for m in counted for c in _cells_of(result, m) if c['seed'] == s)
                   for s in result['seeds']]  # per seed, in the order of result['seeds']
         enc = result.get('encoding', {}).get('models', {})
         # an arm of one model per length is compared per model (the paper's Table 5 times its 16-bit models);
@@ -98,7 +101,7 @@ def summarize(result: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
             bits=per_bits, models=models,
             epoch_seconds=_mean_std([c['epoch_seconds'] for m in models for c in _cells_of(result, m)]),
             images_per_s=_mean_std([c['images_per_s'] for m in models for c in _cells_of(result, m)]),
-            train_seconds_per_seed=totals, train_seconds_total=_mean_std(totals),
+            train_seconds_per_seed=totals, train_seconds_total=_mean_std(totals), train_models=counted,
             costed=costed, params=sum(result['params'][m] for m in costed),
             encode_ms=sum(enc[m]['ms_per_image'] for m in costed) if all(m in enc for m in costed) else None,
         )
@@ -270,6 +273,10 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
     lines += _table(['model'] + [f'{b} bits' for b in bits],
                     [[label] + [_pm(s['bits'][b]['map']) if b in s['bits'] else '' for b in bits]
                      for label, s in summary.items()])
+    missing = [f'{label} at {", ".join(b for b in bits if b not in s["bits"])} bits'
+               for label, s in summary.items() if any(b not in s['bits'] for b in bits)]
+    if missing:
+        lines += ['', f'Not run (blank above; this table grew a length for some arms only): {"; ".join(missing)}.']
     flat = at_chance(result, summary)
     if flat:
         lines += ['', f'At the random-codes level (mean within one std of {chance["map"]:.3f}) at every length: '
@@ -296,10 +303,13 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
         cost_rows.append([label, f'{s["params"]:,}{which}', _pm(s['epoch_seconds'], 1), _pm(s['images_per_s'], 1),
                           _pm(s['train_seconds_total'], 1),
                           '' if s['encode_ms'] is None else f'{s["encode_ms"]:.1f}{which}'])
+    partial = any(s['train_models'] != s['models'] for s in summary.values())
+    total_head = ('train s in total (the arm\'s models at the lengths every arm ran, per seed)' if partial else
+                  'train s in total (all the arm\'s models, per seed)')
     lines += ['', '**Cost** (the DATH paper\'s Tables 5 and 6 framing; training at the budget\'s input size, '
               'encoding at the papers\')', '']
     lines += _table(['model', 'parameters', 'train s/epoch (each model)', 'train images/s',
-                     'train s in total (all the arm\'s models, per seed)', enc_head], cost_rows)
+                     total_head, enc_head], cost_rows)
     mt = multitask_time(result, summary)
     if mt is not None:
         n = len(summary[f'{mt["family"]} (single-length)']['models'])

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import timm
 import torch
@@ -28,7 +28,7 @@ from deephash_zoo.training.trainer import TRUNK_FILE, TrainConfig, epoch_records
 from deephash_zoo.utils import cpu_model, load_average, read_jsonl, tensors_file_sha256, usable_cores
 
 from .budgets import Budget
-from .plan import BITS, arms_for
+from .plan import BITS, Arm, arms_for
 from .runs import cell_settings, chance_level, run_cell
 from .stages import StageLog
 
@@ -143,6 +143,17 @@ def pretrain_trunks(models: Sequence[str], data: str, budget: Budget, work: Path
     return records
 
 
+def _arms_with_cells(arms: Sequence[Arm], have: Set[str]) -> List[Arm]:
+    """``arms`` cut to the code lengths whose model has cells; an arm with none left out. A table grown in pieces
+    (``only``: a column for some arms) shows an arm's missing lengths blank, not as zeros or errors."""
+    out = []
+    for arm in arms:
+        models = {b: m for b, m in arm.models.items() if m in have}
+        if models:
+            out.append(Arm(arm.label, models, arm.description))
+    return out
+
+
 def run_experiment(
         experiment: str,
         data: str,
@@ -166,7 +177,8 @@ def run_experiment(
     under version control, carries a long experiment across machines and sessions."""
     if keep not in KEEP_CHOICES:
         raise ValueError(f'keep must be one of {KEEP_CHOICES}, got {keep!r}')
-    arms = arms_for(experiment, tuple(bits), tuple(only))
+    table_arms = arms_for(experiment, tuple(bits))
+    trained_arms = arms_for(experiment, tuple(bits), tuple(only))
     seeds = tuple(budget.seeds if seeds is None else seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f'seeds must be distinct and at least one, got {list(seeds)}')
@@ -177,7 +189,7 @@ def run_experiment(
         cells_path.unlink()
     done = _load_cells(cells_path)
     resumed = len(done)
-    models = list(dict.fromkeys(m for arm in arms for m in arm.distinct_models))
+    models = list(dict.fromkeys(m for arm in trained_arms for m in arm.distinct_models))
     machine_start = machine_info()
     t0 = time.perf_counter()
     # first, so that query and database subsets the data cannot give stop the run before anything trains
@@ -186,15 +198,21 @@ def run_experiment(
     pretrained: Dict[str, Dict[str, Any]] = {}
     if budget.pretrain_epochs and init is None:
         pretrained = pretrain_trunks(models, data, budget, work, seeds[0], resume, device, say)
-    starts = {m: pretrained[trunk_of(m)]['trunk'] if pretrained else init for m in models}
+    # every model of the table whose starting weights this run has: the cells file's cells of arms not trained
+    # now (``only``) join the table when they were trained with the same settings from the same trunk
+    table_models = [m for arm in table_arms for m in arm.distinct_models
+                    if not pretrained or trunk_of(m) in pretrained]
+    starts = {m: pretrained[trunk_of(m)]['trunk'] if pretrained else init for m in table_models}
     digests = {path: tensors_file_sha256(path) for path in set(starts.values()) if path}
-    expected = {m: cell_settings(m, data, budget, starts[m], digests.get(starts[m])) for m in models}
+    expected = {m: cell_settings(m, data, budget, starts[m], digests.get(starts[m])) for m in table_models}
     if resume:
         _check_resumed(done, expected, cells_path)
     total = len(models) * len(seeds)
+    finished = 0
     for seed in seeds:
         for model in models:
             if (model, seed) in done:
+                finished += 1
                 continue
             keep_this = keep == 'all' or (keep == 'first-seed' and seed == seeds[0])
             t_cell = time.perf_counter()
@@ -203,18 +221,21 @@ def run_experiment(
             with open(cells_path, 'a') as f:
                 f.write(json.dumps(row) + '\n')
             done[(model, seed)] = row
+            finished += 1
             best = max(r['map'] for r in row['results'].values())
-            say(f'[{len(done)}/{total}] {model} seed {seed}: best mAP {best:.4f}, '
+            say(f'[{finished}/{total}] {model} seed {seed}: best mAP {best:.4f}, '
                 f'{time.perf_counter() - t_cell:.0f} s (elapsed {time.perf_counter() - t0:.0f} s)')
     train_wall = time.perf_counter() - t0
+    arms = _arms_with_cells(table_arms, {m for (m, s) in done if s in seeds and m in expected})
+    shown = list(dict.fromkeys(m for arm in arms for m in arm.distinct_models))
     encoding = _encoding(experiment, arms, say) if measure_encoding else {}
     return dict(
         schema_version=SCHEMA_VERSION, experiment=experiment, data=data, budget=asdict(budget),
         seeds=list(seeds), bits=list(bits),
         arms=[dict(label=a.label, description=a.description, models={str(b): m for b, m in a.models.items()})
               for a in arms],
-        params={m: _num_params(m) for m in models},
-        cells=[done[(m, s)] for s in seeds for m in models],
+        params={m: _num_params(m) for m in shown},
+        cells=[done[(m, s)] for s in seeds for m in shown if (m, s) in done],
         encoding=dict(img_size=ENCODE_IMG_SIZE, batch=1, runtime='PyTorch eager', models=encoding),
         chance=chance, init=init, pretrain=pretrained,
         wall_seconds=time.perf_counter() - t0, train_wall_seconds=train_wall,
