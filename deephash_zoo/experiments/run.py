@@ -173,6 +173,9 @@ def run_experiment(
 ) -> Dict[str, Any]:
     """Train and evaluate every cell of ``experiment`` on ``data``; returns the experiment's JSON dict.
 
+    ``only``: the arms to train now; the table still holds every arm whose cells the cells file has (with
+    ``resume``), at the lengths they ran, so a column can be added for some arms without retraining the others.
+
     ``cells_path``: where finished cells are appended (default ``WORK/cells.jsonl``); a file kept elsewhere, e.g.
     under version control, carries a long experiment across machines and sessions."""
     if keep not in KEEP_CHOICES:
