@@ -137,6 +137,7 @@ def test_int8_static_agrees_with_pytorch(tmp_path, capsys):
     proto = onnx.load(str(tmp_path / 'admth_cnnf_16.int8.onnx'))
     ops = {n.op_type for n in proto.graph.node}
     assert 'QuantizeLinear' in ops and 'DequantizeLinear' in ops
+    assert 'AveragePool' not in ops and 'Pow' not in ops  # CNN-F's LRN as slices and adds (export/onnx_lrn.py)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta['deephash.precision'] == 'int8-static' and 'Fashion-MNIST training images' in meta[
         'deephash.quantization']
@@ -413,3 +414,43 @@ def test_int8_is_held_on_real_images_and_fp32_on_every_input():
     wrong = {'fashion-mnist': -ref['fashion-mnist'], 'random_b8': ref['random_b8'].copy()}
     with pytest.raises(VerificationError, match='sign agreement 0.0000 < 0.98 on fashion-mnist'):
         hold_to(compare(ref, wrong, [16]), INT8, 'g.int8.onnx')
+
+
+@pytest.mark.parametrize('beta', [0.75, 0.5])
+def test_lrn_exports_as_a_few_elementwise_ops_equal_to_torch(beta, tmp_path):
+    """lrn_as_onnx_op + TRANSLATION: the exporter writes LRN as shifted slices and adds (no AveragePool, which
+    ORT ran at 12 ns an element; no Pow for the papers' beta), the graph equals torch's LRN on ORT, and the
+    model the caller holds keeps its own LRN modules and shares its weights with the copy."""
+    from deephash_zoo.export.onnx_lrn import TRANSLATION, OnnxLocalResponseNorm, lrn_as_onnx_op
+    from deephash_zoo.models.lrn import LocalResponseNorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), LocalResponseNorm(5, 1e-2, beta, 2.0),
+                                torch.nn.Conv2d(16, 8, 1), torch.nn.LocalResponseNorm(3, 1e-2, beta, 1.0)).eval()
+    graph_model = lrn_as_onnx_op(model)
+    assert [type(m) for m in graph_model if isinstance(m, torch.nn.LocalResponseNorm)] == [OnnxLocalResponseNorm] * 2
+    assert type(model[2]) is LocalResponseNorm and graph_model[0].weight is model[0].weight
+    head = model[:2]
+    assert lrn_as_onnx_op(head) is head  # nothing to replace: the model itself
+    x = torch.rand(2, 3, 12, 12) * 30
+    with torch.no_grad():
+        program = torch.onnx.export(graph_model, (x,), None, dynamo=True, verbose=False,
+                                    custom_translation_table=TRANSLATION,
+                                    dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=64)},))
+        expected = model(x).numpy()
+    ops = [n.op_type for n in program.model_proto.graph.node]
+    assert 'AveragePool' not in ops and 'LRN' not in ops and ('Pow' in ops) == (beta != 0.75), ops
+    path = tmp_path / 'lrn.onnx'
+    onnx.save(program.model_proto, str(path))
+    session = _session(path)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lrn_with_an_even_window_keeps_torchs_function():
+    """ONNX centres an even window one channel later than torch: such a layer is not written as the op."""
+    from deephash_zoo.export.onnx_lrn import lrn_as_onnx_op
+
+    model = torch.nn.Sequential(torch.nn.LocalResponseNorm(4, 1e-2, 0.75, 1.0))
+    x = torch.rand(1, 9, 4, 4) * 30
+    torch.testing.assert_close(lrn_as_onnx_op(model)(x), model(x))

@@ -39,6 +39,9 @@ from deephash_zoo.extras import require  # the export modules import it from her
 from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
 from deephash_zoo.utils import state_sha256 as state_dict_sha256
 
+from .onnx_lrn import TRANSLATION as LRN_TRANSLATION
+from .onnx_lrn import lrn_as_onnx_op
+
 __all__ = ['EXPORTER', 'INPUT_NAME', 'ExportError', 'ModelSource', 'CodesModule', 'require', 'load_model_source',
            'output_names', 'state_sha256', 'onnx_metadata', 'export_onnx', 'read_metadata']
 
@@ -210,7 +213,7 @@ def export_onnx(source: ModelSource, path: Union[str, Path], sign_output: bool =
     onnx = require('onnx')
     require('onnxscript')
     path = Path(path)
-    module = CodesModule(matmul_heads(source.model, source.img_size), sign_output).eval()
+    module = CodesModule(lrn_as_onnx_op(matmul_heads(source.model, source.img_size)), sign_output).eval()
     chans = int(getattr(source.model, 'in_chans', 3))
     example = torch.randn(example_batch, chans, source.img_size, source.img_size)
     batch = torch.export.Dim('batch', min=1, max=65536)
@@ -219,7 +222,7 @@ def export_onnx(source: ModelSource, path: Union[str, Path], sign_output: bool =
         program = torch.onnx.export(
             module, (example,), None, dynamo=True, verbose=False, external_data=False, optimize=True,
             input_names=[INPUT_NAME], output_names=output_names(source.bits, sign_output),
-            dynamic_shapes={'images': {0: batch}},
+            dynamic_shapes={'images': {0: batch}}, custom_translation_table=LRN_TRANSLATION,
         )
     proto = program.model_proto
     proto.doc_string = f'{source.name}: deep hashing codes {list(source.bits)} (deephash-zoo)'
