@@ -1,4 +1,6 @@
 """deephash_zoo.encode_images: a folder (or files, or PIL images) to codes in batches, then an index."""
+import copy
+
 import numpy as np
 import pytest
 import timm
@@ -138,3 +140,31 @@ def test_precision_choices(photos, model, monkeypatch):
     flipped = {'fp32': codes, 'bf16': -codes}
     assert P.choose_precision('auto', 'cpu', lambda p: flipped[p]) == 'fp32'  # they do not: fp32
     assert P.choose_precision('fp32', 'cpu', lambda p: 1 / 0) == 'fp32'  # a fixed choice runs no probe
+
+
+def test_bf16_on_a_cpu_runs_a_copy_with_bf16_weights_made_once(photos, model):
+    """at_precision: bf16 on a CPU is a copy whose weights are bfloat16 (autocast would cast them again on every
+    call), taking and giving float32; the model is untouched; the probe and the encoding share one copy; fp32
+    and CUDA fp16 run the model itself; encode_images' bf16 codes are that copy's."""
+    from deephash_zoo import precision as P
+
+    copy16 = P.at_precision(model, 'bf16', 'cpu')
+    assert copy16 is not model and {p.dtype for p in copy16.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and copy16.bits == model.bits
+    assert P.at_precision(model, 'fp32', 'cpu') is model and P.at_precision(model, 'fp16', 'cuda') is model
+    with pytest.raises(ValueError, match='fp16 is for CUDA'):
+        P.at_precision(model, 'fp16', 'cpu')
+    at = P.precision_models(model, 'cpu')
+    assert at('bf16') is at('bf16') and at('fp32') is model
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode(), P.autocast('bf16', 'cpu'):
+        relaxed, signs = copy16(x), copy16.encode(x)
+        expected = copy.deepcopy(model).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+        assert signs.dtype == model.encode(x).dtype
+    assert relaxed.dtype == torch.float32
+    torch.testing.assert_close(relaxed, expected)
+    found = deephash_zoo.encode_images(model, photos, precision='bf16', batch_size=8)
+    images = torch.stack([model_transform(model)(Image.open(photos / i).convert('RGB')) for i in found.ids])
+    with torch.inference_mode(), P.autocast('bf16', 'cpu'):
+        mine = copy16.encode(images, packed=True).numpy()
+    np.testing.assert_array_equal(found.codes, mine)

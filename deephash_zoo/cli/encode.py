@@ -23,7 +23,7 @@ import deephash_zoo
 from deephash_zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from deephash_zoo.data.images import open_rgb
 from deephash_zoo.hub import create_pretrained
-from deephash_zoo.precision import PRECISIONS, autocast, choose_precision, relaxed_codes
+from deephash_zoo.precision import PRECISIONS, autocast, choose_precision, precision_models, relaxed_codes
 from deephash_zoo.utils import write_atomic
 
 from ._common import UserError, run_main
@@ -40,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=64, help='images per batch with --out (default: %(default)s)')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--precision', choices=PRECISIONS, default='auto',
-                   help='fp32, bf16 or fp16 (CUDA) autocast; auto: bf16 on AMX CPUs / fp16 on CUDA when the first '
-                        "batch's code signs agree with fp32's on 99%% of the bits, else fp32 (default)")
+                   help='fp32, bf16 (CPU: weights cast once) or fp16 (CUDA autocast); auto: bf16 on AMX CPUs '
+                        "/ fp16 on CUDA when the first batch's code signs agree with fp32's on 99%% of the bits, "
+                        'else fp32 (default)')
     p.add_argument('--images', nargs='*', type=Path, default=None,
                    help='image files, or one folder with --out (default: Fashion-MNIST test images)')
     p.add_argument('--data-root', '--fmnist-dir', dest='data_root', type=Path, default=None,
@@ -137,13 +138,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     device = _device(args.device)
     model, batch = model.to(device), batch.to(device)
-    chosen = choose_precision(args.precision, device.type, lambda p: relaxed_codes(model, batch, p))
+    at = precision_models(model, device.type)
+    chosen = choose_precision(args.precision, device.type, lambda p: relaxed_codes(at(p), batch, p))
     with autocast(chosen, device.type):
-        model.encode(batch[:1])  # warm-up
+        at(chosen).encode(batch[:1])  # warm-up
         times = []
         for _ in range(max(1, args.repeats)):
             t0 = time.perf_counter()
-            codes = model.encode(batch, bits=args.bits)
+            codes = at(chosen).encode(batch, bits=args.bits)
             times.append(time.perf_counter() - t0)
     ms_per_image = 1000 * statistics.median(times) / len(batch)
 

@@ -50,7 +50,7 @@ import torch
 
 import deephash_zoo
 from deephash_zoo.extras import check_installed
-from deephash_zoo.precision import bf16_support
+from deephash_zoo.precision import at_precision, bf16_support
 from deephash_zoo.utils import cpu_model, load_average, usable_cores
 
 from .onnx_export import INPUT_NAME, ModelSource, export_onnx, require, state_sha256
@@ -64,6 +64,7 @@ __all__ = ['BenchSettings', 'machine_info', 'bench_model', 'run_bench', 'render_
 SCHEMA_VERSION = 1
 EAGER_NO_MKLDNN = 'PyTorch eager, oneDNN off'
 EAGER_BF16 = 'PyTorch eager, bf16 autocast'
+EAGER_BF16_WEIGHTS = 'PyTorch eager, bf16 weights (deephash-encode --precision bf16)'
 Progress = Optional[Callable[[str], None]]
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -308,11 +309,14 @@ class _ModelBench:
                              self._torch_make(lambda: _torch_runner(self.model, mkldnn=False)))]
         support = bf16_support()
         if support == 'none':
-            rows.append(_Row(EAGER_BF16, 'cpu', 'bf16', 'not run',
-                             'no bf16 instructions on this CPU (AVX512-BF16, AMX)'))
+            rows += [_Row(label, 'cpu', 'bf16', 'not run', 'no bf16 instructions on this CPU (AVX512-BF16, AMX)')
+                     for label in (EAGER_BF16, EAGER_BF16_WEIGHTS)]
         else:
             rows.append(self.measure(_Row(EAGER_BF16, 'cpu', 'bf16'), [{'threads': t} for t in threads],
                                      self._torch_make(lambda: _torch_runner(self.model, bf16=True))))
+            rows.append(self.measure(_Row(EAGER_BF16_WEIGHTS, 'cpu', 'bf16'), [{'threads': t} for t in threads],
+                                     self._torch_make(lambda: _torch_runner(at_precision(self.model, 'bf16', 'cpu'),
+                                                                            bf16=True))))
         if s.compile:
             rows.append(self.measure(_Row('torch.compile (inductor, freezing)', 'cpu', 'fp32'),
                                      [{'threads': t} for t in threads],
@@ -491,12 +495,12 @@ def _goal_lines(model: Dict[str, Any]) -> List[str]:
             fair = _speedup(row, plain, batch) if plain else ''
             lines.append(f'{runtime} vs eager at batch {batch}: {ratio} (goal >= {target}x: {met})'
                          + (f'; vs eager with oneDNN off: {fair}' if fair else ''))
-    bf16 = rows.get(EAGER_BF16)
-    if bf16 and bf16['status'] == 'ok' and large:
-        ratio = _speedup(bf16, eager, large)
-        lines.append(f'{EAGER_BF16} vs fp32 eager at batch {large}: {ratio}, sign agreement '
-                     f'{bf16["sign_agreement"]:.4f} (goal where the CPU has AMX: >= 1.7x and >= 0.99; this CPU: '
-                     f'{bf16_support()})')
+    for label in (EAGER_BF16, EAGER_BF16_WEIGHTS):
+        bf16 = rows.get(label)
+        if bf16 and bf16['status'] == 'ok' and large:
+            lines.append(f'{label} vs fp32 eager at batch 1: {_speedup(bf16, eager, "1")}, at batch {large}: '
+                         f'{_speedup(bf16, eager, large)}, sign agreement {bf16["sign_agreement"]:.4f} (goal where '
+                         f'the CPU has AMX: >= 1.7x at batch {large} and >= 0.99; this CPU: {bf16_support()})')
     fp32 = rows.get('ONNX Runtime fp32')
     if fp32 and fp32['status'] == 'ok':
         probes = ', '.join(f'{p["threads"]} thr {p["opt_level"]}{" +IO" if p["io_binding"] else ""} '

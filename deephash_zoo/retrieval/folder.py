@@ -24,7 +24,7 @@ from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 from deephash_zoo.data.images import ImageRejected, open_rgb
-from deephash_zoo.precision import autocast, choose_precision, relaxed_codes
+from deephash_zoo.precision import autocast, choose_precision, precision_models, relaxed_codes
 
 from .encoding import model_transform
 
@@ -115,13 +115,14 @@ def encode_images(model: torch.nn.Module, images: ImagesArg, *, bits: Optional[i
     skipped: List[Tuple[str, str]] = []
     chunks, kept = [], []
     chosen: Optional[str] = None
+    at = precision_models(model, device.type)
     with tqdm(total=len(items), desc='encoding', unit='image', disable=not progress) as bar:
         for batch, names in _batches(items, ids, batch_size, skipped):
             x = torch.stack([transform(im) for im in batch]).to(device)
             if chosen is None:
-                chosen = choose_precision(precision, device.type, lambda p, x=x: relaxed_codes(model, x, p))
+                chosen = choose_precision(precision, device.type, lambda p, x=x: relaxed_codes(at(p), x, p))
             with autocast(chosen, device.type):
-                chunks.append(model.encode(x, bits=bits, packed=packed).cpu().numpy())
+                chunks.append(at(chosen).encode(x, bits=bits, packed=packed).cpu().numpy())
             kept += names
             bar.update(len(kept) + len(skipped) - bar.n)
     if not kept:
