@@ -202,12 +202,17 @@ def test_missing_onnxruntime(monkeypatch, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bench_writes_table_json_and_chart(tmp_path, capsys):
+def test_bench_writes_table_json_and_chart(tmp_path, capsys, monkeypatch):
+    """The table, measured in a fresh process per model: this process's bench_model, broken here, is not called."""
+    import deephash_zoo.export.bench as bench
     from deephash_zoo.export.bench import BenchSettings, run_bench
 
+    monkeypatch.setattr(bench, 'bench_model', lambda *a, **k: 1 / 0)
     settings = BenchSettings(img_size=64, repeats=2, repeats_large=1, warmup=1, warmup_large=0, large_batch=4,
                              threads=1, compile=False, probe_repeats=1, calibration_images=8)
-    result = run_bench(['dath_n_16'], settings, tmp_path)
+    said = []
+    result = run_bench(['dath_n_16'], settings, tmp_path, progress=said.append)
+    assert 'dath_n_16: PyTorch eager' in said  # the child's progress lines reach the caller
     data = json.loads((tmp_path / 'efficiency.json').read_text())
     assert data['machine']['cpu'] and data['machine']['torch'] == torch.__version__
     rows = {(r['runtime'], r['precision']): r for r in data['models'][0]['rows']}
@@ -219,9 +224,10 @@ def test_bench_writes_table_json_and_chart(tmp_path, capsys):
     assert rows[('torch.compile (inductor, freezing)', 'fp32')]['status'] == 'not run'
     from deephash_zoo.precision import bf16_support
 
-    bf16 = rows[('PyTorch eager, bf16 autocast', 'bf16')]  # measured where the CPU has bf16, else says why
-    assert bf16['status'] == ('not run' if bf16_support() == 'none' else 'ok'), bf16
-    assert bf16['status'] == 'not run' or 0 <= bf16['sign_agreement'] <= 1
+    for label in ('PyTorch eager, bf16 autocast', 'PyTorch eager, bf16 weights (deephash-encode --precision bf16)'):
+        bf16 = rows[(label, 'bf16')]  # measured where the CPU has bf16, else says why
+        assert bf16['status'] == ('not run' if bf16_support() == 'none' else 'ok'), bf16
+        assert bf16['status'] == 'not run' or 0 <= bf16['sign_agreement'] <= 1
     assert rows[('ONNX Runtime bf16', 'bf16')]['reason'].startswith("ONNX Runtime's x86 CPU provider")
     if not torch.cuda.is_available():
         assert rows[('PyTorch CUDA', 'fp32')]['reason'] == 'no CUDA device'
@@ -232,6 +238,17 @@ def test_bench_writes_table_json_and_chart(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['efficiency.json', 'efficiency.md', 'efficiency.png']
 
 
+def test_a_bench_child_that_fails_is_one_error_naming_the_model(tmp_path):
+    from deephash_zoo.export.bench import BenchSettings, run_bench
+
+    with pytest.raises(RuntimeError, match='benching dath_n_16 failed: .*test split, which has 10000'):
+        run_bench(['dath_n_16'], BenchSettings(img_size=64, large_batch=20000), tmp_path)
+    assert not list(tmp_path.glob('efficiency.*'))
+    for bad in (dict(large_batch=0), dict(repeats=0), dict(img_size=-3), dict(warmup=-1)):  # found before any work
+        with pytest.raises(ValueError, match=f'{next(iter(bad))} must be'):
+            BenchSettings(**bad)
+
+
 def test_bench_probes_every_configuration_again_at_the_large_batch(tmp_path, monkeypatch):
     """Batch 1's best configuration is not carried to the large batch untested: each one is timed there too
     and the fastest runs (recorded per row; the table names it where it differs)."""
@@ -239,7 +256,7 @@ def test_bench_probes_every_configuration_again_at_the_large_batch(tmp_path, mon
 
     monkeypatch.setattr(bench, 'usable_cores', lambda: 2)  # two thread options even on a one-core runner
     settings = bench.BenchSettings(img_size=64, repeats=1, repeats_large=1, warmup=0, warmup_large=0, large_batch=4,
-                                   compile=False, probe_repeats=1, calibration_images=8)
+                                   compile=False, probe_repeats=1, calibration_images=8, isolate=False)  # (the patch)
     data = bench.run_bench(['dath_n_16'], settings, tmp_path)
     rows = {r['runtime']: r for r in json.loads((tmp_path / 'efficiency.json').read_text())['models'][0]['rows']
             if r['status'] == 'ok' and r['device'] == 'cpu'}

@@ -84,6 +84,17 @@ class BenchSettings:
     probe_repeats: int = 3
     calibration_images: int = 64
     fmnist_root: Optional[Union[str, Path]] = None
+    isolate: bool = True  # each model in a fresh process (see bench_model_isolated)
+
+    def __post_init__(self) -> None:
+        for name in ('img_size', 'repeats', 'repeats_large', 'large_batch', 'probe_repeats', 'calibration_images'):
+            if getattr(self, name) < 1:  # a batch of 0 ended the process with SIGFPE, not an error
+                raise ValueError(f'{name} (--{name.replace("_", "-")}) must be at least 1, got {getattr(self, name)}')
+        for name in ('warmup', 'warmup_large'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{name} must be 0 or more, got {getattr(self, name)}')
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f'threads (--threads) must be at least 1, got {self.threads}')
 
     def command(self, models: List[str], out: Union[str, Path]) -> str:
         """The command line that regenerates the table with these settings."""
@@ -414,6 +425,47 @@ def bench_model(name: str, settings: BenchSettings, progress: Progress = None) -
     return result
 
 
+def _bench_child(name: str, settings: BenchSettings, messages: Any) -> None:
+    """A child process's work: one model's rows, its progress lines and its result sent back as messages."""
+    try:
+        messages.put(('done', bench_model(name, settings, lambda msg: messages.put(('say', msg)))))
+    except BaseException as e:  # noqa: BLE001 - the parent reports it
+        messages.put(('error', _reason(e)))
+
+
+def bench_model_isolated(name: str, settings: BenchSettings, progress: Progress = None) -> Dict[str, Any]:
+    """:func:`bench_model` in a fresh process. One model's runs leave the process in a state that slows the
+    next model's ONNX Runtime rows: on an Intel Xeon, admth_cnnf_multi's int8 static graph took 16.6 ms an image
+    at batch 1 when benched after dath_alexnet_32 in one process, 11.3 ms alone."""
+    import multiprocessing
+    import queue as queue_module
+
+    say = progress or (lambda _m: None)
+    ctx = multiprocessing.get_context('spawn')
+    messages = ctx.Queue()
+    child = ctx.Process(target=_bench_child, args=(name, settings, messages), daemon=True)
+    child.start()
+    try:
+        while True:
+            try:
+                kind, payload = messages.get(timeout=5)
+            except queue_module.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(f'the bench process of {name} ended without a result '
+                                       f'(exit code {child.exitcode})') from None
+                continue
+            if kind == 'say':
+                say(payload)
+            elif kind == 'done':
+                return payload
+            else:
+                raise RuntimeError(f'benching {name} failed: {payload}')
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+
+
 def run_bench(models: List[str], settings: BenchSettings, out_dir: Union[str, Path],
               progress: Progress = None) -> Dict[str, Any]:
     """Measure ``models`` and write ``efficiency.md``, ``efficiency.json`` and ``efficiency.png`` to ``out_dir``."""
@@ -430,7 +482,8 @@ def run_bench(models: List[str], settings: BenchSettings, out_dir: Union[str, Pa
                                 generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                                 machine=machine_info(), settings={k: str(v) if isinstance(v, Path) else v
                                                                   for k, v in asdict(settings).items()},
-                                models=[bench_model(m, settings, progress) for m in models])
+                                models=[(bench_model_isolated if settings.isolate else bench_model)(
+                                    m, settings, progress) for m in models])
     data['wall_seconds'] = round(time.perf_counter() - started, 1)
     data['machine']['load_average_end'] = load_average()
     markdown = render_markdown(data)
