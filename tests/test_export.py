@@ -245,7 +245,7 @@ def test_a_bench_child_that_fails_is_one_error_naming_the_model(tmp_path):
         run_bench(['dath_n_16'], BenchSettings(img_size=64, large_batch=20000), tmp_path)
     assert not list(tmp_path.glob('efficiency.*'))
     for bad in (dict(large_batch=0), dict(repeats=0), dict(img_size=-3), dict(warmup=-1)):  # found before any work
-        with pytest.raises(ValueError, match=f'{next(iter(bad))} must be'):
+        with pytest.raises(ValueError, match=f'{next(iter(bad))} .*must be'):
             BenchSettings(**bad)
 
 
