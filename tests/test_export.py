@@ -224,7 +224,7 @@ def test_bench_writes_table_json_and_chart(tmp_path, capsys, monkeypatch):
     assert rows[('torch.compile (inductor, freezing)', 'fp32')]['status'] == 'not run'
     from deephash_zoo.precision import bf16_support
 
-    for label in ('PyTorch eager, bf16 autocast', 'PyTorch eager, bf16 weights (deephash-encode --precision bf16)'):
+    for label in ('PyTorch eager, bf16 autocast', 'PyTorch eager, bf16 weights'):
         bf16 = rows[(label, 'bf16')]  # measured where the CPU has bf16, else says why
         assert bf16['status'] == ('not run' if bf16_support() == 'none' else 'ok'), bf16
         assert bf16['status'] == 'not run' or 0 <= bf16['sign_agreement'] <= 1
