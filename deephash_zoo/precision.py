@@ -6,11 +6,10 @@ batch 64, 1.85x faster than fp32 (issue 18's measurement); AVX512-BF16 alone (AM
 instructions but not the tile units; elsewhere bf16 is emulated and slower. Autocast casts every weight again
 on every call, which at batch 1 costs more than the matrix products save (on an Intel Xeon with AMX,
 dath_alexnet_32 took 87 ms an image against 36 in fp32), so bf16 on a CPU runs :func:`at_precision`'s copy of
-the model with its weights cast once (20 ms), still under autocast, which keeps the attention energies and
-LRN in fp32. ``'auto'`` therefore picks bf16
-on AMX CPUs and fp16 on CUDA, and keeps it only if the first batch's signs agree with fp32's on at least
-:data:`MIN_SIGN_AGREEMENT` of the bits (a model whose outputs sit near 0, such as random weights, falls back
-to fp32); every other case encodes in fp32.
+the model with its weights cast once (20 ms), still under autocast, which keeps the attention energies in
+fp32. ``'auto'`` therefore picks bf16 on AMX CPUs and fp16 on CUDA, and keeps it only if the first batch's
+signs agree with fp32's on at least :data:`MIN_SIGN_AGREEMENT` of the bits (a model whose outputs sit near 0,
+such as random weights, falls back to fp32); every other case encodes in fp32.
 """
 from __future__ import annotations
 
