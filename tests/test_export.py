@@ -471,3 +471,25 @@ def test_lrn_with_an_even_window_keeps_torchs_function():
     model = torch.nn.Sequential(torch.nn.LocalResponseNorm(4, 1e-2, 0.75, 1.0))
     x = torch.rand(1, 9, 4, 4) * 30
     torch.testing.assert_close(lrn_as_onnx_op(model)(x), model(x))
+
+
+def test_a_probe_is_decided_after_warm_up_by_its_quickest_call():
+    """A configuration whose first calls are slow (a fresh ORT session growing its arena) but which is the
+    fastest once warm is the one chosen; one slow timed call does not decide a probe."""
+    import time
+
+    from deephash_zoo.export.bench import PROBE_WARMUP, _ModelBench, _Row
+
+    calls = {'cold': 0, 'steady': 0}
+
+    def make(config):
+        def run(x):
+            calls[config['name']] += 1
+            slow = config['name'] == 'cold' and (calls['cold'] <= PROBE_WARMUP or calls['cold'] == PROBE_WARMUP + 2)
+            time.sleep(0.03 if slow else 0.002 if config['name'] == 'cold' else 0.006)
+            return x
+        return run
+
+    row = _Row('test', 'cpu', 'fp32')
+    best, _ = _ModelBench._fastest(None, row, [{'name': 'steady'}, {'name': 'cold'}], make, np.zeros((1, 1)), 2)
+    assert best == {'name': 'cold'} and [p['name'] for p in row.probes] == ['steady', 'cold']
