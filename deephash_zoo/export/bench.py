@@ -19,7 +19,9 @@ How it measures, and why:
   ORT's spinning threads wait on a core another process holds). ORT fp32 also probes graph optimisation
   level (basic / extended / all) and IO binding; int8 graphs run at level all (QDQ fusion needs it).
   Every configuration is probed again at the large batch: one thread can win at batch 1 and lose 2x at
-  64, and ORT's optimisation levels trade places. Every probe is recorded in the JSON.
+  64, and ORT's optimisation levels trade places. A probe is 2 warm-up calls and the quickest of its timed
+  calls (see :data:`PROBE_WARMUP`). Every probe is recorded in the JSON.
+* Each model is measured in a fresh process (:func:`bench_model_isolated`).
 * Sign agreement and max abs difference of each row's batch outputs against eager's are reported: a
   fast row that changes the codes is not a speed-up.
 
@@ -593,7 +595,9 @@ def render_markdown(data: Dict[str, Any]) -> str:
         f'[min-max]. Threads: ' + (f'{s["threads"]} for every runtime.' if s['threads'] else
                                     'each CPU runtime probed at batch 1 with 1 thread and with all usable cores '
                                     '(ORT fp32 also: optimisation level, IO binding); the faster configuration runs; '
-                                    'probed again at the large batch.')
+                                    'probed again at the large batch (a probe: 2 warm-up calls, then the quickest of '
+                                    f'{s["probe_repeats"]} timed calls at batch 1, of 2 at batch {large}).')
+        + (' Each model is measured in a fresh process.' if s.get('isolate') else '')
         + f' Sign agreement / max abs diff: the batch-{large} codes against PyTorch eager\'s.',
         '',
     ]
