@@ -443,9 +443,10 @@ def test_lrn_exports_as_a_few_elementwise_ops_equal_to_torch(beta, tmp_path):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), LocalResponseNorm(5, 1e-2, beta, 2.0),
-                                torch.nn.Conv2d(16, 8, 1), torch.nn.LocalResponseNorm(3, 1e-2, beta, 1.0)).eval()
+                                torch.nn.Conv2d(16, 8, 1), torch.nn.LocalResponseNorm(3, 1e-2, beta, 1.0),
+                                torch.nn.LocalResponseNorm(4, 1e-2, beta, 1.0)).eval()  # an even window too
     graph_model = lrn_as_onnx_op(model)
-    assert [type(m) for m in graph_model if isinstance(m, torch.nn.LocalResponseNorm)] == [OnnxLocalResponseNorm] * 2
+    assert [type(m) for m in graph_model if isinstance(m, torch.nn.LocalResponseNorm)] == [OnnxLocalResponseNorm] * 3
     assert type(model[2]) is LocalResponseNorm and graph_model[0].weight is model[0].weight
     head = model[:2]
     assert lrn_as_onnx_op(head) is head  # nothing to replace: the model itself
@@ -464,8 +465,8 @@ def test_lrn_exports_as_a_few_elementwise_ops_equal_to_torch(beta, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_lrn_with_an_even_window_keeps_torchs_function():
-    """ONNX centres an even window one channel later than torch: such a layer is not written as the op."""
+def test_lrn_with_an_even_window_keeps_torchs_window():
+    """torch's even window reaches one channel further back than ahead; the custom op keeps that."""
     from deephash_zoo.export.onnx_lrn import lrn_as_onnx_op
 
     model = torch.nn.Sequential(torch.nn.LocalResponseNorm(4, 1e-2, 0.75, 1.0))

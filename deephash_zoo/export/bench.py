@@ -73,6 +73,7 @@ Progress = Optional[Callable[[str], None]]
 # int8 static's 2-thread probe read 11.0 ms an image against 3.9 when timed: the table ran it on 1 thread (6.0).
 # Two warm-up calls, and the quickest of the timed ones (two at the large batch), decide now.
 PROBE_WARMUP = 2
+LARGE_BATCH_PROBE_REPEATS = 2
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -258,7 +259,8 @@ class _ModelBench:
             self._apply_threads(row.config)
             row.batches['1'], _ = _time(run, self.one, self.s.warmup, self.s.repeats)
             if len(configs) > 1:  # one thread can win at batch 1 and lose 2x at 64; ORT's levels trade places
-                best, run = self._fastest(row, configs, make, self.large, 2, batch=self.s.large_batch)
+                best, run = self._fastest(row, configs, make, self.large, LARGE_BATCH_PROBE_REPEATS,
+                                          batch=self.s.large_batch)
                 self._apply_threads(best)
             row.large_config = dict(best)
             row.batches[str(self.s.large_batch)], out = _time(run, self.large, self.s.warmup_large,
@@ -595,8 +597,9 @@ def render_markdown(data: Dict[str, Any]) -> str:
         f'[min-max]. Threads: ' + (f'{s["threads"]} for every runtime.' if s['threads'] else
                                     'each CPU runtime probed at batch 1 with 1 thread and with all usable cores '
                                     '(ORT fp32 also: optimisation level, IO binding); the faster configuration runs; '
-                                    'probed again at the large batch (a probe: 2 warm-up calls, then the quickest of '
-                                    f'{s["probe_repeats"]} timed calls at batch 1, of 2 at batch {large}).')
+                                    f'probed again at the large batch (a probe: {PROBE_WARMUP} warm-up calls, then '
+                                    f'the quickest of {s["probe_repeats"]} timed calls at batch 1, of '
+                                    f'{LARGE_BATCH_PROBE_REPEATS} at batch {large}).')
         + (' Each model is measured in a fresh process.' if s.get('isolate') else '')
         + f' Sign agreement / max abs diff: the batch-{large} codes against PyTorch eager\'s.',
         '',

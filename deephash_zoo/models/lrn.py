@@ -78,9 +78,7 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and x.dim() == 4 and x.is_floating_point() and not self._exporting():
-            if x.dtype in (torch.float32, torch.float64):
-                return self._fast(x)
-            if x.dtype == torch.bfloat16:
+            if x.dtype in (torch.float32, torch.float64, torch.bfloat16):
                 return self._fast(x)
             return self._fast(x.float()).to(x.dtype)  # float16: its squares would overflow
         return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
