@@ -2,8 +2,9 @@
 
 Every statistic of :func:`evaluate` (mAP@K, P@N / R@N, radius precision and recall, the PR curve, tie-aware
 mAP) is compared on single- and multi-label data, code lengths with 1, 2 and 4-byte word views and more
-than one 64-bit word, many ties, and K below, at and above the database size; then the guessed-threshold
-path's fallback, and the NumPy path when numba is absent.
+than one 64-bit word, many ties, and K below, at and above the database size; then the vector blocks, the
+label bitmaps, the guessed-threshold path's fallback, wide class indices, codes too long for byte distances,
+and the NumPy path when numba is absent.
 """
 import os
 import subprocess
@@ -61,34 +62,111 @@ def test_every_metric_equals_the_numpy_path(bits, multi):
                 np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize('n', [0, 63, 64, 1000])
-def test_candidate_collection_equals_flatnonzero(n):
-    """The eight-distances-per-word sweep (byte distances < 128) and the byte loop (wider ones) both return
-    every index at distance <= t, in order, for every threshold, including the largest byte distance 127."""
-    rng = np.random.default_rng(n)
-    for nvals, dtype in ((128, np.uint8), (200, np.uint8), (300, np.uint16)):
-        dist = rng.integers(0, nvals, n).astype(dtype)
-        if n:
-            dist[-1] = nvals - 1
-        cand = np.empty(n + 1, dtype=np.int32)
-        for t in (0, 1, nvals // 2, nvals - 2, nvals - 1):
-            m = kernels._collect(dist, t, cand, nvals)
-            np.testing.assert_array_equal(cand[:m], np.flatnonzero(dist <= t), err_msg=f'{nvals=} {t=}')
+@pytest.mark.parametrize('multi', [False, True], ids=['single-label', 'multi-label'])
+@pytest.mark.parametrize('bits', [16, 64, 100])
+def test_the_sampled_threshold_path_equals_the_numpy_path(bits, multi):
+    """Databases of SAMPLE_MIN_BLOCKS blocks or more guess the threshold from a sample (smaller ones count
+    every distance): mAP@K and hits@N there, with ties and a partial last block."""
+    rng = np.random.default_rng(bits + 1)
+    q, d, ql, dl = _problem(rng, 6, kernels.SAMPLE_MIN_BLOCKS * 64 + 37, bits, multi)
+    for topk in (1, 300, 7000):
+        fast = M.mean_average_precision(q, d, ql, dl, topk, backend='numba').per_query
+        np.testing.assert_allclose(fast, M.mean_average_precision(q, d, ql, dl, topk, backend='numpy').per_query,
+                                   rtol=1e-12, atol=0)
+    a = M.precision_recall_at_n(q, d, ql, dl, ns=(1, 10, 999, 5000), backend='numba')
+    b = M.precision_recall_at_n(q, d, ql, dl, ns=(1, 10, 999, 5000), backend='numpy')
+    np.testing.assert_allclose(a.precision, b.precision, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize('words', [1, 2, 4])
+def test_vector_blocks_give_every_distance_and_mask_in_item_order(words):
+    """The block-transposed sweep: each block's 64 byte distances, its ``< t`` mask (from the codes and from
+    the stored bytes) and its ``== t`` mask equal NumPy's for every item, codes of one, two and four 64-bit
+    words (63, 127 and 255 bits), thresholds from 0 to the largest byte; and the floor sweep sums them."""
+    from numba import njit
+
+    from deephash_zoo.retrieval import simd
+
+    @njit
+    def sweep(db, q, t, dist, below, stored, at):
+        for b in range(below.shape[0]):
+            below[b] = simd.block_below(db, q, np.int64(b * 64), np.int64(t), dist)
+            stored[b] = simd.byte_below(dist, np.int64(b * 64), np.int64(t))
+            at[b] = simd.block_equal(dist, np.int64(b * 64), np.uint8(t))
+
+    @njit
+    def floor(db, q):
+        return simd.sweep_popcount_sum(db, q)
+
+    rng = np.random.default_rng(words)
+    n = 64 * 5
+    codes = rng.integers(0, 2**63, size=(n, words), dtype=np.uint64)
+    codes[:7] = rng.integers(0, 2**63, size=words, dtype=np.uint64)  # ties at one distance
+    codes[:, -1] &= np.uint64(2**63 - 1)  # at most 255 bits used: every distance fits a byte
+    q = codes[3] ^ np.uint64(0b1011)
+    expected = np.zeros(n, dtype=np.int64)
+    for w in range(words):
+        expected += np.bitwise_count(codes[:, w] ^ q[w]).astype(np.int64)
+    db = kernels.transpose_blocks(codes)
+    assert floor(db, q) == expected.sum()
+    bits = lambda m: np.unpackbits(m.view(np.uint8), bitorder='little').astype(bool)  # noqa: E731
+    for t in (0, 3, int(np.median(expected)), int(expected[0]), 64 * words - 1, 255):
+        dist = np.zeros(n + 64, dtype=np.uint8)
+        below, stored, at = (np.zeros(5, dtype=np.uint64) for _ in range(3))
+        sweep(db, q, t, dist, below, stored, at)
+        np.testing.assert_array_equal(dist[:n], expected)
+        np.testing.assert_array_equal(bits(below), expected < t, err_msg=f'{t=}')
+        np.testing.assert_array_equal(stored, below, err_msg=f'{t=}')
+        np.testing.assert_array_equal(bits(at), expected == t, err_msg=f'{t=}')
+
+
+def test_label_bitmaps_mark_each_labels_items():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((130, 70)) < 0.1).astype(np.uint8)
+    words = M._label_words(labels, 'database')
+    maps = kernels.label_bitmaps(words)
+    as_items = np.unpackbits(maps.view(np.uint8), axis=1, bitorder='little')[:, :130].astype(bool)  # (64 w, n)
+    for w in range(words.shape[1]):
+        for p in range(64):
+            has = (words[:, w] >> np.uint64(p)) & np.uint64(1)
+            np.testing.assert_array_equal(as_items[64 * w + p], has.astype(bool))
 
 
 def test_a_short_threshold_guess_falls_back_to_the_exact_count():
-    """Items near the query sit exactly where the 1-in-16 sample looks: the sample overestimates them, the
-    guessed threshold collects fewer than K items, and the kernel must count again."""
+    """Items near the query sit exactly in the blocks the guess samples: the sample overestimates them, the
+    guessed threshold holds fewer than K items, and the kernel must count the stored distances exactly."""
     rng = np.random.default_rng(0)
-    n, k = 16 * 1024, 1000
+    n, k = kernels.SAMPLE_MIN_BLOCKS * 64, 1000
     q = np.ones((2, 64), dtype=np.int8)
     d = -np.ones((n, 64), dtype=np.int8)
     d[:, :8] = 1  # distance 56 for most items
-    d[::16][:100] = 1  # distance 0 for 100 sampled positions: the sample says "1,600 items at distance 0"
+    sampled = (np.arange(0, kernels.SAMPLE_MIN_BLOCKS, kernels.SAMPLE_EVERY)[:, None] * 64 + np.arange(8)).ravel()
+    d[sampled[:100]] = 1  # distance 0 for 100 sampled items: the sample says "3,200 items at distance 0"
     ql, dl = np.zeros(2, dtype=np.int64), rng.integers(0, 2, n)
     fast = M.mean_average_precision(q, d, ql, dl, k, backend='numba')
     slow = M.mean_average_precision(q, d, ql, dl, k, backend='numpy')
     np.testing.assert_allclose(fast.per_query, slow.per_query, rtol=1e-12, atol=0)
+    assert fast.per_query[0] != 0
+
+
+def test_more_than_65536_classes_compare_as_wide_integers():
+    """Class indices past uint16 are int64 in the vector compare."""
+    rng = np.random.default_rng(2)
+    n = 70_000
+    d = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, 16))
+    dl = np.arange(n) % 66_000  # 66,000 classes
+    q, ql = d[:5], dl[:5]
+    fast = M.evaluate(q, d, ql, dl, topk=500, backend='numba')
+    _same(fast, M.evaluate(q, d, ql, dl, topk=500, backend='numpy'))
+
+
+def test_codes_longer_than_a_byte_distance_take_the_numpy_path():
+    rng = np.random.default_rng(3)
+    q, d, ql, dl = _problem(rng, 4, 100, 300, False)
+    auto = M.mean_average_precision(q, d, ql, dl, 20)  # auto: NumPy, no error
+    assert auto.map == M.mean_average_precision(q, d, ql, dl, 20, backend='numpy').map
+    with pytest.raises(ValueError, match='the compiled kernel handles codes of up to 255 bits, got 300'):
+        M.mean_average_precision(q, d, ql, dl, 20, backend='numba')
 
 
 def test_numpy_path_when_numba_is_absent(monkeypatch):

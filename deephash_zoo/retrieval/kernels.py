@@ -1,21 +1,27 @@
-"""Compiled per-query retrieval statistics (numba, the ``fast`` extra): one pass over the database per query.
+"""Compiled per-query retrieval statistics (numba, the ``fast`` extra), in parallel over queries.
 
-The NumPy path (:mod:`.metrics`) materialises a chunk of the distance matrix, then ranks it with a sort; this
-kernel does per query what the work needs and no more, in parallel over queries:
+The NumPy path (:mod:`.metrics`) materialises a chunk of the distance matrix, then ranks it with a sort. This
+kernel does per query what the statistics need, with the database held in 64-item blocks
+(:mod:`.simd`: codes block-transposed, a block's distances one 64-byte vector):
 
-1. one vectorised sweep over the database: ``popcount(q XOR d)`` per item (LLVM ``ctpop``: VPOPCNTQ on
-   AVX-512 CPUs) into a per-thread byte buffer; with totals, radius or tie-aware statistics asked for, the
-   (distance, relevance) histogram of every item;
-2. the distance ``t`` at which the top ``depth`` items end: exact from that histogram, else guessed from
-   every 16th item with a 3-sigma margin (a guess that proves short falls back to the exact count);
-3. a sweep collecting the items at distance ``<= t`` (a few percent of the database), eight byte
-   distances per uint64 operation, storing only the candidates;
-4. a counting sort of those by distance, stable, so ties stay in database-index order (the tie-break every
-   other path uses), looking up their relevance only now;
-5. AP@K and hits@N from that ranked relevance.
+1. **relevance bitmap**: bit j set where item j shares a label with the query: the OR of the query's
+   labels' rows of a per-label bitmap (multi-hot), or 64 class compares per block (class indices). No
+   per-item label look-up follows.
+2. **threshold guess**: the distance ``t`` where the top ``depth`` items end, from every 32nd block with a
+   3-sigma margin (exact, from every distance, for small databases or when totals, radius or the PR curve
+   need every distance anyway);
+3. **one sweep** over the blocks: XOR + popcount, two byte compares giving the block's items at distance
+   ``< t`` and ``<= t``, its 64 distances stored as bytes. A guess that proves short counts the stored
+   distances exactly and compares again (no second popcount sweep);
+4. **keys** ``2 * distance + relevant`` of the items at distance ``< t``, in database order;
+5. **ranks by bucket**: per distance ``d`` from the smallest, one vector compare per 64 keys finds the
+   bucket's items; a relevant item's rank is the items before its bucket plus a popcount of the bucket's
+   earlier items. Items at ``t`` itself come last, in database order, straight from the masks, as many as
+   ``depth`` leaves room for. Ties keep database order: the tie-break every other path uses;
+6. AP@K and hits@N accumulate as relevant items are met, in rank order: no sort, no ranked buffer.
 
-Work is ``num_queries x num_database`` popcounts plus two byte sweeps: no sort, no per-query allocation
-larger than the database's distances. Results equal the NumPy path exactly (``tests/test_retrieval_kernels``).
+Results equal the NumPy path's (``tests/test_retrieval_kernels``). Codes up to 255 bits (:data:`MAX_BITS`):
+the NumPy path handles longer ones.
 """
 from __future__ import annotations
 
@@ -25,15 +31,27 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ['available', 'scan_queries', 'words64', 'popcount_sweep']
+__all__ = ['available', 'scan_queries', 'words64', 'transpose_blocks', 'popcount_sweep', 'MAX_BITS',
+           'SAMPLE_EVERY', 'SAMPLE_MIN_BLOCKS']
 
 try:  # an optional dependency: without it every metric runs the NumPy path
     import numba
     from llvmlite import ir
     from numba import njit, prange, types
     from numba.extending import intrinsic
+
+    from . import simd
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
+
+MAX_BITS = 255
+"""Longest code the kernel handles (its distances are bytes); the NumPy path takes longer ones."""
+SAMPLE_EVERY = 32
+"""The threshold guess reads every 32nd block of 64 items (1/32 of the database)..."""
+SAMPLE_MIN_BLOCKS = 16 * SAMPLE_EVERY
+"""...in databases of at least this many blocks; smaller ones count every distance."""
+
+_ONE = np.uint64(1)
 
 
 def available() -> bool:
@@ -52,6 +70,16 @@ def words64(words: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.uint64)
 
 
+def transpose_blocks(words: np.ndarray) -> np.ndarray:
+    """``(n, w)`` uint64 code words as ``(w, 64 * blocks)``, word-major, zero-padded to whole blocks of 64 items,
+    each block transposed: position ``8k + l`` holds item ``8l + k`` (the layout :mod:`.simd` packs from)."""
+    n, w = words.shape
+    blocks = -(-n // 64)
+    padded = np.zeros((w, blocks * 64), dtype=np.uint64)
+    padded[:, :n] = words.T
+    return np.ascontiguousarray(padded.reshape(w, blocks, 8, 8).transpose(0, 1, 3, 2).reshape(w, blocks * 64))
+
+
 if numba is not None:
     @intrinsic
     def _popcount(typingctx: Any, x: Any) -> Any:
@@ -64,121 +92,12 @@ if numba is not None:
 
     @intrinsic
     def _trailing_zeros(typingctx: Any, x: Any) -> Any:
-        """LLVM's cttz on a uint64 (TZCNT): the index of the lowest set bit."""
+        """LLVM's cttz on a uint64 (TZCNT): the index of the lowest set bit, 64 for zero."""
         sig = types.uint64(types.uint64)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
         return sig, codegen
-
-    @njit(inline='always')
-    def _collect_within(dist: np.ndarray, t: int, cand: np.ndarray) -> int:
-        """cand[:m] = the indices j with ``dist[j] <= t``, in order; returns m. For byte distances < 128.
-
-        Eight distances at a time as one uint64 (SWAR): ``((x | 0x80..) - (t+1) * 0x01..) & 0x80..`` sets the
-        high bit of each byte >= t + 1 with no borrow between bytes (every byte < 128); a multiply gathers the
-        eight flags into a byte, eight bytes make a 64-item mask, and only its set bits cost a store. A byte
-        loop appending every item costs about 2 cycles per item; this about 2 per candidate (a few percent).
-        """
-        n = dist.shape[0]
-        blocks = n // 64
-        words = dist[:blocks * 64].view(np.uint64)
-        threshold = np.uint64(t + 1) * np.uint64(0x0101010101010101)
-        high = np.uint64(0x8080808080808080)
-        gather = np.uint64(0x0102040810204080)
-        one = np.uint64(1)
-        m = 0
-        for b in range(blocks):
-            mask = np.uint64(0)
-            for k in range(8):
-                x = words[b * 8 + k]
-                within = ~((x | high) - threshold) & high
-                mask |= (((within >> np.uint64(7)) * gather) >> np.uint64(56)) << np.uint64(8 * k)
-            base = b * 64
-            while mask != 0:
-                cand[m] = base + np.int64(_trailing_zeros(mask))
-                m += 1
-                mask &= mask - one
-        for j in range(blocks * 64, n):
-            cand[m] = j
-            m += dist[j] <= t
-        return m
-
-    @njit(inline='always')
-    def _collect(dist: np.ndarray, t: int, cand: np.ndarray, nvals: int) -> int:
-        """cand[:m] = the indices j with ``dist[j] <= t``, in order; returns m. SWAR where every distance is a
-        byte below 128 (up to 127 bits), else a branch-free append."""
-        if dist.itemsize == 1 and nvals <= 128:
-            return _collect_within(dist, t, cand)
-        m = 0
-        for j in range(dist.shape[0]):
-            cand[m] = j
-            m += dist[j] <= t
-        return m
-
-    @njit(inline='always')
-    def _relevant(i: int, j: int, q_class: np.ndarray, db_class: np.ndarray, q_lab: np.ndarray,
-                  db_lab: np.ndarray, multi: bool) -> int:
-        """Whether database item j shares a label with query i (``db_lab`` is word-major: (words, n))."""
-        if not multi:
-            return 1 if q_class[i] == db_class[j] else 0
-        for w in range(q_lab.shape[1]):
-            if q_lab[i, w] & db_lab[w, j]:
-                return 1
-        return 0
-
-    @njit(inline='always')
-    def _relevance_keys(i: int, dist: np.ndarray, q_class: np.ndarray, db_class: np.ndarray, q_lab: np.ndarray,
-                        db_lab: np.ndarray, multi: bool, key: np.ndarray, acc: np.ndarray) -> None:
-        """key[j] = 2 * distance + relevance of every item, in loops that vectorise."""
-        n = dist.shape[0]
-        if not multi:
-            qc = q_class[i]
-            for j in range(n):
-                key[j] = 2 * np.int32(dist[j]) + np.int32(db_class[j] == qc)
-            return
-        acc[:] = 0
-        for w in range(q_lab.shape[1]):
-            qw = q_lab[i, w]
-            for j in range(n):
-                acc[j] |= qw & db_lab[w, j]
-        for j in range(n):
-            key[j] = 2 * np.int32(dist[j]) + np.int32(acc[j] != 0)
-
-    @njit(inline='always')
-    def _distances(qi: np.ndarray, db_words: np.ndarray, dist: np.ndarray) -> None:
-        """dist[j] = Hamming distance of the query's words to item j; ``db_words`` is word-major (words, n), so
-        each word's loop runs over contiguous memory and vectorises."""
-        nw, n = db_words.shape
-        q0 = qi[0]
-        row = db_words[0]
-        for j in range(n):
-            dist[j] = _popcount(q0 ^ row[j])
-        for w in range(1, nw):
-            qw = qi[w]
-            row = db_words[w]
-            for j in range(n):
-                dist[j] += _popcount(qw ^ row[j])
-
-    @njit(inline='always')
-    def _histogram(keys: np.ndarray, stride: int, nkeys: int) -> np.ndarray:
-        """Counts of ``keys[::stride]``, in four interleaved histograms so repeated keys do not serialise."""
-        h = np.zeros((4, nkeys), dtype=np.int64)
-        m = (keys.shape[0] + stride - 1) // stride
-        m4 = m // 4 * 4
-        for r in range(0, m4, 4):
-            j = r * stride
-            h[0, keys[j]] += 1
-            h[1, keys[j + stride]] += 1
-            h[2, keys[j + 2 * stride]] += 1
-            h[3, keys[j + 3 * stride]] += 1
-        for r in range(m4, m):
-            h[0, keys[r * stride]] += 1
-        out = np.zeros(nkeys, dtype=np.int64)
-        for b in range(4):
-            for k in range(nkeys):
-                out[k] += h[b, k]
-        return out
 
     @njit(inline='always')
     def _first_at(counts: np.ndarray, need: float) -> int:
@@ -190,113 +109,258 @@ if numba is not None:
                 return d
         return counts.shape[0] - 1
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _sweep_kernel(q_words, db_words, chunks, out):  # pragma: no cover
-        """Only the compulsory work: every query's XOR + popcount against every item, stored as bytes."""
-        nq = q_words.shape[0]
-        for c in prange(chunks):
-            dist = np.empty(db_words.shape[1], dtype=np.uint8)
-            for i in range(c * nq // chunks, (c + 1) * nq // chunks):
-                _distances(q_words[i], db_words, dist)
-                out[i] = dist[i % dist.shape[0]]
+    @njit(inline='always')
+    def _relevance_bitmap(i, q_class, db_class, q_lab, bitmaps, multi, rel):  # pragma: no cover
+        """rel[b] bit k: item 64b + k shares a label with query i (padding items: whatever, masked later)."""
+        blocks = rel.shape[0]
+        if multi:
+            rel[:] = 0
+            for w in range(q_lab.shape[1]):
+                x = q_lab[i, w]
+                while x != 0:
+                    row = bitmaps[64 * w + np.int64(_trailing_zeros(x))]
+                    for b in range(blocks):
+                        rel[b] |= row[b]
+                    x &= x - _ONE
+            return
+        c = q_class[i]
+        for b in range(blocks):
+            rel[b] = simd.block_equal(db_class, np.int64(b * 64), c)
 
     @njit(inline='always')
-    def _one_query(i, q_words, db_words, q_class, db_class, q_lab, db_lab, multi, nvals, map_k, ns, radius, full,
-                   depth, dist, key, acc, cand, ranked, ap_out, hits_out, total_out, within_out, within_rel_out,
-                   hist_out):  # pragma: no cover
-        """Query i's statistics, in buffers its thread allocated once (a fresh half-megabyte buffer per query
-        costs page faults that took longer than the popcounts)."""
-        n = db_words.shape[1]
-        # 1. every distance: XOR + popcount, vectorised
-        _distances(q_words[i], db_words, dist)
-        if full:  # the (distance, relevance) histogram: totals, radius, tie-aware AP, PR curve
-            _relevance_keys(i, dist, q_class, db_class, q_lab, db_lab, multi, key, acc)
-            flat = _histogram(key, 1, 2 * nvals)
-            total = 0
+    def _histogram(dist, rel, n, nvals):  # pragma: no cover
+        """(nvals, 2) counts of the first n items by (distance, relevant), in four interleaved histograms so
+        repeated distances do not serialise on one counter."""
+        h = np.zeros((4, 2 * nvals), dtype=np.int64)
+        n4 = n // 4 * 4
+        for j in range(0, n4, 4):
+            for u in range(4):
+                x = j + u
+                h[u, 2 * np.int64(dist[x]) + np.int64((rel[x >> 6] >> np.uint64(x & 63)) & _ONE)] += 1
+        for x in range(n4, n):
+            h[0, 2 * np.int64(dist[x]) + np.int64((rel[x >> 6] >> np.uint64(x & 63)) & _ONE)] += 1
+        out = np.zeros((nvals, 2), dtype=np.int64)
+        for u in range(4):
             for d in range(nvals):
-                hist_out[i, d, 0] = flat[2 * d]
-                hist_out[i, d, 1] = flat[2 * d + 1]
-                total += flat[2 * d + 1]
-            total_out[i] = total
-            if radius >= 0:
+                out[d, 0] += h[u, 2 * d]
+                out[d, 1] += h[u, 2 * d + 1]
+        return out
+
+    @njit(inline='always')
+    def _guess_threshold(q, db, n, depth, nvals, dist):  # pragma: no cover
+        """The distance where the top ``depth`` items end, estimated from every SAMPLE_EVERY-th whole block
+        with a 3-sigma margin upwards (a short guess is caught after the sweep)."""
+        full_blocks = n // 64
+        counts = np.zeros((4, nvals), dtype=np.int64)
+        sampled = 0
+        for b in range(0, full_blocks, SAMPLE_EVERY):
+            base = b * 64
+            simd.block_distances(db, q, np.int64(base), dist)
+            for k in range(0, 64, 4):
+                for u in range(4):
+                    counts[u, dist[base + k + u]] += 1
+            sampled += 64
+        total = np.zeros(nvals, dtype=np.int64)
+        for u in range(4):
+            for d in range(nvals):
+                total[d] += counts[u, d]
+        expected = depth * sampled / n
+        return _first_at(total, expected + 3.0 * np.sqrt(expected) + 1.0)
+
+    @njit(inline='always')
+    def _append_keys(keys, m, below, base, dist, relevant):  # pragma: no cover
+        """keys[m:] = 2 * distance + relevant of the items of one block's ``below`` mask, in order; returns the new
+        length. Six unconditionally (a block holds a few: no loop exit to mispredict), the rest in a loop."""
+        count = np.int64(_popcount(below))
+        for u in range(6):
+            k = _trailing_zeros(below) & np.uint64(63)
+            keys[m + u] = 2 * np.int64(dist[base + np.int64(k)]) + np.int64((relevant >> k) & _ONE)
+            below &= below - _ONE
+        for u in range(6, count):
+            k = _trailing_zeros(below)
+            keys[m + u] = 2 * np.int64(dist[base + np.int64(k)]) + np.int64((relevant >> k) & _ONE)
+            below &= below - _ONE
+        return m + count
+
+    @njit(inline='always')
+    def _sweep_keys(q, db, t, last, dist, rel, keys):  # pragma: no cover
+        """The one popcount sweep: every block's distances into ``dist``, and the keys of its items at distance
+        ``< t`` while the block is in cache. Returns how many keys."""
+        blocks = rel.shape[0]
+        m = 0
+        for b in range(blocks):
+            base = b * 64
+            below = simd.block_below(db, q, np.int64(base), np.int64(t), dist)
+            if b == blocks - 1:
+                below &= last
+            m = _append_keys(keys, m, below, base, dist, rel[b])
+        return m
+
+    @njit(inline='always')
+    def _stored_keys(dist, t, last, rel, keys):  # pragma: no cover
+        """The same keys from distances already stored."""
+        blocks = rel.shape[0]
+        m = 0
+        for b in range(blocks):
+            below = simd.byte_below(dist, np.int64(b * 64), np.int64(t))
+            if b == blocks - 1:
+                below &= last
+            m = _append_keys(keys, m, below, b * 64, dist, rel[b])
+        return m
+
+    @njit(inline='always')
+    def _append_ranks(ranks, r, relevant, among, base, unrolled):  # pragma: no cover
+        """ranks[r:] = the rank of each set bit of ``relevant``: ``base`` plus the bits of ``among`` below it.
+        The first ``unrolled`` unconditionally, the rest in a loop. Returns the new length."""
+        count = np.int64(_popcount(relevant))
+        for u in range(unrolled):
+            below = (_ONE << (_trailing_zeros(relevant) & np.uint64(63))) - _ONE
+            ranks[r + u] = base + np.int64(_popcount(among & below))
+            relevant &= relevant - _ONE
+        for u in range(unrolled, count):
+            below = (_ONE << _trailing_zeros(relevant)) - _ONE
+            ranks[r + u] = base + np.int64(_popcount(among & below))
+            relevant &= relevant - _ONE
+        return r + count
+
+    @njit(inline='always')
+    def _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks):  # pragma: no cover
+        """ranks[:found] = the ranks of the relevant items, ascending, from the keys (items at distance < t)
+        and the items at distance t. Returns ``found`` and whether the ranks reached ``depth`` (a threshold
+        guessed short does not)."""
+        padded = (m + 63) // 64 * 64
+        keys[m:padded] = 2 * nvals - 1  # the largest key: distance nvals - 1 >= t, which no bucket reaches
+        smallest = 1 << 30
+        for o in range(0, padded, 64):
+            smallest = min(smallest, np.int64(simd.chunk_min(keys, np.int64(o))))
+        found = 0
+        ranked = 0
+        for d in range(smallest >> 1, t):  # bucket by bucket; database order within one
+            if ranked >= depth:
+                break
+            for o in range(0, padded, 64):
+                at_d, relevant = simd.key_masks(keys, np.int64(o), np.int64(d))
+                found = _append_ranks(ranks, found, relevant, at_d, ranked, 4)
+                ranked += np.int64(_popcount(at_d))
+        blocks = rel.shape[0]
+        at = np.uint8(t)
+        for b in range(blocks):  # distance t last: database order is rank order
+            if ranked >= depth:
+                break
+            at_t = simd.block_equal(dist, np.int64(b * 64), at)
+            if b == blocks - 1:
+                at_t &= last
+            found = _append_ranks(ranks, found, at_t & rel[b], at_t, ranked, 2)
+            ranked += np.int64(_popcount(at_t))
+        return found, ranked >= depth
+
+    @njit(inline='always')
+    def _statistics(i, ranks, found, map_k, ns, inv, ap_out, hits_out):  # pragma: no cover
+        """AP@map_k and hits@N from the relevant items' ascending ranks. AP adds ``hits * (1 / rank)`` in the
+        order the NumPy path does, so both give the same bits."""
+        hits_k = 0
+        precision_sum = 0.0
+        for h in range(found):
+            r = ranks[h]
+            if r >= map_k:
+                break
+            precision_sum += (h + 1) * inv[r]
+            hits_k = h + 1
+        if map_k > 0:
+            ap_out[i] = precision_sum / hits_k if hits_k > 0 else 0.0
+        h = 0
+        for k in range(ns.shape[0]):
+            while h < found and ranks[h] < ns[k]:
+                h += 1
+            hits_out[i, k] = h
+
+    @njit(inline='always')
+    def _one_query(i, q_words, db, n, last, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns, radius,
+                   full, depth, inv, dist, rel, ranks, keys, ap_out, hits_out, total_out, within_out,
+                   within_rel_out, hist_out):  # pragma: no cover
+        """Query i's statistics, in buffers its thread allocated once (fresh half-megabyte buffers per query
+        cost page faults that took longer than the popcounts)."""
+        q = q_words[i]
+        blocks = rel.shape[0]
+        if depth == 0 and not full:
+            return
+        _relevance_bitmap(i, q_class, db_class, q_lab, bitmaps, multi, rel)
+        if full or blocks < SAMPLE_MIN_BLOCKS:  # every distance, then the (distance, relevance) histogram
+            for b in range(blocks):
+                simd.block_distances(db, q, np.int64(b * 64), dist)
+            hist = _histogram(dist, rel, n, nvals)
+            if full:
+                total = 0
                 inside = 0
                 inside_rel = 0
-                for d in range(min(radius + 1, nvals)):
-                    inside += flat[2 * d] + flat[2 * d + 1]
-                    inside_rel += flat[2 * d + 1]
-                within_out[i] = inside
-                within_rel_out[i] = inside_rel
-        if depth == 0:
-            return
-        # 2. the distance t where the top ``depth`` ends: exact from the full histogram, else guessed from
-        #    every 16th item with a 3-sigma margin and checked below (a short guess falls back to exact)
-        if full:
-            counts = np.zeros(nvals, dtype=np.int64)
-            for d in range(nvals):
-                counts[d] = hist_out[i, d, 0] + hist_out[i, d, 1]
-            t = _first_at(counts, depth)
-        elif n >= 16 * 1024:
-            sample = _histogram(dist, 16, nvals)
-            expected = depth * ((n + 15) // 16) / n
-            t = _first_at(sample, expected + 3.0 * np.sqrt(expected) + 1.0)
+                for d in range(nvals):
+                    hist_out[i, d, 0] = hist[d, 0]
+                    hist_out[i, d, 1] = hist[d, 1]
+                    total += hist[d, 1]
+                    if d <= radius:
+                        inside += hist[d, 0] + hist[d, 1]
+                        inside_rel += hist[d, 1]
+                total_out[i] = total
+                if radius >= 0:
+                    within_out[i] = inside
+                    within_rel_out[i] = inside_rel
+            if depth == 0:
+                return
+            t = _first_at(hist[:, 0] + hist[:, 1], depth)
+            m = _stored_keys(dist, t, last, rel, keys)
+            found, _ = _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks)
         else:
-            t = _first_at(_histogram(dist, 1, nvals), depth)
-        # 3. the items at distance <= t, counted per distance
-        m = _collect(dist, t, cand, nvals)
-        if m < depth:  # the guess was short: the exact threshold, and collect again
-            t = _first_at(_histogram(dist, 1, nvals), depth)
-            m = _collect(dist, t, cand, nvals)
-        per = np.zeros(nvals, dtype=np.int64)
-        for c in range(m):
-            per[dist[cand[c]]] += 1
-        # 4. counting sort of the candidates by distance (stable: database order within a distance)
-        start = np.empty(nvals, dtype=np.int64)
-        acc = 0
-        for d in range(nvals):
-            start[d] = acc
-            acc += per[d]
-        ranked[:] = 0
-        for c in range(m):
-            j = cand[c]
-            d = dist[j]
-            r = start[d]
-            start[d] = r + 1
-            if r < depth:
-                ranked[r] = _relevant(i, j, q_class, db_class, q_lab, db_lab, multi)
-        # 5. AP@K and hits@N over the ranked relevance
-        hits = 0
-        precision_sum = 0.0
-        next_n = 0
-        for r in range(depth):
-            if ranked[r]:
-                hits += 1
-                if r < map_k:
-                    precision_sum += hits / (r + 1.0)
-            if r + 1 == map_k:
-                ap_out[i] = precision_sum / hits if hits > 0 else 0.0
-            while next_n < ns.shape[0] and ns[next_n] == r + 1:
-                hits_out[i, next_n] = hits
-                next_n += 1
-
+            t = _guess_threshold(q, db, n, depth, nvals, dist)
+            m = _sweep_keys(q, db, t, last, dist, rel, keys)
+            found, reached = _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks)
+            if not reached:  # the guess was short: count the stored distances exactly
+                hist = _histogram(dist, rel, n, nvals)
+                t = _first_at(hist[:, 0] + hist[:, 1], depth)
+                m = _stored_keys(dist, t, last, rel, keys)
+                found, _ = _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks)
+        _statistics(i, ranks, found, map_k, ns, inv, ap_out, hits_out)
 
     @njit(parallel=True, cache=True, nogil=True)
-    def _scan_kernel(q_words, db_words, q_class, db_class, q_lab, db_lab, multi, nvals, map_k, ns, radius,
-                     full, dist_like, chunks, ap_out, hits_out, total_out, within_out, within_rel_out, hist_out
+    def _scan_kernel(q_words, db, n, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns, radius, full,
+                     key_like, chunks, ap_out, hits_out, total_out, within_out, within_rel_out, hist_out
                      ):  # pragma: no cover
-        nq, n = q_words.shape[0], db_words.shape[1]
+        nq = q_words.shape[0]
+        blocks = db.shape[1] // 64
+        last = ~np.uint64(0) if n % 64 == 0 else (_ONE << np.uint64(n % 64)) - _ONE
         depth = map_k
         for x in ns:
             depth = max(depth, x)
+        inv = np.empty(max(depth, 1))  # 1 / rank, looked up rather than divided per relevant item
+        for r in range(depth):
+            inv[r] = 1.0 / (r + 1.0)
         for c in prange(chunks):  # contiguous runs of queries, a few per thread, each with its own buffers
-            dist = np.empty(n, dtype=dist_like.dtype)  # uint8 up to 255 bits: a quarter of the bytes of int32
-            key = np.empty(n if full else 1, dtype=np.int32)
-            acc = np.empty(n if full and multi else 1, dtype=np.uint64)
-            cand = np.empty(n + 1, dtype=np.int32)
-            ranked = np.empty(max(depth, 1), dtype=np.uint8)
+            dist = np.empty(blocks * 64 + 64, dtype=np.uint8)
+            rel = np.empty(blocks, dtype=np.uint64)
+            ranks = np.empty(blocks * 64 + 128, dtype=np.int32)
+            keys = np.empty(blocks * 64 + 128, dtype=key_like.dtype)
             for i in range(c * nq // chunks, (c + 1) * nq // chunks):
-                _one_query(i, q_words, db_words, q_class, db_class, q_lab, db_lab, multi, nvals, map_k, ns, radius,
-                           full, depth, dist, key, acc, cand, ranked, ap_out, hits_out, total_out, within_out,
-                           within_rel_out, hist_out)
+                _one_query(i, q_words, db, n, last, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns,
+                           radius, full, depth, inv, dist, rel, ranks, keys, ap_out, hits_out, total_out,
+                           within_out, within_rel_out, hist_out)
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _sweep_kernel(q_words, db, chunks, out):  # pragma: no cover
+        """Only the compulsory work: every query's XOR + popcount against every item, summed."""
+        nq = q_words.shape[0]
+        for c in prange(chunks):
+            for i in range(c * nq // chunks, (c + 1) * nq // chunks):
+                out[i] = simd.sweep_popcount_sum(db, q_words[i])
+
+    @njit(cache=True, nogil=True)
+    def _bitmaps_kernel(label_words, blocks, out):  # pragma: no cover
+        """out[64w + p, b] bit k: item 64b + k has the label at bit p of label word w."""
+        n, lw = label_words.shape
+        for j in range(n):
+            for w in range(lw):
+                x = label_words[j, w]
+                while x != 0:
+                    out[64 * w + np.int64(_trailing_zeros(x)), j >> 6] |= _ONE << np.uint64(j & 63)
+                    x &= x - _ONE
 
 
 @contextlib.contextmanager
@@ -318,12 +382,29 @@ def _chunks(num_queries: int) -> int:
     return max(1, min(num_queries, 8 * numba.get_num_threads()))
 
 
-def popcount_sweep(q_words: np.ndarray, db_words: np.ndarray) -> None:
+def _check_bits(bits: int) -> None:
+    if bits > MAX_BITS:
+        raise ValueError(f"the compiled kernel handles codes of up to {MAX_BITS} bits, got {bits}; "
+                         "use backend='numpy' (backend='auto' does)")
+
+
+def popcount_sweep(q_words: np.ndarray, db_words: np.ndarray) -> np.ndarray:
     """XOR + popcount of every query against every database item and nothing else (the benchmark's floor:
-    what no mAP implementation can skip). Same word layout and loops as :func:`scan_queries`."""
-    qw, dw = words64(q_words), words64(db_words)
+    what no mAP implementation can skip), in the kernel's vector blocks. Returns each query's distance sum."""
+    qw = words64(q_words)
+    out = np.zeros(len(qw), dtype=np.uint64)
     with _torch_threads_kept():
-        _sweep_kernel(qw, np.ascontiguousarray(dw.T), _chunks(len(qw)), np.zeros(len(qw), dtype=np.uint8))
+        _sweep_kernel(qw, transpose_blocks(words64(db_words)), _chunks(len(qw)), out)
+    return out
+
+
+def label_bitmaps(db_label_words: np.ndarray) -> np.ndarray:
+    """``(n, w)`` uint64 multi-hot label words as ``(64 w, blocks)`` bitmaps: row ``64 w + p`` marks the items
+    with the label at bit p of word w. A query's relevant items are the OR of its labels' rows."""
+    n, lw = db_label_words.shape
+    out = np.zeros((64 * lw, max(1, -(-n // 64))), dtype=np.uint64)
+    _bitmaps_kernel(np.ascontiguousarray(db_label_words, dtype=np.uint64), out.shape[1], out)
+    return out
 
 
 def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits: int, *, map_k: int = 0,
@@ -331,21 +412,9 @@ def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits
     """Per-query AP@``map_k``, relevant items in the top N for each N of ``ns`` (already clipped to the
     database size), and with ``full`` the relevant totals, the radius counts and the ``(bits+1, 2)``
     distance/relevance histogram. ``relevance`` is :class:`deephash_zoo.retrieval.metrics._Relevance`."""
-    nq = q_words.shape[0]
-    qw, dw = words64(q_words), words64(db_words)
-    empty_class = np.zeros(1, dtype=np.int64)
-    empty_lab = np.zeros((1, 1), dtype=np.uint64)
-    if relevance.multi:
-        q_class, db_class = empty_class, empty_class
-        q_lab = np.ascontiguousarray(relevance.q_words, dtype=np.uint64)
-        db_lab = np.ascontiguousarray(np.stack(relevance.db_words, axis=0), dtype=np.uint64)  # (words, n)
-    else:
-        q_class = np.ascontiguousarray(relevance.q_class, dtype=np.int64)
-        db_class = np.ascontiguousarray(relevance.db_class, dtype=np.int64)
-        q_lab, db_lab = empty_lab, empty_lab
+    _check_bits(bits)
+    nq, n = q_words.shape[0], db_words.shape[0]
     nvals = bits + 1
-    order = np.argsort(np.asarray(ns, dtype=np.int64), kind='stable')
-    sorted_ns = np.asarray(ns, dtype=np.int64)[order]
     out = {
         'ap': np.zeros(nq),
         'hits': np.zeros((nq, len(ns)), dtype=np.int64),
@@ -354,12 +423,28 @@ def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits
         'within_relevant': np.zeros(nq if full else 1, dtype=np.int64),
         'hist': np.zeros((nq if full else 1, nvals, 2), dtype=np.int64),
     }
+    if nq == 0 or n == 0:
+        return out
+    qw = words64(q_words)
+    db = transpose_blocks(words64(db_words))
+    blocks = db.shape[1] // 64
+    if relevance.multi:
+        q_class = db_class = np.zeros(64, dtype=np.uint16)
+        q_lab = np.ascontiguousarray(relevance.q_words, dtype=np.uint64)
+        bitmaps = label_bitmaps(np.stack(relevance.db_words, axis=1))
+    else:
+        q_class = np.ascontiguousarray(relevance.q_class)
+        db_class = np.zeros(blocks * 64, dtype=relevance.db_class.dtype)  # whole blocks for the vector compare
+        db_class[:n] = relevance.db_class
+        q_lab = np.zeros((1, 1), dtype=np.uint64)
+        bitmaps = np.zeros((1, 1), dtype=np.uint64)
+    order = np.argsort(np.asarray(ns, dtype=np.int64), kind='stable')
+    sorted_ns = np.asarray(ns, dtype=np.int64)[order]
+    key_like = np.zeros(1, dtype=np.uint8 if 2 * nvals <= 256 else np.uint16)  # keys 2 * distance + relevant
     with _torch_threads_kept():
-        _scan_kernel(qw, np.ascontiguousarray(dw.T), q_class, db_class, q_lab, db_lab, relevance.multi, nvals,
-                     int(map_k), sorted_ns,
-                     -1 if radius is None else int(radius), bool(full),
-                     np.zeros(1, dtype=np.uint8 if nvals <= 256 else np.uint16), _chunks(nq), out['ap'], out['hits'],
-                     out['total'], out['within'], out['within_relevant'], out['hist'])
+        _scan_kernel(qw, db, n, q_class, db_class, q_lab, bitmaps, relevance.multi, nvals, int(map_k), sorted_ns,
+                     -1 if radius is None else int(radius), bool(full), key_like, _chunks(nq), out['ap'],
+                     out['hits'], out['total'], out['within'], out['within_relevant'], out['hist'])
     hits = np.empty_like(out['hits'])
     hits[:, order] = out['hits']
     out['hits'] = hits

@@ -334,10 +334,11 @@ def _average_precision(rel: np.ndarray) -> np.ndarray:
     flat = np.flatnonzero(rel)
     counts = np.count_nonzero(rel, axis=1)
     rows = flat // k
-    # the j-th relevant item of a row (j = 1, 2, ...) at rank c contributes j / c
+    # the j-th relevant item of a row (j = 1, 2, ...) at rank c contributes j * (1 / c): the compiled kernel
+    # multiplies by a table of 1 / c rather than dividing, and both paths give the same bits
     hits = np.arange(1, len(flat) + 1, dtype=np.float64)
     hits -= np.repeat(np.cumsum(counts) - counts, counts)
-    hits /= flat - rows * k + 1
+    hits *= 1.0 / (flat - rows * k + 1)
     sums = np.bincount(rows, weights=hits, minlength=q)
     return np.divide(sums, counts, out=np.zeros(q), where=counts > 0)
 
@@ -367,11 +368,12 @@ def _scan(
     """One chunked pass over the queries computing only the requested per-query statistics.
 
     ``backend``: ``'numba'`` (the compiled kernel of :mod:`.kernels`, the ``fast`` extra), ``'numpy'``, or
-    ``'auto'``: numba where it is installed and no ``chunk_size`` asks for the NumPy path's chunking. Both
+    ``'auto'``: numba where it is installed, no ``chunk_size`` asks for the NumPy path's chunking and the codes
+    have at most 255 bits (the kernel's distances are bytes). Both
     give the same numbers.
     """
     nq, n, nvals = p.num_queries, p.num_database, p.bits + 1
-    if _use_kernel(backend, chunk_size):
+    if _use_kernel(backend, chunk_size, p.bits):
         return _scan_compiled(p, map_k=map_k, ns=ns, totals=totals, radius=radius, hist=hist)
     if chunk_size is None:
         chunk_size = max(1, min(_CHUNK_ELEMENTS // n, (1 << 16) // nvals))
@@ -427,14 +429,18 @@ def _scan(
 BACKENDS = ('auto', 'numba', 'numpy')
 
 
-def _use_kernel(backend: str, chunk_size: int | None) -> bool:
+def _use_kernel(backend: str, chunk_size: int | None, bits: int) -> bool:
+    """Whether the compiled kernel runs: asked for, or ``auto`` with numba installed, no ``chunk_size`` asking
+    for the NumPy path's chunking, and codes short enough for its byte distances."""
     from . import kernels
 
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'numba' and not kernels.available():
         raise ImportError("backend='numba' needs numba; pip install 'deephash-zoo[fast]'")
-    return backend == 'numba' or (backend == 'auto' and chunk_size is None and kernels.available())
+    if backend == 'auto':
+        return chunk_size is None and kernels.available() and bits <= kernels.MAX_BITS
+    return backend == 'numba'
 
 
 def _scan_compiled(p: _Problem, *, map_k: int, ns: tuple[int, ...], totals: bool, radius: int | None,

@@ -1,0 +1,202 @@
+"""Vector intrinsics for the compiled metrics kernel: 64 database items per call, as LLVM vector IR.
+
+numba's loop vectoriser leaves a block of 64 distances as 64 scalar popcounts and compares; written as LLVM
+vector operations it becomes eight ``VPOPCNTQ`` and two byte compares on an AVX-512 CPU, and LLVM's
+generic lowering on any other (AVX2, NEON): no instruction set is named here, so every CPU numba supports
+compiles it.
+
+**Block-transposed codes.** A block of 64 items is stored so that position ``8k + l`` holds item ``8l + k``
+(:func:`deephash_zoo.retrieval.kernels.transpose_blocks`). Eight 8-lane popcount vectors then pack, by shifts
+and ORs, into one 64-byte vector whose byte ``p`` is item ``p``'s distance: one byte compare gives a 64-bit
+mask in item order, where the natural layout needs eight compares and seven mask merges (on Intel the same
+port as the popcounts). Distances must fit a byte: codes of
+at most 255 bits (:data:`MAX_BITS`).
+
+Everything here is imported only where numba is (the ``fast`` extra).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ['MAX_BITS', 'block_below', 'block_distances', 'sweep_popcount_sum', 'byte_below', 'key_masks',
+           'chunk_min', 'block_equal']
+
+MAX_BITS = 255
+"""Longest code the byte-packed distances hold."""
+
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V64X64 = ir.VectorType(_I64, 64)
+_V8X64 = ir.VectorType(_I64, 8)
+_BYTES = ir.VectorType(_I8, 64)
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, vty: ir.VectorType) -> ir.Value:
+    undef = ir.Constant(vty, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count))
+
+
+def _pointer(context: Any, builder: ir.IRBuilder, aty: Any, array: Any, index: list, vty: ir.Type) -> ir.Value:
+    ptr = cgutils.get_item_pointer(context, builder, aty, array, index, wraparound=False, boundscheck=False)
+    return builder.bitcast(ptr, vty.as_pointer())
+
+
+def _popcounts(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
+    """<64 x i64>: popcount(q[w] ^ db[w, base + i]) summed over the code's 64-bit words, for i < 64."""
+    dbty, qty = sig.args[0], sig.args[1]
+    db = context.make_array(dbty)(context, builder, args[0])
+    q = context.make_array(qty)(context, builder, args[1])
+    base = args[2]
+    acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(_V64X64, [0] * 64))
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V64X64, [_V64X64]), 'llvm.ctpop.v64i64')
+    with cgutils.for_range(builder, builder.extract_value(db.shape, 0)) as loop:
+        w = loop.index
+        v = builder.load(_pointer(context, builder, dbty, db, [w, base], _V64X64), align=8)
+        qw = builder.load(_pointer(context, builder, qty, q, [w], _I64))
+        x = builder.call(ctpop, [builder.xor(v, _splat(builder, qw, _V64X64))])
+        builder.store(builder.add(builder.load(acc_ptr), x), acc_ptr)
+    return builder.load(acc_ptr)
+
+
+def _packed(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
+    """<64 x i8>: byte p = the distance of item base + p of a block-transposed block (lane l of vector k
+    holds item 8l + k, so vector k shifted left by 8k lands in byte 8l + k)."""
+    acc = _popcounts(context, builder, sig, args)
+    packed = None
+    for k in range(8):
+        lanes = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * k, 8 * k + 8)))
+        part = builder.shuffle_vector(acc, acc, lanes)
+        if k == 0:
+            packed = part
+        else:
+            packed = builder.or_(packed, builder.shl(part, ir.Constant(_V8X64, [8 * k] * 8)))
+    return builder.bitcast(packed, _BYTES)
+
+
+def _below(builder: ir.IRBuilder, distances: ir.Value, t: ir.Value) -> ir.Value:
+    return builder.bitcast(builder.icmp_unsigned('<', distances, _splat(builder, builder.trunc(t, _I8), _BYTES)), _I64)
+
+
+@intrinsic
+def block_below(typingctx: Any, db_words: Any, q: Any, base: Any, t: Any, dist: Any) -> Any:
+    """Bit i set where item ``base + i`` is at distance ``< t`` (0 <= t < 256); ``dist[base:base+64]`` receives
+    the 64 distances as bytes. ``db_words``: block-transposed ``(words, n)``."""
+    sig = types.uint64(db_words, q, types.int64, types.int64, dist)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        distances = _packed(context, builder, signature, args)
+        oty = signature.args[4]
+        out = context.make_array(oty)(context, builder, args[4])
+        builder.store(distances, _pointer(context, builder, oty, out, [args[2]], _BYTES), align=1)
+        return _below(builder, distances, args[3])
+    return sig, codegen
+
+
+@intrinsic
+def block_distances(typingctx: Any, db_words: Any, q: Any, base: Any, dist: Any) -> Any:
+    """``dist[base:base+64]`` = the distances of items ``base .. base+63`` as bytes (block-transposed codes)."""
+    sig = types.void(db_words, q, types.int64, dist)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        distances = _packed(context, builder, signature, args)
+        oty = signature.args[3]
+        out = context.make_array(oty)(context, builder, args[3])
+        builder.store(distances, _pointer(context, builder, oty, out, [args[2]], _BYTES), align=1)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def sweep_popcount_sum(typingctx: Any, db_words: Any, q: Any) -> Any:
+    """The sum of every item's distance to ``q``: XOR + popcount over the whole database into one vector
+    register, reduced once at the end. The compulsory work of every mAP and nothing else: the benchmark's
+    floor (summed so that it is not optimised away)."""
+    sig = types.uint64(db_words, q)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        dbty, qty = signature.args
+        db = context.make_array(dbty)(context, builder, args[0])
+        qa = context.make_array(qty)(context, builder, args[1])
+        words = builder.extract_value(db.shape, 0)
+        blocks = builder.udiv(builder.extract_value(db.shape, 1), ir.Constant(_I64, 64))
+        acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(_V64X64, [0] * 64))
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V64X64, [_V64X64]),
+                                               'llvm.ctpop.v64i64')
+        with cgutils.for_range(builder, words) as word:
+            qv = _splat(builder, builder.load(_pointer(context, builder, qty, qa, [word.index], _I64)), _V64X64)
+            with cgutils.for_range(builder, blocks) as block:
+                base = builder.mul(block.index, ir.Constant(_I64, 64))
+                v = builder.load(_pointer(context, builder, dbty, db, [word.index, base], _V64X64), align=8)
+                builder.store(builder.add(builder.load(acc_ptr), builder.call(ctpop, [builder.xor(v, qv)])), acc_ptr)
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_V64X64]),
+                                                'llvm.vector.reduce.add.v64i64')
+        return builder.call(reduce, [builder.load(acc_ptr)])
+    return sig, codegen
+
+
+@intrinsic
+def byte_below(typingctx: Any, dist: Any, base: Any, t: Any) -> Any:
+    """Bit i set where the stored byte distance ``dist[base + i]`` is ``< t``, for 64 items."""
+    sig = types.uint64(dist, types.int64, types.int64)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        aty = signature.args[0]
+        a = context.make_array(aty)(context, builder, args[0])
+        distances = builder.load(_pointer(context, builder, aty, a, [args[1]], _BYTES), align=1)
+        return _below(builder, distances, args[2])
+    return sig, codegen
+
+
+def _load_keys(context: Any, builder: ir.IRBuilder, aty: Any, array_value: Any, offset: Any) -> tuple:
+    a = context.make_array(aty)(context, builder, array_value)
+    ety = context.get_data_type(aty.dtype)
+    vty = ir.VectorType(ety, 64)
+    return builder.load(_pointer(context, builder, aty, a, [offset], vty), align=1), ety, vty
+
+
+@intrinsic
+def key_masks(typingctx: Any, keys: Any, offset: Any, d: Any) -> Any:
+    """``(at_d, relevant_at_d)`` of the 64 keys ``2 * distance + relevant`` from ``offset``: bit i set where
+    key i has distance ``d``, and where it has distance ``d`` and is relevant."""
+    sig = types.UniTuple(types.uint64, 2)(keys, types.int64, types.int64)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        v, ety, vty = _load_keys(context, builder, signature.args[0], args[0], args[1])
+        relevant_key = builder.trunc(builder.add(builder.add(args[2], args[2]), ir.Constant(_I64, 1)), ety)
+        target = _splat(builder, relevant_key, vty)
+        at_d = builder.icmp_unsigned('==', builder.or_(v, _splat(builder, ir.Constant(ety, 1), vty)), target)
+        relevant = builder.icmp_unsigned('==', v, target)
+        return context.make_tuple(builder, signature.return_type,
+                                  [builder.bitcast(at_d, _I64), builder.bitcast(relevant, _I64)])
+    return sig, codegen
+
+
+@intrinsic
+def chunk_min(typingctx: Any, keys: Any, offset: Any) -> Any:
+    """The smallest of the 64 keys from ``offset``."""
+    sig = keys.dtype(keys, types.int64)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        v, ety, vty = _load_keys(context, builder, signature.args[0], args[0], args[1])
+        umin = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ety, [vty]),
+                                              f'llvm.vector.reduce.umin.v64i{ety.width}')
+        return builder.call(umin, [v])
+    return sig, codegen
+
+
+@intrinsic
+def block_equal(typingctx: Any, values: Any, base: Any, value: Any) -> Any:
+    """Bit i set where ``values[base + i] == value``, for 64 values (class indices of a block)."""
+    sig = types.uint64(values, types.int64, values.dtype)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        v, ety, vty = _load_keys(context, builder, signature.args[0], args[0], args[1])
+        return builder.bitcast(builder.icmp_unsigned('==', v, _splat(builder, args[2], vty)), _I64)
+    return sig, codegen
