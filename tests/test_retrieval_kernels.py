@@ -78,21 +78,22 @@ def test_the_sampled_threshold_path_equals_the_numpy_path(bits, multi):
     np.testing.assert_allclose(a.precision, b.precision, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize('words', [1, 2, 4])
-def test_vector_blocks_give_every_distance_and_mask_in_item_order(words):
-    """The block-transposed sweep: each block's 64 byte distances, its ``< t`` mask (from the codes and from
-    the stored bytes) and its ``== t`` mask equal NumPy's for every item, codes of one, two and four 64-bit
-    words (63, 127 and 255 bits), thresholds from 0 to the largest byte; and the floor sweep sums them."""
+@pytest.mark.parametrize(('words', 'key_dtype'), [(1, np.uint8), (2, np.uint8), (2, np.uint16), (4, np.uint16)])
+def test_vector_blocks_give_every_key_and_mask_in_item_order(words, key_dtype):
+    """The block-transposed sweep: each block's 64 keys ``2 * distance + relevant``, its ``distance < t`` mask
+    (from the codes and from the stored keys) and its ``distance == t`` masks equal NumPy's for every item,
+    codes of one, two and four 64-bit words (63, 127 and 255 bits) with the byte or 16-bit keys their length
+    takes, thresholds from 0 to the largest; and the floor sweep sums every distance."""
     from numba import njit
 
     from deephash_zoo.retrieval import simd
 
     @njit
-    def sweep(db, q, t, dist, below, stored, at):
+    def sweep(db, q, t, rel, kb, below, stored, at, at_relevant):
         for b in range(below.shape[0]):
-            below[b] = simd.block_below(db, q, np.int64(b * 64), np.int64(t), dist)
-            stored[b] = simd.byte_below(dist, np.int64(b * 64), np.int64(t))
-            at[b] = simd.block_equal(dist, np.int64(b * 64), np.uint8(t))
+            below[b] = simd.block_keys(db, q, np.int64(b * 64), rel[b], np.int64(2 * t), kb)
+            stored[b] = simd.stored_below(kb, np.int64(b * 64), np.int64(2 * t))
+            at[b], at_relevant[b] = simd.key_masks(kb, np.int64(b * 64), np.int64(t))
 
     @njit
     def floor(db, q):
@@ -107,17 +108,22 @@ def test_vector_blocks_give_every_distance_and_mask_in_item_order(words):
     expected = np.zeros(n, dtype=np.int64)
     for w in range(words):
         expected += np.bitwise_count(codes[:, w] ^ q[w]).astype(np.int64)
+    relevant = rng.random(n) < 0.4
+    rel = np.packbits(relevant, bitorder='little').view(np.uint64)
     db = kernels.transpose_blocks(codes)
     assert floor(db, q) == expected.sum()
     bits = lambda m: np.unpackbits(m.view(np.uint8), bitorder='little').astype(bool)  # noqa: E731
-    for t in (0, 3, int(np.median(expected)), int(expected[0]), 64 * words - 1, 255):
-        dist = np.zeros(n + 64, dtype=np.uint8)
-        below, stored, at = (np.zeros(5, dtype=np.uint64) for _ in range(3))
-        sweep(db, q, t, dist, below, stored, at)
-        np.testing.assert_array_equal(dist[:n], expected)
+    top = 127 if key_dtype == np.uint8 else 255  # byte keys hold distances up to 127 (codes up to 127 bits)
+    assert expected.max() <= top
+    for t in (0, 3, int(np.median(expected)), int(expected[0]), top):
+        kb = np.zeros(n + 64, dtype=key_dtype)
+        below, stored, at, at_relevant = (np.zeros(5, dtype=np.uint64) for _ in range(4))
+        sweep(db, q, t, rel, kb, below, stored, at, at_relevant)
+        np.testing.assert_array_equal(kb[:n], 2 * expected + relevant)
         np.testing.assert_array_equal(bits(below), expected < t, err_msg=f'{t=}')
         np.testing.assert_array_equal(stored, below, err_msg=f'{t=}')
         np.testing.assert_array_equal(bits(at), expected == t, err_msg=f'{t=}')
+        np.testing.assert_array_equal(bits(at_relevant), (expected == t) & relevant, err_msg=f'{t=}')
 
 
 def test_label_bitmaps_mark_each_labels_items():

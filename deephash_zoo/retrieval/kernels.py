@@ -1,27 +1,26 @@
 """Compiled per-query retrieval statistics (numba, the ``fast`` extra), in parallel over queries.
 
 The NumPy path (:mod:`.metrics`) materialises a chunk of the distance matrix, then ranks it with a sort. This
-kernel does per query what the statistics need, with the database held in 64-item blocks
-(:mod:`.simd`: codes block-transposed, a block's distances one 64-byte vector):
+kernel does per query what the statistics need, with the database in 64-item blocks (:mod:`.simd`: codes
+block-transposed, so a block's distances are one 64-byte vector):
 
-1. **relevance bitmap**: bit j set where item j shares a label with the query: the OR of the query's
-   labels' rows of a per-label bitmap (multi-hot), or 64 class compares per block (class indices). No
-   per-item label look-up follows.
+1. **relevance bitmap**: bit j set where item j shares a label with the query: the OR of the query's labels'
+   rows of a per-label bitmap (multi-hot), or 64 class compares per block (class indices). No per-item label
+   look-up follows.
 2. **threshold guess**: the distance ``t`` where the top ``depth`` items end, from every 32nd block with a
-   3-sigma margin (exact, from every distance, for small databases or when totals, radius or the PR curve
-   need every distance anyway);
-3. **one sweep** over the blocks: XOR + popcount, two byte compares giving the block's items at distance
-   ``< t`` and ``<= t``, its 64 distances stored as bytes. A guess that proves short counts the stored
-   distances exactly and compares again (no second popcount sweep);
-4. **keys** ``2 * distance + relevant`` of the items at distance ``< t``, in database order;
-5. **ranks by bucket**: per distance ``d`` from the smallest, one vector compare per 64 keys finds the
-   bucket's items; a relevant item's rank is the items before its bucket plus a popcount of the bucket's
-   earlier items. Items at ``t`` itself come last, in database order, straight from the masks, as many as
-   ``depth`` leaves room for. Ties keep database order: the tie-break every other path uses;
-6. AP@K and hits@N accumulate as relevant items are met, in rank order: no sort, no ranked buffer.
+   3-sigma margin upwards (counted exactly, from every item, for small databases or when totals, radius or
+   the PR curve need every distance anyway);
+3. **one sweep** over the blocks: XOR + popcount, every item's key ``2 * distance + relevant`` stored, and the
+   keys of the items at distance ``< t`` appended while the block is in cache;
+4. **ranks by bucket**: per distance ``d`` from the smallest, one vector compare per 64 keys finds the bucket's
+   items; a relevant item's rank is the items before its bucket plus a popcount of the bucket's earlier items.
+   Items at ``t`` itself come last, in database order, from the stored keys, as many as ``depth`` leaves room
+   for. Ties keep database order: the tie-break every other path uses. A guess that proves short counts the
+   stored keys exactly and ranks again: no second popcount sweep;
+5. AP@K and hits@N from the relevant items' ranks: no sort, no ranked buffer.
 
-Results equal the NumPy path's (``tests/test_retrieval_kernels``). Codes up to 255 bits (:data:`MAX_BITS`):
-the NumPy path handles longer ones.
+Results equal the NumPy path's, bit for bit (``tests/test_retrieval_kernels``). Codes up to 255 bits
+(:data:`MAX_BITS`): the NumPy path takes longer ones.
 """
 from __future__ import annotations
 
@@ -31,8 +30,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ['available', 'scan_queries', 'words64', 'transpose_blocks', 'popcount_sweep', 'MAX_BITS',
-           'SAMPLE_EVERY', 'SAMPLE_MIN_BLOCKS']
+__all__ = ['available', 'scan_queries', 'words64', 'transpose_blocks', 'label_bitmaps', 'popcount_sweep',
+           'MAX_BITS', 'SAMPLE_EVERY', 'SAMPLE_MIN_BLOCKS']
 
 try:  # an optional dependency: without it every metric runs the NumPy path
     import numba
@@ -128,17 +127,16 @@ if numba is not None:
             rel[b] = simd.block_equal(db_class, np.int64(b * 64), c)
 
     @njit(inline='always')
-    def _histogram(dist, rel, n, nvals):  # pragma: no cover
-        """(nvals, 2) counts of the first n items by (distance, relevant), in four interleaved histograms so
-        repeated distances do not serialise on one counter."""
+    def _histogram(kb, n, nvals):  # pragma: no cover
+        """(nvals, 2) counts of the first n items by (distance, relevant), from their keys, in four interleaved
+        histograms so repeated keys do not serialise on one counter."""
         h = np.zeros((4, 2 * nvals), dtype=np.int64)
         n4 = n // 4 * 4
         for j in range(0, n4, 4):
             for u in range(4):
-                x = j + u
-                h[u, 2 * np.int64(dist[x]) + np.int64((rel[x >> 6] >> np.uint64(x & 63)) & _ONE)] += 1
-        for x in range(n4, n):
-            h[0, 2 * np.int64(dist[x]) + np.int64((rel[x >> 6] >> np.uint64(x & 63)) & _ONE)] += 1
+                h[u, kb[j + u]] += 1
+        for j in range(n4, n):
+            h[0, kb[j]] += 1
         out = np.zeros((nvals, 2), dtype=np.int64)
         for u in range(4):
             for d in range(nvals):
@@ -147,65 +145,61 @@ if numba is not None:
         return out
 
     @njit(inline='always')
-    def _guess_threshold(q, db, n, depth, nvals, dist):  # pragma: no cover
+    def _guess_threshold(q, db, n, depth, nvals, rel, kb):  # pragma: no cover
         """The distance where the top ``depth`` items end, estimated from every SAMPLE_EVERY-th whole block
         with a 3-sigma margin upwards (a short guess is caught after the sweep)."""
-        full_blocks = n // 64
-        counts = np.zeros((4, nvals), dtype=np.int64)
+        counts = np.zeros((4, 2 * nvals), dtype=np.int64)
         sampled = 0
-        for b in range(0, full_blocks, SAMPLE_EVERY):
+        for b in range(0, n // 64, SAMPLE_EVERY):
             base = b * 64
-            simd.block_distances(db, q, np.int64(base), dist)
+            simd.block_store_keys(db, q, np.int64(base), rel[b], kb)
             for k in range(0, 64, 4):
                 for u in range(4):
-                    counts[u, dist[base + k + u]] += 1
+                    counts[u, kb[base + k + u]] += 1
             sampled += 64
         total = np.zeros(nvals, dtype=np.int64)
         for u in range(4):
             for d in range(nvals):
-                total[d] += counts[u, d]
+                total[d] += counts[u, 2 * d] + counts[u, 2 * d + 1]
         expected = depth * sampled / n
         return _first_at(total, expected + 3.0 * np.sqrt(expected) + 1.0)
 
     @njit(inline='always')
-    def _append_keys(keys, m, below, base, dist, relevant):  # pragma: no cover
-        """keys[m:] = 2 * distance + relevant of the items of one block's ``below`` mask, in order; returns the new
-        length. Six unconditionally (a block holds a few: no loop exit to mispredict), the rest in a loop."""
+    def _append_keys(keys, m, below, base, kb):  # pragma: no cover
+        """keys[m:] = the keys of one block's items in ``below``, in order; returns the new length. Six
+        unconditionally (a block holds a few: no loop exit to mispredict), the rest in a loop."""
         count = np.int64(_popcount(below))
         for u in range(6):
-            k = _trailing_zeros(below) & np.uint64(63)
-            keys[m + u] = 2 * np.int64(dist[base + np.int64(k)]) + np.int64((relevant >> k) & _ONE)
+            keys[m + u] = kb[base + np.int64(_trailing_zeros(below) & np.uint64(63))]
             below &= below - _ONE
         for u in range(6, count):
-            k = _trailing_zeros(below)
-            keys[m + u] = 2 * np.int64(dist[base + np.int64(k)]) + np.int64((relevant >> k) & _ONE)
+            keys[m + u] = kb[base + np.int64(_trailing_zeros(below))]
             below &= below - _ONE
         return m + count
 
     @njit(inline='always')
-    def _sweep_keys(q, db, t, last, dist, rel, keys):  # pragma: no cover
-        """The one popcount sweep: every block's distances into ``dist``, and the keys of its items at distance
-        ``< t`` while the block is in cache. Returns how many keys."""
+    def _sweep_keys(q, db, t, last, rel, kb, keys):  # pragma: no cover
+        """The one popcount sweep: every item's key into ``kb``, and the keys of the items at distance ``< t``
+        appended to ``keys`` while the block is in cache. Returns how many."""
         blocks = rel.shape[0]
         m = 0
         for b in range(blocks):
             base = b * 64
-            below = simd.block_below(db, q, np.int64(base), np.int64(t), dist)
+            below = simd.block_keys(db, q, np.int64(base), rel[b], np.int64(2 * t), kb)
             if b == blocks - 1:
                 below &= last
-            m = _append_keys(keys, m, below, base, dist, rel[b])
+            m = _append_keys(keys, m, below, base, kb)
         return m
 
     @njit(inline='always')
-    def _stored_keys(dist, t, last, rel, keys):  # pragma: no cover
-        """The same keys from distances already stored."""
-        blocks = rel.shape[0]
+    def _stored_keys(kb, blocks, t, last, keys):  # pragma: no cover
+        """The same from keys already stored."""
         m = 0
         for b in range(blocks):
-            below = simd.byte_below(dist, np.int64(b * 64), np.int64(t))
+            below = simd.stored_below(kb, np.int64(b * 64), np.int64(2 * t))
             if b == blocks - 1:
                 below &= last
-            m = _append_keys(keys, m, below, b * 64, dist, rel[b])
+            m = _append_keys(keys, m, below, b * 64, kb)
         return m
 
     @njit(inline='always')
@@ -224,7 +218,7 @@ if numba is not None:
         return r + count
 
     @njit(inline='always')
-    def _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks):  # pragma: no cover
+    def _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ranks):  # pragma: no cover
         """ranks[:found] = the ranks of the relevant items, ascending, from the keys (items at distance < t)
         and the items at distance t. Returns ``found`` and whether the ranks reached ``depth`` (a threshold
         guessed short does not)."""
@@ -242,15 +236,14 @@ if numba is not None:
                 at_d, relevant = simd.key_masks(keys, np.int64(o), np.int64(d))
                 found = _append_ranks(ranks, found, relevant, at_d, ranked, 4)
                 ranked += np.int64(_popcount(at_d))
-        blocks = rel.shape[0]
-        at = np.uint8(t)
         for b in range(blocks):  # distance t last: database order is rank order
             if ranked >= depth:
                 break
-            at_t = simd.block_equal(dist, np.int64(b * 64), at)
+            at_t, relevant = simd.key_masks(kb, np.int64(b * 64), np.int64(t))
             if b == blocks - 1:
                 at_t &= last
-            found = _append_ranks(ranks, found, at_t & rel[b], at_t, ranked, 2)
+                relevant &= last
+            found = _append_ranks(ranks, found, relevant, at_t, ranked, 2)
             ranked += np.int64(_popcount(at_t))
         return found, ranked >= depth
 
@@ -276,7 +269,7 @@ if numba is not None:
 
     @njit(inline='always')
     def _one_query(i, q_words, db, n, last, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns, radius,
-                   full, depth, inv, dist, rel, ranks, keys, ap_out, hits_out, total_out, within_out,
+                   full, depth, inv, kb, rel, ranks, keys, ap_out, hits_out, total_out, within_out,
                    within_rel_out, hist_out):  # pragma: no cover
         """Query i's statistics, in buffers its thread allocated once (fresh half-megabyte buffers per query
         cost page faults that took longer than the popcounts)."""
@@ -287,8 +280,8 @@ if numba is not None:
         _relevance_bitmap(i, q_class, db_class, q_lab, bitmaps, multi, rel)
         if full or blocks < SAMPLE_MIN_BLOCKS:  # every distance, then the (distance, relevance) histogram
             for b in range(blocks):
-                simd.block_distances(db, q, np.int64(b * 64), dist)
-            hist = _histogram(dist, rel, n, nvals)
+                simd.block_store_keys(db, q, np.int64(b * 64), rel[b], kb)
+            hist = _histogram(kb, n, nvals)
             if full:
                 total = 0
                 inside = 0
@@ -307,17 +300,17 @@ if numba is not None:
             if depth == 0:
                 return
             t = _first_at(hist[:, 0] + hist[:, 1], depth)
-            m = _stored_keys(dist, t, last, rel, keys)
-            found, _ = _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks)
+            m = _stored_keys(kb, blocks, t, last, keys)
+            found, _ = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ranks)
         else:
-            t = _guess_threshold(q, db, n, depth, nvals, dist)
-            m = _sweep_keys(q, db, t, last, dist, rel, keys)
-            found, reached = _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks)
-            if not reached:  # the guess was short: count the stored distances exactly
-                hist = _histogram(dist, rel, n, nvals)
+            t = _guess_threshold(q, db, n, depth, nvals, rel, kb)
+            m = _sweep_keys(q, db, t, last, rel, kb, keys)
+            found, reached = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ranks)
+            if not reached:  # the guess was short: count the stored keys exactly
+                hist = _histogram(kb, n, nvals)
                 t = _first_at(hist[:, 0] + hist[:, 1], depth)
-                m = _stored_keys(dist, t, last, rel, keys)
-                found, _ = _relevant_ranks(keys, m, t, dist, rel, last, nvals, depth, ranks)
+                m = _stored_keys(kb, blocks, t, last, keys)
+                found, _ = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ranks)
         _statistics(i, ranks, found, map_k, ns, inv, ap_out, hits_out)
 
     @njit(parallel=True, cache=True, nogil=True)
@@ -334,13 +327,13 @@ if numba is not None:
         for r in range(depth):
             inv[r] = 1.0 / (r + 1.0)
         for c in prange(chunks):  # contiguous runs of queries, a few per thread, each with its own buffers
-            dist = np.empty(blocks * 64 + 64, dtype=np.uint8)
+            kb = np.empty(blocks * 64 + 64, dtype=key_like.dtype)  # every item's key 2 * distance + relevant
             rel = np.empty(blocks, dtype=np.uint64)
             ranks = np.empty(blocks * 64 + 128, dtype=np.int32)
             keys = np.empty(blocks * 64 + 128, dtype=key_like.dtype)
             for i in range(c * nq // chunks, (c + 1) * nq // chunks):
                 _one_query(i, q_words, db, n, last, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns,
-                           radius, full, depth, inv, dist, rel, ranks, keys, ap_out, hits_out, total_out,
+                           radius, full, depth, inv, kb, rel, ranks, keys, ap_out, hits_out, total_out,
                            within_out, within_rel_out, hist_out)
 
     @njit(parallel=True, cache=True, nogil=True)

@@ -180,9 +180,13 @@ def _label_words(lab: np.ndarray, name: str) -> np.ndarray:
     if lab.dtype != np.bool_:
         if lab.dtype.kind not in 'iuf':
             raise ValueError(f'{name} multi-hot labels must be numeric or bool, got dtype {lab.dtype}')
-        if not ((lab == 0) | (lab == 1)).all():
+        if lab.dtype.kind == 'u':  # one reduction where nothing below 0 can occur
+            valid = lab.max(initial=0) <= 1
+        else:
+            valid = ((lab == 0) | (lab == 1)).all()
+        if not valid:
             raise ValueError(f'{name} multi-hot labels must contain only 0 and 1')
-    packed = np.packbits(lab.astype(bool), axis=1)
+    packed = np.packbits(lab if lab.dtype.kind in 'bu' else lab.astype(bool), axis=1)  # packbits: nonzero is 1
     padded = np.zeros((lab.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     padded[:, : packed.shape[1]] = packed
     return padded.view(np.uint64)

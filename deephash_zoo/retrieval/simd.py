@@ -1,16 +1,17 @@
 """Vector intrinsics for the compiled metrics kernel: 64 database items per call, as LLVM vector IR.
 
 numba's loop vectoriser leaves a block of 64 distances as 64 scalar popcounts and compares; written as LLVM
-vector operations it becomes eight ``VPOPCNTQ`` and two byte compares on an AVX-512 CPU, and LLVM's
-generic lowering on any other (AVX2, NEON): no instruction set is named here, so every CPU numba supports
-compiles it.
+vector operations it becomes eight ``VPOPCNTQ``, a few shifts and one byte compare on an AVX-512 CPU, and
+LLVM's generic lowering on any other (AVX2, NEON): no instruction set is named here, so every CPU numba
+supports compiles it.
 
 **Block-transposed codes.** A block of 64 items is stored so that position ``8k + l`` holds item ``8l + k``
 (:func:`deephash_zoo.retrieval.kernels.transpose_blocks`). Eight 8-lane popcount vectors then pack, by shifts
 and ORs, into one 64-byte vector whose byte ``p`` is item ``p``'s distance: one byte compare gives a 64-bit
 mask in item order, where the natural layout needs eight compares and seven mask merges (on Intel the same
-port as the popcounts). Distances must fit a byte: codes of
-at most 255 bits (:data:`MAX_BITS`).
+port as the popcounts). Distances must fit a byte: codes of at most 255 bits
+(:data:`deephash_zoo.retrieval.kernels.MAX_BITS`). A key ``2 * distance + relevant`` is a byte up to 127 bits
+and 16 bits beyond.
 
 Everything here is imported only where numba is (the ``fast`` extra).
 """
@@ -23,11 +24,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ['MAX_BITS', 'block_below', 'block_distances', 'sweep_popcount_sum', 'byte_below', 'key_masks',
+__all__ = ['block_keys', 'block_store_keys', 'stored_below', 'sweep_popcount_sum', 'key_masks',
            'chunk_min', 'block_equal']
-
-MAX_BITS = 255
-"""Longest code the byte-packed distances hold."""
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -80,36 +78,57 @@ def _packed(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Valu
     return builder.bitcast(packed, _BYTES)
 
 
-def _below(builder: ir.IRBuilder, distances: ir.Value, t: ir.Value) -> ir.Value:
-    return builder.bitcast(builder.icmp_unsigned('<', distances, _splat(builder, builder.trunc(t, _I8), _BYTES)), _I64)
+def _keys(context: Any, builder: ir.IRBuilder, sig: Any, args: Any, out_index: int) -> tuple:
+    """<64 x iK>: the block's keys ``2 * distance + relevant`` (relevant: bit i of ``args[3]``), stored at
+    ``out[base:base+64]`` (K: the out array's width, 8 or 16 bits)."""
+    distances = _packed(context, builder, sig, args)
+    oty = sig.args[out_index]
+    out = context.make_array(oty)(context, builder, args[out_index])
+    ety = context.get_data_type(oty.dtype)
+    vty = ir.VectorType(ety, 64)
+    relevant = builder.zext(builder.bitcast(args[3], ir.VectorType(ir.IntType(1), 64)), vty)
+    wide = distances if ety.width == 8 else builder.zext(distances, vty)
+    keys = builder.or_(builder.shl(wide, _splat(builder, ir.Constant(ety, 1), vty)), relevant)
+    builder.store(keys, _pointer(context, builder, oty, out, [args[2]], vty), align=1)
+    return keys, ety, vty
+
+
+def _below(builder: ir.IRBuilder, keys: ir.Value, ety: ir.Type, vty: ir.Type, bound: ir.Value) -> ir.Value:
+    """Bit i set where key i < ``bound`` (2t: the distance is below t)."""
+    return builder.bitcast(builder.icmp_unsigned('<', keys, _splat(builder, builder.trunc(bound, ety), vty)), _I64)
 
 
 @intrinsic
-def block_below(typingctx: Any, db_words: Any, q: Any, base: Any, t: Any, dist: Any) -> Any:
-    """Bit i set where item ``base + i`` is at distance ``< t`` (0 <= t < 256); ``dist[base:base+64]`` receives
-    the 64 distances as bytes. ``db_words``: block-transposed ``(words, n)``."""
-    sig = types.uint64(db_words, q, types.int64, types.int64, dist)
+def block_keys(typingctx: Any, db_words: Any, q: Any, base: Any, relevant: Any, bound: Any, out: Any) -> Any:
+    """``out[base:base+64]`` = keys ``2 * distance + relevant`` of items ``base .. base+63`` (``relevant``: a
+    64-bit mask; ``db_words`` block-transposed ``(words, n)``); returns the mask of keys ``< bound``."""
+    sig = types.uint64(db_words, q, types.int64, types.uint64, types.int64, out)
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        distances = _packed(context, builder, signature, args)
-        oty = signature.args[4]
-        out = context.make_array(oty)(context, builder, args[4])
-        builder.store(distances, _pointer(context, builder, oty, out, [args[2]], _BYTES), align=1)
-        return _below(builder, distances, args[3])
+        keys, ety, vty = _keys(context, builder, signature, args, 5)
+        return _below(builder, keys, ety, vty, args[4])
     return sig, codegen
 
 
 @intrinsic
-def block_distances(typingctx: Any, db_words: Any, q: Any, base: Any, dist: Any) -> Any:
-    """``dist[base:base+64]`` = the distances of items ``base .. base+63`` as bytes (block-transposed codes)."""
-    sig = types.void(db_words, q, types.int64, dist)
+def block_store_keys(typingctx: Any, db_words: Any, q: Any, base: Any, relevant: Any, out: Any) -> Any:
+    """``out[base:base+64]`` = keys ``2 * distance + relevant`` of items ``base .. base+63``."""
+    sig = types.void(db_words, q, types.int64, types.uint64, out)
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        distances = _packed(context, builder, signature, args)
-        oty = signature.args[3]
-        out = context.make_array(oty)(context, builder, args[3])
-        builder.store(distances, _pointer(context, builder, oty, out, [args[2]], _BYTES), align=1)
+        _keys(context, builder, signature, args, 4)
         return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def stored_below(typingctx: Any, keys: Any, base: Any, bound: Any) -> Any:
+    """Bit i set where the stored key ``keys[base + i]`` is ``< bound``, for 64 items."""
+    sig = types.uint64(keys, types.int64, types.int64)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        v, ety, vty = _load_keys(context, builder, signature.args[0], args[0], args[1])
+        return _below(builder, v, ety, vty, args[2])
     return sig, codegen
 
 
@@ -138,19 +157,6 @@ def sweep_popcount_sum(typingctx: Any, db_words: Any, q: Any) -> Any:
         reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_V64X64]),
                                                 'llvm.vector.reduce.add.v64i64')
         return builder.call(reduce, [builder.load(acc_ptr)])
-    return sig, codegen
-
-
-@intrinsic
-def byte_below(typingctx: Any, dist: Any, base: Any, t: Any) -> Any:
-    """Bit i set where the stored byte distance ``dist[base + i]`` is ``< t``, for 64 items."""
-    sig = types.uint64(dist, types.int64, types.int64)
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-        aty = signature.args[0]
-        a = context.make_array(aty)(context, builder, args[0])
-        distances = builder.load(_pointer(context, builder, aty, a, [args[1]], _BYTES), align=1)
-        return _below(builder, distances, args[2])
     return sig, codegen
 
 
