@@ -156,7 +156,7 @@ def test_a_short_threshold_guess_falls_back_to_the_exact_count():
 
 
 def test_more_than_65536_classes_compare_as_wide_integers():
-    """Class indices past uint16 are int64 in the vector compare."""
+    """Class indices past uint16 (where the NumPy path widens them) compare as int32 in the kernel."""
     rng = np.random.default_rng(2)
     n = 70_000
     d = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, 16))

@@ -127,16 +127,18 @@ if numba is not None:
             rel[b] = simd.block_equal(db_class, np.int64(b * 64), c)
 
     @njit(inline='always')
-    def _histogram(kb, n, nvals):  # pragma: no cover
-        """(nvals, 2) counts of the first n items by (distance, relevant), from their keys, in four interleaved
-        histograms so repeated keys do not serialise on one counter."""
+    def _key_counts(kb, n, nvals, step):  # pragma: no cover
+        """(nvals, 2) counts by (distance, relevant) of the stored keys of every ``step``-th whole block of 64
+        items (step 1: all n items), in four interleaved histograms so repeated keys do not serialise on one
+        counter."""
         h = np.zeros((4, 2 * nvals), dtype=np.int64)
-        n4 = n // 4 * 4
-        for j in range(0, n4, 4):
-            for u in range(4):
-                h[u, kb[j + u]] += 1
-        for j in range(n4, n):
-            h[0, kb[j]] += 1
+        for b in range(0, n // 64, step):
+            for k in range(b * 64, b * 64 + 64, 4):
+                for u in range(4):
+                    h[u, kb[k + u]] += 1
+        if step == 1:
+            for j in range(n // 64 * 64, n):
+                h[0, kb[j]] += 1
         out = np.zeros((nvals, 2), dtype=np.int64)
         for u in range(4):
             for d in range(nvals):
@@ -148,21 +150,11 @@ if numba is not None:
     def _guess_threshold(q, db, n, depth, nvals, rel, kb):  # pragma: no cover
         """The distance where the top ``depth`` items end, estimated from every SAMPLE_EVERY-th whole block
         with a 3-sigma margin upwards (a short guess is caught after the sweep)."""
-        counts = np.zeros((4, 2 * nvals), dtype=np.int64)
-        sampled = 0
         for b in range(0, n // 64, SAMPLE_EVERY):
-            base = b * 64
-            simd.block_store_keys(db, q, np.int64(base), rel[b], kb)
-            for k in range(0, 64, 4):
-                for u in range(4):
-                    counts[u, kb[base + k + u]] += 1
-            sampled += 64
-        total = np.zeros(nvals, dtype=np.int64)
-        for u in range(4):
-            for d in range(nvals):
-                total[d] += counts[u, 2 * d] + counts[u, 2 * d + 1]
-        expected = depth * sampled / n
-        return _first_at(total, expected + 3.0 * np.sqrt(expected) + 1.0)
+            simd.block_store_keys(db, q, np.int64(b * 64), rel[b], kb)
+        counts = _key_counts(kb, n, nvals, SAMPLE_EVERY)
+        expected = depth * ((n // 64 + SAMPLE_EVERY - 1) // SAMPLE_EVERY * 64) / n
+        return _first_at(counts[:, 0] + counts[:, 1], expected + 3.0 * np.sqrt(expected) + 1.0)
 
     @njit(inline='always')
     def _append_keys(keys, m, below, base, kb):  # pragma: no cover
@@ -281,7 +273,7 @@ if numba is not None:
         if full or blocks < SAMPLE_MIN_BLOCKS:  # every distance, then the (distance, relevance) histogram
             for b in range(blocks):
                 simd.block_store_keys(db, q, np.int64(b * 64), rel[b], kb)
-            hist = _histogram(kb, n, nvals)
+            hist = _key_counts(kb, n, nvals, 1)
             if full:
                 total = 0
                 inside = 0
@@ -307,7 +299,7 @@ if numba is not None:
             m = _sweep_keys(q, db, t, last, rel, kb, keys)
             found, reached = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ranks)
             if not reached:  # the guess was short: count the stored keys exactly
-                hist = _histogram(kb, n, nvals)
+                hist = _key_counts(kb, n, nvals, 1)
                 t = _first_at(hist[:, 0] + hist[:, 1], depth)
                 m = _stored_keys(kb, blocks, t, last, keys)
                 found, _ = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ranks)
@@ -421,13 +413,14 @@ def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits
     qw = words64(q_words)
     db = transpose_blocks(words64(db_words))
     blocks = db.shape[1] // 64
+    # one argument type per role whatever the labels, so single- and multi-label share the compiled kernel
     if relevance.multi:
-        q_class = db_class = np.zeros(64, dtype=np.uint16)
+        q_class = db_class = np.zeros(64, dtype=np.int32)
         q_lab = np.ascontiguousarray(relevance.q_words, dtype=np.uint64)
         bitmaps = label_bitmaps(np.stack(relevance.db_words, axis=1))
-    else:
-        q_class = np.ascontiguousarray(relevance.q_class)
-        db_class = np.zeros(blocks * 64, dtype=relevance.db_class.dtype)  # whole blocks for the vector compare
+    else:  # class indices (below queries + items: int32), whole blocks for the vector compare
+        q_class = np.ascontiguousarray(relevance.q_class, dtype=np.int32)
+        db_class = np.zeros(blocks * 64, dtype=np.int32)
         db_class[:n] = relevance.db_class
         q_lab = np.zeros((1, 1), dtype=np.uint64)
         bitmaps = np.zeros((1, 1), dtype=np.uint64)
