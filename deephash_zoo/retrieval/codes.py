@@ -80,8 +80,12 @@ def _pack_signs(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
         raise ValueError(f'sign codes have {arr.shape[1]} columns but bits={bits}')
     if arr.dtype.kind == 'f' and np.isnan(arr).any():
         raise ValueError('codes contain NaN; expected sign codes in {-1, +1}')
-    ok = (arr == 1) | (arr == -1)
-    if not ok.all():
+    if arr.dtype.kind in 'iu':  # three reductions and no temporaries: values in [-1, 1] and none zero
+        valid = arr.min(initial=-1) >= -1 and arr.max(initial=1) <= 1 and np.count_nonzero(arr) == arr.size
+    else:
+        valid = ((arr == 1) | (arr == -1)).all()
+    if not valid:
+        ok = (arr == 1) | (arr == -1)
         bad = arr[~ok].flat[0].item()
         raise ValueError(
             f'codes contain the non-binary value {bad!r}; expected sign codes in {{-1, +1}} '
