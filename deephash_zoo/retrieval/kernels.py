@@ -337,7 +337,7 @@ if numba is not None:
                 out[i] = simd.sweep_popcount_sum(db, q_words[i])
 
     @njit(cache=True, nogil=True)
-    def _bitmaps_kernel(label_words, blocks, out):  # pragma: no cover
+    def _bitmaps_kernel(label_words, out):  # pragma: no cover
         """out[64w + p, b] bit k: item 64b + k has the label at bit p of label word w."""
         n, lw = label_words.shape
         for j in range(n):
@@ -388,7 +388,7 @@ def label_bitmaps(db_label_words: np.ndarray) -> np.ndarray:
     with the label at bit p of word w. A query's relevant items are the OR of its labels' rows."""
     n, lw = db_label_words.shape
     out = np.zeros((64 * lw, max(1, -(-n // 64))), dtype=np.uint64)
-    _bitmaps_kernel(np.ascontiguousarray(db_label_words, dtype=np.uint64), out.shape[1], out)
+    _bitmaps_kernel(np.ascontiguousarray(db_label_words, dtype=np.uint64), out)
     return out
 
 

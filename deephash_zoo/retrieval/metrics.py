@@ -373,8 +373,7 @@ def _scan(
 
     ``backend``: ``'numba'`` (the compiled kernel of :mod:`.kernels`, the ``fast`` extra), ``'numpy'``, or
     ``'auto'``: numba where it is installed, no ``chunk_size`` asks for the NumPy path's chunking and the codes
-    have at most 255 bits (the kernel's distances are bytes). Both
-    give the same numbers.
+    have at most 255 bits (the kernel's distances are bytes). Both give the same numbers.
     """
     nq, n, nvals = p.num_queries, p.num_database, p.bits + 1
     if _use_kernel(backend, chunk_size, p.bits):
