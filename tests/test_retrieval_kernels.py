@@ -34,6 +34,13 @@ def _problem(rng, nq, n, bits, multi, ties=True):
     return q, d, ql, dl
 
 
+@pytest.fixture(params=[True, False], ids=['vector-compress', 'bit-loop'])
+def gather(request, monkeypatch):
+    """Both ways the kernel gathers keys, whatever this CPU would choose (each gives every result)."""
+    monkeypatch.setattr(kernels, 'byte_compress', lambda: request.param)
+    return request.param
+
+
 def _same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -45,7 +52,7 @@ def _same(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize('multi', [False, True], ids=['single-label', 'multi-label'])
 @pytest.mark.parametrize('bits', [8, 12, 32, 64, 100, 127, 130])
-def test_every_metric_equals_the_numpy_path(bits, multi):
+def test_every_metric_equals_the_numpy_path(bits, multi, gather):
     rng = np.random.default_rng(bits)
     q, d, ql, dl = _problem(rng, 23, 700, bits, multi)
     for topk in (None, 1, 50, 699, 5000):
@@ -64,7 +71,7 @@ def test_every_metric_equals_the_numpy_path(bits, multi):
 
 @pytest.mark.parametrize('multi', [False, True], ids=['single-label', 'multi-label'])
 @pytest.mark.parametrize('bits', [16, 64, 100])
-def test_the_sampled_threshold_path_equals_the_numpy_path(bits, multi):
+def test_the_sampled_threshold_path_equals_the_numpy_path(bits, multi, gather):
     """Databases of SAMPLE_MIN_BLOCKS blocks or more guess the threshold from a sample (smaller ones count
     every distance): mAP@K and hits@N there, with ties and a partial last block."""
     rng = np.random.default_rng(bits + 1)
@@ -81,19 +88,33 @@ def test_the_sampled_threshold_path_equals_the_numpy_path(bits, multi):
 @pytest.mark.parametrize(('words', 'key_dtype'), [(1, np.uint8), (2, np.uint8), (2, np.uint16), (4, np.uint16)])
 def test_vector_blocks_give_every_key_and_mask_in_item_order(words, key_dtype):
     """The block-transposed sweep: each block's 64 keys ``2 * distance + relevant``, its ``distance < t`` mask
-    (from the codes and from the stored keys) and its ``distance == t`` masks equal NumPy's for every item,
-    codes of one, two and four 64-bit words (63, 127 and 255 bits) with the byte or 16-bit keys their length
-    takes, thresholds from 0 to the largest; and the floor sweep sums every distance."""
+    (from the codes and from the stored keys), its ``distance == t`` mask, its relevant mask, and the keys a
+    mask selects compressed in order, equal NumPy's for every item, codes of one, two and four 64-bit words
+    (63, 127 and 255 bits) with the byte or 16-bit keys their length takes, thresholds from 0 to the largest;
+    and the floor sweep sums every distance."""
     from numba import njit
 
     from deephash_zoo.retrieval import simd
 
     @njit
-    def sweep(db, q, t, rel, kb, below, stored, at, at_relevant):
+    def sweep(db, q, t, rel, kb, below, stored, at, at_relevant, relevant, packed):
+        m = 0
         for b in range(below.shape[0]):
             below[b] = simd.block_keys(db, q, np.int64(b * 64), rel[b], np.int64(2 * t), kb)
             stored[b] = simd.stored_below(kb, np.int64(b * 64), np.int64(2 * t))
             at[b], at_relevant[b] = simd.key_masks(kb, np.int64(b * 64), np.int64(t))
+            relevant[b] = simd.relevant_mask(kb, np.int64(b * 64))
+            simd.compress_store(kb, np.int64(b * 64), below[b], packed, np.int64(m))
+            m += np.int64(bin_count(below[b]))
+        return m
+
+    @njit
+    def bin_count(x):
+        c = 0
+        while x != 0:
+            x &= x - np.uint64(1)
+            c += 1
+        return c
 
     @njit
     def floor(db, q):
@@ -117,13 +138,16 @@ def test_vector_blocks_give_every_key_and_mask_in_item_order(words, key_dtype):
     assert expected.max() <= top
     for t in (0, 3, int(np.median(expected)), int(expected[0]), top):
         kb = np.zeros(n + 64, dtype=key_dtype)
-        below, stored, at, at_relevant = (np.zeros(5, dtype=np.uint64) for _ in range(4))
-        sweep(db, q, t, rel, kb, below, stored, at, at_relevant)
+        packed = np.zeros(n + 64, dtype=key_dtype)
+        below, stored, at, at_relevant, rel_mask = (np.zeros(5, dtype=np.uint64) for _ in range(5))
+        m = sweep(db, q, t, rel, kb, below, stored, at, at_relevant, rel_mask, packed)
         np.testing.assert_array_equal(kb[:n], 2 * expected + relevant)
         np.testing.assert_array_equal(bits(below), expected < t, err_msg=f'{t=}')
         np.testing.assert_array_equal(stored, below, err_msg=f'{t=}')
         np.testing.assert_array_equal(bits(at), expected == t, err_msg=f'{t=}')
         np.testing.assert_array_equal(bits(at_relevant), (expected == t) & relevant, err_msg=f'{t=}')
+        np.testing.assert_array_equal(bits(rel_mask), relevant, err_msg=f'{t=}')
+        np.testing.assert_array_equal(packed[:m], (2 * expected + relevant)[expected < t], err_msg=f'{t=}')
 
 
 def test_label_bitmaps_mark_each_labels_items():
@@ -138,7 +162,7 @@ def test_label_bitmaps_mark_each_labels_items():
             np.testing.assert_array_equal(as_items[64 * w + p], has.astype(bool))
 
 
-def test_a_short_threshold_guess_falls_back_to_the_exact_count():
+def test_a_short_threshold_guess_falls_back_to_the_exact_count(gather):
     """Items near the query sit exactly in the blocks the guess samples: the sample overestimates them, the
     guessed threshold holds fewer than K items, and the kernel must count the stored distances exactly."""
     rng = np.random.default_rng(0)
@@ -202,3 +226,36 @@ def test_the_kernel_leaves_torch_thread_count_as_it_was():
                           env={**os.environ, 'NUMBA_NUM_THREADS': '2'})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ['2', '1'], done.stdout
+
+
+def test_map_benchmark_times_ours_in_turn_with_the_floor(tmp_path, capsys):
+    """The benchmark command on a small problem: ours equals the literature loop, and ours and the floor's
+    sweep are timed in alternating rounds (the ratio's two medians from the same minutes)."""
+    import json
+
+    from deephash_zoo.retrieval.benchmark import main
+
+    out = tmp_path / 'map.json'
+    assert main(['map', '--queries', '40', '--database', '3000', '--labels', '10', '--topk', '500',
+                 '--ref-queries', '10', '--repeats', '3', '--out', str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record['equal_on_subset']['equal']
+    assert record['floor']['timed_in_turn_with_ours'] and len(record['floor']['seconds_all']) == 3
+    assert len(record['ours']['seconds_all']) == 3
+    assert record['ours_vs_floor'] == pytest.approx(record['ours']['seconds_median'] / record['floor']['seconds'])
+    assert 'in turn' in capsys.readouterr().out
+
+
+def test_blocks_start_on_a_cache_line_and_the_compress_follows_the_cpu(monkeypatch):
+    """64-byte vectors from a line boundary (a split load on every block made the sweep 1.4x slower here), and
+    the vector compress chosen from the features numba compiles for (NUMBA_CPU_FEATURES where set)."""
+    from numba.core import config
+
+    for n in (1, 64, 1000):
+        words = np.arange(n, dtype=np.uint64)[:, None]
+        assert kernels.transpose_blocks(words).ctypes.data % 64 == 0
+        assert kernels.aligned_zeros((3, n), np.int32).ctypes.data % 64 == 0
+    monkeypatch.setattr(config, 'CPU_FEATURES', '+avx2,+avx512f,+avx512vbmi2')
+    assert kernels.byte_compress()
+    monkeypatch.setattr(config, 'CPU_FEATURES', '+avx2,+avx512f,-avx512vbmi2')
+    assert not kernels.byte_compress()

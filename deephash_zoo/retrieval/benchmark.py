@@ -118,6 +118,20 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, list[float]]:
     return out, times
 
 
+def timed_alternately(fns: Sequence[Callable[[], Any]], repeats: int) -> tuple[list[Any], list[list[float]]]:
+    """Each function once per round, in turn, for ``repeats`` rounds: on a shared machine whose speed drifts
+    from minute to minute, the ratio of two medians taken this way moves far less than one of runs taken apart.
+    Returns each function's last result and its times."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list[Any] = [None] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return outs, times
+
+
 def print_table(rows: Sequence[tuple[str, str]], title: str) -> None:
     width = max(len(k) for k, _ in rows)
     print(title)
@@ -135,15 +149,17 @@ def write_json(record: dict[str, Any], out: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------- map
 def measure_floor(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
-                  sample_queries: int | None = None, repeats: int = 3) -> dict[str, Any]:
+                  sample_queries: int | None = None, repeats: int = 3,
+                  alongside: Callable[[], Any] | None = None) -> tuple[dict[str, Any], Any, list[float]]:
     """What no mAP implementation can avoid, at this machine's measured rates: one XOR + popcount per
     (query, item, 64-bit word), and reading the codes and labels once from memory.
 
     The popcount rate is that of :func:`kernels.popcount_sweep` (the kernel's own 64-item vector blocks, XOR +
     popcount summed into a vector register and nothing else, every thread) on ``sample_queries`` queries
-    (default: all), the median of ``repeats`` runs (ours is timed the same way);
-    the memory rate that of a 256 MiB copy (bytes read + written per second).
-    Without numba the popcount rate is NumPy's ``bitwise_count`` sweep's.
+    (default: all), the median of ``repeats`` runs; ``alongside`` (ours) runs in turn with each of them, so
+    that both medians come from the same minutes (:func:`timed_alternately`): its last result and its times
+    are returned beside the floor. The memory rate is that of a 256 MiB copy (bytes read + written per
+    second). Without numba the popcount rate is NumPy's ``bitwise_count`` sweep's.
     """
     from .codes import as_packed
 
@@ -153,10 +169,12 @@ def measure_floor(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarra
     sub = qp[:sample_queries]
     if kernels.available():
         kernels.popcount_sweep(sub[:2], dp)
-        _, t = timed(lambda: kernels.popcount_sweep(sub, dp), repeats)
+        sweep = lambda: kernels.popcount_sweep(sub, dp)  # noqa: E731
     else:
-        _, t = timed(lambda: hamming_distances(sub, dp), repeats)
-    rate = len(sub) * len(dp) * words / statistics.median(t)
+        sweep = lambda: hamming_distances(sub, dp)  # noqa: E731
+    fns = [sweep] if alongside is None else [sweep, alongside]
+    outs, times = timed_alternately(fns, repeats)
+    rate = len(sub) * len(dp) * words / statistics.median(times[0])
     src = np.ones(32 << 20, dtype=np.float64)
     dst = np.empty_like(src)
     _, mt = timed(lambda: np.copyto(dst, src), 3)
@@ -164,11 +182,14 @@ def measure_floor(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarra
     popcounts = len(qp) * len(dp) * words
     nbytes = qp.nbytes + dp.nbytes + np.asarray(q_labels).nbytes // 8 + np.asarray(db_labels).nbytes // 8
     pop_s, mem_s = popcounts / rate, nbytes / mem_rate
-    return {'popcounts': popcounts, 'popcount_rate_per_s': rate, 'popcount_seconds': pop_s,
-            'bytes_read': nbytes, 'memory_rate_bytes_per_s': mem_rate, 'memory_seconds': mem_s,
-            'seconds': max(pop_s, mem_s), 'threads': kernels.numba.get_num_threads() if kernels.available() else 1,
-            'sample_queries': len(sub), 'repeats': repeats, 'statistic': 'median',
-            'kernel': 'numba' if kernels.available() else 'numpy'}
+    floor = {'popcounts': popcounts, 'popcount_rate_per_s': rate, 'popcount_seconds': pop_s,
+             'bytes_read': nbytes, 'memory_rate_bytes_per_s': mem_rate, 'memory_seconds': mem_s,
+             'seconds': max(pop_s, mem_s), 'seconds_all': times[0],
+             'threads': kernels.numba.get_num_threads() if kernels.available() else 1,
+             'sample_queries': len(sub), 'repeats': repeats, 'statistic': 'median',
+             'timed_in_turn_with_ours': alongside is not None,
+             'kernel': 'numba' if kernels.available() else 'numpy'}
+    return floor, (outs[1] if alongside is not None else None), (times[1] if alongside is not None else [])
 
 
 def run_map(args: argparse.Namespace) -> int:
@@ -187,17 +208,19 @@ def run_map(args: argparse.Namespace) -> int:
     if kernels.available():  # compile outside the timing (numba caches the machine code for the next run)
         mean_average_precision(q_codes[:2], db_codes, q_labels[:2], db_labels, topk=args.topk, backend='numba')
         tie_aware_mean_average_precision(q_codes[:2], db_codes, q_labels[:2], db_labels, backend='numba')
-    timings: dict[str, Any] = {}
-    ours = None
-    for backend in backends:
-        result, times = timed(lambda b=backend: mean_average_precision(q_codes, db_codes, q_labels, db_labels,
-                                                                         topk=args.topk, backend=b), args.repeats)
-        ours = ours or result
-        timings[backend] = {'map': result.map, 'seconds_median': statistics.median(times), 'seconds_all': times,
-                            'per_query_ms': statistics.median(times) / args.queries * 1e3}
+    run = {b: (lambda b=b: mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=args.topk,
+                                                  backend=b)) for b in backends}
     best = backends[0]
+    # ours (the fastest backend) in turn with the floor's sweep: the ratio of the two from the same minutes
+    floor, ours, times = measure_floor(q_codes, db_codes, q_labels, db_labels, args.floor_queries, args.repeats,
+                                       alongside=run[best])
+    timings: dict[str, Any] = {}
+    for backend in backends:
+        result, backend_times = (ours, times) if backend == best else timed(run[backend], args.repeats)
+        timings[backend] = {'map': result.map, 'seconds_median': statistics.median(backend_times),
+                            'seconds_all': backend_times,
+                            'per_query_ms': statistics.median(backend_times) / args.queries * 1e3}
     ours_s = timings[best]['seconds_median']
-    times = timings[best]['seconds_all']
     agree = max(abs(t['map'] - ours.map) for t in timings.values())
     tracemalloc.start()
     mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=args.topk)
@@ -208,7 +231,6 @@ def run_map(args: argparse.Namespace) -> int:
     stable_all, all_times = timed(lambda: mean_average_precision(q_codes, db_codes, q_labels, db_labels),
                                   args.repeats)
     tie_s, all_s = statistics.median(tie_times), statistics.median(all_times)
-    floor = measure_floor(q_codes, db_codes, q_labels, db_labels, args.floor_queries, args.repeats)
 
     nsub = min(args.ref_queries, args.queries)
     ours_sub = mean_average_precision(q_codes[:nsub], db_codes, q_labels[:nsub], db_labels, topk=args.topk).map
@@ -259,7 +281,8 @@ def run_map(args: argparse.Namespace) -> int:
                              f'(XOR + popcount sweep, {floor["threads"]} threads) = {floor["popcount_seconds"]:.3f} s'),
         ('floor: bytes read', f'{floor["bytes_read"] / mb:.1f} MiB at {floor["memory_rate_bytes_per_s"] / 2**30:.1f} '
                               f'GiB/s measured = {floor["memory_seconds"]:.4f} s'),
-        ('floor', f'{floor["seconds"]:.3f} s; ours = {ours_s / floor["seconds"]:.1f}x the floor'),
+        ('floor', f'{floor["seconds"]:.3f} s; ours = {ours_s / floor["seconds"]:.1f}x the floor (medians of '
+                  f'{args.repeats} runs each, in turn)'),
         ('tie-aware mAP@all', f'{tie.map:.6f} in {tie_s:.3f} s: {tie_s / all_s:.2f}x stable mAP@all '
                               f'({all_s:.3f} s), {tie_s / ours_s:.2f}x mAP@{args.topk}'),
         (f'equal on {nsub} queries', f'{diff <= 1e-9}  (|{ours_sub:.12f} - {ref_sub:.12f}| = {diff:.1e}; '

@@ -13,7 +13,10 @@ port as the popcounts). Distances must fit a byte: codes of at most 255 bits
 (:data:`deephash_zoo.retrieval.kernels.MAX_BITS`). A key ``2 * distance + relevant`` is a byte up to 127 bits
 and 16 bits beyond.
 
-Everything here is imported only where numba is (the ``fast`` extra).
+Everything here is imported only where numba is (the ``fast`` extra). numba's on-disk cache of the kernel
+tracks :mod:`.kernels`' source file only: after editing this module, delete the ``*.nbi``/``*.nbc`` files in
+``deephash_zoo/retrieval/__pycache__`` (or touch ``kernels.py``), else the cached machine code of the old
+intrinsics runs.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ['block_keys', 'block_store_keys', 'stored_below', 'sweep_popcount_sum', 'key_masks',
-           'chunk_min', 'block_equal']
+           'relevant_mask', 'compress_store', 'chunk_min', 'block_equal']
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -47,19 +50,30 @@ def _pointer(context: Any, builder: ir.IRBuilder, aty: Any, array: Any, index: l
 
 
 def _popcounts(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> ir.Value:
-    """<64 x i64>: popcount(q[w] ^ db[w, base + i]) summed over the code's 64-bit words, for i < 64."""
+    """<64 x i64>: popcount(q[w] ^ db[w, base + i]) summed over the code's 64-bit words, for i < 64. Codes of
+    one word (64 bits and fewer: every model of the zoo) take a straight path without the word loop's
+    accumulator."""
     dbty, qty = sig.args[0], sig.args[1]
     db = context.make_array(dbty)(context, builder, args[0])
     q = context.make_array(qty)(context, builder, args[1])
     base = args[2]
-    acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(_V64X64, [0] * 64))
     ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V64X64, [_V64X64]), 'llvm.ctpop.v64i64')
-    with cgutils.for_range(builder, builder.extract_value(db.shape, 0)) as loop:
-        w = loop.index
+
+    def word(w: ir.Value) -> ir.Value:
         v = builder.load(_pointer(context, builder, dbty, db, [w, base], _V64X64), align=8)
         qw = builder.load(_pointer(context, builder, qty, q, [w], _I64))
-        x = builder.call(ctpop, [builder.xor(v, _splat(builder, qw, _V64X64))])
-        builder.store(builder.add(builder.load(acc_ptr), x), acc_ptr)
+        return builder.call(ctpop, [builder.xor(v, _splat(builder, qw, _V64X64))])
+
+    words = builder.extract_value(db.shape, 0)
+    acc_ptr = cgutils.alloca_once(builder, _V64X64)
+    zero = ir.Constant(_I64, 0)
+    with builder.if_else(builder.icmp_signed('==', words, ir.Constant(_I64, 1)), likely=True) as (one, many):
+        with one:
+            builder.store(word(zero), acc_ptr)
+        with many:
+            builder.store(ir.Constant(_V64X64, [0] * 64), acc_ptr)
+            with cgutils.for_range(builder, words) as loop:
+                builder.store(builder.add(builder.load(acc_ptr), word(loop.index)), acc_ptr)
     return builder.load(acc_ptr)
 
 
@@ -181,6 +195,49 @@ def key_masks(typingctx: Any, keys: Any, offset: Any, d: Any) -> Any:
         relevant = builder.icmp_unsigned('==', v, target)
         return context.make_tuple(builder, signature.return_type,
                                   [builder.bitcast(at_d, _I64), builder.bitcast(relevant, _I64)])
+    return sig, codegen
+
+
+@intrinsic
+def relevant_mask(typingctx: Any, keys: Any, offset: Any) -> Any:
+    """Bit i set where key ``keys[offset + i]`` is odd (its item relevant), for 64 keys."""
+    sig = types.uint64(keys, types.int64)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        v, ety, vty = _load_keys(context, builder, signature.args[0], args[0], args[1])
+        odd = builder.and_(v, _splat(builder, ir.Constant(ety, 1), vty))
+        return builder.bitcast(builder.icmp_unsigned('!=', odd, ir.Constant(vty, [0] * 64)), _I64)
+    return sig, codegen
+
+
+@intrinsic
+def compress_store(typingctx: Any, src: Any, offset: Any, mask: Any, dst: Any, at: Any) -> Any:
+    """``dst[at:]`` = ``src[offset + i]`` for each set bit ``i`` of ``mask``, in order; all 64 positions from
+    ``at`` are written (``dst`` needs 64 spare). LLVM's vector compress: one ``VPCOMPRESSB`` (register form)
+    on AVX-512 VBMI2, a slow generic expansion elsewhere (where the kernel takes its scalar loop instead)."""
+    sig = types.void(src, types.int64, types.uint64, dst, types.int64)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        sty, dty = signature.args[0], signature.args[3]
+        src = context.make_array(sty)(context, builder, args[0])
+        dst = context.make_array(dty)(context, builder, args[3])
+        ety = context.get_data_type(sty.dtype)
+        lanes = 512 // ety.width  # one 64-byte register a part: 16-bit keys in two (LLVM 22 fails on 64 x i16)
+        vty = ir.VectorType(ety, lanes)
+        mty = ir.IntType(lanes)
+        compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, ir.VectorType(
+            ir.IntType(1), lanes), vty]), f'llvm.experimental.vector.compress.v{lanes}i{ety.width}')
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(mty, [mty]), f'llvm.ctpop.i{lanes}')
+        at = args[4]
+        for part in range(64 // lanes):
+            offset = builder.add(args[1], ir.Constant(_I64, part * lanes))
+            v = builder.load(_pointer(context, builder, sty, src, [offset], vty), align=1)
+            bits = builder.trunc(builder.lshr(args[2], ir.Constant(_I64, part * lanes)), mty)
+            packed = builder.call(compress, [v, builder.bitcast(bits, ir.VectorType(ir.IntType(1), lanes)),
+                                             ir.Constant(vty, ir.Undefined)])
+            builder.store(packed, _pointer(context, builder, dty, dst, [at], vty), align=1)
+            at = builder.add(at, builder.zext(builder.call(ctpop, [bits]), _I64))
+        return context.get_dummy_value()
     return sig, codegen
 
 
