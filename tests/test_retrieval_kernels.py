@@ -259,3 +259,51 @@ def test_blocks_start_on_a_cache_line_and_the_compress_follows_the_cpu(monkeypat
     assert kernels.byte_compress()
     monkeypatch.setattr(config, 'CPU_FEATURES', '+avx2,+avx512f,-avx512vbmi2')
     assert not kernels.byte_compress()
+
+
+@pytest.mark.parametrize('cols', [64, 80, 12, 100])
+@pytest.mark.parametrize('dtype', ['int8', 'float32', 'uint8', 'bool'])
+def test_the_compiled_packer_equals_packbits_and_flags_bad_values(monkeypatch, dtype, cols):
+    """Sign codes and multi-hot labels packed in one parallel pass (rows of whole bytes: 64 values a vector
+    compare, with a tail; others a byte at a time) equal numpy.packbits, padded to a width when asked, and a
+    single bad value anywhere (3, 0 or NaN in sign codes; 2 in labels) is reported."""
+    monkeypatch.setattr(kernels, 'PACK_MIN_ELEMENTS', 0)
+    rng = np.random.default_rng(cols)
+    n = 1001  # not a multiple of anything: the flat path's tail
+    if dtype == 'bool':
+        arr, signs = rng.random((n, cols)) < 0.3, False
+    elif dtype == 'uint8':
+        arr, signs = (rng.random((n, cols)) < 0.3).astype(dtype), False
+    else:
+        arr, signs = rng.choice(np.array([-1, 1], dtype=dtype), size=(n, cols)), True
+    packed, ok = kernels.pack_rows(arr, signs)
+    assert ok
+    np.testing.assert_array_equal(packed, np.packbits(arr > 0 if signs else arr != 0, axis=1))
+    padded, ok = kernels.pack_rows(arr, signs, width=16)
+    assert ok and padded.shape == (n, 16) and not padded[:, packed.shape[1]:].any()
+    np.testing.assert_array_equal(padded[:, :packed.shape[1]], packed)
+    if dtype == 'bool':
+        return
+    for bad in ([3, 0, np.nan] if dtype == 'float32' else [3, 0]) if signs else [2]:
+        for where in ((0, 0), (n - 1, cols - 1), (n // 2, cols // 2)):
+            broken = arr.copy()
+            broken[where] = bad
+            assert not kernels.pack_rows(broken, signs)[1], (bad, where)
+
+
+def test_large_inputs_pack_the_same_with_and_without_the_compiled_packer(monkeypatch):
+    """The metrics' inputs (sign codes, multi-hot labels) through the packer give what the NumPy path gives,
+    and a bad value still gets the NumPy path's message naming it."""
+    rng = np.random.default_rng(5)
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(3000, 64))
+    labels = (rng.random((3000, 70)) < 0.1).astype(np.uint8)
+    monkeypatch.setattr(kernels, 'PACK_MIN_ELEMENTS', 1000)
+    from deephash_zoo.retrieval.codes import as_packed
+    fast_codes, fast_labels = as_packed(codes)[0], M._label_words(labels, 'database')
+    broken = codes.copy()
+    broken[1234, 5] = 7
+    with pytest.raises(ValueError, match='non-binary value 7'):
+        as_packed(broken)
+    monkeypatch.setattr(kernels, 'available', lambda: False)
+    np.testing.assert_array_equal(fast_codes, as_packed(codes)[0])
+    np.testing.assert_array_equal(fast_labels, M._label_words(labels, 'database'))

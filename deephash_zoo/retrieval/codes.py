@@ -78,6 +78,11 @@ def _pack_signs(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
         raise ValueError('sign codes have 0 columns; expected shape (n, bits) with bits >= 1')
     if bits is not None and arr.shape[1] != bits:
         raise ValueError(f'sign codes have {arr.shape[1]} columns but bits={bits}')
+    from . import kernels  # the compiled packer where numba is (large arrays); NumPy below otherwise
+
+    fast = kernels.pack_rows(arr, signs=True)
+    if fast is not None and fast[1]:
+        return fast[0], int(arr.shape[1])
     if arr.dtype.kind == 'f' and np.isnan(arr).any():
         raise ValueError('codes contain NaN; expected sign codes in {-1, +1}')
     if arr.dtype.kind in 'iu':  # three reductions and no temporaries: values in [-1, 1] and none zero

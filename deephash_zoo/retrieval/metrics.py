@@ -23,6 +23,7 @@ only for the top K, with labels packed into uint64 words (no float matmul).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,7 +142,7 @@ class _Relevance:
             if ql.shape[1] == 0:
                 raise ValueError('multi-hot labels have 0 columns; expected at least one label')
             self.q_words = _label_words(ql, 'query')
-            self.db_words = [np.ascontiguousarray(w) for w in _label_words(dl, 'database').T]
+            self.db_word_rows = _label_words(dl, 'database')  # (n, words): the compiled kernel's form
         else:
             for name, lab in (('query', ql), ('database', dl)):
                 if lab.dtype.kind not in 'iub':
@@ -151,6 +152,11 @@ class _Relevance:
             dt = np.uint16 if len(classes) <= 1 << 16 else np.int64
             self.q_class = inverse[:num_queries].astype(dt)
             self.db_class = inverse[num_queries:].astype(dt)
+
+    @functools.cached_property
+    def db_words(self) -> list[np.ndarray]:
+        """The database label words one contiguous column per word: the NumPy path's gathers read one."""
+        return [np.ascontiguousarray(w) for w in self.db_word_rows.T]
 
     def pairs(self, qs: slice, cols: np.ndarray) -> np.ndarray:
         """Relevance of ``(Q, K)`` database indices ``cols`` to the queries in ``qs``."""
@@ -177,6 +183,11 @@ class _Relevance:
 
 
 def _label_words(lab: np.ndarray, name: str) -> np.ndarray:
+    from . import kernels  # the compiled packer where numba is (large arrays); NumPy below otherwise
+
+    fast = kernels.pack_rows(lab, signs=False, width=-(-lab.shape[1] // 64) * 8) if lab.dtype.kind in 'iufb' else None
+    if fast is not None and fast[1]:
+        return fast[0].view(np.uint64)
     if lab.dtype != np.bool_:
         if lab.dtype.kind not in 'iuf':
             raise ValueError(f'{name} multi-hot labels must be numeric or bool, got dtype {lab.dtype}')
@@ -186,8 +197,12 @@ def _label_words(lab: np.ndarray, name: str) -> np.ndarray:
             valid = ((lab == 0) | (lab == 1)).all()
         if not valid:
             raise ValueError(f'{name} multi-hot labels must contain only 0 and 1')
-    packed = np.packbits(lab if lab.dtype.kind in 'bu' else lab.astype(bool), axis=1)  # packbits: nonzero is 1
-    padded = np.zeros((lab.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    return _padded_words(np.packbits(lab if lab.dtype.kind in 'bu' else lab.astype(bool), axis=1))  # nonzero: 1
+
+
+def _padded_words(packed: np.ndarray) -> np.ndarray:
+    """Packed label bytes as uint64 words, zero-padded."""
+    padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     padded[:, : packed.shape[1]] = packed
     return padded.view(np.uint64)
 

@@ -28,7 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ['block_keys', 'block_store_keys', 'stored_below', 'sweep_popcount_sum', 'key_masks',
-           'relevant_mask', 'compress_store', 'chunk_min', 'block_equal']
+           'relevant_mask', 'compress_store', 'chunk_min', 'block_equal', 'pack64']
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -262,4 +262,43 @@ def block_equal(typingctx: Any, values: Any, base: Any, value: Any) -> Any:
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
         v, ety, vty = _load_keys(context, builder, signature.args[0], args[0], args[1])
         return builder.bitcast(builder.icmp_unsigned('==', v, _splat(builder, args[2], vty)), _I64)
+    return sig, codegen
+
+
+@intrinsic
+def pack64(typingctx: Any, values: Any, start: Any, out: Any, at: Any, signs: Any) -> Any:
+    """``out[at:at+8]`` = ``numpy.packbits`` of the 64 values from ``values[start]`` (1-d): bit set where a
+    value is > 0 (``signs``) or != 0 (multi-hot labels), the first value in the first byte's high bit. Returns
+    whether all 64 are valid: -1 or +1 (``signs``), else 0 or 1. Each group of 8 is reversed before the
+    compare, so that the compare's 64-bit mask is already packbits' byte layout."""
+    sig = types.boolean(values, types.int64, out, types.int64, types.boolean)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        vty_in, oty = signature.args[0], signature.args[2]
+        arr = context.make_array(vty_in)(context, builder, args[0])
+        ety = context.get_data_type(vty_in.dtype)
+        vty = ir.VectorType(ety, 64)
+        v = builder.load(_pointer(context, builder, vty_in, arr, [args[1]], vty), align=1)
+        order = [8 * g + 7 - k for g in range(8) for k in range(8)]
+        v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 64), order))
+        is_float = isinstance(ety, (ir.FloatType, ir.DoubleType))
+        signed = vty_in.dtype.signed if hasattr(vty_in.dtype, 'signed') else False
+
+        def const(x: float) -> ir.Value:
+            return ir.Constant(vty, [float(x) if is_float else int(x)] * 64)
+
+        def equal(x: float) -> ir.Value:
+            return builder.fcmp_ordered('==', v, const(x)) if is_float else builder.icmp_signed('==', v, const(x))
+
+        if is_float:
+            positive, nonzero = builder.fcmp_ordered('>', v, const(0)), builder.fcmp_unordered('!=', v, const(0))
+        else:
+            positive = (builder.icmp_signed if signed else builder.icmp_unsigned)('>', v, const(0))
+            nonzero = builder.icmp_unsigned('!=', v, const(0))
+        bits = builder.select(args[4], positive, nonzero)
+        valid = builder.select(args[4], builder.or_(equal(1), equal(-1)) if signed or is_float else equal(1),
+                               builder.or_(equal(0), equal(1)))
+        o = context.make_array(oty)(context, builder, args[2])
+        builder.store(builder.bitcast(bits, _I64), _pointer(context, builder, oty, o, [args[3]], _I64), align=1)
+        return builder.icmp_unsigned('==', builder.bitcast(valid, _I64), ir.Constant(_I64, -1))
     return sig, codegen
