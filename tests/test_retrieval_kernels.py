@@ -307,3 +307,39 @@ def test_large_inputs_pack_the_same_with_and_without_the_compiled_packer(monkeyp
     monkeypatch.setattr(kernels, 'available', lambda: False)
     np.testing.assert_array_equal(fast_codes, as_packed(codes)[0])
     np.testing.assert_array_equal(fast_labels, M._label_words(labels, 'database'))
+
+
+AVX2_FEATURES = '+64bit,+avx,+avx2,+bmi,+bmi2,+fma,+popcnt,+lzcnt,+sse4.2,+cx16,+movbe,+f16c'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.uname().machine not in ('x86_64', 'AMD64'), reason='compiles for an x86 AVX2 CPU')
+def test_the_kernel_compiled_for_an_avx2_cpu_equals_the_numpy_path(tmp_path):
+    """The code paths an AVX2 CPU compiles (no AVX-512 mask registers: the relevance bits spread by a shuffle;
+    no VPCOMPRESSB: the bit loop), built in a fresh process for Haswell whatever this CPU is, give the NumPy
+    path's numbers: single- and multi-label, small databases and sampled thresholds."""
+    script = '''
+import numpy as np
+from deephash_zoo.retrieval import kernels, metrics as M
+assert not kernels.byte_compress()
+rng = np.random.default_rng(0)
+for n in (700, kernels.SAMPLE_MIN_BLOCKS * 64 + 37):
+    for bits in (64, 100):
+        q = rng.choice(np.array([-1, 1], dtype=np.int8), size=(5, bits))
+        d = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, bits))
+        d[: n // 5] = d[0]
+        for multi in (False, True):
+            if multi:
+                ql, dl = (rng.random((5, 70)) < 0.1).astype(np.uint8), (rng.random((n, 70)) < 0.1).astype(np.uint8)
+            else:
+                ql, dl = rng.integers(0, 5, 5), rng.integers(0, 5, n)
+            for topk in (1, 300, 5000):
+                a = M.mean_average_precision(q, d, ql, dl, topk, backend='numba').per_query
+                b = M.mean_average_precision(q, d, ql, dl, topk, backend='numpy').per_query
+                assert np.array_equal(a, b), (n, bits, multi, topk)
+print('ok')
+'''
+    env = dict(os.environ, NUMBA_CPU_NAME='haswell', NUMBA_CPU_FEATURES=AVX2_FEATURES,
+               NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr[-2000:]

@@ -32,7 +32,6 @@ Results equal the NumPy path's, bit for bit (``tests/test_retrieval_kernels``). 
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 from typing import Any, Iterator
 
@@ -563,18 +562,7 @@ def pack_rows(arr: np.ndarray, signs: bool, width: int | None = None) -> tuple[n
 def byte_compress() -> bool:
     """Whether the CPU numba compiles for compresses 64 bytes by a mask in one instruction (AVX-512 VBMI2's
     ``VPCOMPRESSB``): the kernel then gathers keys with it, and with a loop over the mask's bits elsewhere."""
-    from numba.core import config
-
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else _host_cpu_features()
-    return '+avx512vbmi2' in features.split(',')
-
-
-@functools.cache
-def _host_cpu_features() -> str:
-    """numba's feature string for this CPU, asked of LLVM once (0.2 ms a call)."""
-    from numba.core import codegen
-
-    return codegen.get_host_cpu_features()
+    return '+avx512vbmi2' in simd.target_features()
 
 
 def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits: int, *, map_k: int = 0,

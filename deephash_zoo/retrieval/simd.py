@@ -20,6 +20,7 @@ intrinsics runs.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from llvmlite import ir
@@ -100,11 +101,39 @@ def _keys(context: Any, builder: ir.IRBuilder, sig: Any, args: Any, out_index: i
     out = context.make_array(oty)(context, builder, args[out_index])
     ety = context.get_data_type(oty.dtype)
     vty = ir.VectorType(ety, 64)
-    relevant = builder.zext(builder.bitcast(args[3], ir.VectorType(ir.IntType(1), 64)), vty)
+    relevant = _mask_bits(builder, args[3], vty)
     wide = distances if ety.width == 8 else builder.zext(distances, vty)
     keys = builder.or_(builder.shl(wide, _splat(builder, ir.Constant(ety, 1), vty)), relevant)
     builder.store(keys, _pointer(context, builder, oty, out, [args[2]], vty), align=1)
     return keys, ety, vty
+
+
+def target_features() -> list[str]:
+    """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES`` where set, else this CPU's (asked of LLVM
+    once)."""
+    from numba.core import config
+
+    return (config.CPU_FEATURES if config.CPU_FEATURES is not None else _host_cpu_features()).split(',')
+
+
+@functools.cache
+def _host_cpu_features() -> str:
+    from numba.core import codegen
+
+    return codegen.get_host_cpu_features()
+
+
+def _mask_bits(builder: ir.IRBuilder, mask: ir.Value, vty: ir.VectorType) -> ir.Value:
+    """<64 x iK>: element i = bit i of the 64-bit ``mask`` (0 or 1). With AVX-512 BW a mask register does it
+    in one instruction; elsewhere LLVM would split the mask into 64 scalar shifts and inserts (on AVX2 that
+    tripled the sweep), so the mask is broadcast, each byte spread over its 8 elements by a shuffle, and
+    tested against the element's own bit."""
+    if '+avx512bw' in target_features():
+        return builder.zext(builder.bitcast(mask, ir.VectorType(ir.IntType(1), 64)), vty)
+    splat = builder.bitcast(_splat(builder, mask, _V8X64), _BYTES)  # every 8 bytes: the mask's 8 bytes
+    spread = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(_I32, 64), [i // 8 for i in range(64)]))
+    bit = builder.and_(spread, ir.Constant(_BYTES, [1 << (i % 8) for i in range(64)]))
+    return builder.zext(builder.icmp_unsigned('!=', bit, ir.Constant(_BYTES, [0] * 64)), vty)
 
 
 def _below(builder: ir.IRBuilder, keys: ir.Value, ety: ir.Type, vty: ir.Type, bound: ir.Value) -> ir.Value:
