@@ -243,7 +243,9 @@ def test_map_benchmark_times_ours_in_turn_with_the_floor(tmp_path, capsys):
     assert record['floor']['timed_in_turn_with_ours'] and len(record['floor']['seconds_all']) == 3
     assert len(record['ours']['seconds_all']) == 3
     assert record['ours_vs_floor'] == pytest.approx(record['ours']['seconds_median'] / record['floor']['seconds'])
-    assert 'in turn' in capsys.readouterr().out
+    assert set(record['kernel_target']) == {'cpu_name', 'avx512bw', 'vector_popcount', 'byte_compress'}
+    out = capsys.readouterr().out
+    assert 'in turn' in out and 'kernel compiled for' in out
 
 
 def test_blocks_start_on_a_cache_line_and_the_compress_follows_the_cpu(monkeypatch):

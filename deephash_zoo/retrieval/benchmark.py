@@ -262,6 +262,7 @@ def run_map(args: argparse.Namespace) -> int:
                             'equal': bool(diff <= 1e-9)},
         'process_max_rss_bytes': max_rss_bytes(),
         'machine': machine_info(),
+        'kernel_target': kernels.compile_target() if kernels.available() else None,
     }
     mb = 1 << 20
     rows = [
@@ -291,6 +292,10 @@ def run_map(args: argparse.Namespace) -> int:
         ('machine', f'{record["machine"]["cpu"]}, {record["machine"]["usable_cores"]} cores, '
                     f'numpy {np.__version__}'),
     ]
+    if record['kernel_target']:
+        target = record['kernel_target']
+        rows.append(('kernel compiled for', f'{target["cpu_name"]} (AVX-512 BW {target["avx512bw"]}, vector popcount '
+                                            f'{target["vector_popcount"]}, VPCOMPRESSB {target["byte_compress"]})'))
     print_table(rows, f'mAP@{args.topk} benchmark')
     print(f'wrote {write_json(record, args.out)}')
     return 0 if diff <= 1e-9 else 1

@@ -37,9 +37,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ['available', 'byte_compress', 'scan_queries', 'words64', 'aligned_zeros', 'transpose_blocks',
-           'label_bitmaps', 'pack_rows', 'popcount_sweep', 'PACK_MIN_ELEMENTS', 'MAX_BITS', 'SAMPLE_EVERY',
-           'SAMPLE_MIN_BLOCKS']
+__all__ = ['available', 'byte_compress', 'compile_target', 'scan_queries', 'words64', 'aligned_zeros',
+           'transpose_blocks', 'label_bitmaps', 'pack_rows', 'popcount_sweep', 'PACK_MIN_ELEMENTS', 'MAX_BITS',
+           'SAMPLE_EVERY', 'SAMPLE_MIN_BLOCKS']
 
 try:  # an optional dependency: without it every metric runs the NumPy path
     import numba
@@ -563,6 +563,17 @@ def byte_compress() -> bool:
     """Whether the CPU numba compiles for compresses 64 bytes by a mask in one instruction (AVX-512 VBMI2's
     ``VPCOMPRESSB``): the kernel then gathers keys with it, and with a loop over the mask's bits elsewhere."""
     return '+avx512vbmi2' in simd.target_features()
+
+
+def compile_target() -> dict[str, Any]:
+    """What numba compiles the kernel for (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` where set, else this
+    CPU) and which of the kernel's CPU-specific paths that takes: a benchmark records it beside its figures."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    features = simd.target_features()
+    return {'cpu_name': config.CPU_NAME or llvm.get_host_cpu_name(), 'avx512bw': '+avx512bw' in features,
+            'vector_popcount': '+avx512vpopcntdq' in features, 'byte_compress': byte_compress()}
 
 
 def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits: int, *, map_k: int = 0,
