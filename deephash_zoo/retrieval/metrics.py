@@ -185,7 +185,7 @@ class _Relevance:
 def _label_words(lab: np.ndarray, name: str) -> np.ndarray:
     from . import kernels  # the compiled packer where numba is (large arrays); NumPy below otherwise
 
-    fast = kernels.pack_rows(lab, signs=False, width=-(-lab.shape[1] // 64) * 8) if lab.dtype.kind in 'iufb' else None
+    fast = kernels.pack_rows(lab, signs=False, width=-(-lab.shape[1] // 64) * 8)
     if fast is not None and fast[1]:
         return fast[0].view(np.uint64)
     if lab.dtype != np.bool_:
@@ -197,11 +197,7 @@ def _label_words(lab: np.ndarray, name: str) -> np.ndarray:
             valid = ((lab == 0) | (lab == 1)).all()
         if not valid:
             raise ValueError(f'{name} multi-hot labels must contain only 0 and 1')
-    return _padded_words(np.packbits(lab if lab.dtype.kind in 'bu' else lab.astype(bool), axis=1))  # nonzero: 1
-
-
-def _padded_words(packed: np.ndarray) -> np.ndarray:
-    """Packed label bytes as uint64 words, zero-padded."""
+    packed = np.packbits(lab if lab.dtype.kind in 'bu' else lab.astype(bool), axis=1)  # packbits: nonzero is 1
     padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     padded[:, : packed.shape[1]] = packed
     return padded.view(np.uint64)
