@@ -73,7 +73,8 @@ def test_every_metric_equals_the_numpy_path(bits, multi, gather):
 @pytest.mark.parametrize('bits', [16, 64, 100])
 def test_the_sampled_threshold_path_equals_the_numpy_path(bits, multi, gather):
     """Databases of SAMPLE_MIN_BLOCKS blocks or more guess the threshold from a sample (smaller ones count
-    every distance): mAP@K and hits@N there, with ties and a partial last block."""
+    every distance): mAP@K and hits@N there, with ties and a partial last block; P@N's recall and the radius
+    metrics, whose totals and counts come without ranking or a histogram."""
     rng = np.random.default_rng(bits + 1)
     q, d, ql, dl = _problem(rng, 6, kernels.SAMPLE_MIN_BLOCKS * 64 + 37, bits, multi)
     for topk in (1, 300, 7000):
@@ -83,6 +84,11 @@ def test_the_sampled_threshold_path_equals_the_numpy_path(bits, multi, gather):
     a = M.precision_recall_at_n(q, d, ql, dl, ns=(1, 10, 999, 5000), backend='numba')
     b = M.precision_recall_at_n(q, d, ql, dl, ns=(1, 10, 999, 5000), backend='numpy')
     np.testing.assert_allclose(a.precision, b.precision, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(a.recall, b.recall, rtol=1e-12, atol=0)
+    for radius in (0, 2, bits // 2, bits - 1, bits, bits + 5):  # the totals and radius counts without ranking
+        a = M.hamming_radius_precision_recall(q, d, ql, dl, radius=radius, backend='numba')
+        b = M.hamming_radius_precision_recall(q, d, ql, dl, radius=radius, backend='numpy')
+        assert (a.precision, a.recall) == pytest.approx((b.precision, b.recall), rel=1e-12, abs=0), radius
 
 
 @pytest.mark.parametrize(('words', 'key_dtype'), [(1, np.uint8), (2, np.uint8), (2, np.uint16), (4, np.uint16)])
@@ -229,8 +235,9 @@ def test_the_kernel_leaves_torch_thread_count_as_it_was():
 
 
 def test_map_benchmark_times_ours_in_turn_with_the_floor(tmp_path, capsys):
-    """The benchmark command on a small problem: ours equals the literature loop, and ours and the floor's
-    sweep are timed in alternating rounds (the ratio's two medians from the same minutes)."""
+    """The benchmark command on a small problem: ours equals the literature loops (mAP@K, P@N, the radius
+    metrics), and ours and the floor's sweep are timed in alternating rounds (the ratio's two medians from the
+    same minutes)."""
     import json
 
     from deephash_zoo.retrieval.benchmark import main
@@ -243,6 +250,8 @@ def test_map_benchmark_times_ours_in_turn_with_the_floor(tmp_path, capsys):
     assert record['floor']['timed_in_turn_with_ours'] and len(record['floor']['seconds_all']) == 3
     assert len(record['ours']['seconds_all']) == 3
     assert record['ours_vs_floor'] == pytest.approx(record['ours']['seconds_median'] / record['floor']['seconds'])
+    assert set(record['other_metrics']) == {'P@100, P@1000', 'precision, recall (r <= 2)'}
+    assert all(m['equal_on_subset'] and m['speedup'] > 0 for m in record['other_metrics'].values())
     assert set(record['kernel_target']) == {'cpu_name', 'avx512bw', 'vector_popcount', 'byte_compress'}
     out = capsys.readouterr().out
     assert 'in turn' in out and 'kernel compiled for' in out

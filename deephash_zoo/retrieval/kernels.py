@@ -9,14 +9,15 @@ block-transposed, so a block's distances are one 64-byte vector):
    look-up follows.
 2. **threshold guess**: the distance ``t`` where the top ``depth`` items end, from every 32nd block with a
    3-sigma margin upwards, by bisection over the sampled keys (counted exactly, from every item, for small
-   databases or when totals, radius or the PR curve need every distance anyway);
+   databases or when the PR curve's histogram needs every distance anyway);
 3. **one sweep** over the blocks: XOR + popcount, every item's key ``2 * distance + relevant`` stored, and the
    keys of the items at distance ``< t`` appended while the block is in cache;
 4. **ranks by bucket**: per distance ``d`` from the smallest, one vector compare per 64 keys finds the bucket's
    items. Items at ``t`` itself come last, in database order, from the stored keys, as many as ``depth`` leaves
    room for. Ties keep database order: the tie-break every other path uses. A guess that proves short counts
    the stored keys exactly and ranks again: no second popcount sweep;
-5. AP@K and hits@N from the relevant items' ranks: no sort, no ranked buffer.
+5. AP@K and hits@N from the relevant items' ranks: no sort, no ranked buffer. Relevant totals (recall) are
+   the relevance bitmap's popcount; radius counts one compare of each block's stored keys.
 
 Gathering the keys a mask selects (steps 3 and 4) takes one ``VPCOMPRESSB`` on CPUs with AVX-512 VBMI2
 (:func:`byte_compress`): appended keys, and each bucket's keys into a rank-ordered buffer whose odd keys give
@@ -328,51 +329,72 @@ if numba is not None:
                 h += 1
             hits_out[i, k] = h
 
+    @njit(inline='always')
+    def _relevant_total(rel, last):  # pragma: no cover
+        """The query's relevant items: the popcount of its relevance bitmap (the last block's padding out)."""
+        blocks = rel.shape[0]
+        total = 0
+        for b in range(blocks - 1):
+            total += np.int64(_popcount(rel[b]))
+        return total + np.int64(_popcount(rel[blocks - 1] & last))
+
+    @njit(nogil=True)
+    def _within_radius(kb, rel, last, radius, nvals):  # pragma: no cover
+        """Items at distance <= radius, and the relevant ones among them, from the stored keys: one vector
+        compare a block."""
+        blocks = rel.shape[0]
+        inside = 0
+        inside_rel = 0
+        if radius >= nvals - 1:  # every item (and 2 * radius + 2 might not fit a key)
+            for b in range(blocks):
+                inside += 64 if b < blocks - 1 else np.int64(_popcount(last))
+            return inside, _relevant_total(rel, last)
+        for b in range(blocks):
+            below = simd.stored_below(kb, np.int64(b * 64), np.int64(2 * radius + 2))
+            if b == blocks - 1:
+                below &= last
+            inside += np.int64(_popcount(below))
+            inside_rel += np.int64(_popcount(below & rel[b]))
+        return inside, inside_rel
+
     @njit(nogil=True)
     def _one_query(i, q_words, db, n, last, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns, radius,
-                   full, depth, inv, vector, kb, rel, keys, ordered, ranks, ap_out, hits_out, total_out,
+                   totals, hist, depth, inv, vector, kb, rel, keys, ordered, ranks, ap_out, hits_out, total_out,
                    within_out, within_rel_out, hist_out):  # pragma: no cover
         """Query i's statistics, in buffers its thread allocated once (fresh half-megabyte buffers per query
-        cost page faults that took longer than the popcounts)."""
+        cost page faults that took longer than the popcounts). Only the (distance, relevance) histogram needs
+        every stored key counted; totals come from the relevance bitmap, radius counts from a compare a block."""
         q = q_words[i]
         blocks = rel.shape[0]
-        if depth == 0 and not full:
+        if depth == 0 and not hist and not totals and radius < 0:
             return
         _relevance_bitmap(i, q_class, db_class, q_lab, bitmaps, multi, rel)
-        if full or blocks < SAMPLE_MIN_BLOCKS:  # every distance, then the (distance, relevance) histogram
-            for b in range(blocks):
-                simd.block_store_keys(db, q, np.int64(b * 64), rel[b], kb)
-            hist = _key_counts(kb, n, nvals)
-            if full:
-                total = 0
-                inside = 0
-                inside_rel = 0
-                for d in range(nvals):
-                    hist_out[i, d, 0] = hist[d, 0]
-                    hist_out[i, d, 1] = hist[d, 1]
-                    total += hist[d, 1]
-                    if d <= radius:
-                        inside += hist[d, 0] + hist[d, 1]
-                        inside_rel += hist[d, 1]
-                total_out[i] = total
-                if radius >= 0:
-                    within_out[i] = inside
-                    within_rel_out[i] = inside_rel
-            if depth == 0:
-                return
-            t = _first_at(hist[:, 0] + hist[:, 1], depth)
-            m = _stored_keys(kb, blocks, t, last, keys, vector)
-            found, _ = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ordered, ranks, vector)
-        else:
+        if totals:
+            total_out[i] = _relevant_total(rel, last)
+        if depth > 0 and not hist and blocks >= SAMPLE_MIN_BLOCKS:  # the guessed threshold's one sweep
             t = _guess_threshold(q, db, n, depth, nvals, rel, kb)
             m = _sweep_keys(q, db, t, last, rel, kb, keys, vector)
             found, reached = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ordered, ranks, vector)
             if not reached:  # the guess was short: count the stored keys exactly
-                hist = _key_counts(kb, n, nvals)
-                t = _first_at(hist[:, 0] + hist[:, 1], depth)
+                counts = _key_counts(kb, n, nvals)
+                t = _first_at(counts[:, 0] + counts[:, 1], depth)
                 m = _stored_keys(kb, blocks, t, last, keys, vector)
                 found, _ = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ordered, ranks, vector)
-        _statistics(i, ranks, found, map_k, ns, inv, ap_out, hits_out)
+        elif depth > 0 or hist or radius >= 0:  # every distance stored, counted where needed
+            for b in range(blocks):
+                simd.block_store_keys(db, q, np.int64(b * 64), rel[b], kb)
+            if depth > 0 or hist:
+                counts = _key_counts(kb, n, nvals)
+                if hist:
+                    hist_out[i] = counts
+                if depth > 0:
+                    t = _first_at(counts[:, 0] + counts[:, 1], depth)
+                    m = _stored_keys(kb, blocks, t, last, keys, vector)
+                    found, _ = _relevant_ranks(keys, m, t, kb, blocks, last, nvals, depth, ordered, ranks, vector)
+        if radius >= 0:
+            within_out[i], within_rel_out[i] = _within_radius(kb, rel, last, radius, nvals)
+        if depth > 0:
+            _statistics(i, ranks, found, map_k, ns, inv, ap_out, hits_out)
 
     @njit(inline='always')
     def _aligned_empty(size, like):  # pragma: no cover
@@ -382,8 +404,8 @@ if numba is not None:
         return raw[start:start + size]
 
     @njit(parallel=True, cache=True, nogil=True)
-    def _scan_kernel(q_words, db, n, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns, radius, full,
-                     key_like, chunks, vector, ap_out, hits_out, total_out, within_out, within_rel_out,
+    def _scan_kernel(q_words, db, n, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns, radius, totals,
+                     hist, key_like, chunks, vector, ap_out, hits_out, total_out, within_out, within_rel_out,
                      hist_out):  # pragma: no cover
         nq = q_words.shape[0]
         blocks = db.shape[1] // 64
@@ -402,7 +424,7 @@ if numba is not None:
             ranks = np.empty(blocks * 64 + 128, dtype=np.int32)  # the relevant items' ranks
             for i in range(c * nq // chunks, (c + 1) * nq // chunks):
                 _one_query(i, q_words, db, n, last, q_class, db_class, q_lab, bitmaps, multi, nvals, map_k, ns,
-                           radius, full, depth, inv, vector, kb, rel, keys, ordered, ranks, ap_out, hits_out,
+                           radius, totals, hist, depth, inv, vector, kb, rel, keys, ordered, ranks, ap_out, hits_out,
                            total_out, within_out, within_rel_out, hist_out)
 
     @njit(parallel=True, cache=True, nogil=True)
@@ -577,23 +599,23 @@ def compile_target() -> dict[str, Any]:
 
 
 def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits: int, *, map_k: int = 0,
-                 ns: tuple = (), radius: int | None = None, full: bool = False,
+                 ns: tuple = (), radius: int | None = None, totals: bool = False, hist: bool = False,
                  vector: bool | None = None) -> dict[str, np.ndarray]:
     """Per-query AP@``map_k``, relevant items in the top N for each N of ``ns`` (already clipped to the
-    database size), and with ``full`` the relevant totals, the radius counts and the ``(bits+1, 2)``
-    distance/relevance histogram. ``relevance`` is :class:`deephash_zoo.retrieval.metrics._Relevance`.
-    ``vector``: gather keys with the vector compress (default: where :func:`byte_compress`); both ways give
-    the same results."""
+    database size), the relevant totals (``totals``), the items and relevant items within ``radius``, and the
+    ``(bits+1, 2)`` distance/relevance histogram (``hist``). ``relevance`` is
+    :class:`deephash_zoo.retrieval.metrics._Relevance`. ``vector``: gather keys with the vector compress
+    (default: where :func:`byte_compress`); both ways give the same results."""
     _check_bits(bits)
     nq, n = q_words.shape[0], db_words.shape[0]
     nvals = bits + 1
     out = {
         'ap': np.zeros(nq),
         'hits': np.zeros((nq, len(ns)), dtype=np.int64),
-        'total': np.zeros(nq if full else 1, dtype=np.int64),
-        'within': np.zeros(nq if full else 1, dtype=np.int64),
-        'within_relevant': np.zeros(nq if full else 1, dtype=np.int64),
-        'hist': np.zeros((nq if full else 1, nvals, 2), dtype=np.int64),
+        'total': np.zeros(nq if totals else 1, dtype=np.int64),
+        'within': np.zeros(nq if radius is not None else 1, dtype=np.int64),
+        'within_relevant': np.zeros(nq if radius is not None else 1, dtype=np.int64),
+        'hist': np.zeros((nq if hist else 1, nvals, 2), dtype=np.int64),
     }
     if nq == 0 or n == 0:
         return out
@@ -616,7 +638,7 @@ def scan_queries(q_words: np.ndarray, db_words: np.ndarray, relevance: Any, bits
     key_like = np.zeros(1, dtype=np.uint8 if 2 * nvals <= 256 else np.uint16)  # keys 2 * distance + relevant
     with _torch_threads_kept():
         _scan_kernel(qw, db, n, q_class, db_class, q_lab, bitmaps, relevance.multi, nvals, int(map_k), sorted_ns,
-                     -1 if radius is None else int(radius), bool(full), key_like, _chunks(nq),
+                     -1 if radius is None else int(radius), bool(totals), bool(hist), key_like, _chunks(nq),
                      byte_compress() if vector is None else bool(vector), out['ap'],
                      out['hits'], out['total'], out['within'], out['within_relevant'], out['hist'])
     hits = np.empty_like(out['hits'])

@@ -464,9 +464,8 @@ def _scan_compiled(p: _Problem, *, map_k: int, ns: tuple[int, ...], totals: bool
 
     n = p.num_database
     map_k = min(map_k, n)
-    full = totals or hist or radius is not None
     r = scan_queries(p.q_words, p.db_words, p.relevance, p.bits, map_k=map_k, ns=tuple(min(x, n) for x in ns),
-                     radius=radius, full=full)
+                     radius=radius, totals=totals or hist, hist=hist)
     out = _Scan()
     if map_k:
         out.ap = r['ap']
