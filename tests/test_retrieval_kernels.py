@@ -274,11 +274,10 @@ def test_blocks_start_on_a_cache_line_and_the_compress_follows_the_cpu(monkeypat
 
 @pytest.mark.parametrize('cols', [64, 80, 12, 100])
 @pytest.mark.parametrize('dtype', ['int8', 'float32', 'uint8', 'bool'])
-def test_the_compiled_packer_equals_packbits_and_flags_bad_values(monkeypatch, dtype, cols):
+def test_the_compiled_packer_equals_packbits_and_flags_bad_values(dtype, cols):
     """Sign codes and multi-hot labels packed in one parallel pass (rows of whole bytes: 64 values a vector
     compare, with a tail; others a byte at a time) equal numpy.packbits, padded to a width when asked, and a
     single bad value anywhere (3, 0 or NaN in sign codes; 2 in labels) is reported."""
-    monkeypatch.setattr(kernels, 'PACK_MIN_ELEMENTS', 0)
     rng = np.random.default_rng(cols)
     n = 1001  # not a multiple of anything: the flat path's tail
     if dtype == 'bool':
@@ -302,14 +301,26 @@ def test_the_compiled_packer_equals_packbits_and_flags_bad_values(monkeypatch, d
             assert not kernels.pack_rows(broken, signs)[1], (bad, where)
 
 
+def test_small_inputs_pack_without_importing_numba():
+    """Packing a few codes (an index query, an encode call) stays NumPy's and does not import numba."""
+    script = ('import sys, numpy as np\n'
+              'from deephash_zoo.retrieval.codes import as_packed\n'
+              'as_packed(np.ones((10, 32), dtype=np.int8))\n'
+              'print("numba" in sys.modules)')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == 'False', done.stderr[-2000:]
+
+
 def test_large_inputs_pack_the_same_with_and_without_the_compiled_packer(monkeypatch):
     """The metrics' inputs (sign codes, multi-hot labels) through the packer give what the NumPy path gives,
     and a bad value still gets the NumPy path's message naming it."""
     rng = np.random.default_rng(5)
     codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(3000, 64))
     labels = (rng.random((3000, 70)) < 0.1).astype(np.uint8)
-    monkeypatch.setattr(kernels, 'PACK_MIN_ELEMENTS', 1000)
+    from deephash_zoo.retrieval import codes as codes_module
     from deephash_zoo.retrieval.codes import as_packed
+
+    monkeypatch.setattr(codes_module, 'PACK_MIN_ELEMENTS', 1000)
     fast_codes, fast_labels = as_packed(codes)[0], M._label_words(labels, 'database')
     broken = codes.copy()
     broken[1234, 5] = 7

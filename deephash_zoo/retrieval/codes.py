@@ -73,14 +73,27 @@ def _check_packed(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(arr), int(bits)
 
 
+PACK_MIN_ELEMENTS = 1 << 20
+"""Arrays of at least this many values are packed by the compiled packer where numba is; smaller ones by NumPy,
+whose call costs less than starting the threads (and than importing numba, for a first small array)."""
+
+
+def compiled_pack(arr: np.ndarray, signs: bool, width: int | None = None) -> tuple[np.ndarray, bool] | None:
+    """:func:`deephash_zoo.retrieval.kernels.pack_rows` for an array of PACK_MIN_ELEMENTS values or more, else
+    None without importing numba: the caller packs with NumPy."""
+    if arr.size < PACK_MIN_ELEMENTS:
+        return None
+    from . import kernels
+
+    return kernels.pack_rows(arr, signs, width)
+
+
 def _pack_signs(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
     if arr.shape[1] == 0:
         raise ValueError('sign codes have 0 columns; expected shape (n, bits) with bits >= 1')
     if bits is not None and arr.shape[1] != bits:
         raise ValueError(f'sign codes have {arr.shape[1]} columns but bits={bits}')
-    from . import kernels  # the compiled packer where numba is (large arrays); NumPy below otherwise
-
-    fast = kernels.pack_rows(arr, signs=True)
+    fast = compiled_pack(arr, signs=True)
     if fast is not None and fast[1]:
         return fast[0], int(arr.shape[1])
     if arr.dtype.kind == 'f' and np.isnan(arr).any():

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 __all__ = ['available', 'byte_compress', 'compile_target', 'scan_queries', 'words64', 'aligned_zeros',
-           'transpose_blocks', 'label_bitmaps', 'pack_rows', 'popcount_sweep', 'PACK_MIN_ELEMENTS', 'MAX_BITS',
+           'transpose_blocks', 'label_bitmaps', 'pack_rows', 'popcount_sweep', 'MAX_BITS',
            'SAMPLE_EVERY', 'SAMPLE_MIN_BLOCKS']
 
 try:  # an optional dependency: without it every metric runs the NumPy path
@@ -546,9 +546,6 @@ def label_bitmaps(db_label_words: np.ndarray) -> np.ndarray:
     return out
 
 
-PACK_MIN_ELEMENTS = 1 << 20
-"""Arrays of at least this many elements are packed by :func:`pack_rows` (smaller ones: NumPy, whose call costs
-less than starting the threads)."""
 _PACKABLE = frozenset(np.dtype(t) for t in ('int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
                                             'uint64', 'float32', 'float64', 'bool'))
 
@@ -557,11 +554,11 @@ def pack_rows(arr: np.ndarray, signs: bool, width: int | None = None) -> tuple[n
     """``numpy.packbits(arr > 0 if signs else arr != 0, axis=1)`` and whether every value was valid (sign
     codes: -1 or +1; multi-hot labels: 0 or 1), in one parallel pass instead of NumPy's three to five: one
     vector compare per 64 values where rows are whole bytes (0.16 ms instead of 3.4 for 117,218 x 64 int8 sign
-    codes on 2-core Intel Xeon), a byte at a time otherwise. None where it does not apply
-    (numba absent, a small array, another dtype): the caller takes the NumPy path, which also names a bad
-    value when this reports one. ``width``: bytes per output row, zero-padded beyond the packed ones (label
-    words: a whole number of 64-bit words)."""
-    if not available() or arr.ndim != 2 or arr.size < PACK_MIN_ELEMENTS or arr.dtype not in _PACKABLE:
+    codes on 2-core Intel Xeon), a byte at a time otherwise. None where it does not apply (numba absent,
+    another dtype): the caller takes the NumPy path, which also names a bad value when this reports one.
+    Callers use it for large arrays only (:func:`deephash_zoo.retrieval.codes.compiled_pack`). ``width``:
+    bytes per output row, zero-padded beyond the packed ones (label words: a whole number of 64-bit words)."""
+    if not available() or arr.ndim != 2 or arr.dtype not in _PACKABLE:
         return None
     n, m = arr.shape
     nbytes = -(-m // 8)

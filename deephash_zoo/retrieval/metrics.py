@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .codes import _to_numpy, as_packed, code_words, distance_dtype, hamming_from_words
+from .codes import _to_numpy, as_packed, code_words, compiled_pack, distance_dtype, hamming_from_words
 from .tie_aware import tie_aware_average_precision
 
 __all__ = [
@@ -183,9 +183,7 @@ class _Relevance:
 
 
 def _label_words(lab: np.ndarray, name: str) -> np.ndarray:
-    from . import kernels  # the compiled packer where numba is (large arrays); NumPy below otherwise
-
-    fast = kernels.pack_rows(lab, signs=False, width=-(-lab.shape[1] // 64) * 8)
+    fast = compiled_pack(lab, signs=False, width=-(-lab.shape[1] // 64) * 8)  # large arrays, where numba is
     if fast is not None and fast[1]:
         return fast[0].view(np.uint64)
     if lab.dtype != np.bool_:
