@@ -77,6 +77,30 @@ def test_fc6_fold_equals_the_repeated_map_convolution(side):
     assert torch.allclose(grad_folded, mlp.fc6.weight.grad, atol=1e-10)
 
 
+def test_encoding_reuses_fc6_tap_sums_until_the_weight_changes():
+    """Without autograd the summed taps are kept between calls (reading 151 MB per call was most of a 64x64
+    batch-1 encode) and made again after any change of the weight: in place, by load_state_dict, or a copy."""
+    torch.manual_seed(0)
+    mlp = FcMlp(16, 32, drop_rate=0.0).eval()
+    x = torch.randn(2, 16, 1, 1)
+    with torch.no_grad():
+        first = mlp(x)
+        sums = mlp._fc6_sums[1]
+        assert torch.equal(mlp(x), first) and mlp._fc6_sums[1] is sums  # reused
+        mlp.fc6.weight.mul_(2.0)  # an optimiser step is in place too
+        assert not torch.equal(mlp(x), first)
+        mlp.load_state_dict({k: v * 3.0 for k, v in mlp.state_dict().items()})
+        expected = mlp.act7(mlp.fc7(mlp.act6(mlp.fc6(F.interpolate(x, size=(6, 6), mode='nearest')))))
+        assert torch.allclose(mlp(x), expected, atol=1e-5)
+    with torch.inference_mode():
+        encoded = mlp(x)
+    with torch.no_grad():
+        assert torch.equal(mlp(x), encoded)  # a sum made in inference mode serves no_grad calls
+    out = mlp(x)  # with autograd: the sums are part of the graph, not the kept tensor
+    out.sum().backward()
+    assert mlp.fc6.weight.grad is not None and torch.allclose(out, encoded)
+
+
 def test_lr_warmup_then_cosine_and_step_schedules():
     cosine = dict(warmup_steps=10, lr_schedule='cosine', lr_step_epochs=0, lr_decay=1.0)
     assert _lr_factor(0, 100, 10, cosine) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))

@@ -1,4 +1,6 @@
 """fc6 trained as its tap sums (TapFold) takes the steps training every tap takes."""
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -68,3 +70,17 @@ def test_a_folded_fc6_refuses_another_map_size():
     TapFold.attach(net, img_size=2)
     with pytest.raises(ValueError, match='folded for a 2x2 map'):
         net(torch.zeros(1, 3, 3, 3, dtype=torch.float64))
+
+
+def test_step_benchmark_times_every_form_and_writes_its_table(tmp_path, capsys):
+    from deephash_zoo.training.benchmark import STEP_FORMS, main
+
+    out = tmp_path / 'steps.json'
+    assert main(['steps', '--models', 'cnnf', '--batch-size', '4', '--steps', '1', '--repeats', '2',
+                 '--out', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result['median_step_seconds']['cnnf']) == set(STEP_FORMS)
+    assert all(len(v) == 2 and min(v) > 0 for v in result['step_seconds']['cnnf'].values())
+    assert result['speedup']['cnnf'] == pytest.approx(
+        result['median_step_seconds']['cnnf'][STEP_FORMS[0]] / result['median_step_seconds']['cnnf'][STEP_FORMS[-1]])
+    assert 'tap sums, fused SGD' in capsys.readouterr().out and result['machine']['cpu']

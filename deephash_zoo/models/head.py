@@ -17,9 +17,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d, register_notrace_module
 
-__all__ = ['FcMlp', 'HashLayer', 'HashHead', 'POOL_TYPES']
+__all__ = ['FcMlp', 'HashLayer', 'HashHead', 'POOL_TYPES', 'tap_block_sums']
 
 POOL_TYPES = ('avg', 'max', 'avgmax', '')
+
+
+def tap_block_sums(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A square ``(out, in, k, k)`` fc6 weight summed over the blocks of taps that one position of a ``height x
+    width`` map meets once the map is nearest-repeated to ``k x k``: ``(out, in, height, width)``."""
+    o, c, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+    return weight.reshape(o, c, height, k // height, width, k // width).sum(dim=(3, 5))
 
 
 @register_notrace_module  # reason: FX cannot trace the small-map guard
@@ -90,8 +97,15 @@ class FcMlp(nn.Module):
             return weight.flatten(1)
         if h > k or w > k or k % h or k % w:
             return None
-        o, c = weight.shape[:2]
-        return weight.reshape(o, c, h, k // h, w, k // w).sum(dim=(3, 5)).flatten(1)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return tap_block_sums(weight, h, w).flatten(1)
+        # encoding: the sums are the same until the weight changes, and reading 151 MB to make them was most
+        # of a 64x64 batch-1 call (an in-place update or load_state_dict bumps _version; .to() moves data_ptr)
+        key = (weight.data_ptr(), weight._version, weight.device, h, w)
+        cached = getattr(self, '_fc6_sums', None)
+        if cached is None or cached[0] != key:
+            cached = self._fc6_sums = (key, tap_block_sums(weight, h, w).flatten(1))
+        return cached[1]
 
     @torch.jit.unused
     def _fixed_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Training benchmarks (commands, not tests): ``python -m deephash_zoo.training.benchmark {throughput,multitask}``.
+"""Training benchmarks (commands, not tests): ``python -m deephash_zoo.training.benchmark WHAT``.
 
 * ``throughput``: the trainer's steady images/s (its own per-epoch measurement after the first
   step: data loading, transforms, loss, backward, optimiser step, logging) against a bare loop of
@@ -12,7 +12,13 @@
   steady seconds per step (the trainer's own figure without its first step, which carries one-off
   allocation and would weigh a few-step run by its model's size); the paper's per-epoch times scale alike.
 
-Both print a table and write JSON (``--out``). Every figure of one table comes from one run.
+* ``steps``: seconds per SGD step at 64x64, batch 128, for both pretraining trunks and two hashing models,
+  in three forms timed in alternating rounds on in-memory tensors: every fc6 tap updated by torch's
+  default (foreach) SGD, as the trainer did before; the same with fused SGD; and what the trainer does now,
+  fused SGD on fc6's tap sums (:mod:`~deephash_zoo.training.tapfold`). The scratch recipe's settings and
+  losses; what the zoo build's CPU time is made of.
+
+Each prints a table and writes JSON (``--out``). Every figure of one table comes from one run.
 """
 import argparse
 import json
@@ -21,14 +27,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import timm
 import torch
+import torch.nn.functional as F
 
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
+from deephash_zoo.models.pretrain import TRUNK_ARCHS, TrunkClassifier
 from deephash_zoo.utils import cpu_model, write_atomic
 
+from .recipes import PRETRAIN, get_recipe
+from .tapfold import TapFold
 from .trainer import TrainConfig, _build_optimizer, epoch_records, family_defaults, train
 
 __all__ = ['main', 'multitask_models', 'MULTITASK_FAMILIES']
@@ -51,8 +61,11 @@ def _bare_loop(model_name: str, img_size: int, batch: int, steps: int, num_label
     fam = family_defaults(model_name)
     model = timm.create_model(model_name, **({'num_labels': num_labels} if fam['family'] == 'dath' else {}))
     loss = DATHLoss() if fam['family'] == 'dath' else ADMTHLoss(bits=model.bits)
+    fold = TapFold.attach(model, img_size) if fam['optimizer'] == 'sgd' else None  # as the trainer
     params = [*model.parameters(), *loss.parameters()]
-    opt = _build_optimizer(fam['optimizer'], params, lr, fam['weight_decay'], momentum=0.9)  # as the trainer
+    if fold:
+        params = fold.param_groups(params, lr, fam['weight_decay'])
+    opt = _build_optimizer(fam['optimizer'], params, lr, fam['weight_decay'], momentum=0.9)
     x = torch.randn(batch, 3, img_size, img_size)
     y = torch.randint(0, num_labels, (batch,))
     model.train()
@@ -63,6 +76,8 @@ def _bare_loop(model_name: str, img_size: int, batch: int, steps: int, num_label
         opt.zero_grad(set_to_none=True)
         parts['loss'].backward()
         opt.step()
+        if fold:
+            fold.after_step(opt)
 
     step()  # warm-up, as the trainer's steady figure leaves out its first step
     t0 = time.perf_counter()
@@ -112,10 +127,84 @@ def _multitask(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
                 paper=dict(multi_seconds=209.6, four_singles_seconds=629.8, ratio=round(209.6 / 629.8, 3)))
 
 
+STEP_MODELS = ('alexnet', 'cnnf', 'dath_alexnet_32', 'admth_cnnf_multi')
+STEP_FORMS = ('every tap, foreach SGD', 'every tap, fused SGD', 'tap sums, fused SGD')
+
+
+def _step_runner(name: str, form: str, img_size: int, batch: int, num_labels: int = 10) -> Callable[[], None]:
+    """One training step of ``name`` (a trunk's pretraining or a hash model's scratch objective) in ``form``."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, img_size, img_size)
+    y = torch.randint(0, num_labels, (batch,))
+    if name in TRUNK_ARCHS:
+        recipe, model = PRETRAIN, TrunkClassifier(name, num_labels)
+        loss: torch.nn.Module = torch.nn.Module()
+
+        def objective() -> torch.Tensor:
+            return F.cross_entropy(model(x), y)
+    else:
+        recipe = get_recipe('scratch', name)
+        dath = name.startswith('dath')
+        model = timm.create_model(name, **({'num_labels': num_labels} if dath else {}))
+        loss = DATHLoss(reduction=recipe.loss_reduction) if dath else \
+            ADMTHLoss(bits=model.bits, reduction=recipe.loss_reduction)
+
+        def objective() -> torch.Tensor:
+            codes = model(x)
+            return (loss(codes, model.label_logits(codes), y) if dath else loss(codes, y))['loss']
+    model.train()
+    fold = TapFold.attach(model, img_size) if form.startswith('tap sums') else None
+    params: List[Any] = [*model.parameters(), *loss.parameters()]
+    if fold:
+        params = fold.param_groups(params, recipe.lr, recipe.weight_decay)
+    opt = _build_optimizer('sgd', params, recipe.lr, recipe.weight_decay, 0.9, nesterov=recipe.nesterov,
+                           fused='fused' in form)
+
+    def step() -> None:
+        value = objective()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        if fold:
+            fold.after_step(opt)
+    return step
+
+
+def _steps(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    models = [m.strip() for m in args.models.split(',') if m.strip()]
+    seconds: Dict[str, Dict[str, List[float]]] = {}
+    for name in models:
+        runners = {form: _step_runner(name, form, args.img_size, args.batch_size) for form in STEP_FORMS}
+        for run in runners.values():
+            run()  # one-off allocations (optimiser state) out of the timing
+        times: Dict[str, List[float]] = {form: [] for form in STEP_FORMS}
+        for _ in range(args.repeats):  # alternating rounds: every form sees the same minutes of a shared machine
+            for form, run in runners.items():
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    run()
+                times[form].append((time.perf_counter() - t0) / args.steps)
+        seconds[name] = times
+        del runners
+    med = {n: {f: statistics.median(v) for f, v in t.items()} for n, t in seconds.items()}
+    return dict(benchmark='steps', img_size=args.img_size, batch_size=args.batch_size, steps=args.steps,
+                repeats=args.repeats, forms=list(STEP_FORMS), step_seconds=seconds, median_step_seconds=med,
+                speedup={n: m[STEP_FORMS[0]] / m[STEP_FORMS[-1]] for n, m in med.items()})
+
+
 def _table(result: Dict[str, Any]) -> str:
     m = result['machine']
     head = f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, timm {m['timm']}, cuda {m['cuda']}"
-    if result['benchmark'] == 'throughput':
+    if result['benchmark'] == 'steps':
+        forms = result['forms']
+        lines = [f"seconds per SGD step, {result['img_size']}x{result['img_size']}, batch {result['batch_size']}, "
+                 f"median of {result['repeats']} alternating rounds of {result['steps']} steps; trunks: pretraining, "
+                 'hash models: recipe scratch',
+                 f"{'model':<18}" + ''.join(f'{f:>24}' for f in forms) + f"{'speed-up':>10}"]
+        for name, m in result['median_step_seconds'].items():
+            lines.append(f'{name:<18}' + ''.join(f'{m[f]:>24.3f}' for f in forms)
+                         + f"{result['speedup'][name]:>9.2f}x")
+    elif result['benchmark'] == 'throughput':
         lines = [f"trainer vs bare loop: {result['model']} on {result['data']}, {result['img_size']}x"
                  f"{result['img_size']}, batch {result['batch_size']}, {result['steps']} steps, "
                  f"{len(result['runs'])} run(s)",
@@ -157,9 +246,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     m.add_argument('--steps', type=int, default=4, help='steps per model and run, the first left out (>= 2)')
     m.add_argument('--repeats', type=int, default=1)
     m.add_argument('--out', type=Path, default=Path('runs/benchmarks/train_multitask.json'))
+    s = sub.add_parser('steps', help='s/step at 64x64: every fc6 tap (foreach or fused SGD) vs tap sums')
+    s.add_argument('--models', default=','.join(STEP_MODELS),
+                   help='trunks (alexnet, cnnf) and hash models (default: %(default)s)')
+    s.add_argument('--img-size', type=int, default=64)
+    s.add_argument('--batch-size', type=int, default=128)
+    s.add_argument('--steps', type=int, default=2, help='steps a form and round')
+    s.add_argument('--repeats', type=int, default=5, help='alternating rounds')
+    s.add_argument('--out', type=Path, default=Path('runs/benchmarks/train_steps.json'))
     args = p.parse_args(argv)
+    run = {'throughput': _throughput, 'multitask': _multitask, 'steps': _steps}[args.what]
     with tempfile.TemporaryDirectory(prefix='deephash-bench-') as tmp:
-        result = _throughput(args, Path(tmp)) if args.what == 'throughput' else _multitask(args, Path(tmp))
+        result = run(args, Path(tmp))
     result['machine'] = _machine()
     table = _table(result)
     print(table)

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from deephash_zoo.models.head import FcMlp
+from deephash_zoo.models.head import FcMlp, tap_block_sums
 
 __all__ = ['TapFold', 'fold_size']
 
@@ -33,13 +33,8 @@ def fold_size(mlp: FcMlp, height: int, width: int) -> Optional[Tuple[int, int]]:
     return k // height, k // width
 
 
-def _block_sums(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    o, c, k, _ = weight.shape
-    return weight.reshape(o, c, height, k // height, width, k // width).sum(dim=(3, 5))
-
-
 def _repeat_blocks(sums: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Each block value repeated over its taps: the inverse layout of :func:`_block_sums`."""
+    """Each block value repeated over its taps: the layout :func:`tap_block_sums` sums over."""
     o, c, h, w = sums.shape
     return sums[:, :, :, None, :, None].expand(o, c, h, kernel // h, w, kernel // w).reshape(o, c, kernel, kernel)
 
@@ -79,7 +74,7 @@ class TapFold:
     def _fold(mlp: FcMlp, height: int, width: int) -> None:
         weight = mlp.fc6.weight
         weight.requires_grad_(False)  # kept as it was at the fold: the deviations' reference
-        mlp.fc6_taps = nn.Parameter(_block_sums(weight.detach(), height, width))
+        mlp.fc6_taps = nn.Parameter(tap_block_sums(weight.detach(), height, width))
         # [scale of the deviations since the fold, its momentum buffer]
         mlp.register_buffer('fc6_spread', torch.tensor([1.0, 0.0], dtype=torch.float64, device=weight.device))
 
@@ -141,5 +136,5 @@ class TapFold:
         from the block mean at the fold times their scale since."""
         h, w = taps.shape[-2:]
         n = (kernel // h) * (kernel // w)
-        deviation = reference - _repeat_blocks(_block_sums(reference, h, w) / n, kernel)
+        deviation = reference - _repeat_blocks(tap_block_sums(reference, h, w) / n, kernel)
         return (deviation * float(spread[0]) + _repeat_blocks(taps.detach() / n, kernel)).to(reference.dtype)

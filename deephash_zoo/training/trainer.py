@@ -210,12 +210,15 @@ def _seed_everything(seed: int) -> None:
 
 
 def _build_optimizer(name: str, params: List[Any], lr: float, wd: float, momentum: float,
-                     nesterov: bool = False):
-    """``params``: parameters, or optimiser groups (dicts) whose own settings override these."""
+                     nesterov: bool = False, fused: bool = True):
+    """``params``: parameters, or optimiser groups (dicts) whose own settings override these. ``fused=False``
+    only for the step benchmark's "before" arm."""
     if name == 'rmsprop':
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if name == 'sgd':
         kwargs = dict(lr=lr, weight_decay=wd, momentum=momentum, nesterov=nesterov and momentum > 0)
+        if not fused:
+            return torch.optim.SGD(params, foreach=True, **kwargs)
         try:  # one fused pass over each tensor: 26 ms a step for AlexNet's 57 M weights instead of 124 ms (2 cores)
             return torch.optim.SGD(params, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError):  # a torch or device without fused SGD: the same update
