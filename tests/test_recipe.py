@@ -96,6 +96,10 @@ def test_encoding_reuses_fc6_tap_sums_until_the_weight_changes():
         encoded = mlp(x)
     with torch.no_grad():
         assert torch.equal(mlp(x), encoded)  # a sum made in inference mode serves no_grad calls
+    with torch.inference_mode():
+        frozen = FcMlp(16, 32, drop_rate=0.0).eval()  # weights made in inference mode keep no version: no cache
+        frozen.load_state_dict(mlp.state_dict())
+        assert torch.equal(frozen(x), encoded) and getattr(frozen, '_fc6_sums', None) is None
     out = mlp(x)  # with autograd: the sums are part of the graph, not the kept tensor
     out.sum().backward()
     assert mlp.fc6.weight.grad is not None and torch.allclose(out, encoded)

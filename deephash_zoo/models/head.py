@@ -97,7 +97,8 @@ class FcMlp(nn.Module):
             return weight.flatten(1)
         if h > k or w > k or k % h or k % w:
             return None
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or weight.is_inference():
+            # (an inference tensor keeps no version counter, so a change in place could not be seen)
             return tap_block_sums(weight, h, w).flatten(1)
         # encoding: the sums are the same until the weight changes, and reading 151 MB to make them was most
         # of a 64x64 batch-1 call (an in-place update or load_state_dict bumps _version; .to() moves data_ptr)
