@@ -39,6 +39,12 @@ def _repeat_blocks(sums: torch.Tensor, kernel: int) -> torch.Tensor:
     return sums[:, :, :, None, :, None].expand(o, c, h, kernel // h, w, kernel // w).reshape(o, c, kernel, kernel)
 
 
+def _taps_per_block(kernel: int, sums: torch.Tensor) -> int:
+    """n, the taps each folded sum stands for: ``(kernel // height) * (kernel // width)`` of its map."""
+    h, w = sums.shape[-2:]
+    return (kernel // h) * (kernel // w)
+
+
 class TapFold:
     """The folded fc6 of every :class:`FcMlp` of a model that meets a repeated map at the training size."""
 
@@ -80,8 +86,7 @@ class TapFold:
 
     @staticmethod
     def _taps(mlp: FcMlp) -> int:
-        k, (h, w) = mlp.kernel_size, mlp.fc6_taps.shape[-2:]
-        return (k // h) * (k // w)
+        return _taps_per_block(mlp.kernel_size, mlp.fc6_taps)
 
     def param_groups(self, params: Sequence[nn.Parameter], lr: float, weight_decay: float) -> List[Dict[str, Any]]:
         """``params`` (the folded sums among them) as optimiser groups: the sums at n x ``lr`` and
@@ -135,6 +140,6 @@ class TapFold:
         """fc6's weight as training every tap would hold it: the sums' mean on each tap, plus the deviations
         from the block mean at the fold times their scale since."""
         h, w = taps.shape[-2:]
-        n = (kernel // h) * (kernel // w)
+        n = _taps_per_block(kernel, taps)
         deviation = reference - _repeat_blocks(tap_block_sums(reference, h, w) / n, kernel)
         return (deviation * float(spread[0]) + _repeat_blocks(taps.detach() / n, kernel)).to(reference.dtype)
