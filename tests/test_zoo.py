@@ -289,3 +289,23 @@ def test_a_row_trained_with_the_label_term_says_so(tmp_path, monkeypatch):
     assert (f"label classifier on each code length's codes, cross-entropy with weight {weight:g}" in table
             and table.rstrip().count('`dmlh_cnnf_multi`.') == 1)
 
+
+
+def test_a_hashing_stage_trained_with_another_dropout_is_trained_again(tmp_path):
+    """The scratch recipe trains ADMTH's hashing stage without dropout; a stage recorded before that (no drop rate
+    in its settings, so the model's 0.5) is not what the plan builds, and its row is left to the earlier build."""
+    from deephash_zoo.experiments.zoo import _train_settings
+    from deephash_zoo.training.recipes import get_recipe
+
+    plan = get_plan('tiny')
+    sha = _work_with_a_cnnf_row(tmp_path, plan)
+    assert get_recipe('scratch', 'dmlh_cnnf_multi').drop_rate == 0.0
+    assert _train_settings(plan, 'dmlh_cnnf_multi', sha)['drop_rate'] == 0.0
+    assert 'drop_rate' not in _train_settings(plan, 'dath_alexnet_32', sha)  # DATH keeps AlexNet's dropout
+    assert len(zoo_result(plan, tmp_path, ('dmlh_cnnf_multi',))['models']) == 1
+    stages = tmp_path / 'stages.jsonl'
+    records = [json.loads(line) for line in stages.read_text().splitlines()]
+    for record in records:
+        record.get('settings', {}).pop('drop_rate', None)
+    stages.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    assert zoo_result(plan, tmp_path, ('dmlh_cnnf_multi',))['models'] == []

@@ -18,6 +18,7 @@ def _recipe_lines() -> str:
                              f', gamma ramp {r.gamma_ramp_steps} steps' if r.gamma_ramp_steps else '',
                              ', flips' if r.flip else '', ', Nesterov' if r.nesterov else '',
                              ', centred hash biases' if r.center_hash else '',
+                             f', dropout {r.drop_rate:g}' if r.drop_rate is not None else '',
                              f', label term x{r.label_weight:g} (not the paper\'s)' if r.label_weight else '',
                              f', attention gates open at {r.attn_gate_init:g} (DANet: 0)' if r.attn_gate_init else ''])
             decay = f' (x{r.lr_decay} every {r.lr_step_epochs} epochs)' if r.lr_schedule == 'step' else ''

@@ -132,11 +132,13 @@ def _pretrain_settings(plan: ZooPlan) -> Dict[str, Any]:
 
 def _train_settings(plan: ZooPlan, model: str, trunk_sha256: Optional[str]) -> Dict[str, Any]:
     """What a hashing stage's checkpoint depends on, the trunk it starts from included, and the recipe's
-    label term where it has one (so a checkpoint trained without it is trained again)."""
+    label term and dropout where it sets them (so a checkpoint trained without them is trained again)."""
     settings = dict(_pretrain_settings(plan), epochs=plan.hash_epochs[family_of(model)], init_sha256=trunk_sha256)
-    label_weight = get_recipe('scratch', model).label_weight
-    if label_weight:
-        settings['label_weight'] = label_weight
+    recipe = get_recipe('scratch', model)
+    if recipe.label_weight:
+        settings['label_weight'] = recipe.label_weight
+    if recipe.drop_rate is not None:
+        settings['drop_rate'] = recipe.drop_rate
     return settings
 
 
