@@ -10,7 +10,7 @@ import pytest
 from deephash_zoo.cli.experiment import main
 from deephash_zoo.experiments import BUDGETS, arms_for, get_budget, render_markdown, summarize
 from deephash_zoo.experiments.publish import markers, update_readme, write_cards, zoo_cards
-from deephash_zoo.experiments.report import at_chance, claims, verdict
+from deephash_zoo.experiments.report import at_chance, claims, multitask_time, verdict
 from deephash_zoo.utils import tensors_file_sha256
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
@@ -444,7 +444,11 @@ def test_the_time_claim_counts_the_single_length_models_that_ran():
     result = json.loads((REPO / 'hub_cards' / 'results' / 'multitask-fashion-mnist-cpu-pretrained.json').read_text())
     timed = [c for c in claims(result) if 'time' in c['per_bits']]
     assert len(timed) == 1 and 'the 2 single-length models of the lengths run' in timed[0]['claim']
-    assert 'the four' not in timed[0]['claim'] and timed[0]['per_bits']['time'] == 'contradicted'
+    assert 'the four' not in timed[0]['claim']
+    # the committed run (Intel Xeon, fc6 trained as its tap sums): ratio 1.011 +- 0.030, parity within its spread
+    ratio = multitask_time(result, summarize(result))
+    assert ratio['num_singles'] == 2 and abs(ratio['ratio'][0] - 1.0) < ratio['ratio'][1]
+    assert timed[0]['per_bits']['time'] == 'cannot tell'
 
 
 def test_the_readme_quotes_the_committed_spread_measurement():

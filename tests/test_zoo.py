@@ -290,7 +290,6 @@ def test_a_row_trained_with_the_label_term_says_so(tmp_path, monkeypatch):
             and table.rstrip().count('`dmlh_cnnf_multi`.') == 1)
 
 
-
 def test_a_hashing_stage_trained_with_another_dropout_is_trained_again(tmp_path):
     """The scratch recipe trains ADMTH's hashing stage without dropout; a stage recorded before that (no drop rate
     in its settings, so the model's 0.5) is not what the plan builds, and its row is left to the earlier build."""

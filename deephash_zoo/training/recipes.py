@@ -25,7 +25,7 @@ setting a checkpoint was trained with, and every checkpoint's ``config.json`` re
   weights are registered at); the hash layers' biases start centred on the features of one
   training batch (``center_hash``), so every bit starts by splitting the images instead of giving
   most of them the same sign. ADMTH's hashing stage trains without dropout (``drop_rate=0``; CNN-F's 0.5
-  stays in its pretraining stage). Measured, not derived (one seed, Intel Xeon, 156 steps from the zoo's
+  stays in its pretraining stage); chosen by measurement (one seed, Intel Xeon, 156 steps from the zoo's
   CNN-F trunk on 10,000 images: mAP@all 0.83-0.85 at 16-64 bits against 0.74-0.82 with dropout 0.5; on
   the zoo's 936 steps 0.838-0.845 against 0.822-0.837; ``benchmarks/hashing-ab.intel-xeon.json``). No
   change to the papers' architectures or objectives: ADMTH's label term (``label_weight``,
