@@ -43,6 +43,24 @@ def test_any_folder_gz_or_plain(tmp_path, gz):
     assert got_labels.tolist() == [0, 3, 9, 1, 1]
 
 
+def test_a_file_read_once_is_read_again_when_it_changes_and_cannot_be_changed_in_memory(tmp_path):
+    rng = np.random.default_rng(1)
+    first = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    _write_split(tmp_path, first, np.array([1, 2, 3, 4], dtype=np.uint8), gz=False)
+    images, _ = load_fashion_mnist('test', tmp_path)
+    assert load_fashion_mnist('test', tmp_path)[0] is images  # inflated once
+    with pytest.raises(ValueError, match='read-only'):
+        images[0, 0, 0] = 1
+    second = 255 - first  # same size, rewritten at once: only the content changes
+    _write_split(tmp_path, second, np.array([4, 3, 2, 1], dtype=np.uint8), gz=False)
+    again, labels = load_fashion_mnist('test', tmp_path)
+    np.testing.assert_array_equal(again, second)
+    assert labels.tolist() == [4, 3, 2, 1]
+    (tmp_path / 't10k-labels-idx1-ubyte').write_bytes(b'\x00\x00\x0d\x01' + b'\0' * 8)
+    with pytest.raises(ValueError, match='bad magic number'):  # a file broken after a good read is refused
+        load_fashion_mnist('test', tmp_path)
+
+
 def test_missing_truncated_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match='t10k-images-idx3-ubyte.gz: Fashion-MNIST file not found'):
         load_fashion_mnist('test', tmp_path)

@@ -112,6 +112,20 @@ def test_diverging_after_a_good_epoch_keeps_the_good_state(finished_run, tmp_pat
     assert _snapshot(out / 'last') == good
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize('value', [float('nan'), float('inf'), float('-inf')])
+def test_non_finite_tensors_names_every_bad_tensor_wherever_the_value_sits(dtype, value):
+    from deephash_zoo.utils import non_finite_tensors
+
+    tensors = {'empty': torch.zeros(0, 3, dtype=dtype), 'ints': torch.arange(7), 'fine': torch.randn(5, 4).to(dtype),
+               'extremes': torch.tensor([torch.finfo(dtype).max, torch.finfo(dtype).min], dtype=dtype)}
+    for where in (0, 9, 19):
+        bad = torch.randn(4, 5).to(dtype)
+        bad.view(-1)[where] = value
+        tensors[f'bad{where}'] = bad
+    assert non_finite_tensors(tensors) == ['bad0', 'bad9', 'bad19']
+
+
 def test_non_finite_checkpoints_are_neither_saved_nor_loaded(tmp_path):
     import timm
 
