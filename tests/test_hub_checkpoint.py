@@ -244,16 +244,18 @@ def test_registered_tags_are_exactly_the_published_cards():
 
 
 def test_a_checkpoint_carries_the_tag_of_its_data(tmp_path):
-    """Trained on the mosaic: tag mosaic and the mosaic repository; on data the zoo does not publish: no tag and
-    no repository (not the architecture's default, which names other weights)."""
+    """Trained on Fashion-MNIST: tag fmnist and the fmnist repository; on data the zoo does not publish (the
+    mosaics, whose tag was withdrawn, or a list file): no tag and no repository (not the architecture's default,
+    which names other weights), and the folder still loads."""
     model = timm.create_model('dath_n_16')
-    mosaic = json.loads((save_checkpoint(model, tmp_path / 'm', dataset='mosaic', card=False)
+    fmnist = json.loads((save_checkpoint(model, tmp_path / 'f', dataset='fashion-mnist', card=False)
                          / 'config.json').read_text())['pretrained_cfg']
-    assert (mosaic['tag'], mosaic['hf_hub_id']) == ('mosaic', 'deephash-zoo/dath_n_16.mosaic')
-    other = json.loads((save_checkpoint(model, tmp_path / 'o', dataset='list:/data/train.txt', card=False)
-                        / 'config.json').read_text())['pretrained_cfg']
-    assert other.get('tag') is None and other.get('hf_hub_id') is None
-    assert timm.create_model(f'local-dir:{tmp_path / "o"}', pretrained=True) is not None
+    assert (fmnist['tag'], fmnist['hf_hub_id']) == ('fmnist', 'deephash-zoo/dath_n_16.fmnist')
+    for data, folder in (('mosaic', 'm'), ('mosaic-pair', 'p'), ('list:/data/train.txt', 'o')):
+        other = json.loads((save_checkpoint(model, tmp_path / folder, dataset=data, card=False)
+                            / 'config.json').read_text())['pretrained_cfg']
+        assert other.get('tag') is None and other.get('hf_hub_id') is None, data
+        assert timm.create_model(f'local-dir:{tmp_path / folder}', pretrained=True) is not None
 
 
 @pytest.mark.parametrize('name', ['dath_alexnet_16', 'admth_cnnf_multi'])

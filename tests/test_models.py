@@ -45,7 +45,7 @@ def test_shapes_ranges_and_encode(name, images):
     if name in UNPUBLISHED:  # an architecture without a checkpoint: nothing for pretrained=True to fetch
         assert not cfg.get('hf_hub_id') and name not in timm.list_pretrained(name + '*')
     else:
-        assert cfg['hf_hub_id'] == f"deephash-zoo/{name}.{cfg['tag']}" and cfg['tag'] in ('fmnist', 'mosaic')
+        assert cfg['hf_hub_id'] == f"deephash-zoo/{name}.{cfg['tag']}" and cfg['tag'] == 'fmnist'
 
 
 def test_multi_length_order_and_selection(images):

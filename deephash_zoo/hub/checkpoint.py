@@ -94,7 +94,7 @@ def _inference_only(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 def published_identity(model: torch.nn.Module, dataset: Optional[str]) -> Dict[str, Optional[str]]:
     """``tag`` and ``hf_hub_id`` of weights trained on ``dataset``: the zoo's repository where the zoo publishes
-    this model on that data (``.fmnist``, ``.mosaic``), else none (not the architecture's default tag, which
+    this model on that data (``.fmnist``), else none (not the architecture's default tag, which
     names other weights)."""
     tag = tag_for_dataset(dataset)
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')

@@ -107,15 +107,13 @@ def _cfg(bits: Sequence[int], **kwargs: Any) -> Dict[str, Any]:
 
 
 MULTI_BITS = (16, 32, 48, 64)
-_SINGLE_BITS = {f'dmlh_cnnf_{b}': (b,) for b in MULTI_BITS}
-
 _LENGTHS = {'admth_cnnf_multi': MULTI_BITS, 'dmlh_cnnf_multi': MULTI_BITS,
-            **{f'admth_cnnf_{b}': (b,) for b in MULTI_BITS}}
+            **{f'{family}_cnnf_{b}': (b,) for family in ('admth', 'dmlh') for b in MULTI_BITS}}
 default_cfgs = generate_default_cfgs({
-    **{f'{name}.{tag}': _cfg(bits, hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
-       for name, bits in _LENGTHS.items() for tag in tags_of(name)},
-    # the ADMTH paper's single-task arm (attention removed too): architectures only, no published weights yet
-    **{name: _cfg(_SINGLE_BITS[name]) for name in UNPUBLISHED},
+    **{f'{name}.{tag}': _cfg(_LENGTHS[name], hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
+       for name in _LENGTHS if name not in UNPUBLISHED for tag in tags_of(name)},
+    # the single-length models (the paper's single-task arm, and with SE attention kept): architectures only
+    **{name: _cfg(_LENGTHS[name]) for name in UNPUBLISHED},
 })
 
 
