@@ -140,8 +140,8 @@ def non_finite_tensors(tensors: Mapping[str, Any]) -> List[str]:
     or served).
 
     Why min and max: NaN propagates into both and an infinity is one of them, so one reduction pass answers
-    without the full boolean mask ``isfinite(t)`` allocates (a 221M-parameter model: 0.9 s of every save and
-    load, against 0.07 s)."""
+    without the full boolean mask ``isfinite(t)`` allocates (one 37.7M-element fc6 weight, 1 thread: 0.26 s
+    against 0.02 s, paid on every save and load)."""
     import torch
 
     def finite(t: 'torch.Tensor') -> bool:
