@@ -78,3 +78,20 @@ def test_encode_precision_flag(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)['precision'] == 'bf16'
     assert run_main(main, [*args, '--precision', 'fp16']) == 2
     assert 'fp16 is for CUDA' in capsys.readouterr().err
+
+
+def test_a_checkpoint_encodes_at_the_size_it_was_trained_at(tmp_path, capsys):
+    """Without --img-size, --checkpoint encodes at the checkpoint's recorded training size (64 here), not 224."""
+    import timm
+    import torch
+    from PIL import Image
+
+    from deephash_zoo.hub.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(timm.create_model('dath_n_16').eval(), tmp_path / 'checkpoint', dataset='fashion-mnist',
+                           training=dict(img_size=64), card=False)
+    Image.new('RGB', (40, 30), (10, 200, 30)).save(tmp_path / 'a.png')
+    assert run_main(main, ['--checkpoint', str(ckpt), '--images', str(tmp_path / 'a.png'), '--out',
+                           str(tmp_path / 'codes.npy'), '--device', 'cpu']) == 0
+    assert '16-bit codes of dath_n_16 at 64x64' in capsys.readouterr().out

@@ -48,6 +48,21 @@ def test_layout_config_and_card(saved):
     assert torch.equal(load_checkpoint(path)(x), model(x))
 
 
+def test_a_loaded_checkpoint_says_the_size_it_was_trained_at(saved):
+    """resolve_data_config on a model from load_checkpoint gives the recorded 64x64, not the architecture's 224,
+    as timm's local-dir: does; a fresh model of the same name still says 224."""
+    from timm.data import resolve_data_config
+
+    path, _ = saved
+    loaded = load_checkpoint(path)
+    assert loaded.pretrained_cfg['input_size'] == (3, IMG, IMG) and loaded.default_cfg is loaded.pretrained_cfg
+    assert resolve_data_config(model=loaded)['input_size'] == (3, IMG, IMG)
+    assert resolve_data_config(model=timm.create_model(f'local-dir:{path}', pretrained=True))['input_size'] == \
+        (3, IMG, IMG)
+    assert loaded.pretrained_cfg['mean'] == tuple(timm.create_model('dath_n_16').pretrained_cfg['mean'])
+    assert timm.create_model('dath_n_16').pretrained_cfg['input_size'] == (3, 224, 224)
+
+
 def test_admth_round_trip(tmp_path):
     """ADMTH has no label classifier: loading must not hand it num_labels."""
     torch.manual_seed(1)
