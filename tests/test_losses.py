@@ -293,6 +293,55 @@ def test_pairwise_matches_paper(kind: str) -> None:
     assert PairwiseLikelihoodLoss()(u, labels).item() == pytest.approx(ref_pairwise(u, labels), **TOL)
 
 
+def ref_balanced_pairwise(u: torch.Tensor, labels: torch.Tensor, balance: float) -> float:
+    """The pairwise term with similar and dissimilar pairs weighed half the total each, blended by ``balance``,
+    averaged over pairs i != j: a literal loop over the pairs."""
+    b = u.shape[0]
+    pairs = [(i, j) for i, j in itertools.product(range(b), repeat=2) if i != j]
+    n_similar = sum(bool(ref_sim(labels, i, j)) for i, j in pairs)
+    n_dissimilar = len(pairs) - n_similar
+    total = 0.0
+    for i, j in pairs:
+        similar = bool(ref_sim(labels, i, j))
+        phi = 0.5 * dot(u, i, j)
+        full = len(pairs) / (2 * (n_similar if similar else n_dissimilar)) if n_similar and n_dissimilar else 1.0
+        total += (1 + balance * (full - 1)) * (math.log(1 + math.exp(phi)) - float(similar) * phi)
+    return total / len(pairs)
+
+
+@pytest.mark.parametrize('kind', LABEL_KINDS)
+@pytest.mark.parametrize('balance', [0.0, 0.5, 1.0])
+def test_pair_balance_matches_a_literal_weighted_sum(kind: str, balance: float) -> None:
+    u = 2 * make_codes(9, 16, seed=9)
+    labels = make_labels(kind, 9, 3, seed=9)
+    got = PairwiseLikelihoodLoss(pair_balance=balance)(u, labels).item()
+    assert got == pytest.approx(ref_balanced_pairwise(u, labels, balance), **TOL)
+    if balance == 0.0:  # the paper's term, bit for bit
+        assert got == PairwiseLikelihoodLoss()(u, labels).item()
+    summed = PairwiseLikelihoodLoss('sum', pair_balance=balance)(u, labels).item()
+    assert summed == pytest.approx(ref_balanced_pairwise(u, labels, balance) * 9 * 8, **TOL)
+
+
+def test_pair_balance_weighs_similar_and_dissimilar_pairs_equally() -> None:
+    """With 2 similar ordered pairs among 20, each kind carries half the total weight (20 / 4 and 20 / 36); a batch of
+    one kind of pair keeps weight 1; ADMTHLoss passes it on; values outside [0, 1] are refused."""
+    labels = torch.tensor([0, 0, 1, 2, 3])
+    u = make_codes(5, 8, seed=3)
+    loss = PairwiseLikelihoodLoss(pair_balance=1.0)
+    s = (labels[:, None] == labels[None, :]).double()
+    off = ~torch.eye(5, dtype=torch.bool)
+    w = loss._pair_weights(s, off)
+    assert w[0, 1].item() == pytest.approx(20 / 4) and w[0, 2].item() == pytest.approx(20 / 36)
+    assert (w * (s > 0) * off).sum().item() == pytest.approx((w * (s == 0) * off).sum().item())
+    distinct = torch.arange(5)
+    assert PairwiseLikelihoodLoss(pair_balance=1.0)(u, distinct).item() == PairwiseLikelihoodLoss()(u, distinct).item()
+    admth = ADMTHLoss((4, 8), pair_balance=0.5)
+    assert admth.pairwise.pair_balance == 0.5 and 'pair_balance=0.5' in repr(admth)
+    for bad in (-0.1, 1.5, float('nan')):
+        with pytest.raises(ValueError, match='pair_balance must be in'):
+            PairwiseLikelihoodLoss(pair_balance=bad)
+
+
 def test_consistency_matches_paper() -> None:
     bits = (4, 6, 9)
     module = ConsistencyLoss(bits).double()

@@ -174,6 +174,25 @@ def test_a_run_with_the_label_term_records_it_and_its_card_names_it(tmp_path):
     assert "Not the paper's objective" in card and 'cross-entropy with weight 0.5' in card
 
 
+@needs_fmnist
+def test_a_run_with_balanced_pairs_records_it_and_its_card_names_it(tmp_path):
+    """--loss-arg pair_balance=1 reaches ADMTH's pairwise term, config.json keeps it, the card says it is not the
+    paper's objective; a run without it says nothing of the kind."""
+    from deephash_zoo.hub.card import render_card
+
+    common = dict(model='admth_cnnf_16', recipe='scratch', data='fashion-mnist', img_size=64, subset=32,
+                  batch_size=16, max_steps=1, log_every=1)
+    train(TrainConfig(**common, loss_args={'pair_balance': 1.0}, out=str(tmp_path / 'balanced')))
+    config = json.loads((tmp_path / 'balanced' / 'checkpoint' / 'config.json').read_text())
+    assert config['training']['loss_args'] == {'pair_balance': 1.0}
+    assert 'pair_balance' in str(render_card(tmp_path / 'balanced' / 'checkpoint'))
+    train(TrainConfig(**common, out=str(tmp_path / 'paper')))
+    assert 'pair_balance' not in str(render_card(tmp_path / 'paper' / 'checkpoint'))
+    with pytest.raises(ValueError, match='pair_balance must be in'):
+        train(TrainConfig(**common, loss_args={'pair_balance': 2.0}, out=str(tmp_path / 'bad')))
+    assert not (tmp_path / 'bad').exists()
+
+
 def _epoch_means(run) -> list:
     lines = (run / 'train_log.jsonl').read_text().splitlines()
     return [r for r in map(json.loads, lines) if r['event'] == 'epoch']

@@ -366,6 +366,7 @@ def render_card(
         efficiency_found=table is not None,
         training=_training_items(training), bibtex=paper.bibtex() if paper else None, package=PACKAGE,
         recipe=training.get('recipe'), label_weight=training.get('label_weight') or 0,
+        pair_balance=(training.get('loss_args') or {}).get('pair_balance') or 0,
         attn_gate_init=training.get('attn_gate_init') or 0,
         **ctx_metrics,
     )

@@ -29,11 +29,18 @@ class PairwiseLikelihoodLoss(nn.Module):
     Normalisation over the B (B - 1) ordered pairs i != j: ``reduction='sum'`` sums as the paper does
     (over S), ``'mean'`` divides by their count. A batch of one item has no pair: the loss is 0, still
     attached to ``codes``.
+
+    ``pair_balance`` (not in the paper; 0, the default, is its loss): with 10 classes 90% of a batch's pairs
+    are dissimilar and their terms outweigh the similar pairs' 9 to 1. At 1 each pair is weighed so that
+    similar and dissimilar pairs carry half the total weight each (HashNet's weighting, Cao et al. 2017, scaled
+    so that the weights average 1 and the loss keeps its scale); in between, ``1 + pair_balance * (w - 1)``.
+    A batch whose pairs are all of one kind keeps weight 1.
     """
 
-    def __init__(self, reduction: Reduction = 'mean') -> None:
+    def __init__(self, reduction: Reduction = 'mean', pair_balance: float = 0.0) -> None:
         super().__init__()
         self.reduction = check_reduction(reduction)
+        self.pair_balance = _check_balance(pair_balance)
 
     def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
         check_codes(codes)
@@ -43,12 +50,25 @@ class PairwiseLikelihoodLoss(nn.Module):
         phi = 0.5 * codes @ codes.T
         off_diag = ~torch.eye(batch, dtype=torch.bool, device=codes.device)
         per_pair = torch.where(off_diag, F.softplus(phi) - s * phi, phi.new_zeros(()))
+        if self.pair_balance:
+            per_pair = per_pair * self._pair_weights(s, off_diag)
         if self.reduction == 'sum':
             return per_pair.sum()
         return per_pair.sum() / max(batch * (batch - 1), 1)
 
+    def _pair_weights(self, s: Tensor, off_diag: Tensor) -> Tensor:
+        """Each pair's weight: similar and dissimilar pairs half the total each, blended by ``pair_balance``."""
+        similar = (s > 0) & off_diag
+        n_similar, n_pairs = similar.sum(), off_diag.sum()
+        n_dissimilar = n_pairs - n_similar
+        if n_similar == 0 or n_dissimilar == 0:
+            return s.new_ones(())
+        balanced = torch.where(similar, n_pairs / (2 * n_similar), n_pairs / (2 * n_dissimilar)).to(s.dtype)
+        return 1 + self.pair_balance * (balanced - 1)
+
     def extra_repr(self) -> str:
-        return f'reduction={self.reduction!r}'
+        balance = f', pair_balance={self.pair_balance}' if self.pair_balance else ''
+        return f'reduction={self.reduction!r}{balance}'
 
 
 class ConsistencyLoss(nn.Module):
@@ -138,11 +158,13 @@ class ADMTHLoss(nn.Module):
 
     ``label_weight`` > 0 adds ``label_weight * BranchLabelLoss`` (per-item mean under ``'mean'`` and
     ``'scaled-sum'``, summed under ``'sum'``; logged as ``'label'``), which needs ``num_labels``. It is not
-    in the paper: 0, the default, is the paper's objective.
+    in the paper: 0, the default, is the paper's objective. So is ``pair_balance`` (see
+    :class:`PairwiseLikelihoodLoss`; ``--loss-arg pair_balance=1``).
     """
 
     def __init__(self, bits: Sequence[int] = (16, 32, 48, 64), alpha: float = 20.0, beta: float = 1.0,
-                 label_weight: float = 0.0, num_labels: int | None = None, reduction: Reduction = 'mean') -> None:
+                 label_weight: float = 0.0, num_labels: int | None = None, reduction: Reduction = 'mean',
+                 pair_balance: float = 0.0) -> None:
         super().__init__()
         self.bits = _check_bits(bits)
         self.alpha = float(alpha)
@@ -152,7 +174,7 @@ class ADMTHLoss(nn.Module):
             raise ValueError(f'label_weight must be >= 0 (0: the paper\'s objective), got {label_weight}')
         self.reduction = check_reduction(reduction, OBJECTIVE_REDUCTIONS)
         terms = 'mean' if reduction == 'scaled-sum' else reduction  # scaled-sum reweights the means in forward
-        self.pairwise = PairwiseLikelihoodLoss(terms)
+        self.pairwise = PairwiseLikelihoodLoss(terms, pair_balance)
         self.consistency = ConsistencyLoss(self.bits, terms)
         self.label: BranchLabelLoss | None = None
         if self.label_weight > 0:
@@ -185,7 +207,15 @@ class ADMTHLoss(nn.Module):
 
     def extra_repr(self) -> str:
         label = f', label_weight={self.label_weight}' if self.label is not None else ''
-        return f'bits={self.bits}, alpha={self.alpha}, beta={self.beta}{label}, reduction={self.reduction!r}'
+        balance = f', pair_balance={self.pairwise.pair_balance}' if self.pairwise.pair_balance else ''
+        return f'bits={self.bits}, alpha={self.alpha}, beta={self.beta}{label}{balance}, reduction={self.reduction!r}'
+
+
+def _check_balance(pair_balance: float) -> float:
+    balance = float(pair_balance)
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f'pair_balance must be in [0, 1] (0: the paper\'s pairwise likelihood), got {pair_balance}')
+    return balance
 
 
 def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:

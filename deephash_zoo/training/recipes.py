@@ -30,7 +30,8 @@ setting a checkpoint was trained with, and every checkpoint's ``config.json`` re
   the zoo's 936 steps 0.838-0.845 against 0.822-0.837; ``benchmarks/hashing-ab.intel-xeon.json``). No
   change to the papers' architectures or objectives: ADMTH's label term (``label_weight``,
   :class:`~deephash_zoo.losses.admth.BranchLabelLoss`, not in the paper) is off here; ``--label-weight``
-  turns it on.
+  turns it on. So are balanced pairs (``--loss-arg pair_balance=1``, not in the paper either), which the zoo's
+  plan adds to its ADMTH and DMLH hashing stages (:mod:`deephash_zoo.experiments.zoo`).
 
 A recipe never overrides what the command line sets.
 """
