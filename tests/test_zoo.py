@@ -290,6 +290,33 @@ def test_a_row_trained_with_the_label_term_says_so(tmp_path, monkeypatch):
             and table.rstrip().count('`dmlh_cnnf_multi`.') == 1)
 
 
+def test_the_plans_balanced_pairs_are_recorded_rebuilt_and_named(tmp_path):
+    """The published plan trains ADMTH and DMLH with balanced pairs and DATH without; a CNN-F hashing stage
+    recorded without them is not what the plan builds; a row trained with them is named under the table."""
+    from dataclasses import replace
+
+    from deephash_zoo.experiments.zoo import _train_settings
+
+    fmnist = get_plan('fmnist')
+    assert fmnist.loss_args == {'admth': {'pair_balance': 1.0}}
+    assert _train_settings(fmnist, 'admth_cnnf_multi', 'x')['loss_args'] == {'pair_balance': 1.0}
+    assert 'loss_args' not in _train_settings(fmnist, 'dath_alexnet_32', 'x')
+
+    plain = get_plan('tiny')
+    _work_with_a_cnnf_row(tmp_path / 'plain', plain)
+    result = zoo_result(plain, tmp_path / 'plain', ('dmlh_cnnf_multi',))
+    assert [m['loss_args'] for m in result['models']] == [{}]
+    assert 'balanced pairs' not in render_zoo_markdown(result, 'x.json', 'cmd')
+
+    balanced = replace(plain, loss_args={'admth': {'pair_balance': 1.0}})
+    assert zoo_result(balanced, tmp_path / 'plain', ('dmlh_cnnf_multi',))['models'] == []  # trained without them
+    _work_with_a_cnnf_row(tmp_path / 'balanced', balanced)
+    result = zoo_result(balanced, tmp_path / 'balanced', ('dmlh_cnnf_multi',))
+    assert [m['loss_args'] for m in result['models']] == [{'pair_balance': 1.0}]
+    table = render_zoo_markdown(result, 'x.json', 'cmd')
+    assert 'Trained with balanced pairs' in table and table.rstrip().count('`dmlh_cnnf_multi`.') == 1
+
+
 def test_a_hashing_stage_trained_with_another_dropout_is_trained_again(tmp_path):
     """The scratch recipe trains ADMTH's hashing stage without dropout; a stage recorded before that (no drop rate
     in its settings, so the model's 0.5) is not what the plan builds, and its row is left to the earlier build."""

@@ -58,15 +58,20 @@ class ZooPlan:
     seed: int = 0
     publishable: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
+    # per family: loss hyper-parameters of its hashing stages beyond the recipe's (``--loss-arg``); a card and the
+    # table name any that is not the paper's objective
+    loss_args: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 PLANS: Dict[str, ZooPlan] = {
     'fmnist': ZooPlan(
         name='fmnist',
         description='Fashion-MNIST at 64x64 on CPU: each trunk pretrained 10 epochs on the 60,000 training images '
-                    '(cross-entropy), then each model 2 epochs of its hashing objective (recipe scratch); '
-                    'evaluated with the 10,000 test images as queries against the 60,000 training images',
+                    '(cross-entropy), then each model 2 epochs of its hashing objective (recipe scratch; ADMTH '
+                    "and DMLH with balanced pairs, --loss-arg pair_balance=1); evaluated with the 10,000 test images "
+                    'as queries against the 60,000 training images',
         data='fashion-mnist', img_size=64, pretrain_epochs=10, hash_epochs={'dath': 2, 'admth': 2},
+        loss_args={'admth': {'pair_balance': 1.0}},
     ),
     'tiny': ZooPlan(
         name='tiny', description='tests only: 64 training images, 2 steps a stage, 20 queries x 60 database items',
@@ -135,6 +140,8 @@ def _train_settings(plan: ZooPlan, model: str, trunk_sha256: Optional[str]) -> D
     label term and dropout where it sets them (so a checkpoint trained without them is trained again)."""
     settings = dict(_pretrain_settings(plan), epochs=plan.hash_epochs[family_of(model)], init_sha256=trunk_sha256)
     recipe = get_recipe('scratch', model)
+    if plan.loss_args.get(family_of(model)):
+        settings['loss_args'] = dict(plan.loss_args[family_of(model)])
     if recipe.label_weight:
         settings['label_weight'] = recipe.label_weight
     if recipe.drop_rate is not None:
@@ -178,6 +185,7 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
         run_dir = work / model
         stages.run(f'train:{model}', run_dir / 'checkpoint', _train_stage(TrainConfig(
             model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]),
+            loss_args=dict(plan.loss_args.get(family_of(model), {})),
             epochs=plan.hash_epochs[family_of(model)], **common)),
             settings=_train_settings(plan, model, weights_sha256(trunks[arch])))
         refresh_checkpoint(run_dir / 'checkpoint', plan.img_size, say)
@@ -224,6 +232,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
             cpu_seconds={s: stages[name]['cpu_seconds'] for s, name in own.items()},
             wall_seconds={s: stages[name]['wall_seconds'] for s, name in own.items()},
             label_weight=(stages[own['train']].get('settings') or {}).get('label_weight', 0.0),
+            loss_args=(stages[own['train']].get('settings') or {}).get('loss_args') or {},
         ))
     for row in rows:  # the cost of a trunk is shared by the rows built on it
         row['pretrain_shared_by'] = sum(1 for r in rows if trunk_of(r['model']) == trunk_of(row['model']))
@@ -404,6 +413,12 @@ def render_zoo_markdown(result: Dict[str, Any], json_path: str, command: str) ->
                       f"classifier on each code length's codes, cross-entropy with weight {weight:g} beside the "
                       f"paper's pairwise and consistency terms (`deephash-train --label-weight`; training only, the "
                       f"checkpoints keep the paper's architecture): {', '.join(f'`{m}`' for m in names)}."]
+    balanced = [row['model'] for row in result['models'] if (row.get('loss_args') or {}).get('pair_balance')]
+    if balanced:
+        lines += ['', "Trained with balanced pairs, which the ADMTH paper does not have: the pairwise likelihood "
+                      "weighs a batch's similar and dissimilar pairs half the total weight each (HashNet's weighting; "
+                      "`--loss-arg pair_balance=1`; the architecture is the paper's): "
+                      f"{', '.join(f'`{m}`' for m in balanced)}."]
     trunks = _trunk_lines(result['models'])
     if trunks:
         lines += ['', *trunks]
