@@ -223,8 +223,8 @@ def adopt_recorded_cfg(model: torch.nn.Module, config: Dict[str, Any]) -> None:
 
     Why: a model rebuilt by name carries the architecture's default cfg (224x224); the checkpoint records the
     size its weights were trained at (64 for the zoo's), and ``resolve_data_config(model=model)`` must give that
-    one, or every caller that does not pass a size encodes images the weights never saw (mAP@all 0.26 instead of
-    0.90 for the zoo's ``dath_alexnet_32``, 2,000 x 10,000).
+    one, or every caller that does not pass a size encodes images the weights never saw (the zoo's
+    ``dath_alexnet_32``: mAP@all 0.26 at 224 on 2,000 x 10,000 test x training images, 0.90 at 64 on 500 x 3,000).
     """
     recorded = config.get('pretrained_cfg')
     if not isinstance(recorded, dict):
