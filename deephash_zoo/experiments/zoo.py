@@ -221,6 +221,7 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
             continue
         report = read_json(work / model / 'eval' / 'metrics.json', 'run the build first')
         own = _stage_names(model)
+        trained = stages[own['train']].get('settings') or {}  # what its hashing stage was trained with
         rows.append(dict(
             model=model, checkpoint=str(work / model / 'checkpoint'), weights_sha256=report['weights_sha256'],
             protocol=report['protocol'], img_size=report['img_size'],
@@ -231,8 +232,8 @@ def zoo_result(plan: ZooPlan, work: Path, models: Tuple[str, ...],
                      for b, r in report['results'].items()},
             cpu_seconds={s: stages[name]['cpu_seconds'] for s, name in own.items()},
             wall_seconds={s: stages[name]['wall_seconds'] for s, name in own.items()},
-            label_weight=(stages[own['train']].get('settings') or {}).get('label_weight', 0.0),
-            loss_args=(stages[own['train']].get('settings') or {}).get('loss_args') or {},
+            label_weight=trained.get('label_weight', 0.0),
+            loss_args=trained.get('loss_args') or {},
         ))
     for row in rows:  # the cost of a trunk is shared by the rows built on it
         row['pretrain_shared_by'] = sum(1 for r in rows if trunk_of(r['model']) == trunk_of(row['model']))
