@@ -37,16 +37,6 @@ def _share_the_cores_between_workers() -> None:
 
 _share_the_cores_between_workers()
 
-# Modules whose tests run first. timm's suite is the longest single test (about 3 minutes of the suite's 10):
-# started last, as collection order had it, one worker ran it alone while the other had nothing left to do.
-RUN_FIRST = ('tests/test_timm_suite.py',)
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    """Put ``RUN_FIRST``'s tests ahead (a stable sort, so every other test keeps its place): pytest-xdist's
-    ``--dist loadscope`` hands out modules in this order."""
-    items.sort(key=lambda item: item.nodeid.split('::')[0] not in RUN_FIRST)
-
 
 def _temp_root(config: pytest.Config) -> Path:
     """Where pytest puts tmp_path folders: --basetemp, else $PYTEST_DEBUG_TEMPROOT, else the system's temp dir."""
