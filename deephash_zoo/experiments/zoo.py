@@ -135,13 +135,19 @@ def _pretrain_settings(plan: ZooPlan) -> Dict[str, Any]:
                 seed=plan.seed)
 
 
+def _plan_loss_args(plan: ZooPlan, model: str) -> Dict[str, float]:
+    """The loss hyper-parameters the plan adds to ``model``'s hashing stage (a copy; empty where it adds none)."""
+    return dict(plan.loss_args.get(family_of(model), {}))
+
+
 def _train_settings(plan: ZooPlan, model: str, trunk_sha256: Optional[str]) -> Dict[str, Any]:
     """What a hashing stage's checkpoint depends on, the trunk it starts from included, and the recipe's
     label term and dropout where it sets them (so a checkpoint trained without them is trained again)."""
     settings = dict(_pretrain_settings(plan), epochs=plan.hash_epochs[family_of(model)], init_sha256=trunk_sha256)
     recipe = get_recipe('scratch', model)
-    if plan.loss_args.get(family_of(model)):
-        settings['loss_args'] = dict(plan.loss_args[family_of(model)])
+    loss_args = _plan_loss_args(plan, model)
+    if loss_args:
+        settings['loss_args'] = loss_args
     if recipe.label_weight:
         settings['label_weight'] = recipe.label_weight
     if recipe.drop_rate is not None:
@@ -185,7 +191,7 @@ def build_zoo(plan: ZooPlan, work: Path, models: Optional[Tuple[str, ...]] = Non
         run_dir = work / model
         stages.run(f'train:{model}', run_dir / 'checkpoint', _train_stage(TrainConfig(
             model=model, recipe='scratch', out=str(run_dir), init=str(trunks[arch]),
-            loss_args=dict(plan.loss_args.get(family_of(model), {})),
+            loss_args=_plan_loss_args(plan, model),
             epochs=plan.hash_epochs[family_of(model)], **common)),
             settings=_train_settings(plan, model, weights_sha256(trunks[arch])))
         refresh_checkpoint(run_dir / 'checkpoint', plan.img_size, say)
