@@ -36,11 +36,12 @@ def _parser() -> argparse.ArgumentParser:
                    help='dataset (default: fashion-mnist for ablation, mosaic for multitask)')
     p.add_argument('--budget', choices=sorted(BUDGETS), default='cpu-small',
                    help='cpu-pretrained: the zoo\'s recipe (a pretrained trunk, then 300 hashing steps a cell), '
-                        'about 3 h on 2 CPU cores at 32 and 64 bits; cpu-small: < 30 min from scratch (its runs '
-                        'learn little); paper: the papers\' settings (GPU); tiny, tiny-pretrained: tests')
+                        'about 3 h on 2 CPU cores at 32 and 64 bits; cpu-pretrained-long: the same with 936 steps a '
+                        'cell (3.1x the cost: run only the arms a claim needs); cpu-small: < 30 min from scratch (its '
+                        'runs learn little); paper: the papers\' settings (GPU); tiny, tiny-pretrained: tests')
     p.add_argument('--seeds', type=_ints, default=None, help="comma-separated seeds (default: the budget's)")
     p.add_argument('--bits', type=_ints, default=None,
-                   help="code lengths (default: the budget's: 32,64 for cpu-pretrained, else 16,32,48,64)")
+                   help="code lengths (default: the budget's: 32,64 for the cpu-pretrained ones, else 16,32,48,64)")
     p.add_argument('--arms', default=None, help='comma-separated arm labels to run, e.g. DATH,DATH-N (default: all)')
     p.add_argument('--work', type=Path, default=None,
                    help='run folders and cells.jsonl (default: runs/experiments/KEY)')
