@@ -244,7 +244,9 @@ def training_setup(result: Dict[str, Any]) -> List[str]:
                    f"{rec['wall_seconds'] / 60:.1f} min wall, {rec['cpu_seconds'] / 60:.1f} CPU min{pieces}{acc}), "
                    'shared by every cell.')
     if not pretrain and result.get('init'):
-        out.append(f"Every cell starts from `{result['init']}` (`--init`).")
+        # the budget's line above describes its own pretraining stage, which --init skipped
+        instead = ", in place of the budget's pretraining stage" if budget.get('pretrain_epochs') else ''
+        out.append(f"Every cell starts from `{result['init']}` (`--init`){instead}.")
     return out
 
 
