@@ -20,6 +20,11 @@ needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason='Fashion-MNIST not inst
                                                          'dataset-fashion-mnist)')
 
 
+def _committed_result(key: str) -> dict:
+    """An experiment's committed raw JSON, ``hub_cards/results/KEY.json``."""
+    return json.loads((REPO / 'hub_cards' / 'results' / f'{key}.json').read_text())
+
+
 def _table_rows(markdown: str, title: str) -> dict:
     """{arm label: [cell texts]} of the markdown table that follows the bold ``title`` line."""
     block = markdown.split(f'**{title}**', 1)[1].split('\n\n', 2)[1]
@@ -203,7 +208,7 @@ def test_the_long_budget_differs_from_cpu_pretrained_in_its_hashing_steps_alone(
 def test_the_readme_compares_the_long_budget_with_its_control_from_the_committed_runs():
     """The README reads the seeds' spread at 936 steps against 300 from two committed runs that differ in their
     hashing steps alone (same arms, lengths, seeds, trunk and scoring draw); every figure it quotes is theirs."""
-    long = json.loads((REPO / 'hub_cards' / 'results' / 'ablation-fashion-mnist-cpu-pretrained-long.json').read_text())
+    long = _committed_result('ablation-fashion-mnist-cpu-pretrained-long')
     control = json.loads((REPO / 'benchmarks' / 'ablation-c-vs-n-300-steps.intel-xeon.json').read_text())
     assert (long['budget']['name'], control['budget']['name']) == ('cpu-pretrained-long', 'cpu-pretrained')
     cells = {(c['model'], c['seed']): c['settings'] for c in control['cells']}
@@ -385,7 +390,7 @@ def test_the_committed_experiments_are_found():
 @pytest.mark.parametrize('key', COMMITTED)
 def test_committed_tables_are_the_render_of_the_committed_json(key):
     """README blocks and hub_cards/results/*.md are exactly what the command renders from the raw JSON."""
-    result = json.loads((REPO / 'hub_cards' / 'results' / f'{key}.json').read_text())
+    result = _committed_result(key)
     markdown = render_markdown(result, json_path=f'hub_cards/results/{key}.json')
     assert (REPO / 'hub_cards' / 'results' / f'{key}.md').read_text() == markdown
     start, end = markers(key)
@@ -488,7 +493,7 @@ def test_the_time_claim_counts_the_single_length_models_that_ran():
     """At 32 and 64 bits a multi-task table times two single-length models, not the paper's four: the claim says so
     rather than judging the paper's four-model claim on half of them; a table of all four lengths judges that claim.
     Read from the committed mosaic-pair study (Intel Xeon), whose 16 and 48-bit columns were added to its 32 and 64."""
-    full = json.loads((REPO / 'hub_cards' / 'results' / 'multitask-mosaic-pair-cpu-pretrained.json').read_text())
+    full = _committed_result('multitask-mosaic-pair-cpu-pretrained')
     two = _at_lengths(full, (32, 64))
     timed = [c for c in claims(two) if 'time' in c['per_bits']]
     assert len(timed) == 1 and 'the 2 single-length models of the lengths run' in timed[0]['claim']
@@ -499,13 +504,12 @@ def test_the_time_claim_counts_the_single_length_models_that_ran():
     assert timed[0]['per_bits']['time'] == 'cannot tell'
     # with all four lengths run, the claim is the paper's: one model against the four
     for key in ('multitask-mosaic-pair-cpu-pretrained', 'multitask-fashion-mnist-cpu-pretrained'):
-        result = json.loads((REPO / 'hub_cards' / 'results' / f'{key}.json').read_text())
+        result = _committed_result(key)
         timed = [c for c in claims(result) if 'time' in c['per_bits']]
         assert len(timed) == 1 and 'the four single-length models' in timed[0]['claim']
         ratio = multitask_time(result, summarize(result))  # about 0.5 on both (Intel Xeon)
         assert ratio['num_singles'] == 4 and ratio['ratio'][0] + ratio['ratio'][1] < 1.0
         assert timed[0]['per_bits']['time'] == 'confirmed'
-
 
 
 def test_the_readme_quotes_the_committed_spread_measurement():
