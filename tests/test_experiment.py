@@ -229,6 +229,25 @@ def test_the_readme_compares_the_long_budget_with_its_control_from_the_committed
                 assert f'{mean:.4f} ± {std:.4f}' in section, (result['budget']['name'], arm, bits)
 
 
+def test_the_readme_reads_the_long_mosaic_table_from_its_committed_run():
+    """The reading after the pair mosaics' cpu-pretrained-long table quotes that run's machine and its arms' means
+    and spreads at 4 decimals, beside the cpu-pretrained table's for the same arms and lengths."""
+    result = _committed_result('ablation-mosaic-pair-cpu-pretrained-long')
+    assert result['budget']['name'] == 'cpu-pretrained-long' and result['bits'] == [32, 64]
+    assert sorted(a['label'] for a in result['arms']) == ['DATH-C', 'DATH-N', 'DATH-S']
+    readme = (REPO / 'README.md').read_text()
+    _, end = markers('ablation-mosaic-pair-cpu-pretrained-long')
+    section = readme.split(end, 1)[1].split('How to read the `cpu-small`', 1)[0]
+    assert result['machine']['cpu'] in section
+    short = _committed_result('ablation-mosaic-pair-cpu-pretrained')  # the 300-step table it is read beside
+    for run, arms in ((result, None), (short, {'DATH-S', 'DATH-C', 'DATH-N'})):
+        for arm, summary in summarize(run).items():
+            for bits, stats in summary['bits'].items():
+                if arms is None or (arm in arms and bits in ('32', '64')):
+                    mean, std, _ = stats['map']
+                    assert f'{mean:.4f} ± {std:.4f}' in section, (run['budget']['name'], arm, bits)
+
+
 @needs_fmnist
 def test_a_budget_with_an_eval_seed_scores_every_training_seed_on_the_same_subsets(tmp_path):
     """cpu-pretrained trains and scores every cell on seed 0's split and subsets, so seeds vary the training alone;
