@@ -25,6 +25,15 @@ def _committed_result(key: str) -> dict:
     return json.loads((REPO / 'hub_cards' / 'results' / f'{key}.json').read_text())
 
 
+def _assert_quotes_means(section: str, result: dict, arms=None, bits=('16', '32', '48', '64')) -> None:
+    """``section`` quotes every arm's (or the named arms') mAP@all as mean ± std at 4 decimals, at ``bits``."""
+    for arm, summary in summarize(result).items():
+        for b, stats in summary['bits'].items():
+            if (arms is None or arm in arms) and b in bits:
+                mean, std, _ = stats['map']
+                assert f'{mean:.4f} ± {std:.4f}' in section, (result['budget']['name'], arm, b)
+
+
 def _table_rows(markdown: str, title: str) -> dict:
     """{arm label: [cell texts]} of the markdown table that follows the bold ``title`` line."""
     block = markdown.split(f'**{title}**', 1)[1].split('\n\n', 2)[1]
@@ -223,10 +232,7 @@ def test_the_readme_compares_the_long_budget_with_its_control_from_the_committed
     section = readme.split("Longer training and the seeds' spread", 1)[1].split('How to read the `cpu-small`', 1)[0]
     for result in (long, control):
         assert result['machine']['cpu'] in section
-        for arm, summary in summarize(result).items():
-            for bits, stats in summary['bits'].items():
-                mean, std, _ = stats['map']
-                assert f'{mean:.4f} ± {std:.4f}' in section, (result['budget']['name'], arm, bits)
+        _assert_quotes_means(section, result)
 
 
 def test_the_readme_reads_the_long_mosaic_table_from_its_committed_run():
@@ -239,13 +245,9 @@ def test_the_readme_reads_the_long_mosaic_table_from_its_committed_run():
     _, end = markers('ablation-mosaic-pair-cpu-pretrained-long')
     section = readme.split(end, 1)[1].split('How to read the `cpu-small`', 1)[0]
     assert result['machine']['cpu'] in section
+    _assert_quotes_means(section, result)
     short = _committed_result('ablation-mosaic-pair-cpu-pretrained')  # the 300-step table it is read beside
-    for run, arms in ((result, None), (short, {'DATH-S', 'DATH-C', 'DATH-N'})):
-        for arm, summary in summarize(run).items():
-            for bits, stats in summary['bits'].items():
-                if arms is None or (arm in arms and bits in ('32', '64')):
-                    mean, std, _ = stats['map']
-                    assert f'{mean:.4f} ± {std:.4f}' in section, (run['budget']['name'], arm, bits)
+    _assert_quotes_means(section, short, arms={'DATH-S', 'DATH-C', 'DATH-N'}, bits=('32', '64'))
 
 
 @needs_fmnist
