@@ -20,7 +20,7 @@ if [ ! -f "$work/timm-$version/tests/test_models.py" ]; then
     tar -xzf "$work/timm-$version.tar.gz" -C "$work" "timm-$version/tests"
 fi
 chunks=${TIMM_SUITE_CHUNKS:-4}
-cores=$(nproc)
+cores=$(nproc)  # honours OMP_NUM_THREADS: 1 inside a pytest-xdist worker of the test suite (its share)
 jobs=${TIMM_SUITE_JOBS:-$(( cores < 2 ? 1 : 2 ))}
 threads=$(( cores / jobs > 0 ? cores / jobs : 1 ))
 # One -k expression per group: the registered names dealt round-robin, so the multi-length models

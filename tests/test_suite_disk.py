@@ -50,3 +50,20 @@ def test_an_xdist_worker_runs_on_its_share_of_the_cores():
     assert torch.get_num_threads() == share and os.environ['OMP_NUM_THREADS'] == str(share)
     if kernels.available():
         assert kernels.numba.get_num_threads() == share
+
+
+def test_timms_suite_is_handed_out_first_by_the_readme_command():
+    """The README's command keeps the collection order (``--no-loadscope-reorder``), and that order starts with
+    the minutes-long timm suite, then the other modules whole, most tests first (tests/conftest.py)."""
+    readme_command = (ROOT / '.ci' / 'run').read_text().strip().splitlines()[-1]
+    assert '--dist loadscope --no-loadscope-reorder' in readme_command
+    assert f'\n{readme_command}\n' in (ROOT / 'README.md').read_text()
+    done = _pytest('--collect-only')
+    assert done.returncode == 0, done.stdout[-3000:]
+    modules = [line.split('::')[0] for line in done.stdout.splitlines() if line.startswith('tests/')]
+    order = list(dict.fromkeys(modules))
+    assert order[0] == 'tests/test_timm_suite.py', order[:3]
+    runs = [m for i, m in enumerate(modules) if i == 0 or modules[i - 1] != m]
+    assert runs == order, 'a module is split'
+    counts = [modules.count(m) for m in order[1:]]
+    assert counts == sorted(counts, reverse=True) and len(order) > 20, list(zip(order[1:], counts, strict=True))
