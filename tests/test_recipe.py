@@ -32,6 +32,27 @@ def test_init_keeps_the_signal_scale():
     assert all(float(b.detach().abs().max()) == 0 for n, b in model.named_parameters() if n.endswith('.bias'))
 
 
+@pytest.mark.parametrize('name', ['dath_alexnet_16', 'dath1_16', 'admth_cnnf_multi', 'dmlh_cnnf_32', 'trunk', 'alone'])
+def test_fc6_fc7_are_he_initialised_in_every_stream_and_branch(name):
+    """fc6/fc7 skip torch's default initialisation and are drawn once, by FcMlp (init_weights leaves them be):
+    every stream's and branch's copy, the pretraining model's and one built alone hold He normal weights and
+    zero biases, not what the allocator left there."""
+    torch.manual_seed(0)
+    if name == 'trunk':
+        mlps = [TrunkClassifier('cnnf', num_labels=10).mlp]
+    elif name == 'alone':
+        mlps = [FcMlp(256)]
+    else:
+        mlps = list(timm.create_model(name).head.mlps)
+    assert len(mlps) == {'dath_alexnet_16': 2, 'admth_cnnf_multi': 4}.get(name, 1)
+    for mlp in mlps:
+        for fc, fan_in in ((mlp.fc6, 256 * 6 * 6), (mlp.fc7, 4096)):
+            weight = fc.weight.detach()
+            assert float(weight.std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.02)
+            assert abs(float(weight.mean())) < 1e-4
+            assert not fc.bias.any()
+
+
 def test_centred_hash_layer_splits_every_bit():
     """A fresh hash layer on post-ReLU features gives most images the same code (the shared part of the
     pre-activation outweighs the spread); centred on a batch, every bit splits it and codes differ."""

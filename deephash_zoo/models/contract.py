@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 
+from .head import FcMlp
+
 __all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'pack_signs', 'init_weights', 'HUB_ORG',
            'filter_state_dict']
 
@@ -79,8 +81,13 @@ def init_weights(model: nn.Module) -> None:
     ReLU or a learned gate), LeCun normal (std 1/sqrt(fan_in)) for Linear layers (the tanh hash layers,
     the label classifier), zero biases. Both keep an activation's scale through the depth of the network;
     the earlier fan_out / std-0.01 choice shrank it (fc6 std 0.0037 against He's 0.0147) until the part of
-    the codes shared by all images outweighed what tells images apart."""
+    the codes shared by all images outweighed what tells images apart. fc6/fc7 (:class:`FcMlp`) keep what
+    FcMlp drew by the same rule when it was built, so their 54 M weights a stream or branch are drawn once;
+    ``FcMlp.reset_parameters`` draws them again."""
+    drawn = {id(fc) for m in model.modules() if isinstance(m, FcMlp) for fc in (m.fc6, m.fc7)}
     for m in model.modules():
+        if id(m) in drawn:
+            continue
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode='fan_in', nonlinearity='relu')
         elif isinstance(m, nn.Linear):
