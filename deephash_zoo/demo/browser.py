@@ -173,6 +173,9 @@ class HeadlessPage:
                     return
             except RuntimeError as e:
                 last_error = f' (last error: {e})'
+            except TimeoutError:  # the deadline passed while chromium was answering (a loaded machine)
+                last_error = ' (chromium was still answering)'
+                self._deadline = time.monotonic()
             if time.monotonic() + poll >= self._deadline:
                 raise TimeoutError(f'{self.url} did not show {what or expression} within {self.timeout:.0f} s'
                                    f'{last_error}; the page read: {self._visible_text()!r}')
