@@ -40,8 +40,8 @@ def _conv_without_init(*args, device=None, dtype=None, **kwargs) -> nn.Conv2d:
 class FcMlp(nn.Module):
     """AlexNet's fc6 + fc7 as convolutions, each after dropout and followed by ReLU.
 
-    fc6 and fc7 are drawn once, by :meth:`reset_parameters` (``init_weights`` leaves them be): torch's default
-    initialisation of their 54 M weights, drawn again by ``init_weights``, was 60% of the time
+    fc6 and fc7 are drawn once, by :meth:`reset_parameters` (``init_weights`` leaves them be). torch's default
+    initialisation of their 54 M weights, which ``init_weights`` then drew again, was 60% of the time
     ``timm.create_model('admth_cnnf_multi')`` took (1.2 of 2.0 s on one core, Intel Xeon).
     """
 
