@@ -3,6 +3,7 @@ Fashion-MNIST index built from it, each made once per session, and folders for o
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -71,9 +72,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """Test order for ``--dist loadscope --no-loadscope-reorder`` (the README command): the modules in
     ``FIRST_MODULES``, then the rest by their number of tests, most first (xdist's own default order); a
     module's tests keep their order."""
-    counts: dict = {}
-    for item in items:
-        counts[item.path] = counts.get(item.path, 0) + 1
+    counts = Counter(item.path for item in items)
     items.sort(key=lambda item: (item.path.name not in FIRST_MODULES, -counts[item.path]))
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d, register_notrace_module
+from torch.nn.utils import skip_init
 
 __all__ = ['FcMlp', 'HashLayer', 'HashHead', 'POOL_TYPES', 'tap_block_sums']
 
@@ -27,13 +28,6 @@ def tap_block_sums(weight: torch.Tensor, height: int, width: int) -> torch.Tenso
     width`` map meets once the map is nearest-repeated to ``k x k``: ``(out, in, height, width)``."""
     o, c, k = weight.shape[0], weight.shape[1], weight.shape[-1]
     return weight.reshape(o, c, height, k // height, width, k // width).sum(dim=(3, 5))
-
-
-def _conv_without_init(*args, device=None, dtype=None, **kwargs) -> nn.Conv2d:
-    """An ``nn.Conv2d`` whose weight and bias are allocated but not initialised (torch's ``skip_init``, on the
-    default device where none is given), for a layer its owner initialises at once."""
-    conv = nn.Conv2d(*args, device='meta', dtype=dtype, **kwargs)
-    return conv.to_empty(device=device if device is not None else torch.get_default_device())
 
 
 @register_notrace_module  # reason: FX cannot trace the small-map guard
@@ -55,13 +49,14 @@ class FcMlp(nn.Module):
             dtype=None,
     ) -> None:
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
+        # allocated, not initialised (reset_parameters draws them); skip_init's own default device is 'cpu'
+        dd = {'device': device if device is not None else torch.get_default_device(), 'dtype': dtype}
         self.kernel_size = kernel_size
         self.drop6 = nn.Dropout(drop_rate)
-        self.fc6 = _conv_without_init(in_chs, hidden, kernel_size, **dd)
+        self.fc6 = skip_init(nn.Conv2d, in_chs, hidden, kernel_size, **dd)
         self.act6 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(drop_rate)
-        self.fc7 = _conv_without_init(hidden, hidden, 1, **dd)
+        self.fc7 = skip_init(nn.Conv2d, hidden, hidden, 1, **dd)
         self.act7 = nn.ReLU(inplace=True)
         # set by fix_input_map for a graph export at one input size; not part of the state dict
         self.register_buffer('fc6_matrix', None, persistent=False)
