@@ -62,9 +62,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                     'the checkpoints it writes: free some space, or pass --basetemp on a larger disk', returncode=1)
 
 
-# Modules handed out first: timm's model suite is one test of 3-4 minutes on one core (a worker's share).
-# xdist's default order (most tests first) put it last, where it ran alone beside an idle worker for a third
-# of the suite's wall time; first, it runs beside the other worker's modules.
+# Modules handed out first: timm's model suite is one test of 3-4 minutes on one core (a worker's share), on a
+# 2-core Intel Xeon. xdist's default order (most tests first) put it last, where it ran alone beside an idle
+# worker for a third of the suite's wall time; first, it runs beside the other worker's modules.
 FIRST_MODULES = ('test_timm_suite.py',)
 
 
