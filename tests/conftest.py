@@ -14,6 +14,7 @@ import torch
 import deephash_zoo  # noqa: F401  (registers the models)
 from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.retrieval import kernels
+from deephash_zoo.training.allocator import keep_freed_memory
 from deephash_zoo.utils import usable_cores
 from tests.test_data_fashion_mnist import HAS_FMNIST
 
@@ -37,6 +38,9 @@ def _share_the_cores_between_workers() -> None:
 
 
 _share_the_cores_between_workers()
+# Before xdist starts its workers, so they and every process a test starts inherit it: the suite builds and
+# trains hundreds of models, and glibc's default maps and zeroes their fc6/fc7 blocks anew each time.
+keep_freed_memory()
 
 
 def _temp_root(config: pytest.Config) -> Path:

@@ -83,4 +83,11 @@ def test_step_benchmark_times_every_form_and_writes_its_table(tmp_path, capsys):
     assert all(len(v) == 2 and min(v) > 0 for v in result['step_seconds']['cnnf'].values())
     assert result['speedup']['cnnf'] == pytest.approx(
         result['median_step_seconds']['cnnf'][STEP_FORMS[0]] / result['median_step_seconds']['cnnf'][STEP_FORMS[-1]])
-    assert 'tap sums, fused SGD' in capsys.readouterr().out and result['machine']['cpu']
+    table = capsys.readouterr().out
+    assert 'tap sums, fused SGD' in table and result['machine']['cpu']
+    # the suite's processes keep freed memory (conftest), as the training commands do, and the table says so
+    assert result['malloc'] == 'freed blocks kept, as the training commands'
+    assert 'malloc: freed blocks kept, as the training commands' in table
+    with pytest.raises(ValueError, match="--malloc glibc: this process started with malloc settings"):
+        main(['steps', '--models', 'cnnf', '--malloc', 'glibc', '--out', str(tmp_path / 'glibc.json')])
+    assert not (tmp_path / 'glibc.json').exists()

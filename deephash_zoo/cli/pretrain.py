@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from deephash_zoo.training import TrainConfig, train
+from deephash_zoo.training import TrainConfig, keep_freed_memory, train
 from deephash_zoo.training.recipes import PRETRAIN
 
 from ._common import run_main
@@ -56,6 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli() -> None:
+    keep_freed_memory()  # this process trains: it reuses freed fc6-sized blocks (see the module)
     sys.exit(run_main(main))
 
 

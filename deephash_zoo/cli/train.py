@@ -4,7 +4,7 @@ import sys
 from typing import List, Optional
 
 from deephash_zoo.losses.similarity import OBJECTIVE_REDUCTIONS
-from deephash_zoo.training import TrainConfig, train
+from deephash_zoo.training import TrainConfig, keep_freed_memory, train
 from deephash_zoo.training.recipes import RECIPES
 
 from ._common import run_main
@@ -138,6 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli() -> None:
+    keep_freed_memory()  # this process trains: it reuses freed fc6-sized blocks (see the module)
     sys.exit(run_main(main))
 
 

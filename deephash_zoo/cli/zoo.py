@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from deephash_zoo.training.allocator import keep_freed_memory
+
 from ._common import UserError, run_main
 
 __all__ = ['main', 'cli']
@@ -111,6 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli() -> None:
+    keep_freed_memory()  # this process trains: it reuses freed fc6-sized blocks (see the module)
     sys.exit(run_main(main))
 
 

@@ -18,10 +18,13 @@
   fused SGD on fc6's tap sums (:mod:`~deephash_zoo.training.tapfold`). The scratch recipe's settings and
   losses; what the zoo build's CPU time is made of.
 
-Each prints a table and writes JSON (``--out``). Every figure of one table comes from one run.
+Each prints a table and writes JSON (``--out``). Every figure of one table comes from one run. ``--malloc``:
+``kept`` (default) times the process as the training commands run it, freed blocks kept for the next step
+(:mod:`~deephash_zoo.training.allocator`); ``glibc`` with glibc's default, each large block mapped anew.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -37,6 +40,7 @@ from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.pretrain import TRUNK_ARCHS, TrunkClassifier
 from deephash_zoo.utils import cpu_model, write_atomic
 
+from .allocator import keep_freed_memory, user_tuned_malloc
 from .recipes import PRETRAIN, get_recipe
 from .tapfold import TapFold
 from .trainer import TrainConfig, _build_optimizer, epoch_records, family_defaults, train
@@ -192,9 +196,23 @@ def _steps(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
                 speedup={n: m[STEP_FORMS[0]] / m[STEP_FORMS[-1]] for n, m in med.items()})
 
 
+def _set_malloc(choice: str) -> str:
+    """Put the process's allocator in the state ``--malloc`` asks for; returns how the table names it."""
+    if choice == 'glibc':
+        if user_tuned_malloc() or 'MALLOC_MMAP_MAX_' in os.environ:
+            raise ValueError("--malloc glibc: this process started with malloc settings in its environment "
+                             "(MALLOC_*_, GLIBC_TUNABLES or LD_PRELOAD); unset them to time glibc's default")
+        return "glibc's default"
+    if not keep_freed_memory():
+        raise ValueError('--malloc kept: not in force here (it needs Linux with glibc, and no MALLOC_*_, '
+                         'GLIBC_TUNABLES malloc or LD_PRELOAD settings of your own); time with --malloc glibc')
+    return 'freed blocks kept, as the training commands'
+
+
 def _table(result: Dict[str, Any]) -> str:
     m = result['machine']
-    head = f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, timm {m['timm']}, cuda {m['cuda']}"
+    head = (f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, timm {m['timm']}, cuda {m['cuda']}; "
+            f"malloc: {result['malloc']}")
     if result['benchmark'] == 'steps':
         forms = result['forms']
         lines = [f"seconds per SGD step, {result['img_size']}x{result['img_size']}, batch {result['batch_size']}, "
@@ -254,11 +272,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     s.add_argument('--steps', type=int, default=2, help='steps a form and round')
     s.add_argument('--repeats', type=int, default=5, help='alternating rounds')
     s.add_argument('--out', type=Path, default=Path('runs/benchmarks/train_steps.json'))
+    for sp in (t, m, s):
+        sp.add_argument('--malloc', choices=('kept', 'glibc'), default='kept',
+                        help='kept: freed blocks stay for the next step, as the training commands run; glibc: its '
+                             'default, each block above 32 MB mapped anew (default: %(default)s)')
     args = p.parse_args(argv)
+    malloc = _set_malloc(args.malloc)
     run = {'throughput': _throughput, 'multitask': _multitask, 'steps': _steps}[args.what]
     with tempfile.TemporaryDirectory(prefix='deephash-bench-') as tmp:
         result = run(args, Path(tmp))
     result['machine'] = _machine()
+    result['malloc'] = malloc
     table = _table(result)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
