@@ -1,5 +1,7 @@
 """fc6 trained as its tap sums (TapFold) takes the steps training every tap takes."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,6 +90,13 @@ def test_step_benchmark_times_every_form_and_writes_its_table(tmp_path, capsys):
     # the suite's processes keep freed memory (conftest), as the training commands do, and the table says so
     assert result['malloc'] == 'freed blocks kept, as the training commands'
     assert 'malloc: freed blocks kept, as the training commands' in table
+    cpu = result['cpu_seconds']
+    assert cpu['user'] > 0 and cpu['system'] >= 0 and f"system {cpu['system']:.1f} s" in table
     with pytest.raises(ValueError, match="--malloc glibc: this process started with malloc settings"):
         main(['steps', '--models', 'cnnf', '--malloc', 'glibc', '--out', str(tmp_path / 'glibc.json')])
     assert not (tmp_path / 'glibc.json').exists()
+    cmd = [sys.executable, '-m', 'deephash_zoo.training.benchmark', 'steps', '--malloc', 'glibc', '--out',
+           str(tmp_path / 'glibc.json')]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith('error: --malloc glibc: this process started with')
+    assert 'Traceback' not in done.stderr and not (tmp_path / 'glibc.json').exists()
