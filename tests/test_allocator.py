@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from deephash_zoo.training.allocator import ENVIRONMENT, user_tuned_malloc
+from deephash_zoo.training.allocator import ENVIRONMENT, malloc_environment, user_tuned_malloc
 
 BLOCK_PAGES = (64 << 20) // 4096  # the 64 MB tensor's 4 KB pages
 ROUNDS = 12
@@ -45,8 +45,8 @@ print(json.dumps(dict(applied=applied, faults=faults, child=child)))
 
 
 def _run(mode: str, env_extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith('MALLOC_') or k in ('GLIBC_TUNABLES', 'LD_PRELOAD'))}  # the suite keeps memory too
+    ours = malloc_environment()  # the suite keeps freed memory too
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(env_extra)
     out = subprocess.run([sys.executable, '-c', SCRIPT, mode, SCRIPT], capture_output=True, text=True, env=env,
                          timeout=120)

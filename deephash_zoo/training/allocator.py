@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Dict
 
-__all__ = ['ENVIRONMENT', 'TRIM_THRESHOLD', 'keep_freed_memory', 'user_tuned_malloc']
+__all__ = ['ENVIRONMENT', 'TRIM_THRESHOLD', 'keep_freed_memory', 'malloc_environment', 'user_tuned_malloc']
 
 M_TRIM_THRESHOLD = -1  # glibc's <malloc.h> parameter numbers
 M_MMAP_MAX = -4
@@ -27,14 +27,19 @@ TRIM_THRESHOLD = 2**31 - 1  # free memory at the heap's top beyond this goes bac
 ENVIRONMENT: Dict[str, str] = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(TRIM_THRESHOLD)}
 
 
+def malloc_environment() -> Dict[str, str]:
+    """The environment variables that set this process's malloc when it started: glibc's ``MALLOC_*_``, a
+    ``GLIBC_TUNABLES`` holding a ``glibc.malloc`` tunable, and ``LD_PRELOAD`` (jemalloc, tcmalloc)."""
+    return {k: v for k, v in os.environ.items()
+            if (k.startswith('MALLOC_') and k.endswith('_')) or (k == 'GLIBC_TUNABLES' and 'glibc.malloc' in v)
+            or (k == 'LD_PRELOAD' and v)}
+
+
 def user_tuned_malloc() -> bool:
-    """Whether the environment sets glibc's malloc otherwise than :data:`ENVIRONMENT` (``MALLOC_*_`` or a
-    ``glibc.malloc`` tunable) or preloads another allocator (jemalloc, tcmalloc): then the user's choice stands.
-    The settings of a parent process that called :func:`keep_freed_memory` are not the user's."""
-    settings = {k: v for k, v in os.environ.items() if k.startswith('MALLOC_') and k.endswith('_')}
-    return ((bool(settings) and settings != ENVIRONMENT)
-            or 'glibc.malloc' in os.environ.get('GLIBC_TUNABLES', '')
-            or bool(os.environ.get('LD_PRELOAD')))
+    """Whether :func:`malloc_environment` holds settings other than :data:`ENVIRONMENT`: then the user's choice
+    stands. The settings of a parent process that called :func:`keep_freed_memory` are not the user's."""
+    settings = malloc_environment()
+    return bool(settings) and settings != ENVIRONMENT
 
 
 def keep_freed_memory(children: bool = True) -> bool:

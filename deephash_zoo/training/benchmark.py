@@ -24,7 +24,6 @@ Each prints a table and writes JSON (``--out``). Every figure of one table comes
 """
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
@@ -41,7 +40,7 @@ from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.pretrain import TRUNK_ARCHS, TrunkClassifier
 from deephash_zoo.utils import cpu_model, write_atomic
 
-from .allocator import keep_freed_memory, user_tuned_malloc
+from .allocator import keep_freed_memory, malloc_environment
 from .recipes import PRETRAIN, get_recipe
 from .tapfold import TapFold
 from .trainer import TrainConfig, _build_optimizer, epoch_records, family_defaults, train
@@ -200,7 +199,7 @@ def _steps(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
 def _set_malloc(choice: str) -> str:
     """Put the process's allocator in the state ``--malloc`` asks for; returns how the table names it."""
     if choice == 'glibc':
-        if user_tuned_malloc() or 'MALLOC_MMAP_MAX_' in os.environ:
+        if malloc_environment():
             raise ValueError("--malloc glibc: this process started with malloc settings in its environment "
                              "(MALLOC_*_, GLIBC_TUNABLES or LD_PRELOAD); unset them to time glibc's default")
         return "glibc's default"
