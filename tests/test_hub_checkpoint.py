@@ -73,6 +73,81 @@ def test_admth_round_trip(tmp_path):
     assert torch.equal(load_checkpoint(path)(x), model(x))
 
 
+def test_loading_draws_no_random_weights_and_leaves_the_seeded_stream_alone(saved):
+    """The model is built on the meta device and takes the file's tensors: no random weights are drawn to be
+    overwritten, so a user's seeded random stream goes on as if nothing had been loaded."""
+    path, model = saved
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    loaded = load_checkpoint(path)
+    assert torch.equal(torch.rand(4), expected)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    assert all(t.requires_grad for t in loaded.parameters())  # as a model built the ordinary way
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_loaded_weights_do_not_change_when_the_file_is_rewritten_in_place(saved, tmp_path):
+    """The weights are read, not mapped: a server's model stays as loaded when its file is overwritten in place
+    (``cp`` over it), and does not fault when the file shrinks."""
+    path, _ = saved
+    folder = _copy(path, tmp_path / 'ckpt')
+    loaded = load_checkpoint(folder)
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    weights = folder / 'model.safetensors'
+    size = weights.stat().st_size
+    with open(weights, 'r+b') as f:  # the same file (inode): its tensor bytes rewritten, then cut short
+        f.seek(size // 2)
+        f.write(b'\x7f' * (size - size // 2))
+        f.flush()
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
+        f.truncate(size // 2)  # a mapped file's pages past the end would now be SIGBUS
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_half_precision_checkpoint_loads_in_the_models_dtype(tmp_path):
+    """Weights saved in fp16 load into the fp32 model, as copying them into it always did."""
+    torch.manual_seed(2)
+    model = timm.create_model('dath_n_16').eval()
+    path = save_checkpoint(model.half(), tmp_path / 'ckpt', card=False)
+    loaded = load_checkpoint(path)
+    assert {t.dtype for t in loaded.state_dict().values()} == {torch.float32}
+    assert all(torch.equal(loaded.state_dict()[k], v.float()) for k, v in model.state_dict().items())
+
+
+def test_a_backbone_with_tensors_outside_its_state_dict_is_built_with_them(tmp_path):
+    """timm's relative-position ViT keeps its position index in non-persistent buffers, which no file holds:
+    such an architecture is built the ordinary way, and its codes equal the saved model's."""
+    from deephash_zoo.hub.checkpoint import _model_without_weights
+
+    torch.manual_seed(4)
+    model = deephash_zoo.hash_model('test_vit_relpos', bits=16).eval()
+    path = save_checkpoint(model, tmp_path / 'ckpt', card=False)
+    assert not any(t.is_meta for t in _model_without_weights('hash_backbone', backbone='test_vit_relpos',
+                                                              bits=[16]).buffers())
+    x = torch.randn(2, 3, *model.pretrained_cfg['input_size'][1:])
+    assert torch.equal(load_checkpoint(path)(x), model(x))
+
+
+def test_an_architecture_that_cannot_be_built_on_meta_loads_as_before(saved, monkeypatch):
+    """Where building on the meta device fails (a constructor that reads tensor values), the model is built on
+    the CPU with its own initial values and loads the same weights."""
+    from deephash_zoo.hub import checkpoint
+
+    path, model = saved
+    real = timm.create_model
+
+    def no_meta(name, *args, **kwargs):
+        if kwargs.get('device') == 'meta':
+            raise NotImplementedError('Cannot copy out of meta tensor; no data!')
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.timm, 'create_model', no_meta)
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(load_checkpoint(path)(x), model(x))
+
+
 # ------------------------------------------------------------------------------------------- bad input
 def test_truncated_and_corrupt_weights(saved, tmp_path):
     path, _ = saved
