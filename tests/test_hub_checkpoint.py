@@ -293,6 +293,46 @@ def test_timm_routes_load_a_published_folder(saved):
     assert len(features(x)) == len(features.feature_info.channels())
 
 
+def test_pretrained_weights_are_loaded_into_a_model_built_on_meta(saved):
+    """timm.create_model(..., pretrained=True) builds the model on the meta device and gives it copies of the
+    loaded tensors: no random weights drawn to be overwritten (a seeded stream goes on as if nothing had been
+    loaded), and device=, dtype= and an input convolution timm adapts (in_chans=1) come out as they did when the
+    model was built with random weights first. A new head (num_classes=, above) is built the ordinary way."""
+    path, model = saved
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    loaded = timm.create_model(f'local-dir:{path}', pretrained=True, device='cpu')
+    assert torch.equal(torch.rand(4), expected)
+    own = loaded.state_dict()  # the file's tensors (the model's label classifier is not published)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    assert all(t.requires_grad for t in loaded.parameters())
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(loaded.eval()(x), model(x))
+    bf16 = timm.create_model(f'local-dir:{path}', pretrained=True, dtype=torch.bfloat16).state_dict()
+    assert all(torch.equal(bf16[k], v.to(torch.bfloat16)) for k, v in own.items())
+    gray = timm.create_model(f'local-dir:{path}', pretrained=True, in_chans=1).state_dict()
+    conv = model.pretrained_cfg['first_conv'] + '.weight'
+    assert torch.equal(gray[conv], own[conv].sum(dim=1, keepdim=True))  # timm's adaptation of the RGB filters
+    assert all(torch.equal(gray[k], v) for k, v in own.items() if k != conv)
+
+
+def test_a_model_on_meta_loads_copies_of_a_state_dict():
+    """Copying into meta tensors would keep nothing: a paper model on the meta device takes copies, in its own
+    dtypes, so a later change to the caller's tensors does not reach it."""
+    source = timm.create_model('dath_n_16')
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    empty = timm.create_model('dath_n_16', device='meta')
+    empty.load_state_dict(state)
+    for v in state.values():
+        v.add_(1)
+    assert all(torch.equal(empty.state_dict()[k], v) for k, v in source.state_dict().items())
+    doubled = timm.create_model('dath_n_16', device='meta')
+    doubled.load_state_dict({k: v.double() for k, v in source.state_dict().items()})
+    assert all(v.dtype == torch.float32 and torch.equal(v, source.state_dict()[k])
+               for k, v in doubled.state_dict().items())
+
+
 def test_older_checkpoints_with_the_label_classifier_still_load(saved, tmp_path):
     """Folders written before checkpoints dropped the label classifier hold aux_classifier.*: still accepted."""
     from safetensors.torch import load_file, save_file

@@ -171,11 +171,14 @@ def test_paper_input_size_gives_six_by_six_features():
         assert model.forward_head(feats, pre_logits=True).shape == (1, 4096)
 
 
-def test_features_only_taps():
-    model = timm.create_model('dath_alexnet_16', features_only=True)
-    outs = model(torch.randn(1, 3, 96, 96))
-    assert [o.shape[1] for o in outs] == model.feature_info.channels() == [128, 384, 512, 512]
-    assert model.feature_info.reduction() == [4, 8, 16, 32]
+@pytest.mark.parametrize('name, channels', [('dath_alexnet_16', [128, 384, 512, 512]),
+                                           ('admth_cnnf_16', [64, 256, 256, 256])])
+def test_features_only_taps(name, channels):
+    for _ in range(2):  # timm edits the feature config it is given: a second model must get the same taps
+        model = timm.create_model(name, features_only=True, device='meta')
+        assert model.feature_info.channels() == channels and model.feature_info.reduction() == [4, 8, 16, 32]
+    outs = timm.create_model(name, features_only=True)(torch.randn(1, 3, 96, 96))
+    assert [o.shape[1] for o in outs] == channels
 
 
 @pytest.mark.parametrize('bad, message', [

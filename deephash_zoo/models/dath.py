@@ -20,13 +20,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from .contract import HUB_ORG, filter_state_dict, init_weights
-from .hashnet import HashNet
+from .contract import HUB_ORG, init_weights
+from .hashnet import HashNet, build_hash_net
 from .head import HashHead
-from .published import tags_of, with_trained_input_size
-from .safe_loading import check_pretrained_source, register_constructor
+from .published import tags_of
+from .safe_loading import register_constructor
 from .trunks import ConvTrunk
 
 __all__ = ['DATH']
@@ -100,17 +100,7 @@ register_constructor(('dath',), DATH)
 
 
 def _create_dath(variant: str, pretrained: bool = False, **kwargs: Any) -> DATH:
-    check_pretrained_source(pretrained, kwargs)
-    from_registry = kwargs.get('pretrained_cfg') is None  # hf-hub: / local-dir: pass their config.json's
-    model = build_model_with_cfg(
-        DATH,
-        variant,
-        pretrained,
-        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
-        pretrained_filter_fn=filter_state_dict,
-        **kwargs,
-    )
-    return with_trained_input_size(model, pretrained and from_registry)
+    return build_hash_net(DATH, variant, pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
