@@ -219,7 +219,7 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
             detail += f'; the file holds {held}, {arch} expects {expected}'
         raise ValueError(f'{weights}: weights do not fit {arch} with bits {tuple(config["bits"])} ({detail})')
     # the file's tensors become the model's (no second copy); in the model's dtypes, as copying into it gave
-    state = {k: v.to(own[k].dtype) if v.dtype != own[k].dtype else v for k, v in state.items()}
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     adopt_recorded_cfg(model, config)
     return model.to(device).eval()

@@ -20,6 +20,11 @@ from .trunks import MIN_INPUT_SIZE
 __all__ = ['HashNet', 'build_hash_net']
 
 
+def holds_meta_tensors(module: nn.Module) -> bool:
+    """Whether any parameter or buffer of ``module`` is on the meta device: shapes without values."""
+    return any(t.is_meta for t in chain(module.parameters(), module.buffers()))
+
+
 class HashNet(HashingMixin, nn.Module):
     """Base of the paper models: ``forward = forward_head(forward_features(x))``."""
 
@@ -35,7 +40,7 @@ class HashNet(HashingMixin, nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """As ``nn.Module``'s, and a model built on the meta device (to receive weights: :func:`build_hash_net`)
         takes copies of the tensors in its own dtypes, where copying into meta tensors would keep nothing."""
-        if not assign and any(t.is_meta for t in chain(self.parameters(), self.buffers())):
+        if not assign and holds_meta_tensors(self):
             own = self.state_dict()
             state_dict = {k: v.to(own[k].dtype, copy=True) if k in own else v for k, v in state_dict.items()}
             assign = True
@@ -125,7 +130,7 @@ def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool =
     model = None
     if pretrained:
         model = build(True, **dict(kwargs, device='meta'))
-        if any(t.is_meta for t in chain(model.parameters(), model.buffers())):
+        if holds_meta_tensors(model):
             model = None
         elif kwargs.get('device') is not None:
             model = model.to(kwargs['device'])
