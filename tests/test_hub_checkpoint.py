@@ -317,20 +317,23 @@ def test_pretrained_weights_are_loaded_into_a_model_built_on_meta(saved):
     assert all(torch.equal(gray[k], v) for k, v in own.items() if k != conv)
 
 
-def test_a_model_on_meta_loads_copies_of_a_state_dict():
-    """Copying into meta tensors would keep nothing: a paper model on the meta device takes copies, in its own
-    dtypes, so a later change to the caller's tensors does not reach it."""
-    source = timm.create_model('dath_n_16')
-    state = {k: v.clone() for k, v in source.state_dict().items()}
-    empty = timm.create_model('dath_n_16', device='meta')
-    empty.load_state_dict(state)
-    for v in state.values():
-        v.add_(1)
-    assert all(torch.equal(empty.state_dict()[k], v) for k, v in source.state_dict().items())
-    doubled = timm.create_model('dath_n_16', device='meta')
-    doubled.load_state_dict({k: v.double() for k, v in source.state_dict().items()})
-    assert all(v.dtype == torch.float32 and torch.equal(v, source.state_dict()[k])
-               for k, v in doubled.state_dict().items())
+def test_pretrained_weights_are_copies_and_a_model_asked_for_on_meta_stays_there(saved, tmp_path):
+    """The model built on meta to receive weights takes copies of what timm loaded, which maps the file: it keeps its
+    weights when the folder's file is rewritten in place. A model the caller asks for on the meta device stays
+    there, weights or not, as timm's own models do."""
+    path, _ = saved
+    folder = _copy(path, tmp_path / 'ckpt')
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    weights = folder / 'model.safetensors'
+    size = weights.stat().st_size
+    with open(weights, 'r+b') as f:  # the same file (inode), its tensor bytes rewritten
+        f.seek(size // 2)
+        f.write(b'\x7f' * (size - size // 2))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in before.items())
+    with pytest.warns(UserWarning, match='to a meta parameter in the current model, which is a no-op'):
+        on_meta = timm.create_model(f'local-dir:{path}', pretrained=True, device='meta')
+    assert all(t.is_meta for t in [*on_meta.parameters(), *on_meta.buffers()])
 
 
 def test_older_checkpoints_with_the_label_classifier_still_load(saved, tmp_path):

@@ -3,6 +3,7 @@ head / feature API around a hash head. Subclasses build their trunk(s), ``head``
 and ``feature_info``, and implement ``_trunk_features`` (the conv feature map) and ``_forward_taps``
 (the four taps). Input checks live here, beside ``forward``: FX's autowrap of ``check_images`` only
 patches the module that defines the traced ``forward``."""
+from contextvars import ContextVar
 from itertools import chain
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -18,6 +19,10 @@ from .safe_loading import check_pretrained_source
 from .trunks import MIN_INPUT_SIZE
 
 __all__ = ['HashNet', 'build_hash_net']
+
+# True while build_hash_net loads weights into a model it built on the meta device: only then does the model take
+# the tensors (timm's own meaning of loading into a meta model, keeping nothing, stands everywhere else)
+_RECEIVING_WEIGHTS: ContextVar[bool] = ContextVar('receiving_weights', default=False)
 
 
 def holds_meta_tensors(module: nn.Module) -> bool:
@@ -38,9 +43,9 @@ class HashNet(HashingMixin, nn.Module):
         self.grad_checkpointing = False
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """As ``nn.Module``'s, and a model built on the meta device (to receive weights: :func:`build_hash_net`)
+        """As ``nn.Module``'s, and a model :func:`build_hash_net` built on the meta device to receive weights
         takes copies of the tensors in its own dtypes, where copying into meta tensors would keep nothing."""
-        if not assign and holds_meta_tensors(self):
+        if not assign and _RECEIVING_WEIGHTS.get() and holds_meta_tensors(self):
             own = self.state_dict()
             state_dict = {k: v.to(own[k].dtype, copy=True) if k in own else v for k, v in state_dict.items()}
             assign = True
@@ -112,8 +117,8 @@ class HashNet(HashingMixin, nn.Module):
 def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool = False, **kwargs: Any) -> Any:
     """timm's ``build_model_with_cfg`` for a paper model, the ``_create_*`` of its model file.
 
-    With ``pretrained``, the model is first built on the meta device, so that no random weights are drawn only for
-    the loaded ones to replace. Intel Xeon, one thread, a process running
+    With ``pretrained`` on the CPU, the model is first built on the meta device, so that no random weights are drawn
+    only for the loaded ones to replace. Intel Xeon, one thread, a process running
     ``timm.create_model(f'local-dir:{folder}', pretrained=True)``: ``dath_alexnet_32`` 0.60-0.62 -> 0.20 s,
     ``admth_cnnf_multi`` 1.12-1.19 -> 0.35-0.37 s (the peak memory stays: timm maps the file, which counts). Where
     the weights do not fill it (a new head: ``num_classes=``; an input convolution timm could not adapt), it is
@@ -128,12 +133,15 @@ def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool =
                                     pretrained_filter_fn=filter_state_dict, **kwargs)
 
     model = None
-    if pretrained:
-        model = build(True, **dict(kwargs, device='meta'))
+    # for a CPU model only: timm loads the weights into CPU memory, and a GPU draws its random weights in no time
+    if pretrained and torch.device(kwargs.get('device') or torch.get_default_device()).type == 'cpu':
+        receiving = _RECEIVING_WEIGHTS.set(True)
+        try:
+            model = build(True, **dict(kwargs, device='meta'))
+        finally:
+            _RECEIVING_WEIGHTS.reset(receiving)
         if holds_meta_tensors(model):
             model = None
-        elif kwargs.get('device') is not None:
-            model = model.to(kwargs['device'])
     if model is None:
         model = build(pretrained, **kwargs)
     return with_trained_input_size(model, pretrained and from_registry)
