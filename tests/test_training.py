@@ -192,3 +192,67 @@ def test_multitask_benchmark_times_the_attention_free_arms_from_steady_steps(tmp
     assert f"ratio multi / four singles: {result['ratio']:.3f}" in capsys.readouterr().out
     with pytest.raises(ValueError, match='--steps must be >= 2'):
         main(['multitask', '--steps', '1', '--out', str(out)])
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--grad-clip', '-1'], '--grad-clip -1.0: must be a finite number >= 0'),  # a negative scale: steps uphill
+    (['--warmup-steps', '-5'], '--warmup-steps -5: must be >= 0'),
+    (['--log-every', '0'], '--log-every 0: must be at least 1'),
+    (['--img-size', '62'], '--img-size 62: must be at least 63'),
+    (['--lr', 'nan'], '--lr nan: must be a finite number > 0'),
+    (['--drop-rate', '1'], r'--drop-rate 1.0: must be in \[0, 1\)'),
+    (['--loss-arg', 'margin=-1'], 'margin must be a finite number >= 0'),
+])
+def test_settings_outside_their_meaning_are_refused_before_the_folder_is_touched(tmp_path, flags, message):
+    from deephash_zoo.cli.train import main as train_main
+
+    out = tmp_path / 'run'
+    with pytest.raises(ValueError, match=message):
+        train_main(['--model', 'dath_n_16', '--recipe', 'scratch', '--out', str(out), '--max-steps', '1', *flags])
+    assert not out.exists()
+
+
+def test_pretraining_refuses_images_below_the_trunks_minimum(tmp_path):
+    from deephash_zoo.cli.pretrain import main as pretrain_main
+
+    with pytest.raises(ValueError, match='--img-size 40: must be at least 63'):
+        pretrain_main(['--trunk', 'cnnf', '--img-size', '40', '--out', str(tmp_path / 'run'), '--max-steps', '1'])
+    assert not (tmp_path / 'run').exists()
+
+
+@needs_fmnist
+def test_resume_refuses_other_settings_and_names_them(tmp_path):
+    from deephash_zoo.cli.train import main as train_main
+
+    out = tmp_path / 'run'
+    base = [*TINY, '--device', 'cpu', '--out', str(out)]
+    assert train_main([*base, '--max-steps', '1']) == 0
+    log = (out / 'train_log.jsonl').read_text()
+    with pytest.raises(ValueError, match=r"img_size 80 \(the run: 64\); seed 3 \(the run: 0\)"):
+        train_main([*base[:base.index('--img-size')], '--img-size', '80', *base[base.index('--img-size') + 2:],
+                    '--seed', '3', '--resume'])
+    assert (out / 'train_log.jsonl').read_text() == log  # refused before the folder was touched
+    assert train_main([*base, '--max-steps', '2', '--log-every', '5', '--resume']) == 0  # length and logging may change
+    state = json.loads((out / 'last' / 'state.json').read_text())
+    assert state['step'] == 2 and state['extra']['settings']['img_size'] == 64
+
+
+def test_a_run_that_saved_no_state_is_not_offered_resume(tmp_path):
+    from deephash_zoo.training.trainer import check_run_folder
+
+    (tmp_path / 'train_log.jsonl').write_text('')  # stopped (Ctrl-C) before its first save
+    with pytest.raises(ValueError, match='saved no training state to continue') as refused:
+        check_run_folder(tmp_path, resume=False, overwrite=False)
+    assert '--resume continues it' not in str(refused.value)
+    (tmp_path / 'last').mkdir()
+    with pytest.raises(ValueError, match='--resume continues it'):
+        check_run_folder(tmp_path, resume=False, overwrite=False)
+
+
+def test_a_state_of_another_model_names_what_does_not_fit(tmp_path):
+    small, large = torch.nn.Linear(2, 2), torch.nn.Linear(3, 3)
+    save_train_state(tmp_path / 'last', small, torch.nn.Module(), torch.optim.SGD(small.parameters(), lr=1), None,
+                     epoch=1, step=1)
+    with pytest.raises(ValueError, match=r'Linear: size mismatch for weight') as refused:
+        load_train_state(tmp_path / 'last', large, torch.nn.Module(), torch.optim.SGD(large.parameters(), lr=1), None)
+    assert '\n' not in str(refused.value)

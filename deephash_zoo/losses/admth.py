@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dath import ClassificationLoss
-from .similarity import OBJECTIVE_REDUCTIONS, Reduction, check_batch, check_codes, check_reduction, label_similarity
+from .similarity import (
+    OBJECTIVE_REDUCTIONS,
+    Reduction,
+    check_batch,
+    check_codes,
+    check_reduction,
+    label_similarity,
+    non_negative,
+)
 
 __all__ = ['PairwiseLikelihoodLoss', 'ConsistencyLoss', 'BranchLabelLoss', 'ADMTHLoss']
 
@@ -167,8 +175,8 @@ class ADMTHLoss(nn.Module):
                  pair_balance: float = 0.0) -> None:
         super().__init__()
         self.bits = _check_bits(bits)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        self.alpha = non_negative('alpha', alpha)
+        self.beta = non_negative('beta', beta)
         self.label_weight = float(label_weight)
         if not self.label_weight >= 0:
             raise ValueError(f'label_weight must be >= 0 (0: the paper\'s objective), got {label_weight}')

@@ -20,6 +20,7 @@ from .similarity import (
     check_codes,
     check_reduction,
     label_similarity,
+    non_negative,
 )
 
 __all__ = ['TripletLikelihoodLoss', 'ClassificationLoss', 'QuantizationLoss', 'DATHLoss', 'REDUCTIONS',
@@ -45,7 +46,7 @@ class TripletLikelihoodLoss(nn.Module):
 
     def __init__(self, margin: float = 5.0, reduction: Reduction = 'mean') -> None:
         super().__init__()
-        self.margin = float(margin)
+        self.margin = non_negative('margin', margin)
         self.reduction = check_reduction(reduction)
 
     def forward(self, codes: Tensor, labels: Tensor) -> Tensor:
@@ -175,8 +176,8 @@ class DATHLoss(nn.Module):
         reduction: Reduction = 'mean',
     ) -> None:
         super().__init__()
-        self.beta = float(beta)
-        self.gamma = float(gamma)
+        self.beta = non_negative('beta', beta)
+        self.gamma = non_negative('gamma', gamma)
         self.reduction = check_reduction(reduction, OBJECTIVE_REDUCTIONS)
         terms = 'mean' if reduction == 'scaled-sum' else reduction  # scaled-sum reweights the means in forward
         self.triplet = TripletLikelihoodLoss(margin=margin, reduction=terms)

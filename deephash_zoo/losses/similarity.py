@@ -5,13 +5,14 @@ This is the NUS-WIDE / MS-COCO protocol both papers follow; for single-label dat
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ['label_similarity', 'as_multi_hot', 'check_codes', 'check_batch', 'check_reduction', 'REDUCTIONS',
-           'OBJECTIVE_REDUCTIONS', 'Reduction']
+__all__ = ['label_similarity', 'as_multi_hot', 'check_codes', 'check_batch', 'check_reduction', 'non_negative',
+           'REDUCTIONS', 'OBJECTIVE_REDUCTIONS', 'Reduction']
 
 Reduction = Literal['mean', 'sum', 'scaled-sum']
 REDUCTIONS = ('mean', 'sum')  # 'sum': the papers' sums over triplets, pairs and items; 'mean': averages
@@ -25,6 +26,15 @@ def check_reduction(reduction: str, allowed: tuple = REDUCTIONS) -> str:
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {', '.join(repr(r) for r in allowed)}, got {reduction!r}")
     return reduction
+
+
+def non_negative(name: str, value: float) -> float:
+    """``value`` as a float if it is finite and >= 0, else ValueError: every weight and margin of the papers'
+    losses is; a negative weight would maximise its term, a negative margin ask for nothing."""
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f'{name} must be a finite number >= 0, got {value}')
+    return value
 
 
 def as_multi_hot(labels: Tensor, num_classes: int | None = None, name: str = 'labels') -> Tensor:

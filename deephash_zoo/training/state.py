@@ -108,7 +108,9 @@ def load_train_state(
         loss.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith('loss.')})
         optimizer.load_state_dict(_join_optimizer(tensors, meta['optimizer']))
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # torch: a header, then details
+        first = ' '.join(lines[:2]) if lines else type(e).__name__
+        first = first if len(first) <= 240 else first[:237] + '...'
         raise ValueError(f'{path}: the saved state does not fit this model and settings (was it written for '
                          f'another --model, code length or optimiser?): {first}') from None
     if scheduler is not None and meta['scheduler'] is not None:

@@ -38,6 +38,7 @@ from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.attention import open_attention_gates
 from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
+from deephash_zoo.models.trunks import MIN_INPUT_SIZE
 from deephash_zoo.utils import non_finite_tensors, restore_dir, state_sha256, write_atomic
 
 from .recipes import PRETRAIN, RECIPES, Recipe, family_of, get_recipe
@@ -128,6 +129,7 @@ def resolve_settings(cfg: TrainConfig) -> Dict[str, Any]:
             raise ValueError(f'--flip: the labels of {cfg.data} say where in the image a class sits, and a horizontal '
                              'flip swaps left and right; train it without flips (--no-flip)')
         settings['flip'] = False  # the recipe's flips would make the labels wrong
+    _check_ranges(cfg, settings)
     if not math.isfinite(settings['attn_gate_init']):
         raise ValueError(f"attn_gate_init must be a finite number, got {settings['attn_gate_init']}")
     if settings['attn_gate_init'] and (cfg.stage == 'pretrain' or family_of(cfg.model) != 'dath'):
@@ -135,6 +137,35 @@ def resolve_settings(cfg: TrainConfig) -> Dict[str, Any]:
             "the ADMTH family's SE attention has no gate"
         raise ValueError(f"--attn-gate-init is for the DATH family's hashing stage: {where}")
     return settings
+
+
+def _check_ranges(cfg: TrainConfig, settings: Dict[str, Any]) -> None:
+    """Refuse a numeric setting outside its meaning before anything runs: a negative ``--grad-clip`` reaches
+    ``clip_grad_norm_`` as a negative scale and turns every step uphill, a negative warm-up divides by it."""
+    def refuse(flag: str, value: Any, expected: str) -> None:
+        raise ValueError(f'--{flag} {value}: must be {expected}')
+
+    for key, flag in (('lr', 'lr'), ('lr_decay', 'lr-decay')):
+        value = settings[key]
+        if value is not None and not (math.isfinite(value) and value > 0):
+            refuse(flag, value, 'a finite number > 0')
+    for key, flag in (('weight_decay', 'weight-decay'), ('grad_clip', 'grad-clip')):
+        if not (math.isfinite(settings[key]) and settings[key] >= 0):
+            refuse(flag, settings[key], 'a finite number >= 0 (0: none)')
+    if not (math.isfinite(cfg.momentum) and cfg.momentum >= 0):
+        refuse('momentum', cfg.momentum, 'a finite number >= 0')
+    for key, flag in (('warmup_steps', 'warmup-steps'), ('gamma_ramp_steps', 'gamma-ramp-steps'),
+                      ('lr_step_epochs', 'lr-step-epochs')):
+        if settings[key] < 0:
+            refuse(flag, settings[key], '>= 0 (0: none)')
+    if settings['drop_rate'] is not None and not 0 <= settings['drop_rate'] < 1:
+        refuse('drop-rate', settings['drop_rate'], 'in [0, 1)')
+    if settings['img_size'] is not None and settings['img_size'] < MIN_INPUT_SIZE:
+        refuse('img-size', settings['img_size'], f'at least {MIN_INPUT_SIZE} (below it the last max pool has no room)')
+    if cfg.log_every < 1:
+        refuse('log-every', cfg.log_every, 'at least 1')
+    if cfg.num_workers < 0:
+        refuse('workers', cfg.num_workers, '>= 0')
 
 
 def _lr_factor(step: int, total_steps: int, steps_per_epoch: int, settings: Dict[str, Any]) -> float:
@@ -314,8 +345,42 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         raise ValueError('--resume continues the run in --out and --overwrite replaces it: give one of them')
     held = [name for name in _RUN_PRODUCTS if (out / name).exists()]
     if held and not resume and not overwrite:
-        raise ValueError(f'{out}: holds a run already ({", ".join(held)}); --resume continues it, --overwrite '
-                         'replaces it, or choose another --out')
+        resumable = '--resume continues it, ' if 'last' in held else \
+            'it saved no training state to continue (it stopped before its first save); '
+        raise ValueError(f'{out}: holds a run already ({", ".join(held)}); {resumable}--overwrite replaces it, or '
+                         'choose another --out')
+
+
+# what a resumed run may change: how long it goes on, and how it runs and reports, not what it trains
+_RESUMABLE_CHANGES = ('epochs', 'max_steps', 'data_root', 'num_workers', 'resume', 'overwrite', 'log_every', 'amp',
+                      'device', 'save_state', 'progress', 'out')
+
+
+def run_identity(cfg: TrainConfig, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings that decide what a run trains (recipe settings resolved, seeds, data, initialisation), as
+    JSON values: a resumed run must give the same, or it would not be the run it continues."""
+    identity = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    identity.update(settings)
+    identity['data_seed'] = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    return json.loads(json.dumps(identity))
+
+
+def _check_resume_identity(last: Path, identity: Dict[str, Any]) -> None:
+    """Refuse to continue the run saved in ``last`` with other settings, naming each difference (a state saved
+    before runs recorded their settings is taken as it is)."""
+    try:
+        saved = json.loads((last / 'state.json').read_text()).get('extra', {}).get('settings')
+    except (OSError, ValueError):
+        return  # no state, or an unreadable one: load_train_state says which
+    if not saved:
+        return
+    differ = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
+    if differ:
+        listed = '; '.join(f'{k} {identity.get(k)!r} (the run: {saved.get(k)!r})' for k in differ[:4])
+        more = f' and {len(differ) - 4} more' if len(differ) > 4 else ''
+        raise ValueError(f'{last}: --resume continues a run with its own settings, and these differ: {listed}{more}; '
+                         'give the run\'s settings (its config.json records them), or train a new run in another '
+                         '--out (--init can start it from this run\'s checkpoint)')
 
 
 def _claim_run_folder(out: Path, resume: bool, log: Callable[[str], None]) -> None:
@@ -466,6 +531,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             raise ValueError(f'--{name} {value}: must be at least 1')
     settings = resolve_settings(cfg)
     _check_loss_args(cfg)
+    identity = run_identity(cfg, settings)  # before the build records what it did (attention gates)
     pretraining = cfg.stage == 'pretrain'
     if pretraining and cfg.model not in _DATA_PROBE:
         raise ValueError(f'the pretraining stage trains a trunk: expected one of {tuple(_DATA_PROBE)}, '
@@ -484,6 +550,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise ValueError(f'--out {out}: is a file, not a run folder')
     check_run_folder(out, cfg.resume, cfg.overwrite)
+    if cfg.resume:
+        _check_resume_identity(out / 'last', identity)
     log = _RunLog(out / 'train_log.jsonl', rank)
     if cfg.flip is None and not labels_survive_flip(cfg.data):
         log.message(f'{cfg.data}: no random flips (its labels say where in the image a class sits)')
@@ -618,7 +686,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             _check_finite({}, model, step, out, weights=True)  # an update can break the weights, not the loss
             if cfg.save_state:
                 save_train_state(out / 'last', model, loss, optimizer, scheduler, epoch=done_epochs, step=step,
-                                 extra=dict(complete=epoch_complete))
+                                 extra=dict(complete=epoch_complete, settings=identity))
             with fold.spread() if fold else nullcontext():  # products hold fc6 in its registered form
                 if pretraining:
                     _save_trunk(model, product, cfg, data_cfg)
