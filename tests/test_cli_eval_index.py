@@ -284,3 +284,73 @@ def test_index_build_from_a_folder_of_images_then_query(run, tmp_path, capsys):
     _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--images', str(photos),
                                                   '--data', 'fashion-mnist', '--out', str(tmp_path / 'x')]),
                     '--images indexes a folder; --data names a benchmark')
+
+
+def _photo_index(run, tmp_path):
+    """A flat index of three random photos, built with ``build --images``; returns (photos folder, index)."""
+    from PIL import Image
+
+    photos, out = tmp_path / 'photos', tmp_path / 'photo-index'
+    photos.mkdir()
+    rng = np.random.default_rng(7)
+    for name in ('a.png', 'b.png', 'c.png'):
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(photos / name)
+    assert run_main(index_main, ['build', '--checkpoint', str(run[0]), '--images', str(photos), '--out', str(out),
+                                 '--no-progress']) == 0
+    return photos, out
+
+
+def test_grid_draws_a_folder_index_from_its_files(run, tmp_path, capsys):
+    """The README's ``query --grid`` works for ``build --images`` indexes too: the neighbours are the indexed
+    files themselves, opened by id."""
+    from PIL import Image
+
+    from deephash_zoo.retrieval.grid import GridLayout
+
+    photos, index = _photo_index(run, tmp_path)
+    png = tmp_path / 'grid.png'
+    assert run_main(index_main, ['query', '--index', str(index), '--image', str(photos / 'b.png'), '-k', '3',
+                                 '--grid', str(png)]) == 0
+    assert f'wrote {png}' in capsys.readouterr().out
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert Image.open(png).size == GridLayout(rows=1, cols=4).size  # the query and its three neighbours
+
+
+def test_a_truncated_checkpoint_is_named_not_called_a_mismatch(run, synthetic_index, tmp_path, capsys):
+    """A cut-short copy of the index's own checkpoint has another digest too; the message names the corrupt file."""
+    import shutil
+
+    from PIL import Image
+
+    bad = tmp_path / 'ckpt'
+    shutil.copytree(run[0] / 'checkpoint', bad)
+    weights = bad / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:5000])
+    Image.new('RGB', (30, 30), (10, 200, 10)).save(tmp_path / 'g.png')
+    code = run_main(index_main, ['query', '--index', str(synthetic_index), '--image', str(tmp_path / 'g.png'),
+                                 '--checkpoint', str(bad)])
+    _one_line_error(capsys, code, 'model.safetensors: corrupt or truncated safetensors file')
+
+
+def test_an_unreachable_hub_exits_2_as_the_readme_says(tmp_path, monkeypatch, capsys):
+    """No network reads as a checkpoint not found (exit 2); the README and _common's table say so, not 3."""
+    from pathlib import Path
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    import deephash_zoo.cli._common as common
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError('Network is unreachable')
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', unreachable)
+    monkeypatch.setattr(constants, 'is_offline_mode', lambda: False)
+    _one_line_error(capsys, run_main(eval_main, ['--checkpoint', 'hf-hub:deephash-zoo/nothing']),
+                    'the Hub could not be reached')
+    readme = ' '.join((Path(__file__).resolve().parents[1] / 'README.md').read_text().split())
+    statuses = readme.split('exit status 0 done', 1)[1].split('130 interrupted', 1)[0]
+    bad_request, system = statuses.split(', 3 ', 1)
+    assert 'Hub' in bad_request and 'network' not in system and 'Hub' not in system, statuses
+    assert 'no network' not in (common.__doc__ or '')

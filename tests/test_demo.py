@@ -273,3 +273,37 @@ def test_a_page_that_stops_answering_is_named_at_the_deadline(tmp_path):
     with pytest.raises(TimeoutError, match=r"did not show .*'never'.* within 6 s \(chromium was still answering\)"):
         dump_dom(page.as_uri(), until="document.body.innerText.includes('never')", timeout=6)
     assert set(Path(tempfile.gettempdir()).glob('deephash-chromium-*')) <= profiles, 'a browser profile was left'
+
+
+def test_without_a_checkpoint_the_suggestion_is_the_readme_two_stages(tmp_path, capsys):
+    """The paper recipe from random weights collapses the codes: the demo names pretraining, then --recipe scratch
+    from that trunk (the README's commands), never the bare paper recipe."""
+    from deephash_zoo.cli.demo import PRETRAIN_FIRST, TRAIN_FIRST
+    from deephash_zoo.cli.demo import main as demo_main
+
+    assert run_main(demo_main, ['--runs', str(tmp_path / 'runs')]) == 2
+    err = capsys.readouterr().err
+    assert 'deephash-pretrain --trunk alexnet' in err and '--out runs/pre-alexnet' in err, err
+    assert '--recipe scratch --init runs/pre-alexnet/trunk.safetensors' in err and '--lr 1e-5' not in err, err
+    readme = ' '.join((Path(__file__).resolve().parents[1] / 'README.md').read_text().replace('\\\n', ' ').split())
+    assert PRETRAIN_FIRST in readme and TRAIN_FIRST in readme  # the README's own commands, word for word
+
+
+def test_a_folder_index_is_refused_by_the_demo_in_its_own_words(tiny_run, tmp_path, capsys):
+    """An index of a folder (``build --images``) has no protocol for the page's examples: the demo says what it
+    serves and what to run instead, not the --grid message of deephash-index."""
+    pytest.importorskip('faiss')
+    from deephash_zoo.cli.demo import main as demo_main
+    from deephash_zoo.cli.index import main as index_main
+
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    Image.new('RGB', (40, 40), (200, 10, 10)).save(photos / 'a.png')
+    index = tmp_path / 'photo-index'
+    assert run_main(index_main, ['build', '--checkpoint', str(tiny_run[0]), '--images', str(photos), '--out',
+                                 str(index), '--no-progress']) == 0
+    capsys.readouterr()
+    assert run_main(demo_main, ['--index', str(index)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: deephash-demo serves benchmark indexes') and err.count('\n') == 1, err
+    assert f'deephash-index query --index {index} --image FILE' in err and '--grid draws' not in err, err

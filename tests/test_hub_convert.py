@@ -84,7 +84,7 @@ def test_torchvision_refusals(alexnet, tmp_path):
         convert_torchvision_alexnet(state, 'dath_n_16')
     bad = tmp_path / 'bad.pth'
     bad.write_bytes(b'this is not a torch file')
-    with pytest.raises(ValueError, match=r'bad\.pth: not a torch state dict file loadable with weights_only=True'):
+    with pytest.raises(ValueError, match=r'bad\.pth: not a readable PyTorch state dict'):
         convert_torchvision_alexnet(bad, 'dath_n_16')
     with pytest.raises(FileNotFoundError, match=r'nothing\.pth: not found; .*download\.pytorch\.org'):
         convert_torchvision_alexnet(tmp_path / 'nothing.pth', 'dath_n_16')
@@ -243,3 +243,22 @@ def test_matconvnet_parsing_variants(tmp_path):
     (tmp_path / 'junk.mat').write_bytes(b'MATLAB 5.0 MAT-file, but not really' + b'\x00' * 100)
     with pytest.raises(ValueError, match=r'junk\.mat: not a readable MATLAB \.mat file'):
         read_vggf_mat(tmp_path / 'junk.mat')
+
+
+@pytest.mark.parametrize('payload', ['pickle', 'random'])
+def test_an_unreadable_pth_is_named_without_the_unsafe_advice(tmp_path, capsys, payload):
+    """torch's own message advises ``weights_only=False`` (running the file's code): the one line says the file
+    is not a readable state dict instead, and never passes that advice on."""
+    import fractions
+
+    bad = tmp_path / 'bad.pth'
+    if payload == 'pickle':
+        torch.save({'w': fractions.Fraction(1, 3)}, bad)  # a pickle holding more than tensors
+    else:
+        bad.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    code = run_main(convert_main, ['--torchvision-alexnet', str(bad), '--model', 'dath_n_16',
+                                   '--out', str(tmp_path / 'out.safetensors')])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'bad.pth: not a readable PyTorch state dict' in err and 'weights_only' not in err, err
+    assert not (tmp_path / 'out.safetensors').exists()

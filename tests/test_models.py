@@ -303,3 +303,14 @@ def test_attention_traces_with_fx_and_runs_on_meta(kind):
         torch.testing.assert_close(traced(x), module(x))
     on_meta = create_attention(kind, 32, device='meta')
     assert on_meta(x.to('meta')).shape == x.shape
+
+
+def test_encode_refuses_a_numpy_array_and_names_a_string_length(images):
+    """A numpy array gets the contract's one-line ValueError (not an AttributeError from ``.dim()``), and a
+    length given as a string says so: ``bits=32`` in the message would read as valid."""
+    model = timm.create_model('dath_n_16')
+    with pytest.raises(ValueError, match=r'expects a torch\.Tensor .* got numpy\.ndarray; convert with '
+                                         r'torch\.from_numpy'):
+        model.encode(images.numpy())
+    with pytest.raises(ValueError, match=r"code lengths \(16,\); got bits='16' \(a str\)"):
+        model.encode(images, bits='16')

@@ -4,8 +4,9 @@ Exit statuses of every ``deephash-*`` command:
 
 * 0: done.
 * 1: the command ran but a check it reports failed (DDP replicas differ, an exported graph disagrees).
-* 2: a bad request: wrong arguments, unreadable or mismatched input, refused data (one line ``error: ...``).
-* 3: the system refused: disk full, permission denied, no network (one line ``error: ...``).
+* 2: a bad request: wrong arguments, unreadable, missing or mismatched input, refused data; a Hub that cannot be
+  reached counts here (the checkpoint is not found, the upload failed) (one line ``error: ...``).
+* 3: the system refused: disk full, permission denied (one line ``error: ...``).
 * 130: interrupted (Ctrl-C); what was being written is left whole or not at all.
 
 ``--debug`` (any command, or ``DEEPHASH_DEBUG=1``) shows the traceback instead of the one line.
@@ -33,8 +34,8 @@ def _system_message(e: OSError) -> str:
 
 
 def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
-    """Run ``main`` and turn expected failures (bad input, missing files, unknown names, a full disk, no
-    network) into one line and the exit statuses above."""
+    """Run ``main`` and turn expected failures (bad input, missing files, unknown names, an unreachable Hub, a
+    full disk) into one line and the exit statuses above."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = '--debug' in argv or os.environ.get('DEEPHASH_DEBUG', '') not in ('', '0')
     argv = [a for a in argv if a != '--debug']

@@ -19,8 +19,11 @@ from ._common import UserError, run_main
 
 __all__ = ['bind_address', 'newest_checkpoint', 'main', 'cli']
 
-TRAIN_FIRST = ('deephash-train --model dath_alexnet_32 --data fashion-mnist --img-size 64 --subset 1024 '
-               '--batch-size 32 --epochs 3 --lr 1e-5 --loss-arg gamma=0 --out runs/dath32')
+# the README's two stages: the paper's recipe from random weights collapses the codes, so a trunk comes first
+PRETRAIN_FIRST = ('deephash-pretrain --trunk alexnet --data fashion-mnist --img-size 64 --subset 10000 --epochs 4 '
+                  '--out runs/pre-alexnet')
+TRAIN_FIRST = ('deephash-train --model dath_alexnet_32 --recipe scratch --init runs/pre-alexnet/trunk.safetensors '
+               '--data fashion-mnist --img-size 64 --subset 10000 --epochs 2 --out runs/dath32')
 DEFAULT_INDEX = 'demo-index'
 
 
@@ -85,7 +88,7 @@ def default_index(args: argparse.Namespace) -> Path:
         found = newest_checkpoint(args.runs)
         if found is None:
             raise UserError(f'no --index given and no Fashion-MNIST checkpoint under {args.runs}/; train one '
-                            f'first: `{TRAIN_FIRST}` (or pass --index / --checkpoint)')
+                            f'first: `{PRETRAIN_FIRST}`, then `{TRAIN_FIRST}` (or pass --index / --checkpoint)')
         args.checkpoint = str(found)
     ckpt, _ = checkpoint_summary(args.checkpoint)
     out = run_folder(ckpt) / DEFAULT_INDEX
@@ -124,13 +127,20 @@ def load_demo_data(args: argparse.Namespace) -> Any:
     """Index, checkpoint, database images and example queries, checked before anything is served."""
     from deephash_zoo.demo.app import DemoData, Example
     from deephash_zoo.retrieval.grid import label_text, pick_queries
+    from deephash_zoo.retrieval.index import HashIndex
 
     from .index import index_sets, open_searcher
 
     if args.k < 1 or args.examples < 0:
         raise UserError(f'-k must be positive and --examples 0 or more, got -k {args.k} --examples {args.examples}')
     index_dir = args.index if args.index is not None else default_index(args)
-    searcher = open_searcher(index_dir, args.checkpoint, args.device)
+    index = HashIndex.load(index_dir)
+    folder = index.manifest.get('images_root')
+    if folder:  # the page's examples and neighbour labels come from a benchmark's protocol, which a folder lacks
+        raise UserError(f'deephash-demo serves benchmark indexes (examples and labels from the data set); '
+                        f'{index_dir} holds a folder of images ({folder}): search it with `deephash-index query '
+                        f'--index {index_dir} --image FILE --grid PNG`')
+    searcher = open_searcher(index, args.checkpoint, args.device)
     sets = index_sets(searcher.index.manifest, which=('query', 'database'))
     query = sets['query']
     picks = pick_queries(query.labels, args.examples, seed=int(searcher.index.manifest['protocol']['seed']))

@@ -7,8 +7,9 @@ manifest records what made the codes: ``model`` (architecture), ``model_bits`` (
 the checkpoint the manifest names (or ``--checkpoint``) and refuses one whose architecture, code lengths or
 weights differ from the index's: codes of another model are meaningless neighbours. ``query --grid PNG``
 also draws each image with its neighbours (:mod:`deephash_zoo.retrieval.grid`), the database images rebuilt
-from the manifest's data set and protocol; an image file carries no label, so the frames are grey (relevance
-unknown) and the captions give each neighbour's label.
+from the manifest's data set and protocol (a ``build --images`` index: opened from its folder by id); an
+image file carries no label, so the frames are grey (relevance unknown) and the captions give each
+neighbour's label (its id for a folder).
 """
 from __future__ import annotations
 
@@ -162,8 +163,21 @@ def _check_checkpoint_fits(manifest: Dict[str, Any], path: str, index_bits: int,
                         f'the checkpoint {ckpt} has code lengths {bits}')
     want, weights = manifest.get('weights_sha256'), ckpt / 'model.safetensors'
     if want is not None and weights.is_file() and weights_sha256(weights) != want:
+        _check_readable(weights)  # a truncated copy of the right file differs too: name that, not a mismatch
         raise UserError(f'weights mismatch: the checkpoint {ckpt} is not the one the index was built with '
                         f'(weights sha256 differs); rebuild the index or pass the original --checkpoint')
+
+
+def _check_readable(weights: Path) -> None:
+    """Refuse a safetensors file whose header or data is cut short or garbled (the one-line message
+    ``load_checkpoint`` gives for it)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), 'pt'):
+            pass
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f'{weights}: corrupt or truncated safetensors file ({e})') from None
 
 
 def open_searcher(index: HashIndex | Path, checkpoint: Optional[str] = None, device: str = 'auto',
@@ -190,8 +204,8 @@ def index_sets(manifest: Dict[str, Any], which: Sequence[str] = ('database',)) -
     rebuilt from its manifest: for showing images, not encoding them (no transform)."""
     data, proto = manifest.get('dataset'), manifest.get('protocol') or {}
     if manifest.get('images_root'):
-        raise UserError('--grid draws benchmark indexes; this one holds a folder of images '
-                        f"({manifest['images_root']}), whose neighbours are the ids printed")
+        raise UserError(f"this index holds a folder of images ({manifest['images_root']}), not a benchmark's "
+                        'data set; there is no protocol to rebuild')
     if not data or 'seed' not in proto:
         raise UserError('the index manifest does not record its data set and protocol; rebuild the index')
     root = manifest.get('data_root')
@@ -245,13 +259,37 @@ def _write_grid(path: Path, images: List[Image.Image], found: SearchResult, mani
     from deephash_zoo.retrieval import grid
     from deephash_zoo.utils import write_atomic
 
-    database = index_sets(manifest)['database']
-    rows = grid.ranked_rows(images, None, database, found.positions, found.distances)
+    if manifest.get('images_root'):  # a folder index: its neighbours are those files, captioned with their ids
+        rows = _folder_rows(Path(manifest['images_root']), images, found)
+        what = f"images of {manifest['images_root']}"
+    else:
+        database = index_sets(manifest)['database']
+        rows = grid.ranked_rows(images, None, database, found.positions, found.distances)
+        what = f"{manifest.get('dataset')} items"
     rows = [[grid.GridCell(row[0].image, name, query=True), *row[1:]] for row, name in zip(rows, names, strict=True)]
     title = (f"{manifest.get('model')}, {manifest['bits']}-bit codes: nearest of {manifest['num_items']:,} "
-             f"{manifest.get('dataset')} items (grey frames: the query's label is unknown)")
+             f"{what} (grey frames: the query's label is unknown)")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, grid.grid_png(rows, title))
+
+
+def _folder_rows(root: Path, images: List[Image.Image], found: SearchResult) -> List[List[Any]]:
+    """Grid rows of a ``build --images`` index: each neighbour opened from the folder by its id (its path
+    relative to the folder), unfilled slots of an approximate index left out."""
+    from deephash_zoo.retrieval import grid
+
+    if not root.is_dir():
+        raise UserError(f'--grid opens the indexed images, but their folder {root} is gone; move it back or '
+                        'query without --grid')
+
+    def cell(item: Any, distance: int) -> Any:
+        if Path(str(item)).is_absolute() or '..' in Path(str(item)).parts:  # a manifest edited to point outside
+            raise UserError(f'the index manifest names {item!r}, which is not a path inside {root}')
+        return grid.GridCell(open_rgb(root / str(item)), str(item), int(distance))
+
+    return [[grid.GridCell(image, query=True),
+             *(cell(item, d) for item, pos, d in zip(ids, positions, dists, strict=True) if pos >= 0)]
+            for image, ids, positions, dists in zip(images, found.ids, found.positions, found.distances, strict=True)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -19,6 +19,7 @@ attention modules and hash layers are not in it and keep their initialisation).
 """
 import os
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -99,16 +100,28 @@ def _check_fits(tensors: Mapping[str, torch.Tensor], model: nn.Module, model_nam
 
 
 # ---------------------------------------------------------------------------------------------- torchvision
+def _load_failure(e: Exception) -> str:
+    """Why torch could not read a file, without its advice to retry with ``weights_only=False``: that runs
+    whatever code the file's pickle holds, which this package never does."""
+    text = str(e)
+    if 'Weights only load failed' in text:  # keep only what the tensor-only unpickler stopped at
+        detail = ' '.join(text.partition('WeightsUnpickler error:')[2].split('Check the documentation')[0].split())
+        return "torch's tensor-only loader refused it" + (f": {detail.split('. ')[0]}" if detail else '')
+    return text.strip().split('\n')[0] or type(e).__name__
+
+
 def _load_torchvision(path: PathLike) -> Dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: not found; torchvision\'s AlexNet weights are '
                                 f'{SOURCE_URLS["torchvision-alexnet"]} (or pass --download)')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it fails: one line, not three
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises many types for a bad file)
-        first = str(e).strip().split('\n')[0]
-        raise ValueError(f'{path}: not a torch state dict file loadable with weights_only=True ({first})') from e
+        raise ValueError(f'{path}: not a readable PyTorch state dict ({_load_failure(e)}); expected torchvision\'s '
+                         f'AlexNet weights, {SOURCE_URLS["torchvision-alexnet"]}') from e
     if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
         state = state['state_dict']
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -174,11 +174,17 @@ class HashingMixin:
         Returns int8 {-1,+1} codes of shape (batch, bits), or with ``packed`` uint8 of shape
         (batch, ceil(bits/8)). ``bits=None`` gives all lengths concatenated (multi-length models).
         """
+        if not isinstance(x, torch.Tensor):  # a numpy array would fail deep inside with an AttributeError
+            kind = f'{type(x).__module__}.{type(x).__qualname__}'.removeprefix('builtins.')
+            hint = '; convert with torch.from_numpy(x)' if kind == 'numpy.ndarray' else ''
+            raise ValueError(f'encode expects a torch.Tensor of (batch, {self.in_chans}, height, width) float images, '
+                             f'got {kind}{hint}')
         if not self.bits:
             raise ValueError('this model has no hash layer (num_classes=0); nothing to encode')
         slices = self.code_slices()
         if bits is not None and bits not in slices:
-            raise ValueError(f'this model has code lengths {self.bits}; got bits={bits}')
+            kind = '' if isinstance(bits, int) else f' (a {type(bits).__name__})'  # bits='32' must not read as 32
+            raise ValueError(f'this model has code lengths {self.bits}; got bits={bits!r}{kind}')
         check_images(x, self.in_chans, self.min_input_size)
         if not bool(torch.isfinite(x).all()):
             raise ValueError('images contain NaN or infinite values')
