@@ -192,3 +192,49 @@ def test_eval_and_index_take_hub_names_offline(seeded, tmp_path):
     missing = command('eval', '--checkpoint', 'hf-hub:nobody/not-cached', *subset)
     assert missing.returncode == 2 and missing.stderr.count('\n') == 1, missing.stderr
     assert 'hf-hub:nobody/not-cached: checkpoint not found: offline (HF_HUB_OFFLINE=1)' in missing.stderr
+
+
+def _broken_copies(ckpt: Path, root: Path) -> dict:
+    """Copies of ``ckpt`` that must not serve codes: cut short, NaN in one tensor; and a 32-bit model's checkpoint."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copies = {name: root / name for name in ('truncated', 'nan')}
+    for folder in copies.values():
+        shutil.copytree(ckpt, folder)
+    weights = (copies['truncated'] / 'model.safetensors')
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    state = load_file(str(ckpt / 'model.safetensors'))
+    state['head.hash.fc.0.bias'][0] = float('nan')
+    save_file(state, str(copies['nan'] / 'model.safetensors'), metadata={'format': 'pt'})
+    copies['32-bit'] = save_checkpoint(timm.create_model('dath_n_32').eval(), root / '32-bit', dataset='fashion-mnist')
+    return copies
+
+
+def test_bad_weights_through_timm_and_into_the_cache_are_one_line(seeded, tmp_path):
+    from deephash_zoo.hub.checkpoint import NonFiniteWeightsError
+
+    _, ckpt, cache, _ = seeded
+    copies = _broken_copies(ckpt, tmp_path)
+    expected = {'truncated': (ValueError, 'dath_n_16: the pretrained weights file is corrupt or truncated'),
+                'nan': (NonFiniteWeightsError, r'1 weight tensor\(s\) hold NaN or infinity \(head.hash.fc.0.bias\)'),
+                '32-bit': (ValueError, r'do not fit DATH with bits \(16,\) \(shape mismatch')}
+    for name, (error, message) in expected.items():
+        for device in ('cpu', 'meta'):  # the meta build for a CPU model, and the ordinary one (any other device)
+            # dath_n_16's own entry reading the file, as pretrained=True reads the Hub's (a 32-bit model seeded
+            # under its name, say)
+            with pytest.raises(error, match=message) as refused:
+                timm.create_model('dath_n_16', pretrained=True, device=device,
+                                  pretrained_cfg_overlay=dict(file=str(copies[name] / 'model.safetensors')))
+            assert '\n' not in str(refused.value), name
+        if name != '32-bit':  # and through a folder's own config
+            with pytest.raises(error, match=message):
+                timm.create_model(f'local-dir:{copies[name]}', pretrained=True)
+    for name, message in (('truncated', 'corrupt or truncated'), ('nan', 'hold NaN or infinity')):
+        with pytest.raises(ValueError, match=message):  # seeding refuses what timm would refuse
+            seed_hf_cache(copies[name], REPO_ID, tmp_path / f'cache-{name}')
+        assert not (tmp_path / f'cache-{name}').exists()
+    with pytest.raises(ValueError, match=f'holds dath_n_32, but repository {REPO_ID} names dath_n_16'):
+        seed_hf_cache(copies['32-bit'], REPO_ID, tmp_path / 'cache-32')
+    assert seed_hf_cache(copies['32-bit'], 'someone/my-dath.v1', tmp_path / 'own').is_dir()  # one's own name: any

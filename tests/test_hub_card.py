@@ -186,3 +186,16 @@ def test_papers_and_template():
     for definition in ('r<=2', '{-1, +1}', 'HF_HUB_OFFLINE=1'):
         literal = literal.replace(definition, '')
     assert re.findall(r'(?<![\w.])[-+]?\d+(?:\.\d+)?(?!\w)', literal) == []
+
+
+def test_a_truncated_checkpoint_gets_no_card_and_one_line(ckpt, tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / 'cut'
+    shutil.copytree(ckpt[0], path)
+    weights = path / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    assert run_main(card_main, ['--checkpoint', str(path), '--out', str(tmp_path / 'c.md')]) == 2
+    err = capsys.readouterr().err
+    assert 'model.safetensors: corrupt or truncated safetensors file' in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'c.md').exists()

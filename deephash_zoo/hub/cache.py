@@ -48,6 +48,22 @@ def _check_repo_id(repo_id: str) -> None:
         raise ValueError(f'repo id {repo_id!r}: expected ORG/NAME (e.g. deephash-zoo/dath_n_16.fmnist)')
 
 
+def _check_loads_as(ckpt: Path, repo_id: str) -> None:
+    """Refuse a folder that would not load (config, a corrupt or truncated file, NaN weights, weights that do not
+    fit), or whose architecture is not the paper model the repository name gives (``ORG/dath_alexnet_16.TAG``
+    holding a 32-bit model would serve it, and file its scores, under the other name)."""
+    from deephash_zoo.models import list_hash_models
+
+    from .checkpoint import load_checkpoint
+
+    arch = read_checkpoint_config(ckpt)['architecture']
+    named = repo_id.split('/')[-1].split('.')[0]
+    if named in list_hash_models() and named != arch:
+        raise ValueError(f'{ckpt}: holds {arch}, but repository {repo_id} names {named}; seed it under '
+                         f'ORG/{arch}.TAG')
+    load_checkpoint(ckpt)
+
+
 def place_file(src: Path, dst: Path) -> None:
     """Hard link ``src`` at ``dst`` when the filesystem allows (no copy of 200+ MB), else copy it."""
     tmp = dst.with_name(f'.{dst.name}.tmp')
@@ -82,10 +98,9 @@ def seed_hf_cache(
     twice gives the same revision. Returns the snapshot folder.
     """
     ckpt = resolve_checkpoint_dir(checkpoint_dir)
-    read_checkpoint_config(ckpt)  # refuse a folder that would not load
+    _check_repo_id(repo_id)
+    _check_loads_as(ckpt, repo_id)
     files = [ckpt / name for name in SEEDED_FILES if (ckpt / name).is_file()]
-    if not (ckpt / 'model.safetensors').is_file():
-        raise FileNotFoundError(f'{ckpt / "model.safetensors"}: missing; a checkpoint needs safetensors weights')
     digests = {f.name: file_sha256(f) for f in files}
     if revision is None:
         revision = hashlib.sha1(''.join(f'{n}:{d};' for n, d in sorted(digests.items())).encode()).hexdigest()

@@ -210,15 +210,19 @@ def card_evals(report: Dict[str, Any], dataset_type: str, dataset_name: str) -> 
 
 
 def _num_params(weights: Path) -> int:
-    from safetensors import safe_open
+    """The weights' element count, from the file's header (a corrupt or cut file: one line naming it)."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(weights), framework='pt') as f:
-        total = 0
-        for name in f.keys():
-            n = 1
-            for d in f.get_slice(name).get_shape():
-                n *= int(d)
-            total += n
+    try:
+        with safe_open(str(weights), framework='pt') as f:
+            total = 0
+            for name in f.keys():
+                n = 1
+                for d in f.get_slice(name).get_shape():
+                    n *= int(d)
+                total += n
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f'{weights}: corrupt or truncated safetensors file ({e})') from e
     return total
 
 

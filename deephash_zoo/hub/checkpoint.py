@@ -30,7 +30,12 @@ from timm.models import save_for_hf
 
 from deephash_zoo.models.contract import HUB_ORG, filter_state_dict
 from deephash_zoo.models.published import PUBLISHED_TAGS, tag_for_dataset
-from deephash_zoo.models.safe_loading import check_saved_model_args
+from deephash_zoo.models.safe_loading import (
+    NonFiniteWeightsError,
+    check_finite_weights,
+    check_saved_model_args,
+    state_misfit,
+)
 from deephash_zoo.utils import non_finite_tensors, replace_dir
 
 from .folder import (
@@ -103,10 +108,6 @@ def published_identity(model: torch.nn.Module, dataset: Optional[str]) -> Dict[s
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
     ours = tag is not None and tag in PUBLISHED_TAGS.get(arch, ())
     return dict(tag=tag, hf_hub_id=f'{HUB_ORG}/{arch}.{tag}' if ours else None)
-
-
-class NonFiniteWeightsError(ValueError):
-    """Weights holding NaN or infinity: a diverged run, never saved or loaded (one-line CLI error)."""
 
 
 def checkpoint_data_config(model: torch.nn.Module, training: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -194,11 +195,7 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
         state = load_file(str(weights), device=str(device), backend=backend)
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f'{weights}: corrupt or truncated safetensors file ({e})') from e
-    bad = non_finite_tensors(state)
-    if bad:
-        raise NonFiniteWeightsError(f'{weights}: {len(bad)} weight tensor(s) hold NaN or infinity '
-                                    f'({", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""}); refusing to '
-                                    'serve codes from them (the run diverged: retrain with a lower --lr)')
+    check_finite_weights(state, str(weights))
     arch = config['architecture']
     args = check_saved_model_args(arch, config.get('model_args') or {}, f'{ckpt_dir / "config.json"}')
     args.pop('num_classes', None)
@@ -208,16 +205,9 @@ def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device]
         model.reset_classifier(sum(config['bits']), bits=config['bits'])
     state = filter_state_dict(state, model)  # older checkpoints carry the label classifier
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        detail = '; '.join(f'{what}: {keys[:4]}{" ..." if len(keys) > 4 else ""}' for what, keys in
-                           (('missing', missing), ('unexpected', unexpected), ('shape mismatch', wrong)) if keys)
-        if missing or unexpected:  # which top-level modules each side has: another architecture shows at a glance
-            held, expected = (sorted({k.split('.')[0] for k in keys}) for keys in (state, own))
-            detail += f'; the file holds {held}, {arch} expects {expected}'
-        raise ValueError(f'{weights}: weights do not fit {arch} with bits {tuple(config["bits"])} ({detail})')
+    misfit = state_misfit(state, own, expecting=arch)
+    if misfit:
+        raise ValueError(f'{weights}: weights do not fit {arch} with bits {tuple(config["bits"])} ({misfit})')
     # the file's tensors become the model's (no second copy); in the model's dtypes, as copying into it gave
     state = {k: v.to(own[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, assign=True)

@@ -10,7 +10,8 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ['check_saved_model_args', 'check_pretrained_source', 'register_constructor', 'PICKLE_SUFFIXES']
+__all__ = ['check_saved_model_args', 'check_pretrained_source', 'register_constructor', 'PICKLE_SUFFIXES',
+           'NonFiniteWeightsError', 'check_finite_weights', 'state_misfit']
 
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.pkl', '.pickle')
 # keywords that load weights or configs from elsewhere: never taken from a file
@@ -92,3 +93,36 @@ def check_pretrained_source(pretrained: bool, kwargs: Mapping[str, Any]) -> None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f'hf-hub:{repo}: model.safetensors is not available ({first}); only safetensors '
                              'weights are loaded') from None
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights holding NaN or infinity: a diverged run, never saved or loaded (one-line CLI error)."""
+
+
+def check_finite_weights(state: Mapping[str, Any], where: str) -> None:
+    """Refuse weights holding NaN or infinity, naming the first tensors: codes from them would be noise."""
+    from deephash_zoo.utils import non_finite_tensors
+
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteWeightsError(f'{where}: {len(bad)} weight tensor(s) hold NaN or infinity '
+                                    f'({", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""}); refusing to '
+                                    'serve codes from them (the run diverged: retrain with a lower --lr)')
+
+
+def state_misfit(state: Mapping[str, Any], own: Mapping[str, Any], strict: bool = True,
+                 expecting: str = 'the model') -> Optional[str]:
+    """What keeps ``state`` from loading into a model whose state dict is ``own``, in one line (None: it fits):
+    missing and unexpected keys (when ``strict``) and shape mismatches, a few of each, and which top-level modules
+    each side has, so another architecture shows at a glance."""
+    missing = sorted(set(own) - set(state)) if strict else []
+    unexpected = sorted(set(state) - set(own)) if strict else []
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or wrong):
+        return None
+    detail = '; '.join(f'{what}: {keys[:4]}{" ..." if len(keys) > 4 else ""}' for what, keys in
+                       (('missing', missing), ('unexpected', unexpected), ('shape mismatch', wrong)) if keys)
+    if missing or unexpected:
+        held, expected = (sorted({k.split('.')[0] for k in keys}) for keys in (state, own))
+        detail += f'; the file holds {held}, {expecting} expects {expected}'
+    return detail
