@@ -199,7 +199,9 @@ def test_multitask_benchmark_times_the_attention_free_arms_from_steady_steps(tmp
     (['--warmup-steps', '-5'], '--warmup-steps -5: must be >= 0'),
     (['--log-every', '0'], '--log-every 0: must be at least 1'),
     (['--img-size', '62'], '--img-size 62: must be at least 63'),
-    (['--lr', 'nan'], '--lr nan: must be a finite number > 0'),
+    (['--lr', 'nan'], '--lr nan: must be a finite number >= 0'),
+    (['--lr', '-0.1'], '--lr -0.1: must be a finite number >= 0'),
+    (['--lr', '1e39'], '--lr 1e[+]39: must be a finite number >= 0'),  # no float32 holds it: torch's overflow error
     (['--drop-rate', '1'], r'--drop-rate 1.0: must be in \[0, 1\)'),
     (['--loss-arg', 'margin=-1'], 'margin must be a finite number >= 0'),
 ])

@@ -145,14 +145,17 @@ def _check_ranges(cfg: TrainConfig, settings: Dict[str, Any]) -> None:
     def refuse(flag: str, value: Any, expected: str) -> None:
         raise ValueError(f'--{flag} {value}: must be {expected}')
 
-    for key, flag in (('lr', 'lr'), ('lr_decay', 'lr-decay')):
-        value = settings[key]
-        if value is not None and not (math.isfinite(value) and value > 0):
-            refuse(flag, value, 'a finite number > 0')
+    def finite(value: float) -> bool:  # in float32, as the fused optimiser takes it (1e39 overflowed in torch)
+        return math.isfinite(value) and abs(value) <= torch.finfo(torch.float32).max
+
+    if settings['lr_decay'] is not None and not (finite(settings['lr_decay']) and settings['lr_decay'] > 0):
+        refuse('lr-decay', settings['lr_decay'], 'a finite number > 0')
+    if not (finite(settings['lr']) and settings['lr'] >= 0):  # 0 trains nothing: a run that records its start
+        refuse('lr', settings['lr'], 'a finite number >= 0')
     for key, flag in (('weight_decay', 'weight-decay'), ('grad_clip', 'grad-clip')):
-        if not (math.isfinite(settings[key]) and settings[key] >= 0):
+        if not (finite(settings[key]) and settings[key] >= 0):
             refuse(flag, settings[key], 'a finite number >= 0 (0: none)')
-    if not (math.isfinite(cfg.momentum) and cfg.momentum >= 0):
+    if not (finite(cfg.momentum) and cfg.momentum >= 0):
         refuse('momentum', cfg.momentum, 'a finite number >= 0')
     for key, flag in (('warmup_steps', 'warmup-steps'), ('gamma_ramp_steps', 'gamma-ramp-steps'),
                       ('lr_step_epochs', 'lr-step-epochs')):
