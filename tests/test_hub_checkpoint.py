@@ -427,3 +427,28 @@ def test_any_backbone_checkpoints_round_trip(tmp_path):
     assert torch.equal(on_local.backbone.conv1.weight, backbone.conv1.weight)
     with pytest.raises(ValueError, match="unknown timm backbone 'resnet5O'"):
         deephash_zoo.hash_model('resnet5O')
+
+
+def test_save_checkpoint_replaces_a_checkpoint_and_nothing_else(saved, tmp_path):
+    path, model = saved
+    users = tmp_path / 'photos'
+    users.mkdir()
+    (users / 'notes.txt').write_text('mine')
+    plain = tmp_path / 'report.txt'
+    plain.write_text('mine too')
+    with pytest.raises(ValueError, match='holds other files and no checkpoint'):
+        save_checkpoint(model, users, card=False)
+    with pytest.raises(ValueError, match='a file is there, not a checkpoint folder'):
+        save_checkpoint(model, plain, card=False)
+    with pytest.raises(ValueError, match='a file stands where its folder'):
+        save_checkpoint(model, plain / 'checkpoint', card=False)
+    assert (users / 'notes.txt').read_text() == 'mine' and plain.read_text() == 'mine too'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['photos', 'report.txt']  # no temporaries left
+    again = _copy(path, tmp_path / 'again')  # a checkpoint is replaced, as a run does every epoch
+    assert save_checkpoint(model, again, card=False) == again
+    headless = timm.create_model('dath_n_16')
+    headless.reset_classifier(0)  # it used to save, as bits [], which load_checkpoint then refused
+    for model, what in ((headless, 'DATH has no hash layer'), (timm.create_model('test_resnet'), 'not a hashing')):
+        with pytest.raises(ValueError, match=what):
+            save_checkpoint(model, tmp_path / 'none', card=False)
+    assert not (tmp_path / 'none').exists()

@@ -588,3 +588,13 @@ def test_unknown_reduction_is_named() -> None:
     for make in (lambda: DATHLoss(reduction='avg'), lambda: ADMTHLoss(reduction='avg')):
         with pytest.raises(ValueError, match="reduction must be one of 'mean', 'sum', 'scaled-sum', got 'avg'"):
             make()
+
+
+@pytest.mark.parametrize('bits', ['16', (16.7, 32), (True,), None])
+def test_admth_loss_refuses_lengths_that_are_not_integers(bits):
+    with pytest.raises(ValueError, match='bits must be a sequence of integer code lengths'):
+        ADMTHLoss(bits=bits)  # '16' became (1, 6) and 16.7 became 16
+
+
+def test_admth_loss_takes_one_length_as_an_int():
+    assert ADMTHLoss(bits=32).bits == (32,)

@@ -314,3 +314,17 @@ def test_encode_refuses_a_numpy_array_and_names_a_string_length(images):
         model.encode(images.numpy())
     with pytest.raises(ValueError, match=r"code lengths \(16,\); got bits='16' \(a str\)"):
         model.encode(images, bits='16')
+
+
+def test_broken_weights_and_label_counts_are_named(images):
+    model = timm.create_model('dath_n_16').eval()
+    with torch.no_grad():
+        model.head.hash.fc[0].weight.fill_(float('nan'))
+    with pytest.raises(ValueError, match='the model gave NaN codes for finite images'):
+        model.encode(images)  # NaN >= 0 is False: every bit read -1, with no word
+    for count in (-3, 2.5, True):
+        with pytest.raises(ValueError, match=f'num_labels must be an integer >= 0 .*got {count!r}'):
+            timm.create_model('dath_n_16', num_labels=count)  # torch's "negative dimension" error before
+    with pytest.raises(ValueError, match='num_labels must be an integer >= 0'):
+        deephash_zoo.hash_model('test_resnet', bits=16, num_labels=-1)
+    assert timm.create_model('dath_n_16', num_labels=np.int64(3)).num_labels == 3

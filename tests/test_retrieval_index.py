@@ -200,3 +200,25 @@ def test_missing_faiss_says_how_to_install(codes, monkeypatch):
     monkeypatch.setitem(sys.modules, 'faiss', None)
     with pytest.raises(ImportError, match=r"pip install 'deephash-zoo\[retrieval\]'"):
         HashIndex.build(db, BITS)
+
+
+def test_tuning_values_faiss_cannot_take_and_repeated_ids_are_refused():
+    codes = np.packbits(np.random.default_rng(0).random((6, 16)) > 0.5, axis=1)
+    refused = {  # hnsw_m 0 aborted the process in a FAISS assertion; ef_search -1 answered -1 ids
+        'hnsw_m must be an integer >= 2, got 0': dict(kind='hnsw', hnsw_m=0),
+        'ef_search must be an integer >= 1, got -1': dict(kind='hnsw', ef_search=-1),
+        'ef_construction must be an integer >= 1, got 2.5': dict(kind='hnsw', ef_construction=2.5),
+        'nprobe must be an integer >= 1, got 0': dict(kind='ivf', nprobe=0),
+        'nlist must be an integer >= 1, got -1': dict(kind='ivf', nlist=-1),
+        "id 'a' is given twice": dict(ids=['a', 'b', 'a', 'c', 'd', 'e']),
+        'ids must be all ints or all strings, not a mix': dict(ids=[1, 'a', 2, 3, 4, 5]),
+    }
+    for message, kwargs in refused.items():
+        with pytest.raises(ValueError, match=message):
+            HashIndex.build(codes, 16, **kwargs)
+    index = HashIndex.build(codes, 16, ids=list('abcdef'))
+    with pytest.raises(ValueError, match="id 'c' is given twice"):
+        index.add(codes[:1], ids=['c'])
+    assert index.add(codes[:1], ids=['g']).ids[-1] == 'g'
+    ids, _ = HashIndex.build(codes, 16, kind='hnsw', hnsw_m=2).search(codes, k=1)
+    assert (ids >= 0).all()  # the smallest M still answers every query

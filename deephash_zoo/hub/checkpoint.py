@@ -134,11 +134,19 @@ def save_checkpoint(
     label classifier.
     """
     out_dir = Path(out_dir)
+    if not getattr(model, 'bits', None):  # load_checkpoint rebuilds the model from its code lengths
+        what = 'has no hash layer (num_classes=0)' if hasattr(model, 'bits') else 'is not a hashing model'
+        raise ValueError(f'{out_dir}: not saved: {type(model).__name__} {what}; a checkpoint holds a model that '
+                         'encodes (deephash_zoo.hash_model wraps any timm backbone)')
     bad = non_finite_tensors(model.state_dict())
     if bad:
         raise NonFiniteWeightsError(f'{out_dir}: not saved: {len(bad)} weight tensor(s) hold NaN or infinity '
                                     f'({", ".join(bad[:3])}{" ..." if len(bad) > 3 else ""})')
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f'{out_dir}: not saved: a file stands where its folder {out_dir.parent} would go') from None
     config = dict(
         bits=list(model.bits),
         num_labels=int(getattr(model, 'num_labels', 0)),
@@ -165,6 +173,18 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace anything at ``out_dir`` but a checkpoint folder (a run's checkpoint is saved over every
+    epoch): a file, or a folder of the user's own, would be deleted whole."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f'{out_dir}: not saved: a file is there, not a checkpoint folder; refusing to replace it')
+    if not (out_dir / 'config.json').is_file() and any(out_dir.iterdir()):
+        raise ValueError(f'{out_dir}: not saved: the folder holds other files and no checkpoint (no config.json); '
+                         'refusing to replace it: choose another folder')
 
 
 def _write_default_card(folder: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import pairwise
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -226,7 +227,13 @@ def _check_balance(pair_balance: float) -> float:
     return balance
 
 
-def _check_bits(bits: Sequence[int]) -> tuple[int, ...]:
+def _check_bits(bits: Sequence[int] | int) -> tuple[int, ...]:
+    """``bits`` as a tuple of ascending positive ints (one int: one length); a str or a fraction is refused, where
+    ``int()`` would read '16' as (1, 6) and 16.7 as 16."""
+    bits = (bits,) if isinstance(bits, (int, np.integer)) else bits
+    if isinstance(bits, (str, bytes)) or not isinstance(bits, Sequence) or not all(
+            isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in bits):
+        raise ValueError(f'bits must be a sequence of integer code lengths, e.g. (16, 32, 48, 64); got {bits!r}')
     bits = tuple(int(b) for b in bits)
     if not bits or any(b <= 0 for b in bits):
         raise ValueError(f'bits must be a non-empty sequence of positive code lengths, got {bits}')

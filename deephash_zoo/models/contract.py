@@ -5,6 +5,7 @@
 ``numpy.packbits`` order (first bit = most significant, +1 -> 1, -1 -> 0), which is what FAISS
 binary indexes take. A relaxed value of exactly 0 encodes as +1.
 """
+import operator
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -130,7 +131,13 @@ class HashingMixin:
         resolve_bits(None, self.default_bits)  # validates the lengths the model is built for
         self.bits = resolve_bits(num_classes, self.default_bits)
         self.num_classes = sum(self.bits)
-        self.num_labels = num_labels
+        try:  # any integer type (numpy's too), not a bool, a float or a negative count
+            count = -1 if isinstance(num_labels, bool) else operator.index(num_labels)
+        except TypeError:
+            count = -1
+        if count < 0:
+            raise ValueError(f'num_labels must be an integer >= 0 (0: no label classifier), got {num_labels!r}')
+        self.num_labels = count
         self.aux_classifier = None
 
     def _reset_label_classifier(self, **dd: Any) -> None:
@@ -200,5 +207,8 @@ class HashingMixin:
             self.train(was_training)
         if bits is not None:
             relaxed = relaxed[:, slices[bits]]
+        if not bool(torch.isfinite(relaxed).all()):  # NaN >= 0 is False: every such bit would read -1, silently
+            raise ValueError('the model gave NaN codes for finite images: its weights are broken (NaN or infinite); '
+                             'load them with deephash_zoo.hub.load_checkpoint, which refuses such weights')
         signs = torch.where(relaxed >= 0, 1, -1).to(torch.int8)
         return pack_signs(signs) if packed else signs

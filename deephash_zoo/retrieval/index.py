@@ -126,6 +126,7 @@ class HashIndex:
         new_ids = _check_ids(new_ids, len(packed))
         if self.ids and all(isinstance(i, str) for i in new_ids) != (not self._int_ids):
             raise ValueError('new ids must be of the type the index has (all ints or all strings)')
+        _check_unique(self.ids + new_ids)
         self._index.add(packed)
         self._set_ids(self.ids + new_ids)
         self.manifest.update(ids=self.ids, num_items=len(self.ids))
@@ -157,6 +158,7 @@ class HashIndex:
         """
         if kind not in KINDS:
             raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+        _check_tuning(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist, nprobe=nprobe)
         packed, bits = as_packed(packed_codes, bits)
         n = packed.shape[0]
         if n == 0:
@@ -374,7 +376,29 @@ def _check_ids(ids: Sequence[int | str], n: int) -> list:
         raise ValueError(f'got {len(ids)} ids for {n} codes; expected one id per code')
     if not all(isinstance(i, str) or (isinstance(i, int) and not isinstance(i, bool)) for i in ids):
         raise ValueError('ids must be ints or strings (they are stored in the JSON manifest)')
+    if ids and len({type(i) for i in ids}) > 1:
+        raise ValueError('ids must be all ints or all strings, not a mix')
+    _check_unique(ids)
     return ids
+
+
+def _check_unique(ids: Sequence[int | str]) -> None:
+    """Refuse a repeated id: a search answers ids, and one id for two items names neither (a searcher mapping ids
+    back to rows gave one row for all of them)."""
+    seen: set = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f'id {i!r} is given twice; every item needs its own id')
+        seen.add(i)
+
+
+def _check_tuning(**values: int | None) -> None:
+    """Refuse a FAISS tuning value below 1 before FAISS sees it: HNSW with M = 0 aborts the process in a C++
+    assertion, ef_search below 1 returns -1 ids, nprobe 0 fails at the first search."""
+    for name, value in values.items():
+        least = 2 if name == 'hnsw_m' else 1  # an HNSW node needs a neighbour
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least):
+            raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
 
 
 def _check_manifest(m: Any, mpath: Path) -> tuple[str, int, list]:
