@@ -54,8 +54,13 @@ def test_two_lines_from_a_folder_to_neighbours(photos, model):
 
 
 def test_bad_requests(photos, model, tmp_path):
-    with pytest.raises(FileNotFoundError, match='not a folder of images'):
-        deephash_zoo.encode_images(model, tmp_path / 'missing')
+    with pytest.raises(FileNotFoundError, match='missing.jpg: no such image file or folder'):
+        deephash_zoo.encode_images(model, tmp_path / 'missing.jpg')  # it said "not a folder of images"
+    for array in (np.zeros((2, 64, 64, 3), np.uint8), torch.zeros(2, 3, 64, 64)):  # PIL's AttributeError before
+        with pytest.raises(ValueError, match=f'got a {type(array).__name__} .for tensors already transformed'):
+            deephash_zoo.encode_images(model, array)
+    with pytest.raises(ValueError, match='expected image files or PIL images, got a int among them'):
+        deephash_zoo.encode_images(model, [photos / 'a.png', 3])
     with pytest.raises(ValueError, match='no image files'):
         deephash_zoo.encode_images(model, tmp_path)
     with pytest.raises(ValueError, match=r'code lengths \(16,\); got bits=32'):
@@ -168,3 +173,18 @@ def test_bf16_on_a_cpu_runs_a_copy_with_bf16_weights_made_once(photos, model):
     with torch.inference_mode(), P.autocast('bf16', 'cpu'):
         mine = copy16.encode(images, packed=True).numpy()
     np.testing.assert_array_equal(found.codes, mine)
+
+
+def test_a_searcher_takes_image_files_as_the_index_does(photos, model):
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex
+    from deephash_zoo.retrieval.search import HashSearcher
+
+    searcher = HashSearcher(model, HashIndex.from_images(model, photos), model_transform(model))
+    by_file = searcher.search([photos / 'a.png', str(photos / 'e.bmp')], k=2)  # an AttributeError ('convert')
+    by_image = searcher.search([Image.open(photos / 'a.png'), Image.open(photos / 'e.bmp')], k=2)
+    assert by_file.ids == by_image.ids and np.array_equal(by_file.codes, by_image.codes)
+    with pytest.raises(ValueError, match='broken.png'):
+        searcher.search([photos / 'broken.png'], k=1)
+    with pytest.raises(ValueError, match='expected PIL images or image files, got a ndarray'):
+        searcher.search([np.zeros((8, 8, 3), np.uint8)], k=1)

@@ -60,13 +60,21 @@ def _items(images: ImagesArg) -> Tuple[List[Any], List[str]]:
         root = Path(images)
         if root.is_file():
             return [root], [root.name]
+        if not root.exists():
+            raise FileNotFoundError(f'{root}: no such image file or folder')
         paths = list_images(root)
         if not paths:
             raise ValueError(f'{root}: no image files ({", ".join(IMAGE_SUFFIXES)})')
         return paths, [p.relative_to(root).as_posix() for p in paths]
+    if isinstance(images, (np.ndarray, torch.Tensor)):  # PIL would fail on it with "has no attribute 'read'"
+        raise ValueError(f'images: expected a folder, image files or PIL images, got a {type(images).__name__} '
+                         "(for tensors already transformed, call model.encode(x))")
     items = list(images)
     if not items:
         raise ValueError('no images to encode')
+    odd = next((x for x in items if not isinstance(x, (str, os.PathLike, Image.Image))), None)
+    if odd is not None:
+        raise ValueError(f'images: expected image files or PIL images, got a {type(odd).__name__} among them')
     ids = [str(x) if not isinstance(x, Image.Image) else str(i) for i, x in enumerate(items)]
     return items, ids
 

@@ -5,13 +5,17 @@ the command prints for the same image and checkpoint.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, List, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+
+from deephash_zoo.data.images import open_rgb
 
 from .index import HashIndex
 
@@ -56,13 +60,14 @@ class HashSearcher:
     def bits(self) -> int:
         return self.index.bits
 
-    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Packed ``(n, ceil(bits/8))`` codes of PIL images, at the index's code length."""
-        batch = torch.stack([self.transform(im.convert('RGB')) for im in images]).to(self.device)
+    def encode(self, images: Sequence[Image.Image | str | os.PathLike]) -> np.ndarray:
+        """Packed ``(n, ceil(bits/8))`` codes of PIL images or image files (as ``HashIndex.search`` takes them), at
+        the index's code length."""
+        batch = torch.stack([self.transform(_as_image(im)) for im in images]).to(self.device)
         with torch.no_grad():
             return self.model.encode(batch, bits=self.index.bits, packed=True).cpu().numpy()
 
-    def search(self, images: Sequence[Image.Image], k: int) -> SearchResult:
+    def search(self, images: Sequence[Image.Image | str | os.PathLike], k: int) -> SearchResult:
         """The k nearest index items of each image (k above the index size is clipped)."""
         if not images:
             raise ValueError('no query images')
@@ -75,6 +80,16 @@ class HashSearcher:
         rows = np.array([[self._row.get(i, -1) for i in row] for row in plain], dtype=np.int64)
         return SearchResult(ids=plain, positions=rows, distances=dist,
                             codes=codes, encode_ms=1000 * (encoded - start), search_ms=1000 * (searched - encoded))
+
+
+def _as_image(item: Any) -> Image.Image:
+    """An RGB PIL image from a PIL image or an image file (opened with the package's checks: one line naming a
+    missing, unreadable or oversized file)."""
+    if isinstance(item, (str, os.PathLike)):
+        return open_rgb(Path(item))
+    if not isinstance(item, Image.Image):
+        raise ValueError(f'query images: expected PIL images or image files, got a {type(item).__name__}')
+    return item.convert('RGB')
 
 
 def _plain(item: Any) -> Any:
