@@ -393,8 +393,9 @@ def _check_unique(ids: Sequence[int | str]) -> None:
 
 
 def _check_tuning(**values: int | None) -> None:
-    """Refuse a FAISS tuning value below 1 before FAISS sees it: HNSW with M = 0 aborts the process in a C++
-    assertion, ef_search below 1 returns -1 ids, nprobe 0 fails at the first search."""
+    """Refuse a FAISS tuning value below its minimum (HNSW's M: 2, the others: 1) before FAISS sees it: HNSW with
+    M = 0 aborts the process in a C++ assertion, ef_search below 1 returns -1 ids, nprobe 0 fails at the first
+    search."""
     for name, value in values.items():
         least = 2 if name == 'hnsw_m' else 1  # an HNSW node needs a neighbour
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least):

@@ -148,6 +148,10 @@ def _check_ranges(cfg: TrainConfig, settings: Dict[str, Any]) -> None:
     def finite(value: float) -> bool:  # in float32, as the fused optimiser takes it (1e39 overflowed in torch)
         return math.isfinite(value) and abs(value) <= torch.finfo(torch.float32).max
 
+    for flag, value in (('epochs', cfg.epochs), ('subset', cfg.subset), ('max-steps', cfg.max_steps),
+                        ('batch-size', cfg.batch_size), ('log-every', cfg.log_every)):
+        if value is not None and value < 1:
+            refuse(flag, value, 'at least 1')
     if settings['lr_decay'] is not None and not (finite(settings['lr_decay']) and settings['lr_decay'] > 0):
         refuse('lr-decay', settings['lr_decay'], 'a finite number > 0')
     if not (finite(settings['lr']) and settings['lr'] >= 0):  # 0 trains nothing: a run that records its start
@@ -165,8 +169,6 @@ def _check_ranges(cfg: TrainConfig, settings: Dict[str, Any]) -> None:
         refuse('drop-rate', settings['drop_rate'], 'in [0, 1)')
     if settings['img_size'] is not None and settings['img_size'] < MIN_INPUT_SIZE:
         refuse('img-size', settings['img_size'], f'at least {MIN_INPUT_SIZE} (below it the last max pool has no room)')
-    if cfg.log_every < 1:
-        refuse('log-every', cfg.log_every, 'at least 1')
     if cfg.num_workers < 0:
         refuse('workers', cfg.num_workers, '>= 0')
 
@@ -528,10 +530,6 @@ def _center_hash_layer(model: nn.Module, dataset: Any, batch_size: int, log: Cal
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns a summary (also the last line of the log)."""
-    for name, value in (('epochs', cfg.epochs), ('subset', cfg.subset), ('max-steps', cfg.max_steps),
-                        ('batch-size', cfg.batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f'--{name} {value}: must be at least 1')
     settings = resolve_settings(cfg)
     _check_loss_args(cfg)
     identity = run_identity(cfg, settings)  # before the build records what it did (attention gates)
