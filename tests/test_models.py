@@ -247,6 +247,23 @@ def test_hash_head_on_other_backbone_families(backbone, kwargs):
     assert model(x).shape == (2, model.head_hidden_size)
 
 
+def test_hash_model_reset_classifier_takes_global_pool(tmp_path):
+    from deephash_zoo.hub.checkpoint import load_checkpoint, save_checkpoint
+
+    model = deephash_zoo.hash_model('resnet18', bits=32).eval()
+    x = torch.randn(2, 3, 64, 64)
+    model.reset_classifier(32, 'catavgmax')  # avg and max side by side: the hash layer reads twice the width
+    assert model.hash.fc[0].in_features == 2 * model.num_features and model(x).shape == (2, 32)
+    save_checkpoint(model, tmp_path / 'ckpt')  # the checkpoint rebuilds the backbone with that pool
+    assert torch.equal(load_checkpoint(tmp_path / 'ckpt')(x), model(x))
+    model.reset_classifier(0, '')  # timm's unpooled features, as on the backbone alone (it ignored the pool)
+    assert model(x).shape == (2, model.num_features, 2, 2)
+    with pytest.raises(ValueError, match='needs a pooled vector'):
+        model.reset_classifier(32, '')
+    with pytest.raises(ValueError, match="global_pool 'bogus' is not one this backbone takes"):
+        model.reset_classifier(32, 'bogus')
+
+
 def _overflowing_map() -> torch.Tensor:
     """Activations up to 40 on a 13x13 map: a channel energy reaches ~9.5e4, past fp16's 65,504."""
     generator = torch.Generator().manual_seed(0)

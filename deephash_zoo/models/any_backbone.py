@@ -58,7 +58,25 @@ class BackboneHash(HashingMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
                          bits: Optional[Sequence[int]] = None) -> None:
-        self.bits = resolve_bits(num_classes, self.default_bits, bits)
+        """New hash layer(s), as ``HashNet.reset_classifier``; ``global_pool`` goes to the backbone.
+
+        ``reset_classifier(0, '')`` gives the backbone's unpooled features, as on any timm model; a
+        hash layer needs a pooled vector, so ``''`` with bits is refused.
+        """
+        new_bits = resolve_bits(num_classes, self.default_bits, bits)
+        if global_pool is not None:
+            if global_pool == '' and new_bits:
+                raise ValueError("global_pool='' leaves a feature map, and a hash layer needs a pooled vector: "
+                                 "reset_classifier(0, '') gives the unpooled features without one")
+            try:
+                self.backbone.reset_classifier(0, global_pool)
+            except (AssertionError, ValueError, NotImplementedError) as err:
+                raise ValueError(f'global_pool {global_pool!r} is not one this backbone takes: {err}') from None
+            self.head_hidden_size = getattr(self.backbone, 'head_hidden_size', self.backbone.num_features)
+            recorded = getattr(self, '_model_args', None)
+            if isinstance(recorded, dict):  # a saved checkpoint rebuilds the backbone with this pool
+                self._model_args = dict(recorded, global_pool=global_pool)
+        self.bits = new_bits
         self.num_classes = sum(self.bits)
         self._reset_hash(**get_device_dtype(self))
 
