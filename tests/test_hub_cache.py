@@ -238,3 +238,33 @@ def test_bad_weights_through_timm_and_into_the_cache_are_one_line(seeded, tmp_pa
     with pytest.raises(ValueError, match=f'holds dath_n_32, but repository {REPO_ID} names dath_n_16'):
         seed_hf_cache(copies['32-bit'], REPO_ID, tmp_path / 'cache-32')
     assert seed_hf_cache(copies['32-bit'], 'someone/my-dath.v1', tmp_path / 'own').is_dir()  # one's own name: any
+
+
+def test_bad_hash_model_weights_through_timm_are_one_line(tmp_path):
+    """A hash_model checkpoint loads through timm's generic entry (hash_backbone): the same checks, where NaN weights
+    loaded silently and a misfit was torch's multi-line listing."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from deephash_zoo.hub.checkpoint import NonFiniteWeightsError
+
+    good = save_checkpoint(deephash_zoo.hash_model('resnet18', bits=32).eval(), tmp_path / 'good')
+    state = load_file(str(good / 'model.safetensors'))
+    broken = {'nan': dict(state, **{'hash.fc.0.bias': torch.full((32,), float('nan'))}),
+              'shape': dict(state, **{'hash.fc.0.weight': torch.zeros(16, 512)})}
+    expected = {'nan': (NonFiniteWeightsError, r'1 weight tensor\(s\) hold NaN or infinity \(hash.fc.0.bias\)'),
+                'shape': (ValueError, r'do not fit BackboneHash with bits \(32,\) \(shape mismatch'),
+                'truncated': (ValueError, 'hash_backbone: the pretrained weights file is corrupt or truncated')}
+    for name, (error, message) in expected.items():
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        weights = folder / 'model.safetensors'
+        if name == 'truncated':
+            weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+        else:
+            save_file(broken[name], str(weights), metadata={'format': 'pt'})
+        with pytest.raises(error, match=message) as refused:
+            timm.create_model(f'local-dir:{folder}', pretrained=True)
+        assert '\n' not in str(refused.value), name
+    assert timm.create_model(f'local-dir:{good}', pretrained=True).bits == (32,)

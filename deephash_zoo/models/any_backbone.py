@@ -21,7 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .contract import HashingMixin, check_images, filter_state_dict, resolve_bits
 from .head import HashLayer
-from .safe_loading import check_pretrained_source
+from .safe_loading import check_pretrained_source, checking_pretrained
 
 __all__ = ['BackboneHash', 'hash_model', 'hash_backbone', 'GENERIC_ARCH']
 
@@ -151,8 +151,9 @@ def hash_backbone(pretrained: bool = False, backbone: str = 'resnet18', bits: Un
     """Tanh hash layer(s) on any timm backbone: what ``hash_model`` checkpoints are saved and loaded as."""
     check_pretrained_source(pretrained, kwargs)
     _check_backbone(backbone)
-    model = build_model_with_cfg(_build, GENERIC_ARCH, pretrained, backbone=backbone, bits=bits,
-                                 pretrained_filter_fn=filter_state_dict, **kwargs)
+    with checking_pretrained(pretrained, GENERIC_ARCH):
+        model = build_model_with_cfg(_build, GENERIC_ARCH, pretrained, backbone=backbone, bits=bits,
+                                     pretrained_filter_fn=filter_state_dict, **kwargs)
     if not pretrained:  # a fresh model takes its backbone's preprocessing; loaded weights keep the saved one
         model.pretrained_cfg = dict(model.backbone.pretrained_cfg, **{
             k: model.pretrained_cfg[k] for k in ('architecture', 'license') if k in model.pretrained_cfg},

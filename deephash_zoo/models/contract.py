@@ -6,13 +6,14 @@
 binary indexes take. A relaxed value of exactly 0 encodes as +1.
 """
 import operator
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 
 from .head import FcMlp
+from .safe_loading import check_pretrained_state
 
 __all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'pack_signs', 'init_weights', 'HUB_ORG',
            'filter_state_dict']
@@ -124,6 +125,11 @@ class HashingMixin:
     Subclasses set ``bits`` (tuple of current code lengths), ``in_chans`` and ``min_input_size``
     (no class-level annotations: TorchScript would read them and cannot type ``Tuple[int, ...]``).
     """
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s; pretrained weights an entrypoint loads are checked first (``checking_pretrained``)."""
+        check_pretrained_state(self, state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _init_codes(self, bits: Union[int, Sequence[int]], num_classes: Optional[int], num_labels: int) -> None:
         """Code lengths the model is built for (``default_bits``), current ones, label classifier slot."""

@@ -9,14 +9,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
 from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
 from .contract import HashingMixin, check_images, filter_state_dict, resolve_bits
 from .published import with_trained_input_size
-from .safe_loading import check_finite_weights, check_pretrained_source, state_misfit
+from .safe_loading import check_pretrained_source, checking_pretrained
 from .trunks import MIN_INPUT_SIZE
 
 __all__ = ['HashNet', 'build_hash_net']
@@ -24,9 +23,6 @@ __all__ = ['HashNet', 'build_hash_net']
 # True while build_hash_net loads weights into a model it built on the meta device: only then does the model take
 # the tensors (timm's own meaning of loading into a meta model, keeping nothing, stands everywhere else)
 _RECEIVING_WEIGHTS: ContextVar[bool] = ContextVar('receiving_weights', default=False)
-# True while build_hash_net loads pretrained weights (any device): they are checked as load_checkpoint checks a
-# file's, so a bad cached or local-dir file gives one line naming it, not torch's key listing or NaN codes
-_CHECKING_PRETRAINED: ContextVar[bool] = ContextVar('checking_pretrained', default=False)
 
 
 def holds_meta_tensors(module: nn.Module) -> bool:
@@ -49,24 +45,11 @@ class HashNet(HashingMixin, nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """As ``nn.Module``'s, and a model :func:`build_hash_net` built on the meta device to receive weights
         takes copies of the tensors in its own dtypes, where copying into meta tensors would keep nothing."""
-        if _CHECKING_PRETRAINED.get():
-            self._check_pretrained(state_dict, strict)
         if not assign and _RECEIVING_WEIGHTS.get() and holds_meta_tensors(self):
             own = self.state_dict()
             state_dict = {k: v.to(own[k].dtype, copy=True) if k in own else v for k, v in state_dict.items()}
             assign = True
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    @torch.jit.ignore
-    def _check_pretrained(self, state_dict: Mapping[str, Any], strict: bool) -> None:
-        """Refuse pretrained weights holding NaN / infinity or not fitting this model, naming their source."""
-        cfg = getattr(self, 'pretrained_cfg', None) or {}
-        source = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or cfg.get('architecture', 'weights')
-        check_finite_weights(state_dict, f'pretrained weights {source}')
-        misfit = state_misfit(state_dict, self.state_dict(), strict, expecting=cfg.get('architecture', 'the model'))
-        if misfit:
-            raise ValueError(f'pretrained weights {source}: do not fit {type(self).__name__} with bits '
-                             f'{tuple(self.bits)} ({misfit})')
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -149,13 +132,8 @@ def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool =
                                     feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),  # timm edits it
                                     pretrained_filter_fn=filter_state_dict, **kwargs)
 
-    checking = _CHECKING_PRETRAINED.set(pretrained)
-    try:
+    with checking_pretrained(pretrained, variant):
         return with_trained_input_size(_build_pretrained(build, pretrained, kwargs), pretrained and from_registry)
-    except SafetensorError as e:  # timm reads the file: a cut download or a truncated local-dir: file
-        raise ValueError(f'{variant}: the pretrained weights file is corrupt or truncated ({e})') from e
-    finally:
-        _CHECKING_PRETRAINED.reset(checking)
 
 
 def _build_pretrained(build: Callable[..., Any], pretrained: bool, kwargs: Dict[str, Any]) -> Any:

@@ -7,11 +7,14 @@ timm's ``local-dir:`` / ``hf-hub:`` routes fall back to ``pytorch_model.bin`` (a
 ``model.safetensors``; our entrypoints refuse such a folder before timm looks for one.
 """
 import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 __all__ = ['check_saved_model_args', 'check_pretrained_source', 'register_constructor', 'PICKLE_SUFFIXES',
-           'NonFiniteWeightsError', 'check_finite_weights', 'state_misfit']
+           'NonFiniteWeightsError', 'check_finite_weights', 'state_misfit', 'checking_pretrained',
+           'check_pretrained_state']
 
 PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.pkl', '.pickle')
 # keywords that load weights or configs from elsewhere: never taken from a file
@@ -24,6 +27,10 @@ _GENERIC_ARCH = 'hash_backbone'
 _GENERIC_ARGS = frozenset({'backbone', 'bits', 'num_classes', 'num_labels', 'in_chans', 'drop_rate',
                            'drop_path_rate', 'global_pool', 'img_size'})
 
+
+# True while one of our entrypoints loads pretrained weights (any device): they are checked as load_checkpoint checks
+# a file's, so a bad cached or local-dir file gives one line naming it, not torch's key listing or NaN codes
+_CHECKING_PRETRAINED: ContextVar[bool] = ContextVar('checking_pretrained', default=False)
 
 # (architecture name prefixes, model class): filled by each family's module as it registers its models, so
 # this module needs none of them (they import it for check_pretrained_source)
@@ -126,3 +133,32 @@ def state_misfit(state: Mapping[str, Any], own: Mapping[str, Any], strict: bool 
         held, expected = (sorted({k.split('.')[0] for k in keys}) for keys in (state, own))
         detail += f'; the file holds {held}, {expecting} expects {expected}'
     return detail
+
+
+@contextmanager
+def checking_pretrained(pretrained: bool, variant: str) -> Iterator[None]:
+    """Around an entrypoint's timm build: a model's ``load_state_dict`` checks the pretrained weights it is given
+    (see ``check_pretrained_state``), and a file safetensors cannot read is named corrupt in one line."""
+    from safetensors import SafetensorError
+
+    token = _CHECKING_PRETRAINED.set(pretrained)
+    try:
+        yield
+    except SafetensorError as e:  # timm reads the file: a cut download or a truncated local-dir: file
+        raise ValueError(f'{variant}: the pretrained weights file is corrupt or truncated ({e})') from e
+    finally:
+        _CHECKING_PRETRAINED.reset(token)
+
+
+def check_pretrained_state(model: Any, state_dict: Mapping[str, Any], strict: bool) -> None:
+    """Inside ``checking_pretrained(True, ...)``: refuse weights holding NaN / infinity or not fitting ``model``,
+    naming their source. Elsewhere (a user's own ``load_state_dict``) nothing is checked."""
+    if not _CHECKING_PRETRAINED.get():
+        return
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    source = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or cfg.get('architecture', 'weights')
+    check_finite_weights(state_dict, f'pretrained weights {source}')
+    misfit = state_misfit(state_dict, model.state_dict(), strict, expecting=cfg.get('architecture', 'the model'))
+    if misfit:
+        raise ValueError(f'pretrained weights {source}: do not fit {type(model).__name__} with bits '
+                         f'{tuple(model.bits)} ({misfit})')
