@@ -210,8 +210,16 @@ def test_query_and_build_errors(run, synthetic_index, tmp_path, capsys):
                     'no index folder')
     _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(tmp_path / 'missing'),
                                                   '--out', str(tmp_path / 'i')]), 'neither a checkpoint folder')
-    _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--out',
-                                                  str(synthetic_index)]), 'exists (an index); pass --overwrite')
+    _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--out', str(synthetic_index)]),
+                    'exists and holds an index; pass --overwrite to replace it')
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    (photos / 'cat.jpg').write_bytes(b'jpeg')
+    # refused, --overwrite or not, before the checkpoint is read (the last --checkpoint, a missing one, wins)
+    for out in (photos, photos / 'cat.jpg' / 'idx'):
+        _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--out', str(out),
+                                                      '--overwrite', '--checkpoint', str(tmp_path / 'missing')]),
+                        'refusing to replace it' if out == photos else 'where a folder would go')
     _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--bits', '12',
                                                   '--out', str(tmp_path / 'i')]), 'code lengths (8, 16)')
 

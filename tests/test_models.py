@@ -231,6 +231,9 @@ def test_num_classes_and_reset_classifier_semantics(images):
     assert model.bits == (42,) and model(images).shape == (2, 42)
     with pytest.raises(ValueError, match='does not match'):
         model.reset_classifier(10, bits=(4, 8))
+    for width in ('32', 32.5, True):  # a str was a TypeError from a comparison, 32.5 became 32, True one bit
+        with pytest.raises(ValueError, match=f'num_classes must be an integer >= 0 .*got {width!r}'):
+            model.reset_classifier(width)
 
 
 @pytest.mark.parametrize('backbone, kwargs', [('resnet18', {}), ('vit_tiny_patch16_224', {'img_size': 64})])

@@ -187,12 +187,20 @@ def test_save_refuses_to_clobber(codes, tmp_path):
     with pytest.raises(FileExistsError, match='overwrite=True'):
         idx.save(path)
     (tmp_path / 'photos').mkdir()
-    with pytest.raises(FileExistsError, match='not an index folder'):
+    (tmp_path / 'photos' / 'cat.jpg').write_bytes(b'jpeg')
+    with pytest.raises(FileExistsError, match='a folder of other files, without manifest.json; refusing'):
         idx.save(tmp_path / 'photos', overwrite=True)
+    with pytest.raises(FileExistsError, match='a file, not an index folder with manifest.json; refusing'):
+        idx.save(tmp_path / 'photos' / 'cat.jpg', overwrite=True)
+    with pytest.raises(FileExistsError, match=r'a file stands at .*cat\.jpg, where a folder would go'):
+        idx.save(tmp_path / 'photos' / 'cat.jpg' / 'sub' / 'idx')  # was NotADirectoryError from mkdir
+    assert (tmp_path / 'photos' / 'cat.jpg').read_bytes() == b'jpeg'
+    (tmp_path / 'empty').mkdir()
+    assert len(HashIndex.load(idx.save(tmp_path / 'empty'))) == len(db)  # an empty folder holds nothing to lose
     idx2 = HashIndex.build(db[:10], BITS, kind='flat')
     idx2.save(path, overwrite=True)
     assert len(HashIndex.load(path)) == 10
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['idx', 'photos']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'idx', 'photos']
 
 
 def test_missing_faiss_says_how_to_install(codes, monkeypatch):

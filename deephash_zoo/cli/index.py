@@ -75,12 +75,13 @@ def _parser() -> argparse.ArgumentParser:
 def build(args: argparse.Namespace) -> int:
     from deephash_zoo.extras import check_installed
     from deephash_zoo.retrieval.encoding import encode_dataset, model_transform
-    from deephash_zoo.retrieval.index import MANIFEST_FILE
+    from deephash_zoo.retrieval.index import check_index_target
 
     check_installed('faiss')  # before encoding the whole database
-    if args.out.exists() and not args.overwrite:
-        what = 'an index' if (args.out / MANIFEST_FILE).is_file() else 'not an index folder'
-        raise UserError(f'{args.out} exists ({what}); pass --overwrite to replace an index, or choose another --out')
+    try:
+        check_index_target(args.out, args.overwrite)
+    except FileExistsError as e:
+        raise UserError(str(e).replace('pass overwrite=True', 'pass --overwrite')) from None
     ckpt = load_for_retrieval(args.checkpoint, resolve_device(args.device))
     bits = max(ckpt.bits) if args.bits is None else args.bits
     if bits not in ckpt.bits:
@@ -112,7 +113,7 @@ def _save_index(args: argparse.Namespace, codes: Any, bits: int, ids: Any, extra
     try:
         index.save(args.out, overwrite=args.overwrite)
     except FileExistsError as e:
-        raise UserError(str(e)) from None
+        raise UserError(str(e).replace('pass overwrite=True', 'pass --overwrite')) from None
     return index
 
 

@@ -58,6 +58,15 @@ def resolve_bits(num_classes: Optional[int], default_bits: Sequence[int], bits: 
     the model keeps its lengths; 0 removes the hash layer; any other value gives one code of that
     many bits (timm's generic ``num_classes=`` knob). ``bits`` sets the lengths exactly.
     """
+    original = num_classes
+    if num_classes is not None:
+        try:  # any integer type (numpy's too); not a str ('32' > 0 was a TypeError), a float (32.5 became 32) or a bool
+            num_classes = None if isinstance(num_classes, bool) else operator.index(num_classes)
+        except TypeError:
+            num_classes = None
+        if num_classes is None:
+            raise ValueError(f'num_classes must be an integer >= 0 (the total code width; 0: no hash layer), '
+                             f'got {original!r}')
     if bits is not None:
         out = _code_lengths(bits)
         if num_classes is not None and num_classes != sum(out):

@@ -27,7 +27,7 @@ from deephash_zoo.utils import file_sha256, remove_dead_temporaries, replace_dir
 
 from .codes import _to_numpy, as_packed
 
-__all__ = ['HashIndex', 'INDEX_FILE', 'MANIFEST_FILE', 'KINDS']
+__all__ = ['HashIndex', 'INDEX_FILE', 'MANIFEST_FILE', 'KINDS', 'check_index_target']
 
 INDEX_FILE = 'index.faiss'
 MANIFEST_FILE = 'manifest.json'
@@ -42,6 +42,27 @@ _RESERVED = frozenset(
 def _faiss() -> Any:
     """Import faiss on first use so the rest of the package works without it."""
     return require('faiss')
+
+
+def check_index_target(path: Path, overwrite: bool) -> None:
+    """Refuse an index path that ``HashIndex.save`` must not write: one holding something other than an index
+    (an empty folder is taken), an index without ``overwrite``, a file where a parent folder goes. Called before
+    minutes of encoding too (``deephash-index build``)."""
+    if path.exists():
+        if path.is_dir() and not any(path.iterdir()):
+            return
+        if not (path / MANIFEST_FILE).is_file():
+            what = 'a folder of other files, without' if path.is_dir() else 'a file, not an index folder with'
+            raise FileExistsError(f'{path} exists and is {what} {MANIFEST_FILE}; refusing to replace it: '
+                                  'choose another path')
+        if not overwrite:
+            raise FileExistsError(f'{path} exists and holds an index; pass overwrite=True to replace it')
+        return
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f'{path}: a file stands at {parent}, where a folder would go')
+            return
 
 
 class HashIndex:
@@ -302,13 +323,7 @@ class HashIndex:
         """
         faiss = _faiss()
         path = Path(path)
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f'{path} exists; pass overwrite=True to replace the index there')
-            if not (path / MANIFEST_FILE).is_file():
-                raise FileExistsError(
-                    f'{path} exists and is not an index folder (no {MANIFEST_FILE}); refusing to replace it'
-                )
+        check_index_target(path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_dead_temporaries(path.parent, f'.{path.name}.tmp-')  # what a killed save left
         tmp = path.parent / temporary_name(f'.{path.name}.tmp-')
