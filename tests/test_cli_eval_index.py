@@ -127,6 +127,8 @@ def test_eval_default_out_one_length_and_topk(run, capsys):
     (['--checkpoint', '{run}', '--bits', '32'], ['code lengths (8, 16); got --bits 32']),
     (['--checkpoint', '{run}', '--topk', '0'], None),  # argparse: exit status 2 with usage
     (['--checkpoint', '{run}', '--out', '{tmp}/notes.txt'], ['notes.txt: is a file; give a folder']),
+    (['--checkpoint', '{run}', '--img-size', '0'], ['img_size must be an integer >= 63']),  # was the default size
+    (['--checkpoint', '{run}', '--seed', '-1'], ['--seed must be >= 0']),  # numpy's 'expected non-negative integer'
 ])
 def test_eval_errors(run, tmp_path, capsys, args, needles):
     (tmp_path / 'notes.txt').write_text('mine')
@@ -220,6 +222,9 @@ def test_query_and_build_errors(run, synthetic_index, tmp_path, capsys):
         _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--out', str(out),
                                                       '--overwrite', '--checkpoint', str(tmp_path / 'missing')]),
                         'refusing to replace it' if out == photos else 'where a folder would go')
+    for flag, value, needle in (('--img-size', '0', 'img_size must be an integer >= 63'), ('--seed', '-1', '--seed')):
+        _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), flag, value,
+                                                      '--out', str(tmp_path / 'i')]), needle)
     _one_line_error(capsys, run_main(index_main, ['build', '--checkpoint', str(run[0]), '--bits', '12',
                                                   '--out', str(tmp_path / 'i')]), 'code lengths (8, 16)')
 

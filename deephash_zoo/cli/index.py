@@ -86,7 +86,7 @@ def build(args: argparse.Namespace) -> int:
     bits = max(ckpt.bits) if args.bits is None else args.bits
     if bits not in ckpt.bits:
         raise UserError(f'{ckpt.architecture} has code lengths {ckpt.bits}; got --bits {bits}')
-    img_size = args.img_size or ckpt.img_size
+    img_size = ckpt.img_size if args.img_size is None else args.img_size  # 0 is refused, not the default
     if args.images is not None:
         return _build_from_folder(args, ckpt, bits, img_size)
     transform = model_transform(ckpt.model, img_size)

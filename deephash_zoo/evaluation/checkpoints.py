@@ -72,6 +72,8 @@ def data_defaults(ckpt: LoadedCheckpoint, data: Optional[str], root: Optional[st
         data = str(trained_on)
     if root is None and data == trained_on:
         root = ckpt.training.get('data_root')
+    if seed is not None and seed < 0:  # numpy's 'expected non-negative integer' named no flag
+        raise ValueError(f'--seed must be >= 0 (the protocol\'s subset draw), got {seed}')
     if seed is None:  # the split it was trained on: its data seed where it had one, else its seed
         split_seed = ckpt.training.get('data_seed')
         seed = int(ckpt.training.get('seed') or 0) if split_seed is None else int(split_seed)

@@ -121,7 +121,7 @@ def run_evaluation(options: EvalOptions) -> Evaluation:
     if options.bits is not None and options.bits not in ckpt.bits:
         raise ValueError(f'{ckpt.architecture} has code lengths {ckpt.bits}; got --bits {options.bits}')
     lengths = ckpt.bits if options.bits is None else (options.bits,)
-    img_size = options.img_size or ckpt.img_size
+    img_size = ckpt.img_size if options.img_size is None else options.img_size  # 0 is refused, not the default
     transform = model_transform(ckpt.model, img_size)
     img_size = int(transform_size(ckpt.model, img_size))
     data, root, seed = data_defaults(ckpt, options.data, options.data_root, options.seed)
@@ -181,7 +181,7 @@ def distinct_codes(codes: np.ndarray) -> Dict[str, Any]:
 
 def transform_size(model: torch.nn.Module, img_size: Optional[int]) -> int:
     """The square input size the model transform produces."""
-    if img_size:
+    if img_size is not None:
         return img_size
     from timm.data import resolve_data_config
 
