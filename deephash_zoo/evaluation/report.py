@@ -14,8 +14,8 @@ The library behind ``deephash-eval``, the zoo build and the experiments. :func:`
       "dataset": "fashion-mnist",           # the --data name (fashion-mnist | mosaic | cifar10:DIR | list:PATH | ...)
       "protocol": {
         "data": "fashion-mnist", "seed": 0,  # build_retrieval_data(data, seed=seed) made the split
-        "num_queries": 1000, "num_database": 60000,                 # what was evaluated
-        "protocol_num_queries": 1000, "protocol_num_database": 60000,  # the full split
+        "num_queries": 10000, "num_database": 60000,                 # what was evaluated
+        "protocol_num_queries": 10000, "protocol_num_database": 60000,  # the full split
         "query_subset": null, "db_subset": null,  # --query-subset / --db-subset (seeded subsets of the split)
         "map_topk": "all",                   # K of mAP@K (int) or "all"
         "num_labels": 10, "multi_label": false
@@ -28,13 +28,14 @@ The library behind ``deephash-eval``, the zoo build and the experiments. :func:`
 
   Each ``results`` entry is :func:`deephash_zoo.retrieval.metrics.evaluate`'s dict (``map``, ``map_topk``,
   ``p_at_n`` / ``r_at_n`` keyed by str(N) for N in :data:`EVAL_NS`, ``precision_radius2``,
-  ``recall_radius2``, ``pr_curve``, ``bits``, ``num_queries``, ``num_database``, ``tie_break``) with two
-  more keys: ``map_at_1000`` (mAP@1000, absent when K is 1000), ``map_tie_aware`` (mAP@all averaged over
-  every order of tied items) and ``random_codes`` (``map``,
-  ``map_at_1000``, ``p_at_100`` (kept for older readers), ``p_at_n`` at every N, ``precision_radius2`` of seeded
-  random codes on the same query and database labels, and their ``seed``: the level each number is read
-  against) and ``distinct_codes`` (``num_items``, ``num_distinct``, ``fraction`` among
-  the first 1,000 queries). N above the database size counts the whole database.
+  ``recall_radius2``, ``pr_curve``, ``bits``, ``num_queries``, ``num_database``, ``tie_break``,
+  ``map_tie_aware``: mAP@all averaged over every order of tied items) with three more keys:
+  ``map_at_1000`` (mAP@1000, absent when K is 1000), ``random_codes`` (``map``, ``map_at_1000``,
+  ``p_at_100`` (kept for older readers), ``p_at_n`` at every N, ``precision_radius2`` and ``map_tie_aware`` of
+  seeded random codes on the same query and database labels, and their ``seed``: the level each number is read
+  against; their ``precision_radius2`` is near 0 from 32 bits, since an empty radius counts 0) and
+  ``distinct_codes`` (``num_items``, ``num_distinct``, ``fraction`` among the first 1,000 queries). N above
+  the database size counts the whole database, and a ``map_topk`` above it ranks the whole database.
 * ``pr_curve.png`` (precision vs recall over Hamming radius 0..bits) and ``p_at_n.png`` (P@N vs N), one
   line per code length.
 * ``retrieval_grid.png``: ``--grid-rows`` queries (default 6, picked by the protocol seed and spread over the

@@ -13,7 +13,9 @@ Definitions (DPSH / HashNet / DATH evaluation code):
   clipped to the database size;
 * Hamming-radius precision/recall: over the items within distance <= radius; the precision of an empty
   retrieved set is 0 (as in the literature's code) and recall with no relevant item is 0;
-  both are averaged over all queries.  The precision-recall curve applies this to every radius 0..bits.
+  both are averaged over all queries.  The precision-recall curve applies this to every radius 0..bits;
+* nothing is excluded: a query that is also a database item retrieves itself at distance 0 (P@1 = 1).
+  Pass disjoint sets (the published protocols do: test images against training images) or drop it first.
 
 Speed and memory: queries are processed in chunks, so only ``chunk x database`` uint8 distances and
 booleans are held (never a float matrix).  For mAP@K only candidates within each query's K-th distance
