@@ -188,3 +188,33 @@ def test_a_searcher_takes_image_files_as_the_index_does(photos, model):
         searcher.search([photos / 'broken.png'], k=1)
     with pytest.raises(ValueError, match='expected PIL images or image files, got a ndarray'):
         searcher.search([np.zeros((8, 8, 3), np.uint8)], k=1)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(model, tmp_path):
+    """A 16-bit PNG or TIFF and its 8-bit twin are one image: Pillow's convert('RGB') clipped every value above 255
+    to white (64% of this image), so the two got codes 12 of 32 bits apart."""
+    from deephash_zoo.data.images import ImageRejected, open_rgb
+    from deephash_zoo.demo.uploads import UploadError, open_upload
+    from deephash_zoo.retrieval.search import _as_image
+
+    grey = np.random.default_rng(1).integers(0, 256, (48, 40), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / 'eight.png')
+    for name in ('sixteen.png', 'sixteen.tif'):
+        Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / name)
+    Image.fromarray(grey.astype(np.int32) * 257).save(tmp_path / 'int32.tif')  # Pillow's mode I
+    twin = np.asarray(open_rgb(tmp_path / 'eight.png'))
+    for name in ('sixteen.png', 'sixteen.tif', 'int32.tif'):
+        assert np.array_equal(np.asarray(open_rgb(tmp_path / name)), twin), name
+        assert np.array_equal(np.asarray(open_upload(tmp_path / name)), twin), name
+        with Image.open(tmp_path / name) as image:  # a PIL image handed over as it is
+            assert np.array_equal(np.asarray(_as_image(image)), twin), name
+    found = deephash_zoo.encode_images(model, [tmp_path / 'eight.png', tmp_path / 'sixteen.png',
+                                               Image.open(tmp_path / 'sixteen.tif')], precision='fp32')
+    assert (found.codes == found.codes[0]).all()
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / 'float.tif')  # mode F: no range to scale from
+    with pytest.raises(ImageRejected, match=r'float\.tif: a floating-point image \(mode F\)'):
+        open_rgb(tmp_path / 'float.tif')
+    with pytest.raises(UploadError, match='floating-point image'):
+        open_upload(tmp_path / 'float.tif')
+    found = deephash_zoo.encode_images(model, [tmp_path / 'eight.png', tmp_path / 'float.tif'], precision='fp32')
+    assert len(found.ids) == 1 and 'floating-point' in found.skipped[0][1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from deephash_zoo.data.images import MAX_ASPECT_RATIO, ImageRejected, check_image_size
+from deephash_zoo.data.images import MAX_ASPECT_RATIO, ImageRejected, check_image_size, to_rgb
 
 __all__ = ['MAX_UPLOAD_BYTES', 'MAX_UPLOAD_PIXELS', 'UploadError', 'open_upload']
 
@@ -40,9 +40,9 @@ def open_upload(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES, max_
             with Image.open(path) as im:  # reads the header only
                 try:
                     check_image_size(name, *im.size, max_pixels=max_pixels, max_aspect=MAX_ASPECT_RATIO)
+                    return to_rgb(im, name)
                 except ImageRejected as e:
                     raise UploadError(str(e)) from None
-                return im.convert('RGB')
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(f'{name} is too large an image; images up to {max_pixels / 1e6:.0f} megapixels '
                           'are accepted') from None

@@ -23,7 +23,7 @@ from PIL import Image
 from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
-from deephash_zoo.data.images import ImageRejected, open_rgb
+from deephash_zoo.data.images import ImageRejected, open_rgb, to_rgb
 from deephash_zoo.precision import autocast, choose_precision, precision_models, relaxed_codes
 
 from .encoding import model_transform
@@ -83,14 +83,11 @@ def _batches(items: List[Any], ids: List[str], size: int, skipped: List[Tuple[st
              ) -> Iterator[Tuple[List[Image.Image], List[str]]]:
     images, names = [], []
     for item, name in zip(items, ids, strict=True):
-        if isinstance(item, Image.Image):
-            images.append(item.convert('RGB'))
-        else:
-            try:
-                images.append(open_rgb(item))
-            except ImageRejected as e:
-                skipped.append((name, str(e)))
-                continue
+        try:
+            images.append(to_rgb(item, name) if isinstance(item, Image.Image) else open_rgb(item))
+        except ImageRejected as e:
+            skipped.append((name, str(e)))
+            continue
         names.append(name)
         if len(images) == size:
             yield images, names

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deephash_zoo.data.images import open_rgb
+from deephash_zoo.data.images import open_rgb, to_rgb
 
 from .index import HashIndex
 
@@ -89,7 +89,7 @@ def _as_image(item: Any) -> Image.Image:
         return open_rgb(Path(item))
     if not isinstance(item, Image.Image):
         raise ValueError(f'query images: expected PIL images or image files, got a {type(item).__name__}')
-    return item.convert('RGB')
+    return to_rgb(item, 'query image')
 
 
 def _plain(item: Any) -> Any:
