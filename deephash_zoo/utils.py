@@ -10,11 +10,20 @@ import sys
 import uuid
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any, List, Mapping, Union
+from typing import Any, List, Mapping, Optional, Union
 
 __all__ = ['file_sha256', 'state_sha256', 'tensors_file_sha256', 'cpu_model', 'usable_cores', 'load_average',
            'write_atomic', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
-           'non_finite_tensors', 'read_json']
+           'non_finite_tensors', 'read_json', 'file_in_the_way']
+
+
+def file_in_the_way(path: Union[str, Path]) -> Optional[Path]:
+    """The file standing where one of ``path``'s parent folders would go (None: the folders exist or can be made).
+    Output paths are checked with it before minutes of work, which mkdir would only then refuse (errno 17 / 20)."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

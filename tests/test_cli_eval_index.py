@@ -229,6 +229,30 @@ def test_query_and_build_errors(run, synthetic_index, tmp_path, capsys):
                                                   '--out', str(tmp_path / 'i')]), 'code lengths (8, 16)')
 
 
+def test_query_names_a_moved_checkpoint_and_a_grid_path_it_cannot_write(run, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    moved = tmp_path / 'run'
+    shutil.copytree(run[0], moved)
+    index = tmp_path / 'index'
+    assert run_main(index_main, ['build', '--checkpoint', str(moved), '--db-subset', '40', '--out', str(index)]) == 0
+    image = tmp_path / 'q.png'
+    Image.new('RGB', (30, 30), (10, 200, 10)).save(image)
+    (tmp_path / 'afile').write_text('mine')
+    capsys.readouterr()
+    # refused before the search (it was exit 3, errno 17, after it)
+    _one_line_error(capsys, run_main(index_main, ['query', '--index', str(index), '--image', str(image),
+                                                  '--grid', str(tmp_path / 'afile' / 'grid.png')]),
+                    f'a file stands at {tmp_path / "afile"}, where a folder would go')
+    shutil.move(moved, tmp_path / 'elsewhere')
+    _one_line_error(capsys, run_main(index_main, ['query', '--index', str(index), '--image', str(image)]),
+                    f'the index was built with the checkpoint {moved}', 'pass --checkpoint with the same weights')
+    assert run_main(index_main, ['query', '--index', str(index), '--image', str(image),
+                                 '--checkpoint', str(tmp_path / 'elsewhere')]) == 0
+
+
 def test_query_with_synthetic_index_encodes_with_manifest_checkpoint(synthetic_index, tmp_path, capsys):
     from PIL import Image
 

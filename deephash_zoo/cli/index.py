@@ -24,6 +24,7 @@ from PIL import Image
 import deephash_zoo
 from deephash_zoo.data.images import open_rgb
 from deephash_zoo.evaluation import checkpoint_summary, data_defaults, load_for_retrieval, protocol_sets, resolve_device
+from deephash_zoo.utils import file_in_the_way
 
 from ._common import UserError, run_main
 
@@ -195,6 +196,9 @@ def open_searcher(index: HashIndex | Path, checkpoint: Optional[str] = None, dev
     path = checkpoint or manifest.get('checkpoint')
     if path is None:
         raise UserError('the index manifest names no checkpoint; pass --checkpoint')
+    if checkpoint is None and not str(path).startswith(('hf-hub:', 'local-dir:')) and not Path(path).exists():
+        raise UserError(f'the index was built with the checkpoint {path}, which is not there any more (moved or '
+                        'deleted?); pass --checkpoint with the same weights (their sha256 is checked)')
     _check_checkpoint_fits(manifest, path, index.bits, unverified)
     ckpt = load_for_retrieval(path, resolve_device(device))
     return HashSearcher(ckpt.model, index, model_transform(ckpt.model, manifest.get('img_size') or ckpt.img_size))
@@ -232,6 +236,8 @@ def query(args: argparse.Namespace) -> int:
     from deephash_zoo.retrieval.index import HashIndex
 
     index = HashIndex.load(args.index)  # a missing index is reported before an unreadable image
+    if args.grid is not None and file_in_the_way(args.grid) is not None:  # before the search, not after (errno 17)
+        raise UserError(f'--grid {args.grid}: a file stands at {file_in_the_way(args.grid)}, where a folder would go')
     images = _open_images(args.image)
     searcher = open_searcher(index, args.checkpoint, args.device, args.unverified_index)
     manifest = index.manifest

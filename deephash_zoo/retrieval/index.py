@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from deephash_zoo.extras import require
-from deephash_zoo.utils import file_sha256, remove_dead_temporaries, replace_dir, temporary_name
+from deephash_zoo.utils import file_in_the_way, file_sha256, remove_dead_temporaries, replace_dir, temporary_name
 
 from .codes import _to_numpy, as_packed
 
@@ -58,11 +58,9 @@ def check_index_target(path: Path, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(f'{path} exists and holds an index; pass overwrite=True to replace it')
         return
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FileExistsError(f'{path}: a file stands at {parent}, where a folder would go')
-            return
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise FileExistsError(f'{path}: a file stands at {blocking}, where a folder would go')
 
 
 class HashIndex:
