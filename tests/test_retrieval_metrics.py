@@ -295,6 +295,23 @@ def test_as_packed_matches_numpy_packbits():
     assert as_packed(packed)[1] == 16  # packed without bits: whole bytes
 
 
+def test_unpacked_bits_in_uint8_are_named_not_read_silently():
+    """Unpacked 0/1 bits in a uint8 array were read as packed codes of 8x the bits: the rankings survive, but
+    ``bits`` and the PR curve's radii came out 8x too many, without a word."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    unpacked = rng.integers(0, 2, (40, 16)).astype(np.uint8)
+    labels = rng.integers(0, 3, 40)
+    with pytest.warns(UserWarning, match='hold only 0 and 1: read as packed bits, 128 a code; .*np.packbits'):
+        assert mean_average_precision(unpacked, unpacked, labels, labels).bits == 128
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert as_packed(np.packbits(unpacked, axis=1))[1] == 16  # packed: silent
+        assert as_packed(np.zeros((40, 2), np.uint8))[1] == 16  # one collapsed code: packed all the same
+        assert as_packed(unpacked, 128)[1] == 128  # bits given: taken as the caller says
+
+
 # ------------------------------------------------------------------------------------------- bad input
 Q8 = np.ones((2, 8), dtype=np.int8)
 DB8 = -np.ones((3, 8), dtype=np.int8)

@@ -12,6 +12,7 @@ live here, in one place.  A ``uint8`` array is always read as packed (``-1`` can
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ def _check_packed(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
         raise ValueError('packed codes have 0 columns; expected ceil(bits/8) >= 1 bytes per code')
     if bits is None:
         bits = 8 * ncols
+        _warn_if_unpacked(arr)
     elif ncols != -(-bits // 8):
         raise ValueError(
             f'packed codes for {bits} bits need {-(-bits // 8)} uint8 columns, got {ncols} '
@@ -71,6 +73,16 @@ def _check_packed(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
     if pad and arr.shape[0] and np.any(arr[:, -1] & np.uint8((1 << pad) - 1)):
         raise ValueError(f'packed codes have non-zero padding bits beyond bit {bits}; expected numpy.packbits layout')
     return np.ascontiguousarray(arr), int(bits)
+
+
+def _warn_if_unpacked(arr: np.ndarray) -> None:
+    """uint8 codes holding only 0s and 1s are most likely unpacked bits, which would be read as 8 times as many
+    bits (rankings survive, the code length and the PR curve's radii do not). Real packed codes use all eight bits
+    of their bytes, and a collapsed set holds one code, so both 0 and 1 must occur before this speaks."""
+    if arr.size >= 16 and arr.max() == 1 and arr.min() == 0:
+        warnings.warn(f'uint8 codes of {arr.shape[1]} columns hold only 0 and 1: read as packed bits, '
+                      f'{8 * arr.shape[1]} a code; if they are unpacked 0/1 bits, pass np.packbits(codes, axis=1) '
+                      'or the sign codes 2 * codes - 1', UserWarning, stacklevel=4)
 
 
 PACK_MIN_ELEMENTS = 1 << 20
