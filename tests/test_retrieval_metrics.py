@@ -310,6 +310,8 @@ def test_unpacked_bits_in_uint8_are_named_not_read_silently():
         assert as_packed(np.packbits(unpacked, axis=1))[1] == 16  # packed: silent
         assert as_packed(np.zeros((40, 2), np.uint8))[1] == 16  # one collapsed code: packed all the same
         assert as_packed(unpacked, 128)[1] == 128  # bits given: taken as the caller says
+    with pytest.raises(ValueError, match='codes must be a rectangular numeric array'):  # rows of two lengths
+        as_packed([[1, -1, 1], [1, -1]])
 
 
 # ------------------------------------------------------------------------------------------- bad input

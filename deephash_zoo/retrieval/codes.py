@@ -29,7 +29,10 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
     """Accept numpy arrays, torch tensors (on any device) and array-likes without importing torch."""
     if hasattr(x, 'detach') and hasattr(x, 'cpu'):
         x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:  # numpy's 'inhomogeneous shape after 1 dimensions' for rows of different lengths
+        raise ValueError(f'{what} must be a rectangular numeric array: {e}') from None
     if arr.dtype == object:
         raise ValueError(f'{what} must be a numeric array, got dtype object')
     return arr
