@@ -27,8 +27,8 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
 
-def _error(args, capsys) -> str:
-    assert run_main(main, args) == 2
+def _error(args, capsys, status=2) -> str:
+    assert run_main(main, args) == status
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'Traceback' not in err, err
     return err
@@ -101,7 +101,8 @@ def test_multi_length_checkpoint_has_one_output_per_length(multi_checkpoint, tmp
 
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
-    """A graph whose hash layer was corrupted after export disagrees with PyTorch: refused, folder untouched."""
+    """A graph whose hash layer was corrupted after export disagrees with PyTorch: refused, folder untouched, and
+    exit status 1 (a check the command reports failed), not 2 (a bad request)."""
     from onnx import numpy_helper
 
     import deephash_zoo.export.pipeline as pipeline
@@ -118,8 +119,9 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(pipeline, 'export_onnx', corrupted)
     (tmp_path / 'verification.json').write_text('{"schema_version": 1, "graphs": {}}')
-    err = _error(['--onnx', '--model', 'dath_n_16', '--out', str(tmp_path), *SMALL], capsys)
-    assert 'disagrees with PyTorch (sign agreement 0.0000 < 0.999' in err and 'nothing written' in err
+    err = _error(['--onnx', '--model', 'dath_n_16', '--out', str(tmp_path), *SMALL], capsys, status=1)
+    assert err.startswith('error: dath_n_16.onnx: disagrees with PyTorch (sign agreement 0.0000 < 0.999')
+    assert 'nothing written' in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['verification.json']  # no graph, no temp folder
     assert json.loads((tmp_path / 'verification.json').read_text())['graphs'] == {}
 
@@ -172,7 +174,8 @@ def test_tensorrt_absent_is_one_line_and_writes_nothing(tmp_path, capsys):
     (['--onnx', '--model', 'dath_alexnet_33'], 'Unknown model (dath_alexnet_33)'),
     (['--model', 'dath_n_16'], 'nothing to do: pass --onnx'),
     (['--onnx'], 'pass --model NAME, --checkpoint DIR, or both'),
-    (['--onnx', '--model', 'dath_n_16', '--img-size', '32'], '--img-size must be >= 63 for dath_n_16, got 32'),
+    (['--onnx', '--model', 'dath_n_16', '--img-size', '32'],
+     '--img-size must be an integer >= 63 for dath_n_16, got 32'),
     (['--onnx', '--checkpoint', '/nonexistent/run'], '/nonexistent/run: neither a checkpoint folder'),
     (['--bench', '--models', 'dath_n_16,nope_7'], 'Unknown model (nope_7)'),
 ])

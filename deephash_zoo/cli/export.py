@@ -5,7 +5,9 @@
   deephash-export --bench --models dath_alexnet_32,admth_cnnf_multi --out export/
 
 Every graph is compared with PyTorch (max abs difference, share of agreeing sign bits) and refused
-below the thresholds of deephash_zoo.export.verify; a refused export writes nothing.
+below the thresholds of deephash_zoo.export.verify; a refused export writes nothing and exits with status 1.
+A folder holds the graphs of one set of weights: an export into one holding others is refused (status 2)
+unless --overwrite.
 """
 import argparse
 import logging
@@ -32,9 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--img-size', type=int, default=None,
                    help="input size (default: the checkpoint's training size, else the model's 224)")
     p.add_argument('--sign-output', action='store_true', help='add int8 {-1,+1} sign outputs (signs / signs_<bits>)')
-    p.add_argument('--int8-mode', choices=('static', 'dynamic'), default='static',
-                   help='static: calibrated on training images of --calib-data (default); dynamic: weights only')
-    p.add_argument('--fp16', action='store_true', help='TensorRT engine in fp16')
+    p.add_argument('--int8-mode', choices=('static', 'dynamic'), default=None,
+                   help='with --int8; static: calibrated on training images of --calib-data (default); '
+                        'dynamic: weights only')
+    p.add_argument('--fp16', action='store_true', help='with --tensorrt: the TensorRT engine in fp16')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the graphs --out holds of other weights, model or input size (else refused)')
     p.add_argument('--verify-images', type=int, default=32, help='test images of --calib-data in the verification')
     p.add_argument('--calib-data', default=None, metavar='DATA',
                    help="data set whose test images verify the graphs and whose training images calibrate static "
@@ -55,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 def _export(args: argparse.Namespace) -> int:
     from deephash_zoo.export import check_requirements, export_verified, load_model_source, prepare_out_dir
 
-    int8 = args.int8_mode if args.int8 else None
+    int8 = (args.int8_mode or 'static') if args.int8 else None
     check_requirements(int8, args.tensorrt)  # before building a model: missing packages fail in a second
     out, created = Path(args.out), not Path(args.out).exists()
     prepare_out_dir(out)
@@ -65,7 +70,7 @@ def _export(args: argparse.Namespace) -> int:
               f'weights sha256 {source.weights_sha256[:16]}... ({source.weights_of})', flush=True)
         result = export_verified(source, out, sign_output=args.sign_output, int8=int8, tensorrt=args.tensorrt,
                                  fp16=args.fp16, num_real=args.verify_images, fmnist_root=args.data_root,
-                                 calib_data=args.calib_data,
+                                 calib_data=args.calib_data, overwrite=args.overwrite,
                                  progress=lambda msg: print(f'  {msg}', flush=True))
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
@@ -82,13 +87,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from deephash_zoo.export.bench import BenchSettings, run_bench
+    from deephash_zoo.export.bench import BenchSettings, check_models, run_bench
 
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "no CUDA runtime" on CPU hosts
     models = [m.strip() for m in args.models.split(',') if m.strip()]
     if not models:
         raise UserError('--models is empty')
-    settings = BenchSettings(img_size=args.img_size or 224, repeats=args.repeats, repeats_large=args.repeats_large,
+    size = 224 if args.img_size is None else args.img_size  # 0 is refused, not taken for the default
+    check_models(models, size)
+    settings = BenchSettings(img_size=size, repeats=args.repeats, repeats_large=args.repeats_large,
                              large_batch=args.large_batch, threads=args.threads, compile=not args.no_compile,
                              fmnist_root=args.data_root)
     result = run_bench(models, settings, args.out, progress=lambda msg: print(f'  {msg}', flush=True))
@@ -97,15 +104,34 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that would be silently ignored, before any work."""
     if not (args.onnx or args.int8 or args.tensorrt or args.bench):
         raise UserError('nothing to do: pass --onnx (and --int8 / --tensorrt) or --bench')
     if args.verify_images < 1:
         raise UserError(f'--verify-images must be positive, got {args.verify_images}')
     if args.bench and (args.onnx or args.int8 or args.tensorrt):
         raise UserError('--bench measures models by name; run the export (--onnx ...) as a separate command')
-    return _bench(args) if args.bench else _export(args)
+    if args.fp16 and not args.tensorrt:
+        raise UserError('--fp16 is the precision of the TensorRT engine: add --tensorrt, or drop --fp16')
+    if args.int8_mode is not None and not args.int8:
+        raise UserError(f'--int8-mode {args.int8_mode} needs --int8: add it, or drop --int8-mode')
+    if args.overwrite and args.bench:
+        raise UserError('--overwrite replaces exported graphs; --bench rewrites its efficiency.* files anyway')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    _check_flags(args)
+    if args.bench:
+        return _bench(args)
+    from deephash_zoo.export import VerificationError
+
+    try:
+        return _export(args)
+    except VerificationError as e:  # the command ran and its check failed: status 1 (cli/_common.py), one line
+        print(f'error: {e}', file=sys.stderr)
+        return 1
 
 
 def cli() -> None:

@@ -55,7 +55,7 @@ from deephash_zoo.extras import check_installed
 from deephash_zoo.precision import at_precision, bf16_support
 from deephash_zoo.utils import cpu_model, load_average, usable_cores
 
-from .onnx_export import INPUT_NAME, ModelSource, export_onnx, require, state_sha256
+from .onnx_export import INPUT_NAME, ModelSource, check_img_size, export_onnx, min_input_size, require, state_sha256
 from .quantize import quantize_int8
 from .tensorrt import GPU_INSTALL, TRT_PROVIDER, tensorrt_session
 from .verify import create_session, fashion_mnist_batch
@@ -475,15 +475,23 @@ def bench_model_isolated(name: str, settings: BenchSettings, progress: Progress 
             child.kill()
 
 
+def check_models(models: List[str], img_size: int) -> None:
+    """Refuse unknown names and an input size some model cannot take before any timing (a child process would
+    only fail minutes later, and its failure is not one line)."""
+    unknown = [m for m in models if not timm.is_model(m)]
+    if unknown:
+        raise ValueError(f'Unknown model ({", ".join(unknown)}); list them with `python -c "import deephash_zoo; '
+                         f'print(deephash_zoo.list_hash_models())"`')
+    for name in models:
+        check_img_size(name, img_size, min_input_size(name))
+
+
 def run_bench(models: List[str], settings: BenchSettings, out_dir: Union[str, Path],
               progress: Progress = None) -> Dict[str, Any]:
     """Measure ``models`` and write ``efficiency.md``, ``efficiency.json`` and ``efficiency.png`` to ``out_dir``."""
     from .pipeline import prepare_out_dir
 
-    unknown = [m for m in models if not timm.is_model(m)]
-    if unknown:
-        raise ValueError(f'Unknown model ({", ".join(unknown)}); list them with `python -c "import deephash_zoo; '
-                         f'print(deephash_zoo.list_hash_models())"`')
+    check_models(models, settings.img_size)
     check_installed('matplotlib')  # efficiency.png: say so before the timing, not after it
     out = prepare_out_dir(out_dir)
     started = time.perf_counter()

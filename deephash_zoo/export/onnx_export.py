@@ -36,6 +36,7 @@ from timm.data import resolve_data_config
 
 import deephash_zoo
 from deephash_zoo.extras import require  # the export modules import it from here
+from deephash_zoo.hub.cache import create_pretrained
 from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
 from deephash_zoo.utils import state_sha256 as state_dict_sha256
 
@@ -43,7 +44,8 @@ from .onnx_lrn import TRANSLATION as LRN_TRANSLATION
 from .onnx_lrn import lrn_as_onnx_op
 
 __all__ = ['EXPORTER', 'INPUT_NAME', 'ExportError', 'ModelSource', 'CodesModule', 'require', 'load_model_source',
-           'output_names', 'state_sha256', 'onnx_metadata', 'export_onnx', 'read_metadata']
+           'output_names', 'state_sha256', 'onnx_metadata', 'export_onnx', 'read_metadata', 'min_input_size',
+           'check_img_size']
 
 EXPORTER = f'torch.onnx.export(dynamo=True), torch {torch.__version__}'
 INPUT_NAME = 'images'
@@ -76,6 +78,26 @@ def state_sha256(model: nn.Module) -> str:
     return state_dict_sha256(model.state_dict())
 
 
+def min_input_size(model: Union[str, nn.Module]) -> int:
+    """The smallest input side ``model`` (a module, or a registered name) takes; 1 when it says nothing.
+
+    A name is built on the meta device (no weights allocated), so a size can be refused in milliseconds
+    before any real model is built."""
+    if isinstance(model, str):
+        try:
+            with torch.device('meta'):
+                model = timm.create_model(model)
+        except Exception:  # a model that cannot be built on meta: its own forward check still holds
+            return 1
+    return int(getattr(model, 'min_input_size', 1))
+
+
+def check_img_size(name: str, img_size: Optional[int], min_size: int) -> None:
+    """Refuse an input size the model cannot take (0 included: no size silently means the default)."""
+    if img_size is not None and (not isinstance(img_size, int) or img_size < min_size):
+        raise ExportError(f'--img-size must be an integer >= {min_size} for {name}, got {img_size!r}')
+
+
 def load_model_source(
         name: Optional[str] = None,
         checkpoint: Optional[Union[str, Path]] = None,
@@ -95,6 +117,8 @@ def load_model_source(
     if name is not None and not timm.is_model(name):
         raise ExportError(f'Unknown model ({name}); list them with `python -c "import deephash_zoo; '
                           f'print(deephash_zoo.list_hash_models())"`')
+    if name is not None:
+        check_img_size(name, img_size, min_input_size(name))  # before loading weights (or reaching the Hub)
     if checkpoint is not None:
         ckpt = resolve_checkpoint_dir(checkpoint).resolve()
         config = read_checkpoint_config(ckpt)
@@ -103,23 +127,21 @@ def load_model_source(
             raise ExportError(f'{ckpt}: the checkpoint holds {arch}, not {name}; pass --model {arch} or drop --model')
         model = load_checkpoint(ckpt)
         trained = (config.get('training') or {}).get('img_size')
-        size = img_size or (int(trained) if trained else None)
+        size = img_size if img_size is not None else (int(trained) if trained else None)
         source = ModelSource(model, arch, 0, weights_sha256(ckpt / 'model.safetensors'),
                              'checkpoint model.safetensors (file sha256)', ckpt,
                              dataset=config.get('dataset') or (config.get('training') or {}).get('data'))
     else:
         torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=pretrained).eval()
+        model = (create_pretrained(name) if pretrained else timm.create_model(name)).eval()
         size = img_size
         what = 'published weights' if pretrained else f'random initialisation (seed {seed})'
         source = ModelSource(model, str(name), 0, state_sha256(model), f'in-memory state dict, {what}')
     if not getattr(source.model, 'bits', ()):
         raise ExportError(f'{source.name} has no hash layer (num_classes=0); nothing to export')
     default = int(resolve_data_config(model=source.model)['input_size'][-1])
-    source.img_size = int(size or default)
-    min_size = int(getattr(source.model, 'min_input_size', 1))
-    if source.img_size < min_size:
-        raise ExportError(f'--img-size must be >= {min_size} for {source.name}, got {source.img_size}')
+    source.img_size = default if size is None else size
+    check_img_size(source.name, source.img_size, min_input_size(source.model))
     source.model.eval()
     return source
 
