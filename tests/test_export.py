@@ -62,6 +62,8 @@ def test_fp32_export_is_checked_named_dynamic_and_carries_metadata(fp32_export):
     assert json.loads(meta['deephash.std']) == pytest.approx([0.229, 0.224, 0.225])
     assert meta['deephash.interpolation'] == 'bilinear' and meta['deephash.precision'] == 'fp32'
     assert meta['deephash.package_version'] and 'in-memory state dict' in meta['deephash.weights_sha256_of']
+    assert "Image.convert('RGB')" in meta['deephash.image_mode'] and '1/257' in meta['deephash.image_mode']
+    assert meta['deephash.pixel_scale'].startswith('float32 pixels / 255, then (x - mean) / std')
     torch.manual_seed(0)  # the CLI's default seed: the same random weights, the same hash
     model = timm.create_model('dath_n_16').eval()
     from deephash_zoo.export import state_sha256

@@ -48,6 +48,10 @@ __all__ = ['EXPORTER', 'INPUT_NAME', 'ExportError', 'ModelSource', 'CodesModule'
            'check_img_size']
 
 EXPORTER = f'torch.onnx.export(dynamo=True), torch {torch.__version__}'
+# how an image file becomes the 8-bit RGB the graph's preprocessing starts from (deephash_zoo.data.images.to_rgb):
+# a deployer without the package reads it from the graph
+IMAGE_MODE = ("8-bit RGB as Pillow's Image.convert('RGB') gives it (grey repeated in 3 channels, palette expanded, "
+              'alpha dropped without compositing, EXIF orientation not applied); 16-bit grey scaled by 1/257')
 INPUT_NAME = 'images'
 META_PREFIX = 'deephash.'
 
@@ -195,6 +199,8 @@ def onnx_metadata(source: ModelSource, precision: str, sign_output: bool, extra:
         'exporter': EXPORTER,
         'package_version': deephash_zoo.__version__,
         'sign_rule': 'code >= 0 -> +1 else -1 (model.encode)',
+        'image_mode': IMAGE_MODE,
+        'pixel_scale': 'float32 pixels / 255, then (x - mean) / std per channel, NCHW',
     }
     meta.update(extra or {})
     return {META_PREFIX + k: v for k, v in meta.items()}
