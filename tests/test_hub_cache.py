@@ -132,7 +132,10 @@ with torch.no_grad():
     for name, ds in sets.items():
         codes[name] = model.encode(torch.stack([ds[i][0] for i in range(len(ds))])).numpy()
 result = score_codes(codes['query'], codes['database'], sets['query'].labels, sets['database'].labels, None, 16, 0)
-json.dump(dict(input_size=list(config['input_size']), map=result['map']), open(out + '/user.json', 'w'))
+tagged = timm.create_model('dath_n_16.fmnist', pretrained=True)  # the README's tagged name: 224 before
+asked = timm.create_model('dath_n_16', pretrained=True, pretrained_cfg_overlay=dict(input_size=(3, 96, 96)))
+sizes = {name: list(resolve_data_config(model=m)['input_size']) for name, m in (('tagged', tagged), ('asked', asked))}
+json.dump(dict(input_size=list(config['input_size']), map=result['map'], **sizes), open(out + '/user.json', 'w'))
 '''
 
 
@@ -150,7 +153,7 @@ def test_a_timm_user_encodes_at_the_trained_size_and_gets_the_published_map(seed
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     user = json.loads((tmp_path / 'user.json').read_text())
-    assert user['input_size'] == [3, 64, 64]
+    assert user['input_size'] == user['tagged'] == [3, 64, 64] and user['asked'] == [3, 96, 96]
     ev = run_evaluation(EvalOptions(checkpoint=ckpt, query_subset=30, db_subset=90, progress=False, plots=False))
     assert ev.report['img_size'] == 64 and ev.report['results']['16']['map'] == user['map']
 

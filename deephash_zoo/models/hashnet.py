@@ -125,7 +125,9 @@ def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool =
     built again the ordinary way.
     """
     check_pretrained_source(pretrained, kwargs)
-    from_registry = kwargs.get('pretrained_cfg') is None  # hf-hub: / local-dir: pass their config.json's
+    # the registered name, plain or tagged ('dath_alexnet_32.fmnist': timm passes the tag as a str); hf-hub: /
+    # local-dir: pass their config.json's cfg, which records its own input size
+    from_registry = kwargs.get('pretrained_cfg') is None or isinstance(kwargs.get('pretrained_cfg'), str)
 
     def build(pretrained: bool, **kwargs: Any) -> Any:
         return build_model_with_cfg(cls, variant, pretrained,
@@ -133,7 +135,9 @@ def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool =
                                     pretrained_filter_fn=filter_state_dict, **kwargs)
 
     with checking_pretrained(pretrained, variant):
-        return with_trained_input_size(_build_pretrained(build, pretrained, kwargs), pretrained and from_registry)
+        overlay = kwargs.get('pretrained_cfg_overlay') or {}
+        return with_trained_input_size(_build_pretrained(build, pretrained, kwargs),
+                                       pretrained and from_registry and 'input_size' not in overlay)
 
 
 def _build_pretrained(build: Callable[..., Any], pretrained: bool, kwargs: Dict[str, Any]) -> Any:
