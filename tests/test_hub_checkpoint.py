@@ -293,6 +293,21 @@ def test_timm_routes_load_a_published_folder(saved):
     assert len(features(x)) == len(features.feature_info.channels())
 
 
+def test_fine_tuning_from_a_checkpoint_with_a_label_classifier_or_other_channels(saved, tmp_path):
+    """num_labels= on pretrained weights gets a fresh label classifier (refused before: the checkpoint holds none);
+    in_chans= adapts every DATH stream's first convolution (stream 1's stayed at 3 channels and was refused)."""
+    path, model = saved
+    x = torch.randn(2, 3, IMG, IMG)
+    labelled = timm.create_model(f'local-dir:{path}', pretrained=True, num_labels=5).eval()
+    assert torch.equal(labelled(x), model(x)) and labelled.label_logits(labelled(x)).shape == (2, 5)
+    assert labelled.aux_classifier.weight.device.type == 'cpu' and labelled.aux_classifier.weight.std() > 0.1
+    two = save_checkpoint(timm.create_model('dath_alexnet_16').eval(), tmp_path / 'two', card=False)
+    for chans in (1, 4):
+        grey = timm.create_model(f'local-dir:{two}', pretrained=True, in_chans=chans).eval()
+        assert [s.features[0].weight.shape[1] for s in grey.streams] == [chans, chans]
+        assert grey(torch.randn(2, chans, IMG, IMG)).shape == (2, 16)
+
+
 def test_pretrained_weights_are_loaded_into_a_model_built_on_meta(saved):
     """timm.create_model(..., pretrained=True) builds the model on the meta device and gives it copies of the
     loaded tensors: no random weights drawn to be overwritten (a seeded stream goes on as if nothing had been

@@ -250,6 +250,24 @@ def test_hash_head_on_other_backbone_families(backbone, kwargs):
     assert model(x).shape == (2, model.head_hidden_size)
 
 
+def test_bits_at_creation_build_those_lengths():
+    """timm passes the registry's num_classes (the name's width); bits= alone was read as one code of it."""
+    assert timm.create_model('dath_n_32', bits=(16, 32)).bits == (16, 32)
+    assert timm.create_model('dath_n_32', bits=64).bits == (64,)
+    admth = timm.create_model('admth_cnnf_multi', bits=(32, 64))
+    assert admth.bits == (32, 64) and len(admth.head.mlps) == 2  # one branch per length (one 160-bit code before)
+    assert timm.create_model('dath_n_32', bits=32, num_classes=8).bits == (8,)  # an explicit width still rules
+
+
+def test_two_stream_features_only_needs_the_getter():
+    for feature_cls in ('hook', 'fx'):  # they read one module: stream 0's maps, while feature_info said both
+        with pytest.raises(ValueError, match="would give stream 0's maps alone"):
+            timm.create_model('dath_alexnet_16', features_only=True, feature_cls=feature_cls)
+    both = timm.create_model('dath_alexnet_16', features_only=True).eval()
+    assert [t.shape[1] for t in both(torch.randn(2, 3, 64, 64))] == both.feature_info.channels() == [128, 384, 512, 512]
+    assert timm.create_model('dath_n_16', features_only=True, feature_cls='hook').feature_info.channels()[0] == 64
+
+
 def test_hash_model_reset_classifier_takes_global_pool(tmp_path):
     from deephash_zoo.hub.checkpoint import load_checkpoint, save_checkpoint
 

@@ -15,7 +15,7 @@ from timm.layers import register_notrace_function
 from .head import FcMlp
 from .safe_loading import check_pretrained_state
 
-__all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'pack_signs', 'init_weights', 'HUB_ORG',
+__all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'code_lengths', 'pack_signs', 'init_weights', 'HUB_ORG',
            'filter_state_dict']
 
 HUB_ORG = 'deephash-zoo'  # one Hugging Face organisation holds every published checkpoint
@@ -37,7 +37,7 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int) -> None:
                          + str(x.shape[2]) + 'x' + str(x.shape[3]))
 
 
-def _code_lengths(bits: Any) -> Tuple[int, ...]:
+def code_lengths(bits: Any) -> Tuple[int, ...]:
     """``bits=`` as a tuple of lengths: one positive int, or a non-empty list of them (no floats, bools or
     strings, which int() would quietly accept or mangle)."""
     items = [bits] if isinstance(bits, (int, float, str, bool)) else bits
@@ -68,7 +68,7 @@ def resolve_bits(num_classes: Optional[int], default_bits: Sequence[int], bits: 
             raise ValueError(f'num_classes must be an integer >= 0 (the total code width; 0: no hash layer), '
                              f'got {original!r}')
     if bits is not None:
-        out = _code_lengths(bits)
+        out = code_lengths(bits)
         if num_classes is not None and num_classes != sum(out):
             raise ValueError(f'num_classes={num_classes} does not match bits={out} (sum {sum(out)})')
     elif num_classes is None or num_classes == sum(default_bits):
@@ -136,13 +136,14 @@ class HashingMixin:
     """
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """As ``nn.Module``'s; pretrained weights an entrypoint loads are checked first (``checking_pretrained``)."""
-        check_pretrained_state(self, state_dict, strict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """As ``nn.Module``'s; pretrained weights an entrypoint loads are checked first (``checking_pretrained``),
+        and a label classifier they do not hold (``num_labels=``) keeps its fresh initialisation."""
+        fresh_labels = check_pretrained_state(self, state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict and not fresh_labels, assign=assign)
 
     def _init_codes(self, bits: Union[int, Sequence[int]], num_classes: Optional[int], num_labels: int) -> None:
         """Code lengths the model is built for (``default_bits``), current ones, label classifier slot."""
-        self.default_bits = _code_lengths(bits)
+        self.default_bits = code_lengths(bits)
         resolve_bits(None, self.default_bits)  # validates the lengths the model is built for
         self.bits = resolve_bits(num_classes, self.default_bits)
         self.num_classes = sum(self.bits)

@@ -68,6 +68,9 @@ class DATH(HashNet):
         self.head_hidden_size = self.head.hidden_size
         self._reset_label_classifier(**dd)
         self.feature_info = self._feature_info()
+        # timm adapts these convolutions to another in_chans when it loads pretrained weights; pretrained_cfg's
+        # first_conv names stream 0 only (checkpoints saved it so), and a second stream's was left at 3 channels
+        self._traits = {'first_conv': tuple(f'streams.{i}.features.0' for i in range(len(self.streams)))}
         init_weights(self)
 
     def _feature_info(self) -> List[Dict[str, Any]]:
@@ -100,6 +103,11 @@ register_constructor(('dath',), DATH)
 
 
 def _create_dath(variant: str, pretrained: bool = False, **kwargs: Any) -> DATH:
+    feature_cls = kwargs.get('feature_cls')
+    if kwargs.get('features_only') and len(kwargs.get('attention', ())) > 1 and feature_cls not in (None, 'getter'):
+        # hooks and FX read one module's output; a tap is both streams' maps concatenated, which no module makes
+        raise ValueError(f"{variant}: features_only with feature_cls={feature_cls!r} would give stream 0's maps "
+                         "alone; the two streams' taps come from feature_cls='getter' (the default)")
     return build_hash_net(DATH, variant, pretrained, **kwargs)
 
 

@@ -13,7 +13,7 @@ from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
-from .contract import HashingMixin, check_images, filter_state_dict, resolve_bits
+from .contract import HashingMixin, check_images, code_lengths, filter_state_dict, resolve_bits
 from .published import with_trained_input_size
 from .safe_loading import check_pretrained_source, checking_pretrained
 from .trunks import MIN_INPUT_SIZE
@@ -125,6 +125,10 @@ def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool =
     built again the ordinary way.
     """
     check_pretrained_source(pretrained, kwargs)
+    if kwargs.get('bits') is not None and kwargs.get('num_classes') is None:
+        # timm would pass the registry's num_classes (the name's width), which resolve_bits reads as one code of
+        # that width: bits=(16, 32) on dath_alexnet_32 gave (32,), and on admth_cnnf_multi one 160-bit code
+        kwargs['num_classes'] = sum(code_lengths(kwargs['bits']))
     # the registered name, plain or tagged ('dath_alexnet_32.fmnist': timm passes the tag as a str); hf-hub: /
     # local-dir: pass their config.json's cfg, which records its own input size
     from_registry = kwargs.get('pretrained_cfg') is None or isinstance(kwargs.get('pretrained_cfg'), str)

@@ -150,15 +150,25 @@ def checking_pretrained(pretrained: bool, variant: str) -> Iterator[None]:
         _CHECKING_PRETRAINED.reset(token)
 
 
-def check_pretrained_state(model: Any, state_dict: Mapping[str, Any], strict: bool) -> None:
+LABEL_CLASSIFIER = 'aux_classifier.'  # DATH's label classifier: trained with J2, never part of a checkpoint
+
+
+def check_pretrained_state(model: Any, state_dict: Mapping[str, Any], strict: bool) -> bool:
     """Inside ``checking_pretrained(True, ...)``: refuse weights holding NaN / infinity or not fitting ``model``,
-    naming their source. Elsewhere (a user's own ``load_state_dict``) nothing is checked."""
+    naming their source. Elsewhere (a user's own ``load_state_dict``) nothing is checked.
+
+    True when the weights fit but for the label classifier ``num_labels=`` asked for, which no checkpoint holds:
+    it stays freshly initialised (fine-tuning from published weights), as a new ``num_classes`` head does."""
     if not _CHECKING_PRETRAINED.get():
-        return
+        return False
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     source = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or cfg.get('architecture', 'weights')
     check_finite_weights(state_dict, f'pretrained weights {source}')
-    misfit = state_misfit(state_dict, model.state_dict(), strict, expecting=cfg.get('architecture', 'the model'))
+    own = model.state_dict()
+    fresh = [k for k in own if k.startswith(LABEL_CLASSIFIER) and k not in state_dict]
+    own = {k: v for k, v in own.items() if k not in fresh}
+    misfit = state_misfit(state_dict, own, strict, expecting=cfg.get('architecture', 'the model'))
     if misfit:
         raise ValueError(f'pretrained weights {source}: do not fit {type(model).__name__} with bits '
                          f'{tuple(model.bits)} ({misfit})')
+    return bool(fresh)
