@@ -250,6 +250,19 @@ def test_hash_head_on_other_backbone_families(backbone, kwargs):
     assert model(x).shape == (2, model.head_hidden_size)
 
 
+@pytest.mark.parametrize('name', ['dath_n_16', 'admth_cnnf_16'])
+def test_jit_trace_with_grad_traces_and_trains(name):
+    """torch.jit.trace's defaults (grad on, sanity check re-run without grad): the fc6 tap-sum cache and the LRN's
+    autograd Function made the graphs differ, and the traced LRN's in-place ops had no backward."""
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    traced = torch.jit.trace(model, x)
+    out = traced(x)
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert model.head.mlps[0].fc6.weight.grad is not None
+
+
 def test_bits_at_creation_build_those_lengths():
     """timm passes the registry's num_classes (the name's width); bits= alone was read as one code of it."""
     assert timm.create_model('dath_n_32', bits=(16, 32)).bits == (16, 32)

@@ -111,11 +111,14 @@ class FcMlp(nn.Module):
             return weight.flatten(1)
         if h > k or w > k or k % h or k % w:
             return None
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or weight.is_inference():
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or weight.is_inference()):
             # (an inference tensor keeps no version counter, so a change in place could not be seen)
             return tap_block_sums(weight, h, w).flatten(1)
         # encoding: the sums are the same until the weight changes, and reading 151 MB to make them was most
-        # of a 64x64 batch-1 call (an in-place update or load_state_dict bumps _version; .to() moves data_ptr)
+        # of a 64x64 batch-1 call (an in-place update or load_state_dict bumps _version; .to() moves data_ptr;
+        # an edit through .data bumps nothing, as for torch's own version-keyed caches: edit the parameter under
+        # torch.no_grad() instead). A trace records no cache: its sanity check re-runs the call without grad.
         key = (weight.data_ptr(), weight._version, weight.device, h, w)
         cached = getattr(self, '_fc6_sums', None)
         if cached is None or cached[0] != key:

@@ -91,4 +91,6 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
     @torch.jit.unused
     def _exporting(self) -> bool:
-        return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+        # a jit trace records torch's own op too: the fast path's autograd Function differed from its no-grad ops
+        # in trace's sanity check, and those in-place ops have no backward
+        return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
