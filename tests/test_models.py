@@ -365,6 +365,9 @@ def test_encode_refuses_a_numpy_array_and_names_a_string_length(images):
         model.encode(images.numpy())
     with pytest.raises(ValueError, match=r"code lengths \(16,\); got bits='16' \(a str\)"):
         model.encode(images, bits='16')
+    for bits, kind in ((16.0, 'float'), (True, 'bool')):  # 16.0 == 16 passed as a length
+        with pytest.raises(ValueError, match=rf'got bits={bits!r} \(a {kind}\)'):
+            model.encode(images, bits=bits)
 
 
 def test_broken_weights_and_label_counts_are_named(images):

@@ -205,8 +205,9 @@ class HashingMixin:
         if not self.bits:
             raise ValueError('this model has no hash layer (num_classes=0); nothing to encode')
         slices = self.code_slices()
-        if bits is not None and bits not in slices:
-            kind = '' if isinstance(bits, int) else f' (a {type(bits).__name__})'  # bits='32' must not read as 32
+        if bits is not None and (bits not in slices or isinstance(bits, (bool, float))):  # 32.0 == 32, True == 1
+            # bits='32' must not read as 32, nor 32.0 or True pass as lengths
+            kind = '' if isinstance(bits, int) and not isinstance(bits, bool) else f' (a {type(bits).__name__})'
             raise ValueError(f'this model has code lengths {self.bits}; got bits={bits!r}{kind}')
         check_images(x, self.in_chans, self.min_input_size)
         if not bool(torch.isfinite(x).all()):
