@@ -185,6 +185,8 @@ def test_features_only_taps(name, channels):
     (torch.randn(2, 1, SMALL, SMALL), '1 channels'),
     (torch.randn(3, SMALL, SMALL), 'rank 3'),
     (torch.zeros(2, 3, SMALL, SMALL, dtype=torch.uint8), 'integer tensor'),
+    (torch.zeros(2, 3, SMALL, SMALL, dtype=torch.bool), 'got a boolean tensor'),  # both were 'an integer tensor'
+    (torch.zeros(2, 3, SMALL, SMALL, dtype=torch.complex64), 'got a complex tensor'),
     (torch.randn(2, 3, 32, 32), 'at least 63x63'),
 ])
 def test_bad_images_are_refused_in_forward_and_encode(bad, message):

@@ -30,7 +30,8 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int) -> None:
     if x.shape[1] != in_chans:
         raise ValueError('expected ' + expected + ', got ' + str(x.shape[1]) + ' channels')
     if not x.is_floating_point():
-        raise ValueError('expected ' + expected + ' (normalised, floating point), got an integer tensor; '
+        kind = 'a boolean' if x.dtype == torch.bool else 'a complex' if x.is_complex() else 'an integer'
+        raise ValueError('expected ' + expected + ' (normalised, floating point), got ' + kind + ' tensor; '
                          'convert with the model transform (timm.data.create_transform)')
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError('expected images of at least ' + str(min_size) + 'x' + str(min_size) + ' pixels, got '
