@@ -252,6 +252,7 @@ def test_hash_head_on_other_backbone_families(backbone, kwargs):
     assert model(x).shape == (2, model.head_hidden_size)
 
 
+@pytest.mark.filterwarnings('ignore::FutureWarning', 'ignore::torch.jit.TracerWarning')  # trace's own, as for timm
 @pytest.mark.parametrize('name', ['dath_n_16', 'admth_cnnf_16'])
 def test_jit_trace_with_grad_traces_and_trains(name):
     """torch.jit.trace's defaults (grad on, sanity check re-run without grad): the fc6 tap-sum cache and the LRN's
