@@ -308,6 +308,16 @@ def test_fine_tuning_from_a_checkpoint_with_a_label_classifier_or_other_channels
         assert grey(torch.randn(2, chans, IMG, IMG)).shape == (2, 16)
 
 
+def test_a_multi_length_checkpoint_names_every_hash_layer_its_classifier(tmp_path, caplog):
+    """timm drops the classifier's weights for another num_classes; the registry's cfg named the first hash layer
+    alone, so the second length's was reported as unexpected keys."""
+    path = save_checkpoint(timm.create_model('dath_n_32', bits=(16, 32)).eval(), tmp_path / 'two', card=False)
+    assert read_checkpoint_config(path)['pretrained_cfg']['classifier'] == ['head.hash.fc.0', 'head.hash.fc.1']
+    with caplog.at_level('WARNING'):
+        assert timm.create_model(f'local-dir:{path}', pretrained=True, num_classes=8).bits == (8,)
+    assert 'Unexpected keys' not in caplog.text
+
+
 def test_pretrained_weights_are_loaded_into_a_model_built_on_meta(saved):
     """timm.create_model(..., pretrained=True) builds the model on the meta device and gives it copies of the
     loaded tensors: no random weights drawn to be overwritten (a seeded stream goes on as if nothing had been

@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import timm
 import torch
@@ -152,7 +152,7 @@ def save_checkpoint(
         num_labels=int(getattr(model, 'num_labels', 0)),
         dataset=dataset,
         training=training or {},
-        pretrained_cfg=published_identity(model, dataset),
+        pretrained_cfg=dict(published_identity(model, dataset), classifier=_classifier_names(model)),
     )
     model_args = dict(_bits_model_args(model))
     data_config = checkpoint_data_config(model, training)
@@ -173,6 +173,16 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _classifier_names(model: torch.nn.Module) -> Union[str, Tuple[str, ...]]:
+    """Every hash layer's module name, as timm's ``classifier`` lists them: it drops them from the weights when a
+    load asks for another ``num_classes``. The registry names the first alone, so a second length's layer was
+    reported as an unexpected key."""
+    layer = model.get_classifier()
+    prefix = next(name for name, module in model.named_modules() if module is layer)
+    names = tuple(f'{prefix}.fc.{i}' for i in range(len(layer.fc)))
+    return names[0] if len(names) == 1 else names
 
 
 def _check_replaceable(out_dir: Path) -> None:
