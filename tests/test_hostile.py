@@ -53,7 +53,9 @@ def finished_run(tmp_path_factory) -> Path:
     (['--resume', '--overwrite'], ('give one of them',)),
     (['--overwrite', '--data', 'list:/nonexistent/list.txt'], ('/nonexistent/list.txt',)),
     (['--overwrite', '--loss-arg', 'betta=2'], ('--loss-arg betta', 'beta, gamma')),
-    (['--overwrite', '--loss-arg', 'beta=x'], ("'x' is not a number",)),
+    (['--overwrite', '--loss-arg', 'beta=x'], ('--loss-arg beta=x: must be a finite number',)),
+    (['--overwrite', '--loss-arg', 'multi_label_form=1'], ("multi_label_form=1: takes a word (default 'bce')",)),
+    (['--overwrite', '--loss-arg', 'multi_label_form=foo'], ("multi_label_form must be 'bce' or 'paper'",)),
     (['--overwrite', '--loss-arg', 'beta=nan'], ('must be a finite number',)),
     (['--overwrite', '--loss-arg', 'label_weight=1'], ('set it with --label-weight',)),
     (['--overwrite', '--label-weight', '1'], ("DATH's label term is its own J2",)),
@@ -61,7 +63,8 @@ def finished_run(tmp_path_factory) -> Path:
     (['--overwrite', '--subset', '0'], ('--subset 0: must be at least 1',)),
     (['--overwrite', '--max-steps', '0'], ('--max-steps 0: must be at least 1',)),
 ], ids=['no-flag', 'resume-and-overwrite', 'bad-data', 'unknown-loss-arg', 'loss-arg-not-number',
-        'loss-arg-nan', 'label-weight-as-loss-arg', 'label-weight-for-dath', 'epochs-0', 'subset-0', 'max-steps-0'])
+        'loss-arg-number-for-word', 'loss-arg-unknown-word', 'loss-arg-nan', 'label-weight-as-loss-arg',
+        'label-weight-for-dath', 'epochs-0', 'subset-0', 'max-steps-0'])
 def test_a_finished_run_survives_every_refused_start(finished_run, capsys, extra, needles):
     before = _snapshot(finished_run)
     _refused(capsys, [*TINY, '--out', str(finished_run), '--max-steps', '2', *extra], *needles)

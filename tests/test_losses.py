@@ -322,6 +322,14 @@ def test_pair_balance_matches_a_literal_weighted_sum(kind: str, balance: float) 
     assert summed == pytest.approx(ref_balanced_pairwise(u, labels, balance) * 9 * 8, **TOL)
 
 
+def test_pair_balance_weights_keep_float64() -> None:
+    """The pair counts were divided as integers into float32 weights: float64 codes lost 4e-8 relative."""
+    u = 2 * make_codes(7, 8, seed=3)  # float64
+    labels = torch.tensor([0, 0, 1, 2, 3, 4, 5])
+    got = PairwiseLikelihoodLoss(pair_balance=1.0)(u, labels).item()
+    assert got == pytest.approx(ref_balanced_pairwise(u, labels, 1.0), rel=1e-12)
+
+
 def test_pair_balance_weighs_similar_and_dissimilar_pairs_equally() -> None:
     """With 2 similar ordered pairs among 20, each kind carries half the total weight (20 / 4 and 20 / 36); a batch of
     one kind of pair keeps weight 1; ADMTHLoss passes it on; values outside [0, 1] are refused."""

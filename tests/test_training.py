@@ -214,6 +214,20 @@ def test_settings_outside_their_meaning_are_refused_before_the_folder_is_touched
     assert not out.exists()
 
 
+@needs_fmnist
+def test_a_word_loss_arg_reaches_the_loss_and_the_record(tmp_path):
+    """--loss-arg multi_label_form=paper (DATH's Eq. 7 for multi-hot labels): every value was parsed as a number,
+    so the paper's form could not be chosen from the command line."""
+    from deephash_zoo.cli.train import main as train_main
+    from deephash_zoo.hub.checkpoint import read_checkpoint_config
+
+    out = tmp_path / 'run'
+    assert train_main([*TINY, '--device', 'cpu', '--out', str(out), '--max-steps', '1',
+                       '--loss-arg', 'multi_label_form=paper']) == 0
+    training = read_checkpoint_config(out / 'checkpoint')['training']
+    assert training['loss_args'] == {'multi_label_form': 'paper'}
+
+
 def test_pretraining_refuses_images_below_the_trunks_minimum(tmp_path):
     from deephash_zoo.cli.pretrain import main as pretrain_main
 

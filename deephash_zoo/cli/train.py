@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--no-amp', action='store_true', help='no mixed precision on CUDA')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--loss-arg', action='append', default=[], metavar='NAME=VALUE',
-                   help='loss hyper-parameter, e.g. beta=1 gamma=0.01 margin=5 (DATH), alpha=20 beta=1 (ADMTH)')
+                   help='loss hyper-parameter, e.g. beta=1 gamma=0.01 margin=5 multi_label_form=paper (DATH), '
+                        'alpha=20 beta=1 (ADMTH)')
     return p
 
 
@@ -117,8 +118,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError(f'--loss-arg expects NAME=VALUE, got {item!r}')
         try:
             loss_args[name] = float(value)
-        except ValueError:
-            raise ValueError(f'--loss-arg {item!r}: {value!r} is not a number') from None
+        except ValueError:  # a word (multi_label_form=paper): the loss's own check says which it takes
+            loss_args[name] = value
     cfg = TrainConfig(
         model=args.model, recipe=args.recipe, data=args.data, out=args.out, data_root=args.data_root,
         epochs=args.epochs, img_size=args.img_size, subset=args.subset, max_steps=args.max_steps, seed=args.seed,

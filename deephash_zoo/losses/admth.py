@@ -68,11 +68,11 @@ class PairwiseLikelihoodLoss(nn.Module):
     def _pair_weights(self, s: Tensor, off_diag: Tensor) -> Tensor:
         """Each pair's weight: similar and dissimilar pairs half the total each, blended by ``pair_balance``."""
         similar = (s > 0) & off_diag
-        n_similar, n_pairs = similar.sum(), off_diag.sum()
+        n_similar, n_pairs = similar.sum().to(s.dtype), off_diag.sum().to(s.dtype)  # float64 codes: float64 weights
         n_dissimilar = n_pairs - n_similar
         if n_similar == 0 or n_dissimilar == 0:
             return s.new_ones(())
-        balanced = torch.where(similar, n_pairs / (2 * n_similar), n_pairs / (2 * n_dissimilar)).to(s.dtype)
+        balanced = torch.where(similar, n_pairs / (2 * n_similar), n_pairs / (2 * n_dissimilar))
         return 1 + self.pair_balance * (balanced - 1)
 
     def extra_repr(self) -> str:

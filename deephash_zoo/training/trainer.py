@@ -472,14 +472,18 @@ def _check_loss_args(cfg: TrainConfig) -> None:
     loss_cls = DATHLoss if family_of(cfg.model) == 'dath' else ADMTHLoss
     if 'label_weight' in cfg.loss_args:
         raise ValueError('--loss-arg label_weight: set it with --label-weight (a recipe setting, kept in config.json)')
-    accepted = sorted(set(inspect.signature(loss_cls).parameters) - {'bits', 'num_labels', 'reduction', 'label_weight'})
+    params = inspect.signature(loss_cls).parameters
+    accepted = sorted(set(params) - {'bits', 'num_labels', 'reduction', 'label_weight'})
     unknown = sorted(set(cfg.loss_args) - set(accepted))
     if unknown:
         raise ValueError(f'--loss-arg {unknown[0]}: {loss_cls.__name__} has no such hyper-parameter '
                          f'(it takes {", ".join(accepted)})')
-    bad = [k for k, v in cfg.loss_args.items() if not math.isfinite(float(v))]
-    if bad:
-        raise ValueError(f'--loss-arg {bad[0]}={cfg.loss_args[bad[0]]}: must be a finite number')
+    for name, value in cfg.loss_args.items():
+        if isinstance(params[name].default, str):  # a choice (multi_label_form): the loss names the ones it takes
+            if not isinstance(value, str):
+                raise ValueError(f'--loss-arg {name}={value:g}: takes a word (default {params[name].default!r})')
+        elif isinstance(value, str) or not math.isfinite(float(value)):
+            raise ValueError(f'--loss-arg {name}={value}: must be a finite number')
 
 
 def _build_objective(cfg: TrainConfig, settings: Dict[str, Any], num_labels: int, single_label: bool,
