@@ -176,6 +176,7 @@ def test_pretrained_budget_pretrains_one_trunk_and_starts_every_cell_from_it(tmp
                                           if t.startswith('Distinct codes')))
     cells = [c for c in result['cells'] if c['model'] == 'dath_n_16']
     assert float(distinct['DATH-N'][0]) == pytest.approx(cells[0]['results']['16']['distinct_codes'], abs=5e-4)
+    assert 'among the first 20 queries' in markdown  # the tiny budget's 20, not 1,000
 
     # resume with one more seed: the trunk is kept, not pretrained again
     mtime = trunk.stat().st_mtime_ns

@@ -226,6 +226,8 @@ def test_a_word_loss_arg_reaches_the_loss_and_the_record(tmp_path):
                        '--loss-arg', 'multi_label_form=paper']) == 0
     training = read_checkpoint_config(out / 'checkpoint')['training']
     assert training['loss_args'] == {'multi_label_form': 'paper'}
+    # and every hyper-parameter the loss ran with, its defaults included (they were unsaid)
+    assert training['loss'] == {'beta': 1.0, 'gamma': 0.01, 'margin': 5.0, 'multi_label_form': 'paper'}
 
 
 def test_pretraining_refuses_images_below_the_trunks_minimum(tmp_path):

@@ -10,6 +10,8 @@ unpaired rule's spread hides.
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from deephash_zoo.evaluation.report import DISTINCT_OF
+
 __all__ = ['summarize', 'render_markdown', 'claims', 'PAPER_NOTES', 'verdict', 'at_chance', 'training_setup',
            'paired_differences']
 
@@ -289,9 +291,10 @@ def render_markdown(result: Dict[str, Any], json_path: Optional[str] = None, hea
                     [[label] + [_pm(s['bits'][b]['p_at_100']) if b in s['bits'] else '' for b in bits]
                      for label, s in summary.items()])
     if all(v['distinct'] is not None for s in summary.values() for v in s['bits'].values()):
-        lines += ['', '**Distinct codes** (share of different codes among the first 1,000 queries; 1 when every '
-                  'query has its own code, the number of classes / 1,000 when the codes collapse onto one per '
-                  'class)', '']
+        counted = min(budget.get('query_subset') or DISTINCT_OF, DISTINCT_OF)  # a small budget scores fewer
+        lines += ['', f'**Distinct codes** (share of different codes among the first {counted:,} queries; 1 when '
+                  f'every query has its own code, the number of classes / {counted:,} when the codes collapse onto '
+                  'one per class)', '']
         lines += _table(['model'] + [f'{b} bits' for b in bits],
                         [[label] + [_pm(s['bits'][b]['distinct']) if b in s['bits'] else '' for b in bits]
                          for label, s in summary.items()])

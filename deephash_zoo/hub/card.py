@@ -36,7 +36,7 @@ MAP_AT = 1000  # the second mAP column: deephash-eval's map_at_1000
 _TRAINING_KEYS = ('recipe', 'data', 'epochs', 'batch_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'nesterov',
                   'lr_schedule', 'warmup_steps', 'lr_step_epochs', 'lr_decay', 'loss_reduction', 'gamma_ramp_steps',
                   'center_hash', 'grad_clip', 'drop_rate', 'flip', 'img_size', 'label_weight', 'attn_gate_init',
-                  'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'init')
+                  'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'loss', 'init')
 _PATH_KEYS = ('data', 'init', 'data_root', 'out')
 
 

@@ -7,16 +7,18 @@ setting a checkpoint was trained with, and every checkpoint's ``config.json`` re
   papers' 224x224.
   DATH: RMSProp lr 1e-5, weight decay 1e-5, batch 128, J1 + J2 + 0.01 J3 with margin 5, each term
   summed as in Eqs. 3, 5, 8. ADMTH: SGD, batch 128, 20 x pairwise + 1 x consistency summed as in
-  Eqs. 7-9, lr divided by 100 every 30 epochs. ADMTH prints an initial lr of 0.15; on the summed
+  Eqs. 7-9, lr divided by 100 every 30 epochs (the paper says "every 30 iterations" of a schedule it counts in
+  epochs; read as epochs here). ADMTH prints an initial lr of 0.15; on the summed
   loss (B (B - 1) = 16,256 pairs a batch) any such lr overflows in the first steps, so the recipe
   takes 1e-7 with momentum 0.9, which is 1.6e-3 per averaged pair.
 * ``scratch``: what trains here from random weights, measured on Fashion-MNIST. A classification
   pretraining stage of the trunk (:data:`PRETRAIN`, ``deephash-pretrain``) takes the place of
   ImageNet; the hashing stage starts from it (``--init TRUNK``) with the papers' losses and weights.
   DATH averages each term (``reduction='mean'``: the losses keep their scale at any batch size).
-  ADMTH takes the paper's sums divided by the B (B - 1) pairs (``'scaled-sum'``): averaged like DATH's
-  terms, its consistency term counts B - 1 times more against the pairwise likelihood than in the paper,
-  and from the pretrained trunk it then shrinks every code to 0 before the pairwise term can spread them
+  ADMTH takes the paper's sums divided by the B (B - 1) pairs (``'scaled-sum'``). Averaged like DATH's
+  terms instead (``'mean'``), its consistency term would count B - 1 times more against the pairwise
+  likelihood than in the paper, and from the pretrained trunk it shrinks every code to 0 before the pairwise
+  term can spread them
   (mAP@all 0.13 on Fashion-MNIST against 0.10 for random codes; 0.78-0.81 with ``'scaled-sum'`` on the
   same 156 steps of 10,000 images). Both use SGD with Nesterov
   momentum, a linear warm-up and a cosine decay of the lr, and gamma (DATH's quantisation weight)

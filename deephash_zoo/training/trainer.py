@@ -486,6 +486,18 @@ def _check_loss_args(cfg: TrainConfig) -> None:
             raise ValueError(f'--loss-arg {name}={value}: must be a finite number')
 
 
+def loss_hyperparameters(cfg: TrainConfig) -> Dict[str, Any]:
+    """The hashing loss's hyper-parameters as the run uses them (its defaults where ``--loss-arg`` gave none):
+    config.json records ``loss_args`` as given, which left the defaults (DATH's beta, gamma, margin) unsaid."""
+    if cfg.stage == 'pretrain':
+        return {}
+    loss_cls = DATHLoss if family_of(cfg.model) == 'dath' else ADMTHLoss
+    params = inspect.signature(loss_cls).parameters
+    chosen = {name: p.default for name, p in params.items()
+              if name not in ('bits', 'num_labels', 'reduction', 'label_weight')}
+    return dict(chosen, **cfg.loss_args)
+
+
 def _build_objective(cfg: TrainConfig, settings: Dict[str, Any], num_labels: int, single_label: bool,
                      log: Callable[[str], None]) -> nn.Module:
     """The stage's model and loss in one module (weights initialised, ``--init`` applied)."""
@@ -624,8 +636,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         _claim_run_folder(out, cfg.resume, log.message)
     log.open(fresh=not cfg.resume)
     scaler = torch.amp.GradScaler('cuda', enabled=use_cuda and cfg.amp)
-    run_config = dict(asdict(cfg), **settings, world_size=world, data_config={k: list(v) if isinstance(v, tuple)
-                                                                                else v for k, v in data_cfg.items()})
+    run_config = dict(asdict(cfg), **settings, world_size=world, loss=loss_hyperparameters(cfg),
+                      data_config={k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()})
     log.record(event='start', config=run_config, num_train=len(dataset), num_labels=num_labels,
                steps_per_epoch=steps_per_epoch)
     product = out / TRUNK_FILE if pretraining else out / 'checkpoint'
