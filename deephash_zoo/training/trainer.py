@@ -174,7 +174,8 @@ def _check_ranges(cfg: TrainConfig, settings: Dict[str, Any]) -> None:
 
 
 def _lr_factor(step: int, total_steps: int, steps_per_epoch: int, settings: Dict[str, Any]) -> float:
-    """Multiplier of the base lr at optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
+    """Multiplier of the base lr at optimiser step ``step`` (0-based): the linear warm-up times the schedule, both
+    from step 0 (the zoo's recorded runs trained so; a run shorter than the warm-up stays below the base lr)."""
     warmup = settings['warmup_steps']
     factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
     if settings['lr_schedule'] == 'cosine':
