@@ -206,9 +206,11 @@ def test_a_run_with_balanced_pairs_records_it_and_its_card_names_it(tmp_path):
     train(TrainConfig(**common, loss_args={'pair_balance': 1.0}, out=str(tmp_path / 'balanced')))
     config = json.loads((tmp_path / 'balanced' / 'checkpoint' / 'config.json').read_text())
     assert config['training']['loss_args'] == {'pair_balance': 1.0}
-    assert 'pair_balance' in str(render_card(tmp_path / 'balanced' / 'checkpoint'))
+    balanced = str(render_card(tmp_path / 'balanced' / 'checkpoint'))
+    assert "**Not the paper's objective**" in balanced and '`pair_balance` 1.0' in balanced
     train(TrainConfig(**common, out=str(tmp_path / 'paper')))
-    assert 'pair_balance' not in str(render_card(tmp_path / 'paper' / 'checkpoint'))
+    paper = str(render_card(tmp_path / 'paper' / 'checkpoint'))  # its loss record lists pair_balance 0.0, no more
+    assert "Not the paper's objective" not in paper and '"pair_balance": 0.0' in paper
     with pytest.raises(ValueError, match='pair_balance must be in'):
         train(TrainConfig(**common, loss_args={'pair_balance': 2.0}, out=str(tmp_path / 'bad')))
     assert not (tmp_path / 'bad').exists()
