@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Union
 
 __all__ = ['file_sha256', 'state_sha256', 'tensors_file_sha256', 'cpu_model', 'usable_cores', 'load_average',
-           'write_atomic', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
+           'write_atomic', 'write_temporary', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
            'non_finite_tensors', 'read_json', 'file_in_the_way']
 
 
@@ -26,14 +26,25 @@ def file_in_the_way(path: Union[str, Path]) -> Optional[Path]:
     return None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling and rename it over ``path``: readers never see half a file."""
+def write_temporary(path: Path, data: bytes) -> Path:
+    """``data`` in a hidden temporary sibling of ``path``, on disk (fsync), for the caller to rename over ``path``
+    once every file it writes is whole; a failure removes it."""
     tmp = path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}')
     try:
         with open(tmp, 'wb') as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling and rename it over ``path``: readers never see half a file."""
+    tmp = write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
@@ -31,7 +30,7 @@ from deephash_zoo.data.images import open_rgb
 from deephash_zoo.hub import create_pretrained
 from deephash_zoo.precision import PRECISIONS, autocast, choose_precision, precision_models, relaxed_codes
 from deephash_zoo.retrieval.encoding import model_transform
-from deephash_zoo.utils import file_in_the_way
+from deephash_zoo.utils import file_in_the_way, write_temporary
 
 from ._common import UserError, run_main
 
@@ -205,11 +204,7 @@ def _write_together(files: Sequence[Tuple[Path, bytes]]) -> None:
         for path, data in files:
             current = path
             created += _make_parents(path.parent)
-            temps.append(path.with_name(f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}'))
-            with open(temps[-1], 'wb') as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            temps.append(write_temporary(path, data))
         for tmp, (path, _) in zip(temps, files, strict=True):
             current = path
             os.replace(tmp, path)

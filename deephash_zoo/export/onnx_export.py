@@ -38,6 +38,7 @@ import deephash_zoo
 from deephash_zoo.extras import require  # the export modules import it from here
 from deephash_zoo.hub.cache import create_pretrained
 from deephash_zoo.hub.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
+from deephash_zoo.models.contract import check_input_size
 from deephash_zoo.utils import state_sha256 as state_dict_sha256
 
 from .onnx_lrn import TRANSLATION as LRN_TRANSLATION
@@ -98,8 +99,11 @@ def min_input_size(model: Union[str, nn.Module]) -> int:
 
 def check_img_size(name: str, img_size: Optional[int], min_size: int) -> None:
     """Refuse an input size the model cannot take (0 included: no size silently means the default)."""
-    if img_size is not None and (not isinstance(img_size, int) or img_size < min_size):
-        raise ExportError(f'--img-size must be an integer >= {min_size} for {name}, got {img_size!r}')
+    if img_size is not None:
+        try:
+            check_input_size(img_size, min_size, name, '--img-size')
+        except ValueError as e:
+            raise ExportError(str(e)) from None
 
 
 def load_model_source(

@@ -15,8 +15,8 @@ from timm.layers import register_notrace_function
 from .head import FcMlp
 from .safe_loading import check_pretrained_state
 
-__all__ = ['HashingMixin', 'check_images', 'resolve_bits', 'code_lengths', 'pack_signs', 'init_weights', 'HUB_ORG',
-           'filter_state_dict']
+__all__ = ['HashingMixin', 'check_images', 'check_input_size', 'resolve_bits', 'code_lengths', 'pack_signs',
+           'init_weights', 'HUB_ORG', 'filter_state_dict']
 
 HUB_ORG = 'deephash-zoo'  # one Hugging Face organisation holds every published checkpoint
 
@@ -36,6 +36,13 @@ def check_images(x: torch.Tensor, in_chans: int, min_size: int) -> None:
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError('expected images of at least ' + str(min_size) + 'x' + str(min_size) + ' pixels, got '
                          + str(x.shape[2]) + 'x' + str(x.shape[3]))
+
+
+def check_input_size(img_size: Any, min_size: int, model: str = 'this model', flag: str = 'img_size') -> None:
+    """Refuse an input side ``model`` cannot take, 0 included (no size may silently mean the default); every
+    command's ``--img-size`` and ``model_transform`` say it in the same words."""
+    if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < min_size:
+        raise ValueError(f'{flag} must be an integer >= {min_size} for {model}, got {img_size!r}')
 
 
 def code_lengths(bits: Any) -> Tuple[int, ...]:

@@ -15,6 +15,8 @@ from timm.data import create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from deephash_zoo.models.contract import check_input_size
+
 __all__ = ['encode_dataset', 'encode_dataset_lengths', 'model_transform']
 
 Device = Union[str, torch.device]
@@ -28,9 +30,7 @@ def model_transform(model: torch.nn.Module, img_size: Optional[int] = None) -> C
     """
     cfg = resolve_data_config(model=model)
     if img_size is not None:
-        min_size = int(getattr(model, 'min_input_size', 1))
-        if not isinstance(img_size, int) or img_size < min_size:
-            raise ValueError(f'img_size must be an integer >= {min_size} for this model, got {img_size!r}')
+        check_input_size(img_size, int(getattr(model, 'min_input_size', 1)))
         cfg['input_size'] = (cfg['input_size'][0], img_size, img_size)
     return create_transform(**cfg)
 
