@@ -464,25 +464,35 @@ def _prepare_data(cfg: TrainConfig, model: nn.Module, flip: bool, img_size: Opti
 _DATA_PROBE = {'alexnet': 'dath_n_16', 'cnnf': 'dmlh_cnnf_multi'}  # a trunk sees what its hash models see
 
 
+def _loss_class(model: str) -> type:
+    return DATHLoss if family_of(model) == 'dath' else ADMTHLoss
+
+
+def _loss_defaults(loss_cls: type) -> Dict[str, Any]:
+    """A loss's hyper-parameters (what ``--loss-arg`` may set) with their defaults: its arguments but the code
+    lengths, label count, reduction and ADMTH's label term, which the run sets from elsewhere."""
+    return {name: p.default for name, p in inspect.signature(loss_cls).parameters.items()
+            if name not in ('bits', 'num_labels', 'reduction', 'label_weight')}
+
+
 def _check_loss_args(cfg: TrainConfig) -> None:
     """Refuse a ``--loss-arg`` name the family's loss does not take (before any data is read)."""
     if not cfg.loss_args:
         return
     if cfg.stage == 'pretrain':
         raise ValueError('--loss-arg: the pretraining stage trains with cross-entropy, which takes none')
-    loss_cls = DATHLoss if family_of(cfg.model) == 'dath' else ADMTHLoss
+    loss_cls = _loss_class(cfg.model)
     if 'label_weight' in cfg.loss_args:
         raise ValueError('--loss-arg label_weight: set it with --label-weight (a recipe setting, kept in config.json)')
-    params = inspect.signature(loss_cls).parameters
-    accepted = sorted(set(params) - {'bits', 'num_labels', 'reduction', 'label_weight'})
-    unknown = sorted(set(cfg.loss_args) - set(accepted))
+    defaults = _loss_defaults(loss_cls)
+    unknown = sorted(set(cfg.loss_args) - set(defaults))
     if unknown:
         raise ValueError(f'--loss-arg {unknown[0]}: {loss_cls.__name__} has no such hyper-parameter '
-                         f'(it takes {", ".join(accepted)})')
+                         f'(it takes {", ".join(sorted(defaults))})')
     for name, value in cfg.loss_args.items():
-        if isinstance(params[name].default, str):  # a choice (multi_label_form): the loss names the ones it takes
+        if isinstance(defaults[name], str):  # a choice (multi_label_form): the loss names the ones it takes
             if not isinstance(value, str):
-                raise ValueError(f'--loss-arg {name}={value:g}: takes a word (default {params[name].default!r})')
+                raise ValueError(f'--loss-arg {name}={value:g}: takes a word (default {defaults[name]!r})')
         elif isinstance(value, str) or not math.isfinite(float(value)):
             raise ValueError(f'--loss-arg {name}={value}: must be a finite number')
 
@@ -492,11 +502,7 @@ def loss_hyperparameters(cfg: TrainConfig) -> Dict[str, Any]:
     config.json records ``loss_args`` as given, which left the defaults (DATH's beta, gamma, margin) unsaid."""
     if cfg.stage == 'pretrain':
         return {}
-    loss_cls = DATHLoss if family_of(cfg.model) == 'dath' else ADMTHLoss
-    params = inspect.signature(loss_cls).parameters
-    chosen = {name: p.default for name, p in params.items()
-              if name not in ('bits', 'num_labels', 'reduction', 'label_weight')}
-    return dict(chosen, **cfg.loss_args)
+    return dict(_loss_defaults(_loss_class(cfg.model)), **cfg.loss_args)
 
 
 def _build_objective(cfg: TrainConfig, settings: Dict[str, Any], num_labels: int, single_label: bool,
