@@ -4,9 +4,11 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 
+import deephash_zoo  # noqa: F401  (registers the models)
 from deephash_zoo.models.head import FcMlp
 from deephash_zoo.training.tapfold import TapFold, fold_size
 
@@ -66,6 +68,16 @@ def test_fold_applies_only_to_a_repeated_map():
     assert TapFold.attach(net, img_size=6) is None  # fc6's own window: nothing to fold
     assert TapFold.attach(net, img_size=4) is None  # 4 does not divide 6
 
+
+
+@pytest.mark.parametrize('name', ['dath_n_16', 'admth_cnnf_16'])
+def test_the_paper_trunks_fold_below_159_pixels(name):
+    """The sizes the README and docstrings give: conv5 maps of 1x1, 2x2, 3x3 from 63-94, 95-126, 127-158 px;
+    at 159 the map is 4x4, which does not divide fc6's 6x6 window."""
+    for size, folds in ((63, True), (94, True), (95, True), (126, True), (127, True), (158, True), (159, False)):
+        with torch.device('meta'):  # shapes only: a fresh model a size, without 100 M weights to fill
+            model = timm.create_model(name)
+            assert (TapFold.attach(model, img_size=size) is not None) == folds, size
 
 def test_a_folded_fc6_refuses_another_map_size():
     net = _net(0)

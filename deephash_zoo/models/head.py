@@ -92,7 +92,7 @@ class FcMlp(nn.Module):
 
         Same numbers as the convolutions, but eager CPU convolution re-lays fc6's 151 MB weight on every
         call (batch-1 encoding was ~4x slower). A map of exactly fc6's window uses the weight as it is. A
-        smaller map whose sides divide the window (1x1, 2x2, 3x3: inputs 63-95, 96-127, 128-159 pixels)
+        smaller map whose sides divide the window (1x1, 2x2, 3x3: inputs 63-94, 95-126, 127-158 pixels)
         is what the nearest repeat blows up to the window, so each map position meets a block of fc6's
         taps: summing those taps first is the same function and gradient at 1/36 (1x1) of the cost.
         Graph exports keep the convolutions: there the weights stay initialisers that ONNX Runtime and

@@ -1,6 +1,6 @@
 """fc6 trained as its tap sums where the training input makes fc6's map a nearest repeat.
 
-Below 160 pixels the conv5 map of AlexNet and CNN-F is 1x1, 2x2 or 3x3, which :class:`FcMlp` repeats up
+Below 159 pixels the conv5 map of AlexNet and CNN-F is 1x1, 2x2 or 3x3, which :class:`FcMlp` repeats up
 to fc6's 6x6 window: each block of taps meets one map position, so every tap of a block gets the same
 gradient and only the block's sum reaches the output (FcMlp's forward already multiplies by the summed
 weight). SGD still updated all 37.7 M weights of each fc6 a step, and the backward spread every gradient
