@@ -1,20 +1,22 @@
 """Small helpers several modules share: atomic writes, file digests, a description of the machine."""
 import ctypes
+import datetime
 import errno
 import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import uuid
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 __all__ = ['file_sha256', 'state_sha256', 'tensors_file_sha256', 'cpu_model', 'usable_cores', 'load_average',
            'write_atomic', 'write_temporary', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
-           'non_finite_tensors', 'read_json', 'file_in_the_way']
+           'non_finite_tensors', 'read_json', 'file_in_the_way', 'provenance']
 
 
 def file_in_the_way(path: Union[str, Path]) -> Optional[Path]:
@@ -229,3 +231,11 @@ def load_average() -> List[str]:
         return Path('/proc/loadavg').read_text().split()[:3]
     except OSError:
         return []
+
+
+def provenance(module: str, argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
+    """When a benchmark record was made and the command that remakes it (``python -m MODULE ARGS``; the
+    process's own arguments when ``argv`` is None): a figure quoted from the record can name both."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return dict(generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                command=' '.join(['python -m', module] + [shlex.quote(a) for a in args]))

@@ -253,6 +253,10 @@ def test_map_benchmark_times_ours_in_turn_with_the_floor(tmp_path, capsys):
     assert set(record['other_metrics']) == {'P@100, P@1000', 'precision, recall (r <= 2)'}
     assert all(m['equal_on_subset'] and m['speedup'] > 0 for m in record['other_metrics'].values())
     assert set(record['kernel_target']) == {'cpu_name', 'avx512bw', 'vector_popcount', 'byte_compress'}
+    # when and how: the record remakes itself (a figure quoted from it can name both)
+    assert record['command'] == ('python -m deephash_zoo.retrieval.benchmark map --queries 40 --database 3000 '
+                                 f'--labels 10 --topk 500 --ref-queries 10 --repeats 3 --out {out}')
+    assert record['generated'].startswith('20') and record['generated'].endswith('+00:00')
     out = capsys.readouterr().out
     assert 'in turn' in out and 'kernel compiled for' in out
 

@@ -98,7 +98,9 @@ def test_step_benchmark_times_every_form_and_writes_its_table(tmp_path, capsys):
     assert result['speedup']['cnnf'] == pytest.approx(
         result['median_step_seconds']['cnnf'][STEP_FORMS[0]] / result['median_step_seconds']['cnnf'][STEP_FORMS[-1]])
     table = capsys.readouterr().out
-    assert 'tap sums, fused SGD' in table and result['machine']['cpu']
+    assert 'tap sums, fused SGD' in table and result['machine']['cpu'] and result['generated']
+    assert result['command'] == ('python -m deephash_zoo.training.benchmark steps --models cnnf --batch-size 4 '
+                                 f'--steps 1 --repeats 2 --out {out}')
     # the suite's processes keep freed memory (conftest), as the training commands do, and the table says so
     assert result['malloc'] == 'freed blocks kept, as the training commands'
     assert 'malloc: freed blocks kept, as the training commands' in table

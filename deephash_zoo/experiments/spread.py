@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from deephash_zoo.utils import cpu_model, read_json, tensors_file_sha256, usable_cores, write_atomic
+from deephash_zoo.utils import cpu_model, provenance, read_json, tensors_file_sha256, usable_cores, write_atomic
 
 from .budgets import BUDGETS, Budget, get_budget
 from .runs import cell_settings, run_cell, score_checkpoint
@@ -114,8 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    record['command'] = 'python -m deephash_zoo.experiments.spread ' + ' '.join(argv if argv is not None
-                                                                                else sys.argv[1:])
+    record.update(provenance('deephash_zoo.experiments.spread', argv))
     out = args.out or args.work / f'spread-{args.model}.json'
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, (json.dumps(record, indent=2) + '\n').encode())

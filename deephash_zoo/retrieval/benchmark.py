@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from deephash_zoo.utils import cpu_model, usable_cores
+from deephash_zoo.utils import cpu_model, provenance, usable_cores, write_atomic
 
 from . import kernels
 from .codes import code_words, distance_dtype, hamming_distances, hamming_from_words
@@ -179,10 +179,11 @@ def print_table(rows: Sequence[tuple[str, str]], title: str) -> None:
         print(f'{k:<{width}}  {v}')
 
 
-def write_json(record: dict[str, Any], out: str) -> Path:
-    path = Path(out)
+def write_json(record: dict[str, Any], args: argparse.Namespace) -> Path:
+    """The record with when and how it was made, written whole (a temporary file renamed) to ``args.out``."""
+    path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + '\n', encoding='utf-8')
+    write_atomic(path, (json.dumps({**getattr(args, 'provenance', {}), **record}, indent=2) + '\n').encode())
     return path
 
 
@@ -374,7 +375,7 @@ def run_map(args: argparse.Namespace) -> int:
         rows.append(('kernel compiled for', f'{target["cpu_name"]} (AVX-512 BW {target["avx512bw"]}, vector popcount '
                                             f'{target["vector_popcount"]}, VPCOMPRESSB {target["byte_compress"]})'))
     print_table(rows, f'mAP@{args.topk} benchmark')
-    print(f'wrote {write_json(record, args.out)}')
+    print(f'wrote {write_json(record, args)}')
     return 0 if equal else 1
 
 
@@ -449,7 +450,7 @@ def run_index(args: argparse.Namespace) -> int:
     print(f'flat vs numpy exact ranking (ties by database index, {flat["numpy_exact_s"]:.2f} s): '
           f'distances equal {flat["same_distances_as_numpy"]}, ids equal {flat["same_ids_as_numpy_index_tie_break"]}')
     print(f'machine: {record["machine"]["cpu"]}, {record["machine"]["usable_cores"]} cores, numpy {np.__version__}')
-    print(f'wrote {write_json(record, args.out)}')
+    print(f'wrote {write_json(record, args)}')
     return 0
 
 
@@ -532,7 +533,7 @@ def run_folder(args: argparse.Namespace) -> int:
         ('peak beyond the model', f'{beyond / mb:.0f} MiB'),
         ('machine', f'{record["machine"]["cpu"]}, {record["machine"]["usable_cores"]} cores'),
     ], 'folder index benchmark')
-    print(f'wrote {write_json(record, args.out)}')
+    print(f'wrote {write_json(record, args)}')
     return 0
 
 
@@ -590,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.provenance = provenance('deephash_zoo.retrieval.benchmark', argv)
     return int(args.func(args))
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.pretrain import TRUNK_ARCHS, TrunkClassifier
-from deephash_zoo.utils import cpu_model, write_atomic
+from deephash_zoo.utils import cpu_model, provenance, write_atomic
 
 from .allocator import keep_freed_memory, malloc_environment
 from .recipes import PRETRAIN, get_recipe
@@ -279,6 +279,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='kept: freed blocks stay for the next step, as the training commands run; glibc: its '
                              'default, each block above 32 MB mapped anew (default: %(default)s)')
     args = p.parse_args(argv)
+    made = provenance('deephash_zoo.training.benchmark', argv)
     malloc = _set_malloc(args.malloc)
     run = {'throughput': _throughput, 'multitask': _multitask, 'steps': _steps}[args.what]
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -293,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = _table(result)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out, json.dumps(dict(result, table=table), indent=2).encode())
+    write_atomic(args.out, json.dumps(dict(made, **result, table=table), indent=2).encode())
     print(f'wrote {args.out}')
     return 0
 
