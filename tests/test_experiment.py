@@ -79,7 +79,7 @@ def test_ablation_tiny_json_and_table_agree_and_resume(tmp_path, capsys):
     assert result['seeds'] == list(BUDGETS['tiny'].seeds) and len(result['cells']) == 2 * 2
     assert all(c['steps'] == 2 for c in result['cells'])
     _check_agree(result, markdown)
-    assert markdown in capsys.readouterr().out
+    assert markdown in capsys.readouterr().out and 'in the last call' not in markdown  # nothing was resumed
     # the claim DATH-S over DATH-N is judged
     assert 'position attention helps (DATH-S over DATH-N)' in markdown
     # first-seed checkpoints are kept with their metrics; the others are gone
@@ -107,6 +107,10 @@ def test_ablation_tiny_json_and_table_agree_and_resume(tmp_path, capsys):
     assert main(argv + ['--resume', '--no-encoding-time']) == 0
     again = json.loads((work / f'{key}.json').read_text())
     assert again['resumed_cells'] == 4 and again['cells'] == result['cells']
+    # its header says what the experiment took, not only the seconds of a call that trained nothing
+    spent = sum(c['train_wall_seconds'] + c['eval_seconds'] for c in again['cells']) / 60
+    assert (f"in the last call, which resumed 4 of the 4 cells from earlier runs (the cells' training and "
+            f"scoring, summed: {spent:.1f} min)") in (work / f'{key}.md').read_text()
 
     # a 32-bit column for DATH-S alone: the table keeps DATH-N from the cells file, blank where it did not run
     assert main(argv[:4] + ['DATH-S', '--bits', '16,32'] + argv[7:] + ['--resume', '--no-encoding-time']) == 0
