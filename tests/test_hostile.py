@@ -265,6 +265,48 @@ def test_hf_hub_repository_without_safetensors_is_refused(planted, tmp_path):
     assert not marker.exists()
 
 
+
+_REGISTRY_ROUTES = '''
+import sys, timm, deephash_zoo
+for route in ("name", "overlay", "missing"):
+    try:
+        if route == "name":  # the published name: timm's fallback to pytorch_model.bin when no .safetensors
+            timm.create_model("dath_n_16", pretrained=True)
+        else:
+            file = sys.argv[1] if route == "overlay" else sys.argv[1] + ".nope.safetensors"
+            timm.create_model("dath_n_16", pretrained=True, pretrained_cfg_overlay=dict(file=file))
+        print(route, "LOADED")
+    except Exception as e:
+        print(route, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+'''
+
+
+def test_the_published_name_and_a_file_overlay_never_unpickle(planted, tmp_path):
+    """``pretrained=True`` by the published name reads model.safetensors and nothing else (offline, a missing one
+    made timm unpickle pytorch_model.bin beside it), and ``pretrained_cfg_overlay=dict(file=...)`` takes only an
+    existing .safetensors file."""
+    import os
+    import subprocess
+    import sys
+
+    from deephash_zoo.hub.cache import seed_hf_cache
+
+    folder, marker = planted
+    snapshot = seed_hf_cache(folder, 'deephash-zoo/dath_n_16.fmnist', cache_dir=tmp_path / 'cache')
+    (snapshot / 'model.safetensors').unlink()
+    evil = snapshot / 'pytorch_model.bin'
+    (folder / 'evil.bin').rename(evil)
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'cache'),
+               HF_HOME=str(tmp_path / 'hf-home'))
+    proc = subprocess.run([sys.executable, '-c', _REGISTRY_ROUTES, str(evil)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    said = dict(line.split(' ', 1) for line in proc.stdout.splitlines())
+    assert said['name'].startswith('LocalEntryNotFoundError'), proc.stdout + proc.stderr  # the documented error
+    assert said['overlay'] == f'ValueError {evil}: only safetensors weights are loaded (a .bin file may be a ' \
+                              'pickle, which is never loaded); give a .safetensors file', proc.stdout
+    assert said['missing'] == f'ValueError {evil}.nope.safetensors: no such weights file', proc.stdout
+    assert not marker.exists()
+
 @pytest.fixture(scope='module')
 def hostile_images(tmp_path_factory):
     """A 20-megapixel pixel strip (2.5 KB: within the pixel bound, not the aspect bound) and a 225-megapixel

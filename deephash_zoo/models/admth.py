@@ -19,7 +19,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .contract import HUB_ORG, init_weights
+from .contract import HUB_ORG, HUB_WEIGHTS, init_weights
 from .hashnet import HashNet, build_hash_net
 from .head import HashHead
 from .published import UNPUBLISHED, tags_of
@@ -100,7 +100,7 @@ MULTI_BITS = (16, 32, 48, 64)
 _LENGTHS = {'admth_cnnf_multi': MULTI_BITS, 'dmlh_cnnf_multi': MULTI_BITS,
             **{f'{family}_cnnf_{b}': (b,) for family in ('admth', 'dmlh') for b in MULTI_BITS}}
 default_cfgs = generate_default_cfgs({
-    **{f'{name}.{tag}': _cfg(_LENGTHS[name], hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
+    **{f'{name}.{tag}': _cfg(_LENGTHS[name], hf_hub_id=f'{HUB_ORG}/{name}.{tag}', hf_hub_filename=HUB_WEIGHTS)
        for name in _LENGTHS if name not in UNPUBLISHED for tag in tags_of(name)},
     # the single-length models (the paper's single-task arm, and with SE attention kept): architectures only
     **{name: _cfg(_LENGTHS[name]) for name in UNPUBLISHED},

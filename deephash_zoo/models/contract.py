@@ -16,9 +16,12 @@ from .head import FcMlp
 from .safe_loading import check_pretrained_state
 
 __all__ = ['HashingMixin', 'check_images', 'check_input_size', 'resolve_bits', 'code_lengths', 'pack_signs',
-           'init_weights', 'HUB_ORG', 'filter_state_dict']
+           'init_weights', 'HUB_ORG', 'HUB_WEIGHTS', 'filter_state_dict']
 
 HUB_ORG = 'deephash-zoo'  # one Hugging Face organisation holds every published checkpoint
+# the published weights file, named in every published cfg (hf_hub_filename): timm then reads it with safetensors
+# and nothing else; without it timm falls back to unpickling pytorch_model.bin when the .safetensors is missing
+HUB_WEIGHTS = 'model.safetensors'
 
 
 @register_notrace_function  # reason: shape checks are Python control flow; FX keeps the call as a leaf

@@ -22,7 +22,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .contract import HUB_ORG, init_weights
+from .contract import HUB_ORG, HUB_WEIGHTS, init_weights
 from .hashnet import HashNet, build_hash_net
 from .head import HashHead
 from .published import tags_of
@@ -134,7 +134,7 @@ _VARIANTS = {
 BITS = (16, 32, 48, 64)
 
 default_cfgs = generate_default_cfgs({
-    f'{v}_{b}.{tag}': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.{tag}')
+    f'{v}_{b}.{tag}': _cfg(num_classes=b, hf_hub_id=f'{HUB_ORG}/{v}_{b}.{tag}', hf_hub_filename=HUB_WEIGHTS)
     for v in _VARIANTS for b in BITS for tag in tags_of(f'{v}_{b}')
 })
 

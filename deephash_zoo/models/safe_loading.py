@@ -70,7 +70,11 @@ def check_saved_model_args(arch: str, model_args: Mapping[str, Any], where: str)
 def check_pretrained_source(pretrained: bool, kwargs: Mapping[str, Any]) -> None:
     """Before timm loads ``local-dir:`` / ``hf-hub:`` weights: the folder or repository must hold
     ``model.safetensors`` (timm would otherwise unpickle ``pytorch_model.bin``), and the config's model_args
-    must be the architecture's own."""
+    must be the architecture's own. A ``file`` given through ``pretrained_cfg_overlay`` must be a safetensors
+    file that exists (timm would unpickle a ``.bin``/``.pth``, and say of a missing one only ``FileNotFoundError``)."""
+    overlay_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+    if pretrained and overlay_file:
+        _check_weights_file(Path(str(overlay_file)))
     cfg = kwargs.get('pretrained_cfg')
     cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
     if not isinstance(cfg, Mapping):
@@ -100,6 +104,15 @@ def check_pretrained_source(pretrained: bool, kwargs: Mapping[str, Any]) -> None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f'hf-hub:{repo}: model.safetensors is not available ({first}); only safetensors '
                              'weights are loaded') from None
+
+
+def _check_weights_file(path: Path) -> None:
+    """A weights file named directly (``pretrained_cfg_overlay=dict(file=...)``): a safetensors file that exists."""
+    if path.name.endswith(PICKLE_SUFFIXES) or path.suffix != '.safetensors':
+        raise ValueError(f'{path}: only safetensors weights are loaded (a {path.suffix or "suffix-less"} file may be '
+                         'a pickle, which is never loaded); give a .safetensors file')
+    if not path.is_file():
+        raise ValueError(f'{path}: no such weights file')
 
 
 class NonFiniteWeightsError(ValueError):
