@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 __all__ = ['file_sha256', 'state_sha256', 'tensors_file_sha256', 'cpu_model', 'usable_cores', 'load_average',
            'write_atomic', 'write_temporary', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
-           'non_finite_tensors', 'read_json', 'file_in_the_way', 'provenance']
+           'non_finite_tensors', 'read_json', 'file_in_the_way', 'provenance', 'safetensors_bytes']
 
 
 def file_in_the_way(path: Union[str, Path]) -> Optional[Path]:
@@ -239,3 +239,22 @@ def provenance(module: str, argv: Optional[Sequence[str]] = None) -> Dict[str, s
     args = list(sys.argv[1:] if argv is None else argv)
     return dict(generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                 command=' '.join(['python -m', module] + [shlex.quote(a) for a in args]))
+
+
+def safetensors_bytes(tensors: Mapping[str, Any], metadata: Optional[Mapping[str, str]] = None) -> bytes:
+    """``safetensors.torch.save`` with its metadata in sorted order: the same tensors and metadata give the same
+    bytes, so the same sha256, in every process (safetensors writes the metadata in a per-process random order,
+    and a trunk's file digest is what decides whether the zoo's later stages share it)."""
+    import struct
+
+    from safetensors.torch import save
+
+    blob = save(dict(tensors), metadata=dict(metadata) if metadata else None)
+    (size,) = struct.unpack('<Q', blob[:8])
+    header = json.loads(blob[8:8 + size])
+    if '__metadata__' in header:
+        header['__metadata__'] = dict(sorted(header['__metadata__'].items()))
+    text = json.dumps(header, separators=(',', ':')).encode()
+    if len(text) > size:  # never seen: the reordered header is the same characters; keep safetensors' own
+        return blob
+    return blob[:8] + text.ljust(size) + blob[8 + size:]

@@ -3,6 +3,8 @@
 is checked by what it computes: our layer on the normalised input equals the reference layer on its own
 input (torchvision's module; for MatConvNet a direct numpy convolution of the H x W x Cin x Cout filters on
 raw 0..255 pixels minus the average image)."""
+import hashlib
+
 import numpy as np
 import pytest
 import timm
@@ -48,6 +50,15 @@ def test_torchvision_alexnet_into_both_dath_streams(alexnet, tmp_path, capsys):
     messages = []
     _load_init(model, str(out), messages.append)  # what deephash-train --init does
     assert messages == [f'initialised 28/{len(model.state_dict())} tensors from {out}']
+    # the same conversion, the same bytes: safetensors wrote the metadata in a random order each time
+    again = tmp_path / 'again.safetensors'
+    digests = set()
+    for _ in range(4):
+        assert run_main(convert_main, ['--torchvision-alexnet', str(pth), '--model', 'dath_alexnet_16',
+                                       '--out', str(again)]) == 0
+        digests.add(hashlib.sha256(again.read_bytes()).hexdigest())
+    assert digests == {hashlib.sha256(out.read_bytes()).hexdigest()}
+    capsys.readouterr()
 
     x = torch.randn(2, 3, 64, 64)
     pool5 = torch.randn(2, 256, 6, 6)

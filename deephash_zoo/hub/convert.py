@@ -17,8 +17,6 @@ attention modules and hash layers are not in it and keep their initialisation).
   has no padding. A per-pixel ``averageImage`` (H x W x 3) is folded as its per-channel mean, the
   only part a convolution over any input size can carry (``ConvertReport.notes`` says so).
 """
-import os
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from deephash_zoo.extras import require
+from deephash_zoo.utils import safetensors_bytes, write_atomic
 
 __all__ = ['ConvertReport', 'SOURCE_URLS', 'convert_torchvision_alexnet', 'convert_matconvnet_vggf', 'read_vggf_mat',
            'fold_input_normalisation', 'save_init_file', 'convert_file', 'download_source']
@@ -350,18 +349,10 @@ def _check_out(out: PathLike) -> Path:
 
 
 def save_init_file(report: ConvertReport, out: PathLike) -> Path:
-    """Write the converted tensors as safetensors at ``out`` (atomically)."""
-    from safetensors.torch import save_file
-
+    """Write the converted tensors as safetensors at ``out`` (atomically; the same conversion, the same bytes)."""
     out = _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.{uuid.uuid4().hex[:8]}.tmp')
-    try:
-        save_file(report.tensors, str(tmp), metadata=report.metadata())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(out, safetensors_bytes(report.tensors, report.metadata()))
     return out
 
 

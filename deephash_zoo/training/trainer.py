@@ -39,7 +39,7 @@ from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.attention import open_attention_gates
 from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
 from deephash_zoo.models.trunks import MIN_INPUT_SIZE
-from deephash_zoo.utils import non_finite_tensors, restore_dir, state_sha256, write_atomic
+from deephash_zoo.utils import non_finite_tensors, restore_dir, safetensors_bytes, state_sha256, write_atomic
 
 from .recipes import PRETRAIN, RECIPES, Recipe, family_of, get_recipe
 from .state import load_train_state, save_train_state
@@ -298,12 +298,10 @@ def _load_init(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
 
 def _save_trunk(model: TrunkClassifier, path: Path, cfg: TrainConfig, data_cfg: Dict[str, Any]) -> None:
     """The pretraining stage's product: the trunk's weights with what they were trained on, atomically."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.trunk_state().items()}
     meta = dict(format=TRUNK_FORMAT, arch=model.arch, data=cfg.data, seed=str(cfg.seed),
                 img_size=str(data_cfg['input_size'][-1]), subset=str(cfg.subset))
-    write_atomic(path, save(tensors, metadata=meta))
+    write_atomic(path, safetensors_bytes(tensors, meta))  # the same trunk, the same bytes
 
 
 class _RunLog:
