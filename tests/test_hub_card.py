@@ -199,3 +199,26 @@ def test_a_truncated_checkpoint_gets_no_card_and_one_line(ckpt, tmp_path, capsys
     err = capsys.readouterr().err
     assert 'model.safetensors: corrupt or truncated safetensors file' in err and err.count('\n') == 1, err
     assert not (tmp_path / 'c.md').exists()
+
+
+def test_the_card_says_what_kind_of_run_and_scoring_its_numbers_come_from(tmp_path):
+    """A card claimed the trunk was pretrained (recipe scratch) when the run had no --init, and presented a smoke
+    run scored on subsets as an ordinary result."""
+    model = timm.create_model('dath_n_16')
+    model.reset_classifier(sum(BITS), bits=BITS)
+    smoke = save_checkpoint(model, tmp_path / 'smoke', dataset='fashion-mnist', card=False,
+                            training=dict(recipe='scratch', max_steps=3, subset=256, img_size=64, seed=0))
+    text = render_card(smoke, _metrics(smoke)).text
+    assert 'trunk was pretrained as a classifier' not in text
+    assert '**No pretrained start**' in text and 'without the pretrained trunk that recipe starts from' in text
+    assert '**A short run**: training stopped after 3 steps and saw 256 training images' in text
+    assert "**Scored on a subset**: the results above come from seeded subsets, 30 x 90 of the full protocol's " \
+           '1,000 x 60,000' in text
+    assert "Scored on seeded subsets, 30 x 90 of the full protocol's 1,000 x 60,000" in text  # under the table
+    pretrained = save_checkpoint(model, tmp_path / 'zoo', dataset='fashion-mnist', card=False,
+                                 training=dict(recipe='scratch', init='/home/me/runs/trunk.safetensors', img_size=64))
+    full = _metrics(pretrained)
+    full['protocol'].update(protocol_num_queries=30, protocol_num_database=90, query_subset=None, db_subset=None)
+    text = render_card(pretrained, full).text
+    assert 'the trunk was pretrained as a classifier on the training set' in text
+    assert not any(s in text for s in ('No pretrained start', 'A short run', 'Scored on a subset', 'seeded subsets'))

@@ -236,9 +236,23 @@ def _summary(architecture: str) -> str:
     return f'`{architecture}`: deep hashing model for image retrieval.'
 
 
+def subset_of_protocol(protocol: Dict[str, Any]) -> Optional[str]:
+    """"N x M of the full protocol's Q x D" where the evaluation scored seeded subsets (--query-subset,
+    --db-subset), else None: such numbers are not the protocol's and vary with the draw."""
+    full_q, full_db = protocol.get('protocol_num_queries'), protocol.get('protocol_num_database')
+    n_q, n_db = int(protocol['num_queries']), int(protocol['num_database'])
+    if full_q is None or full_db is None or (n_q, n_db) == (int(full_q), int(full_db)):
+        return None
+    return f'{n_q:,} x {n_db:,} of the full protocol\'s {int(full_q):,} x {int(full_db):,}'
+
+
 def _metrics_notes(report: Dict[str, Any], ns: List[str], ds_name: str, trained_on: Optional[str],
                    train_name: str) -> List[str]:
     notes = []
+    subset = subset_of_protocol(report['protocol'])
+    if subset:
+        notes.append(f'Scored on seeded subsets, {subset} (`--query-subset` / `--db-subset`): not the protocol\'s '
+                     'numbers, and another draw moves them.')
     n_db = int(report['protocol']['num_database'])
     if any(int(n) > n_db for n in ns):
         notes.append(f'P@N with N above {n_db:,} counts the whole database.')
@@ -369,7 +383,10 @@ def render_card(
         efficiency_source=strip_local_path(str(efficiency)) if efficiency is not None else None,
         efficiency_found=table is not None,
         training=_training_items(training), bibtex=paper.bibtex() if paper else None, package=PACKAGE,
-        recipe=training.get('recipe'), label_weight=training.get('label_weight') or 0,
+        recipe=training.get('recipe'), init=strip_local_path(training.get('init')) if training.get('init') else None,
+        max_steps=training.get('max_steps'), train_subset=training.get('subset'),
+        eval_subset=subset_of_protocol(report['protocol']) if report else None,
+        label_weight=training.get('label_weight') or 0,
         pair_balance=(training.get('loss_args') or {}).get('pair_balance') or 0,
         attn_gate_init=training.get('attn_gate_init') or 0,
         **ctx_metrics,
