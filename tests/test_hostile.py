@@ -499,3 +499,27 @@ def test_a_record_cut_short_in_a_resumable_log_is_named_with_its_line(tmp_path, 
     assert run_main(main, ['ablation', '--budget', 'tiny', '--work', str(tmp_path), '--resume']) == 2
     err = capsys.readouterr().err
     assert 'cells.jsonl, line 3: not a JSON record' in err and 'Traceback' not in err
+
+
+class _RejectsItemTwo(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from deephash_zoo.data.images import ImageRejected
+
+        if i == 2:
+            raise ImageRejected('listed at own.txt:3: /data/bad.png: cannot open image (image file is truncated)')
+        return torch.zeros(1)
+
+
+def test_an_error_in_a_data_loader_worker_is_one_line(capsys):
+    """With --workers, torch re-raised a worker's error with the worker's traceback as its message: 18 lines."""
+    def main(argv):
+        for _ in torch.utils.data.DataLoader(_RejectsItemTwo(), batch_size=1, num_workers=1):
+            pass
+        return 0
+
+    assert run_main(main, []) == 2
+    err = capsys.readouterr().err
+    assert err == 'error: listed at own.txt:3: /data/bad.png: cannot open image (image file is truncated)\n', err

@@ -33,6 +33,17 @@ def _system_message(e: OSError) -> str:
     return f'{where}{what}'
 
 
+def _worker_message(text: str) -> str:
+    """The original message of an error a DataLoader worker raised: torch re-raises it in the main process with
+    "Caught X in DataLoader worker process N." and the worker's whole traceback as its message; the last line is
+    "X: message"."""
+    if not (text.startswith('Caught ') and 'Original Traceback' in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name, sep, message = last.partition(': ')
+    return message if sep and name.replace('.', '').replace('_', '').isalnum() else last
+
+
 def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
     """Run ``main`` and turn expected failures (bad input, missing files, unknown names, an unreachable Hub, a
     full disk) into one line and the exit statuses above."""
@@ -50,7 +61,7 @@ def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str
         if debug:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f'error: {message}', file=sys.stderr)
+        print(f'error: {_worker_message(str(message))}', file=sys.stderr)
         return EXIT_BAD_REQUEST
     except OSError as e:  # after FileNotFoundError: a missing input is the user's, a full disk the system's
         if debug:
