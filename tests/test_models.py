@@ -272,7 +272,28 @@ def test_bits_at_creation_build_those_lengths():
     assert timm.create_model('dath_n_32', bits=64).bits == (64,)
     admth = timm.create_model('admth_cnnf_multi', bits=(32, 64))
     assert admth.bits == (32, 64) and len(admth.head.mlps) == 2  # one branch per length (one 160-bit code before)
-    assert timm.create_model('dath_n_32', bits=32, num_classes=8).bits == (8,)  # an explicit width still rules
+    assert timm.create_model('dath_n_32', num_classes=8).bits == (8,)  # timm's width knob alone: one code of it
+    assert timm.create_model('dath_n_32', bits=(8,), num_classes=8).bits == (8,)
+    for name in ('dath_n_32', 'admth_cnnf_multi', 'dmlh_cnnf_16'):  # both, disagreeing: bits was dropped silently
+        with pytest.raises(ValueError, match=r'bits=\(64,\) makes codes 64 bits wide in all, but num_classes=8'):
+            timm.create_model(name, bits=(64,), num_classes=8)
+
+
+def test_bits_asked_of_a_checkpoint_build_those_lengths_by_every_route(tmp_path):
+    """timm sets num_classes from a local-dir:/hf-hub: config.json: bits= asking for other lengths built the
+    checkpoint's instead, by this route only (the named route built them). Now the caller's bits win, as timm's
+    num_classes= does: the trunk loads, the hash layer is fresh."""
+    from deephash_zoo.hub.checkpoint import save_checkpoint
+
+    saved = timm.create_model('dath_n_32')
+    folder = save_checkpoint(saved, tmp_path / 'ckpt', card=False)
+    assert timm.create_model(f'local-dir:{folder}', pretrained=True, bits=(32,)).bits == (32,)
+    wider = timm.create_model(f'local-dir:{folder}', pretrained=True, bits=(16, 64))
+    assert wider.bits == (16, 64) and torch.equal(wider.streams[0].features[0].weight,
+                                                  saved.streams[0].features[0].weight)
+    assert timm.create_model(f'local-dir:{folder}', pretrained=True, num_classes=8).bits == (8,)
+    with pytest.raises(ValueError, match=r'bits=\(64,\) makes codes 64 bits wide in all, but num_classes=8'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True, bits=(64,), num_classes=8)
 
 
 def test_two_stream_features_only_needs_the_getter():

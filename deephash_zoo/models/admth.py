@@ -19,7 +19,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .contract import HUB_ORG, HUB_WEIGHTS, init_weights
+from .contract import HUB_ORG, HUB_WEIGHTS, entry_args, init_weights
 from .hashnet import HashNet, build_hash_net
 from .head import HashHead
 from .published import UNPUBLISHED, tags_of
@@ -111,43 +111,43 @@ default_cfgs = generate_default_cfgs({
 def admth_cnnf_multi(pretrained: bool = False, **kwargs: Any) -> ADMTH:
     """ADMTH: CNN-F + SE attention, branches for 16/32/48/64 bits learned at once."""
     model_args = dict(bits=MULTI_BITS, attention='se')
-    return _create_admth('admth_cnnf_multi', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_admth('admth_cnnf_multi', pretrained=pretrained, **entry_args(model_args, kwargs))
 
 
 @register_model
 def dmlh_cnnf_multi(pretrained: bool = False, **kwargs: Any) -> ADMTH:
     """DMLH: ADMTH without the attention module."""
     model_args = dict(bits=MULTI_BITS, attention='none')
-    return _create_admth('dmlh_cnnf_multi', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_admth('dmlh_cnnf_multi', pretrained=pretrained, **entry_args(model_args, kwargs))
 
 
 @register_model
 def admth_cnnf_16(pretrained: bool = False, **kwargs: Any) -> ADMTH:
     """ADMTH with a single 16-bit branch."""
-    return _create_admth('admth_cnnf_16', pretrained=pretrained, **dict(dict(bits=(16,)), **kwargs))
+    return _create_admth('admth_cnnf_16', pretrained=pretrained, **entry_args(dict(bits=(16,)), kwargs))
 
 
 @register_model
 def admth_cnnf_32(pretrained: bool = False, **kwargs: Any) -> ADMTH:
     """ADMTH with a single 32-bit branch."""
-    return _create_admth('admth_cnnf_32', pretrained=pretrained, **dict(dict(bits=(32,)), **kwargs))
+    return _create_admth('admth_cnnf_32', pretrained=pretrained, **entry_args(dict(bits=(32,)), kwargs))
 
 
 @register_model
 def admth_cnnf_48(pretrained: bool = False, **kwargs: Any) -> ADMTH:
     """ADMTH with a single 48-bit branch."""
-    return _create_admth('admth_cnnf_48', pretrained=pretrained, **dict(dict(bits=(48,)), **kwargs))
+    return _create_admth('admth_cnnf_48', pretrained=pretrained, **entry_args(dict(bits=(48,)), kwargs))
 
 
 @register_model
 def admth_cnnf_64(pretrained: bool = False, **kwargs: Any) -> ADMTH:
     """ADMTH with a single 64-bit branch."""
-    return _create_admth('admth_cnnf_64', pretrained=pretrained, **dict(dict(bits=(64,)), **kwargs))
+    return _create_admth('admth_cnnf_64', pretrained=pretrained, **entry_args(dict(bits=(64,)), kwargs))
 
 
 def _dmlh_single(bits: int, pretrained: bool, kwargs: Dict[str, Any]) -> ADMTH:
     model_args = dict(bits=(bits,), attention='none')
-    return _create_admth(f'dmlh_cnnf_{bits}', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_admth(f'dmlh_cnnf_{bits}', pretrained=pretrained, **entry_args(model_args, kwargs))
 
 
 @register_model

@@ -16,7 +16,7 @@ from .head import FcMlp
 from .safe_loading import check_pretrained_state
 
 __all__ = ['HashingMixin', 'check_images', 'check_input_size', 'resolve_bits', 'code_lengths', 'pack_signs',
-           'init_weights', 'HUB_ORG', 'HUB_WEIGHTS', 'filter_state_dict']
+           'init_weights', 'HUB_ORG', 'HUB_WEIGHTS', 'filter_state_dict', 'entry_args']
 
 HUB_ORG = 'deephash-zoo'  # one Hugging Face organisation holds every published checkpoint
 # the published weights file, named in every published cfg (hf_hub_filename): timm then reads it with safetensors
@@ -59,6 +59,31 @@ def code_lengths(bits: Any) -> Tuple[int, ...]:
     if not items or not all(isinstance(b, int) and not isinstance(b, bool) for b in items):
         raise ValueError(f'bits must be a positive code length or a non-empty list of them, got {bits!r}')
     return tuple(int(b) for b in items)
+
+
+def entry_args(defaults: Dict[str, Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """An entrypoint's constructor arguments: the name's (its code lengths, attention) under the caller's.
+
+    The constructor reads ``bits`` as the name's default, which ``num_classes`` overrides, so the caller's
+    ``bits=`` must not meet another ``num_classes``: where the caller gave both, they must agree; where timm set one
+    from a checkpoint's config.json (``pretrained_model_args``), the caller's other one wins, as timm's
+    ``num_classes=`` gives a fresh head. ``bits=(64,)`` on a 32-bit checkpoint built 32 bits and said nothing."""
+    kwargs = dict(kwargs)
+    saved = kwargs.get('pretrained_model_args') or {}
+
+    def callers(key: str) -> bool:
+        return kwargs.get(key) is not None and (key not in saved or saved[key] != kwargs[key])
+
+    bits, num_classes = kwargs.get('bits'), kwargs.get('num_classes')
+    if bits is not None and isinstance(num_classes, int) and not isinstance(num_classes, bool):
+        total = sum(code_lengths(bits))
+        if num_classes != total:
+            if callers('bits') and callers('num_classes'):
+                raise ValueError(f'bits={bits!r} makes codes {total} bits wide in all, but num_classes='
+                                 f'{num_classes} asks for {num_classes}: give one of them')
+            if callers('bits'):  # the checkpoint's width gives way to the lengths asked for (a fresh head)
+                kwargs['num_classes'] = total
+    return dict(defaults, **kwargs)
 
 
 def resolve_bits(num_classes: Optional[int], default_bits: Sequence[int], bits: Optional[Sequence[int]] = None

@@ -22,7 +22,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from .contract import HUB_ORG, HUB_WEIGHTS, init_weights
+from .contract import HUB_ORG, HUB_WEIGHTS, entry_args, init_weights
 from .hashnet import HashNet, build_hash_net
 from .head import HashHead
 from .published import tags_of
@@ -142,7 +142,7 @@ default_cfgs = generate_default_cfgs({
 def _dath(variant: str, name_bits: int, pretrained: bool, **kwargs: Any) -> DATH:
     # ``bits=`` in kwargs (a checkpoint with other lengths) overrides the name's length
     model_args = dict(attention=_VARIANTS[variant], bits=name_bits)
-    return _create_dath(f'{variant}_{name_bits}', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dath(f'{variant}_{name_bits}', pretrained=pretrained, **entry_args(model_args, kwargs))
 
 
 @register_model
