@@ -280,3 +280,24 @@ def test_json_items_are_the_paths_given(tmp_path, capsys):
     assert run_main(main, ['--model', 'dath_n_16', '--images', str(first), str(second), '--img-size', '64',
                            '--repeats', '1', '--json']) == 0
     assert [r['item'] for r in json.loads(capsys.readouterr().out)['codes']] == [str(first), str(second)]
+
+
+def test_every_skipped_file_is_counted_and_a_dangling_link_is_named(tmp_path, capsys):
+    """Six skipped files printed five and no word of the sixth; a link to nowhere was dropped unseen."""
+    from PIL import Image
+
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    Image.new('RGB', (40, 30), (10, 200, 30)).save(photos / 'good.png')
+    for i in range(6):
+        (photos / f'bad{i}.png').write_bytes(b'no')
+    (photos / 'gone.png').symlink_to(tmp_path / 'nowhere.png')
+    out = tmp_path / 'codes.npy'
+    assert run_main(main, ['--model', 'dath_n_16', '--images', str(photos), '--out', str(out), '--img-size', '64',
+                           '--device', 'cpu']) == 0
+    said = capsys.readouterr()
+    assert '1 images (7 skipped)' in said.out
+    assert said.err.count('skipped bad') == 5 and '... and 2 more skipped' in said.err
+    from deephash_zoo.retrieval.folder import list_images
+
+    assert [p.name for p in list_images(photos)][-2:] == ['gone.png', 'good.png']

@@ -14,7 +14,7 @@ Exit statuses of every ``deephash-*`` command:
 import errno
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = ['run_main', 'UserError', 'EXIT_BAD_REQUEST', 'EXIT_SYSTEM', 'EXIT_INTERRUPTED']
 
@@ -42,6 +42,14 @@ def _worker_message(text: str) -> str:
     last = text.rstrip().splitlines()[-1]
     name, sep, message = last.partition(': ')
     return message if sep and name.replace('.', '').replace('_', '').isalnum() else last
+
+
+def print_skipped(skipped: Sequence[Tuple[str, str]], shown: Callable[[str], str] = str, limit: int = 5) -> None:
+    """The first files skipped, with why, on stderr, and how many more: a count alone hid which."""
+    for name, why in skipped[:limit]:
+        print(f'skipped {shown(name)}: {why}', file=sys.stderr)
+    if len(skipped) > limit:
+        print(f'... and {len(skipped) - limit} more skipped', file=sys.stderr)
 
 
 def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:

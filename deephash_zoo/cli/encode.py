@@ -32,7 +32,7 @@ from deephash_zoo.precision import PRECISIONS, autocast, choose_precision, preci
 from deephash_zoo.retrieval.encoding import model_transform
 from deephash_zoo.utils import file_in_the_way, write_temporary
 
-from ._common import UserError, run_main
+from ._common import UserError, print_skipped, run_main
 
 if TYPE_CHECKING:
     from deephash_zoo.retrieval.folder import EncodedImages
@@ -236,8 +236,7 @@ def _write_codes(args: argparse.Namespace, model: torch.nn.Module) -> int:
     np.save(buffer, found.codes, allow_pickle=False)
     lines = ''.join(f'{name}\n' for name in found.ids).encode('utf-8', 'surrogateescape')  # bytes as on disk
     _write_together([(out, buffer.getvalue()), (ids, lines)])
-    for name, why in found.skipped[:5]:
-        print(f'skipped {_shown(name)}: {why}', file=sys.stderr)
+    print_skipped(found.skipped, _shown)
     print(f'{len(found.ids):,} images ({len(found.skipped)} skipped), {found.bits}-bit codes of {args.model} '
           f'at {found.manifest["img_size"]}x{found.manifest["img_size"]} in {found.precision}: '
           f'{1000 * seconds / len(found.ids):.2f} '

@@ -26,7 +26,7 @@ from deephash_zoo.data.images import open_rgb
 from deephash_zoo.evaluation import checkpoint_summary, data_defaults, load_for_retrieval, protocol_sets, resolve_device
 from deephash_zoo.utils import file_in_the_way
 
-from ._common import UserError, run_main
+from ._common import UserError, print_skipped, run_main
 
 if TYPE_CHECKING:
     from deephash_zoo.retrieval.index import HashIndex
@@ -126,8 +126,7 @@ def _build_from_folder(args: argparse.Namespace, ckpt: Any, bits: int, img_size:
         raise UserError('--images indexes a folder; --data names a benchmark: give one of them')
     found = encode_images(ckpt.model, args.images, bits=bits, batch_size=args.batch_size,
                           progress=not args.no_progress, img_size=img_size)  # the size queries are encoded at
-    for name, why in found.skipped[:5]:
-        print(f'skipped {name}: {why}', file=sys.stderr)
+    print_skipped(found.skipped)
     extra = dict(found.manifest, model=ckpt.architecture, weights_sha256=ckpt.weights_sha256,
                  checkpoint=str(ckpt.path), images_root=str(args.images.resolve()), img_size=img_size,
                  skipped=len(found.skipped), package_version=deephash_zoo.__version__)

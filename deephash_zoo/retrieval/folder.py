@@ -48,11 +48,13 @@ class EncodedImages:
 
 
 def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
-    """Image files under ``folder`` (recursive, by suffix, case-insensitive), sorted for a stable order."""
+    """Image files under ``folder`` (recursive, by suffix, case-insensitive), sorted for a stable order. A link
+    to nowhere with an image suffix is listed too, so that it is skipped by name, not dropped unseen."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f'{root}: not a folder of images')
-    return sorted(p for p in root.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in root.rglob('*') if (p.is_file() or (p.is_symlink() and not p.exists()))
+                  and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _items(images: ImagesArg) -> Tuple[List[Any], List[str]]:
