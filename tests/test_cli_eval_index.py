@@ -78,6 +78,7 @@ def test_eval_metrics_json_equals_evaluate(run, tmp_path, capsys):
     assert 'mAP@all' in printed and 'P@100' in printed and 'database index (stable)' in printed
     report = json.loads((out / 'metrics.json').read_text())
     assert report['model'] == 'dath_n_16' and report['img_size'] == IMG
+    assert report['machine']['cpu'] and report['machine']['device'] == 'cpu'  # where it was scored (the card says)
     assert report['weights_sha256'] == weights_sha256(path / 'checkpoint' / 'model.safetensors')
     assert report['protocol']['num_queries'] == NQ and report['protocol']['num_database'] == NDB
     assert sorted(report['results']) == ['16', '8']

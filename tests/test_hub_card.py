@@ -222,3 +222,14 @@ def test_the_card_says_what_kind_of_run_and_scoring_its_numbers_come_from(tmp_pa
     text = render_card(pretrained, full).text
     assert 'the trunk was pretrained as a classifier on the training set' in text
     assert not any(s in text for s in ('No pretrained start', 'A short run', 'Scored on a subset', 'seeded subsets'))
+    # where the numbers came from: the run's and the evaluation's machines, as their records keep them
+    from deephash_zoo.utils import run_machine
+
+    machine = run_machine('cpu')
+    trained = save_checkpoint(model, tmp_path / 'kept', dataset='fashion-mnist', card=False,
+                              training=dict(recipe='scratch', init='trunk.safetensors', machine=machine))
+    scored = dict(_metrics(trained), machine=machine)
+    text = render_card(trained, scored).text
+    said = f"{machine['cpu']}, {machine['cores']} cores; torch {machine['torch']}, timm {machine['timm']}, " \
+           f"deephash-zoo {machine['deephash_zoo']}"
+    assert f'- `machine`: {said}' in text and f'(deephash-zoo 0.1.0) on {said}.' in text

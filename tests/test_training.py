@@ -109,6 +109,7 @@ def test_admth_multi_on_mosaic_learns_and_writes_a_checkpoint(tmp_path):
     assert config['architecture'] == 'admth_cnnf_16' and config['dataset'] == 'mosaic'
     assert config['training']['optimizer'] == 'sgd' and summary['replicas_identical']
     assert config['training']['label_weight'] == 0 and 'label' not in epochs[0]  # the paper's objective
+    assert config['training']['machine']['cpu'] and config['training']['machine']['torch'] == torch.__version__
 
 
 @needs_fmnist

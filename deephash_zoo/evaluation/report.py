@@ -23,7 +23,8 @@ The library behind ``deephash-eval``, the zoo build and the experiments. :func:`
       "img_size": 224,                       # input size the images were resized to
       "results": {"16": evaluate(...) dict, ...},  # one entry per code length, keys str(bits), ascending
       "tie_break": "database index (stable)",
-      "package_version": "0.1.0"
+      "package_version": "0.1.0",
+      "machine": {"cpu": "...", "cores": "2", "device": "cpu", "torch": "...", ...}  # where it was scored
     }
 
   Each ``results`` entry is :func:`deephash_zoo.retrieval.metrics.evaluate`'s dict (``map``, ``map_topk``,
@@ -55,7 +56,7 @@ import torch
 
 import deephash_zoo
 from deephash_zoo.hub.folder import hub_checkpoint_name, run_folder
-from deephash_zoo.utils import write_atomic
+from deephash_zoo.utils import run_machine, write_atomic
 
 from .checkpoints import data_defaults, load_for_retrieval, resolve_device
 from .plots import GRID_ROWS, grid_png, plot_pngs, require_matplotlib
@@ -147,6 +148,7 @@ def run_evaluation(options: EvalOptions) -> Evaluation:
         'results': results,
         'tie_break': TIE_BREAK,
         'package_version': deephash_zoo.__version__,
+        'machine': run_machine(device),
     }
     return Evaluation(report, sets, codes)
 

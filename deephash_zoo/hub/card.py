@@ -36,7 +36,7 @@ MAP_AT = 1000  # the second mAP column: deephash-eval's map_at_1000
 _TRAINING_KEYS = ('recipe', 'data', 'epochs', 'batch_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'nesterov',
                   'lr_schedule', 'warmup_steps', 'lr_step_epochs', 'lr_decay', 'loss_reduction', 'gamma_ramp_steps',
                   'center_hash', 'grad_clip', 'drop_rate', 'flip', 'img_size', 'label_weight', 'attn_gate_init',
-                  'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'loss', 'init')
+                  'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'loss', 'init', 'machine')
 _PATH_KEYS = ('data', 'init', 'data_root', 'out')
 
 
@@ -261,10 +261,25 @@ def _metrics_notes(report: Dict[str, Any], ns: List[str], ds_name: str, trained_
     return notes
 
 
+def machine_text(machine: Optional[Dict[str, Any]]) -> Optional[str]:
+    """A run's recorded machine in words (None where the record has none: runs from before it was kept)."""
+    if not machine:
+        return None
+    device = machine.get('device')
+    where = f"{machine.get('cpu', 'an unnamed CPU')}, {machine.get('cores', '?')} cores" + \
+        (f', {device}' if device and device != 'cpu' else '')
+    versions = ', '.join(f'{k.replace("_", "-")} {machine[k]}' for k in ('torch', 'timm', 'deephash_zoo')
+                         if k in machine)
+    return f'{where}; {versions}' if versions else where
+
+
 def _training_items(training: Dict[str, Any]) -> List[Tuple[str, str]]:
     items = []
     for key in _TRAINING_KEYS:
         if training.get(key) in (None, {}, ''):
+            continue
+        if key == 'machine':
+            items.append((key, machine_text(training[key]) or ''))
             continue
         value = strip_local_path(training[key]) if key in _PATH_KEYS else training[key]
         items.append((key, json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
@@ -308,7 +323,7 @@ def _results_context(report: Dict[str, Any], trained_on: Optional[str], train_hu
         num_queries=f'{int(proto["num_queries"]):,}', num_database=f'{int(proto["num_database"]):,}',
         relevance='sharing at least one label' if proto.get('multi_label') else 'same class',
         tie_break=report.get('tie_break', 'database index (stable)'), metrics_img_size=report.get('img_size'),
-        metrics_version=report.get('package_version'),
+        metrics_version=report.get('package_version'), metrics_machine=machine_text(report.get('machine')),
         metrics_notes=_metrics_notes(report, ns, ds_name, trained_on, train_name),
     )
     return card_evals(report, ds_type, ds_name), context, sorted({d for d in (train_hub_id, ds_hub) if d})

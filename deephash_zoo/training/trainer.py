@@ -39,7 +39,14 @@ from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.attention import open_attention_gates
 from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
 from deephash_zoo.models.trunks import MIN_INPUT_SIZE
-from deephash_zoo.utils import non_finite_tensors, restore_dir, safetensors_bytes, state_sha256, write_atomic
+from deephash_zoo.utils import (
+    non_finite_tensors,
+    restore_dir,
+    run_machine,
+    safetensors_bytes,
+    state_sha256,
+    write_atomic,
+)
 
 from .recipes import PRETRAIN, RECIPES, Recipe, family_of, get_recipe
 from .state import load_train_state, save_train_state
@@ -642,6 +649,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     log.open(fresh=not cfg.resume)
     scaler = torch.amp.GradScaler('cuda', enabled=use_cuda and cfg.amp)
     run_config = dict(asdict(cfg), **settings, world_size=world, loss=loss_hyperparameters(cfg),
+                      machine=run_machine(device),
                       data_config={k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()})
     log.record(event='start', config=run_config, num_train=len(dataset), num_labels=num_labels,
                steps_per_epoch=steps_per_epoch)
