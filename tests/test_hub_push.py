@@ -186,3 +186,154 @@ def test_a_whole_zoo_build_in_one_command(ckpt, tmp_path, no_token, capsys):
     assert '1 models of' in out and 'would upload to https://huggingface.co/someone/dath_n_16.fmnist' in out
     assert run_main(push_main, ['--zoo', str(tmp_path), '--dry-run']) == 2
     assert 'not a deephash-zoo build folder' in capsys.readouterr().err
+
+
+def _linked_copy(ckpt, dest, **config_changes):
+    """A copy of the checkpoint folder at ``dest`` (weights hard-linked), its config.json changed: ``pretrained_cfg``
+    and ``training`` entries are merged, others replaced."""
+    from deephash_zoo.hub.cache import place_file
+
+    dest.mkdir(parents=True)
+    for f in ckpt.iterdir():
+        place_file(f, dest / f.name) if f.name == 'model.safetensors' else (dest / f.name).write_bytes(f.read_bytes())
+    config = json.loads((ckpt / 'config.json').read_text())
+    for key, value in config_changes.items():
+        config[key] = dict(config.get(key) or {}, **value) if key in ('pretrained_cfg', 'training') else value
+    (dest / 'config.json').write_text(json.dumps(config))
+    return dest
+
+
+def _no_work(monkeypatch):
+    """Make any loading of the checkpoint fail the test: a refusal must come before it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('the checkpoint was loaded before the refusal')
+
+    monkeypatch.setattr(push_module, 'load_checkpoint', refuse)
+
+
+def test_out_that_is_not_an_upload_folder_is_refused_before_any_work(ckpt, tmp_path, no_token, capsys,
+                                                                     monkeypatch):
+    """--out is replaced whole: a folder of the user's own files, a file, a training run (the one pushed too) or the
+    checkpoint itself were deleted (a file became a folder, the file hidden beside it as .NAME.<hex>)."""
+    path, _, _ = ckpt
+    own = tmp_path / 'mine'
+    own.mkdir()
+    (own / 'notes.txt').write_text('mine')
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('mine')
+    run = _linked_copy(path, tmp_path / 'run' / 'checkpoint').parent
+    (run / 'train_log.jsonl').write_text('{}\n')
+    refused = {own: 'holds notes.txt, not an upload folder', a_file: 'a file or link is there',
+               run: 'holds checkpoint, train_log.jsonl, not an upload folder',
+               run / 'checkpoint': 'is the checkpoint being pushed', a_file / 'sub': f'a file stands at {a_file}'}
+    before = {p: sorted(q.name for q in p.iterdir()) if p.is_dir() else p.read_text() for p in (own, a_file, run)}
+    _no_work(monkeypatch)
+    for out, message in refused.items():
+        assert run_main(push_main, ['--checkpoint', str(run), '--repo-id', REPO, '--dry-run',
+                                    '--out', str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'error: {out}: {message}') and err.count('\n') == 1, err
+    after = {p: sorted(q.name for q in p.iterdir()) if p.is_dir() else p.read_text() for p in (own, a_file, run)}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ['a-file', 'mine', 'run']
+
+
+def test_out_new_empty_or_an_earlier_upload_is_written(ckpt, tmp_path):
+    path, _, _ = ckpt
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    for out in (tmp_path / 'new', empty, empty):  # the third replaces the second's upload folder
+        plan = push_module.build_upload_folder(path, out, REPO, verify=False)
+        assert sorted(p.name for p in plan.folder.iterdir()) == sorted(push_module.UPLOAD_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['empty', 'new']  # no temporary left
+
+
+def test_weights_the_repository_tag_misdescribes_are_refused(ckpt, tmp_path, monkeypatch):
+    """ORG/MODEL.fmnist serves Fashion-MNIST weights at 64x64 (pretrained=True reports that size): weights trained
+    at 96 or on other data were pushed under it; a name without a known tag takes any."""
+    path, _, _ = ckpt
+    at_96 = _linked_copy(path, tmp_path / 'at-96', pretrained_cfg=dict(input_size=[3, 96, 96]),
+                         training=dict(img_size=96))
+    mosaic = _linked_copy(path, tmp_path / 'mosaic', dataset='mosaic', pretrained_cfg=dict(tag=None, hf_hub_id=None))
+    refusals = {at_96: rf"{at_96}: trained at 96x96, but repository {REPO} names tag 'fmnist', whose weights "
+                       r'pretrained=True serves at 64x64',
+                mosaic: rf"{mosaic}: trained on 'mosaic' \(tag None\), but repository {REPO} names tag 'fmnist'"}
+    with monkeypatch.context() as m:
+        _no_work(m)
+        for folder, message in refusals.items():
+            with pytest.raises(ValueError, match=message):
+                push_module.push_checkpoint(folder, REPO, dry_run=True, out_dir=tmp_path / 'u')
+        with pytest.raises(ValueError, match=r'holds dath_n_16, but repository someone/dath_n_32\.fmnist names '
+                                             r'dath_n_32'):
+            push_module.push_checkpoint(path, 'someone/dath_n_32.fmnist', dry_run=True, out_dir=tmp_path / 'u')
+    assert not (tmp_path / 'u').exists()
+    for folder in (at_96, mosaic):
+        plan = push_module.build_upload_folder(folder, tmp_path / f'own-{folder.name}', 'someone/my-dath', verify=False)
+        assert plan.folder.is_dir()
+
+
+def test_a_zoo_model_without_metrics_is_refused_by_name(ckpt, tmp_path, no_token, capsys, monkeypatch):
+    """--zoo skipped an unevaluated model silently (its docstring said it was refused) and pushed the rest."""
+    path, metrics, _ = ckpt
+    work = tmp_path / 'zoo'
+    for model in ('dath_n_16', 'dath_n_32', 'dath_s_16'):
+        _linked_copy(path, work / model / 'checkpoint')
+    (work / 'dath_n_16' / 'eval').mkdir()
+    (work / 'dath_n_16' / 'eval' / 'metrics.json').write_text(metrics.read_text())
+    (work / 'stages.jsonl').write_text('')
+    monkeypatch.setattr(push_module, 'HfApi', RecordingApi)
+    monkeypatch.setenv('HF_TOKEN', 'hf_test_token')
+    RecordingApi.instances.clear()
+    _no_work(monkeypatch)
+    assert run_main(push_main, ['--zoo', str(work), '--org', 'someone']) == 2
+    err = capsys.readouterr().err
+    assert err == (f'error: {work}: not evaluated (no eval/metrics.json), so nothing is pushed: dath_n_32, '
+                   'dath_s_16; finish the build with deephash-zoo build\n')
+    assert RecordingApi.instances == []
+
+
+def test_a_runs_evaluation_goes_on_the_card(ckpt, tmp_path, no_token, capsys):
+    """--checkpoint RUN without --metrics: the card had no results although deephash-eval had written
+    RUN/eval/metrics.json; where there is none, one warning line says the card will have none."""
+    path, metrics, report = ckpt
+    run = _linked_copy(path, tmp_path / 'run' / 'checkpoint').parent
+    (run / 'eval').mkdir()
+    (run / 'eval' / 'metrics.json').write_text(metrics.read_text())
+    for given in (run, run / 'checkpoint'):
+        out = tmp_path / f'upload-{given.name}'
+        assert run_main(push_main, ['--checkpoint', str(given), '--repo-id', REPO, '--dry-run',
+                                    '--out', str(out)]) == 0
+        assert f'card results from {run / "eval" / "metrics.json"}' in capsys.readouterr().out
+        card = ModelCard.load(out / 'README.md')
+        assert card.data.eval_results[0].metric_value == report['results']['16']['map']
+    (run / 'eval' / 'metrics.json').unlink()
+    assert run_main(push_main, ['--checkpoint', str(run), '--repo-id', REPO, '--dry-run']) == 0
+    err = capsys.readouterr().err
+    assert err == (f'warning: {run / "eval" / "metrics.json"} does not exist: the card has no results (run '
+                   f'deephash-eval --checkpoint {run}, or pass --metrics)\n')
+
+
+def test_metrics_mismatch_names_the_users_checkpoint(ckpt, tmp_path):
+    """The errors named the temporary folder (/tmp/deephash-push-*/.NAME.<hex>), gone when they were read."""
+    path, _, report = ckpt
+    other_model, other_weights = tmp_path / 'other-model.json', tmp_path / 'other-weights.json'
+    other_model.write_text(json.dumps(dict(report, model='dath_n_32')))
+    other_weights.write_text(json.dumps(dict(report, weights_sha256='f' * 64)))
+    expected = {other_model: rf"{other_model}: metrics of 'dath_n_32', but {path} holds 'dath_n_16'",
+                other_weights: rf'{other_weights}: measured on weights sha256 ffffffffffff\.\.\., but '
+                               rf'{path}/model\.safetensors has '}
+    for metrics, message in expected.items():
+        with pytest.raises(ValueError, match=message) as refused:
+            push_module.push_checkpoint(path, REPO, dry_run=True, metrics=metrics)
+        assert 'deephash-push-' not in str(refused.value)
+
+
+def test_uploaded_config_names_the_repository_pushed_to(ckpt, tmp_path):
+    """config.json kept the zoo's hf_hub_id (deephash-zoo/...) when pushed elsewhere: a copy downloaded from
+    someone/... and loaded with local-dir: said it came from the zoo. timm's hf-hub: loads set it to the repository
+    they read, and so does the upload now."""
+    path, _, _ = ckpt
+    recorded = json.loads((path / 'config.json').read_text())['pretrained_cfg']['hf_hub_id']
+    assert recorded == 'deephash-zoo/dath_n_16.fmnist'
+    plan = push_module.build_upload_folder(path, tmp_path / 'upload', REPO, verify=False)
+    assert json.loads((plan.folder / 'config.json').read_text())['pretrained_cfg']['hf_hub_id'] == REPO
+    assert timm.create_model(f'local-dir:{plan.folder}', pretrained=True).pretrained_cfg['hf_hub_id'] == REPO

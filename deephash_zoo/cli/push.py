@@ -4,7 +4,7 @@ each to ORG/MODEL.TAG with its metrics), or with --dry-run build and list the up
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from deephash_zoo.models.contract import HUB_ORG
 
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--private', action='store_true', help='create the repository private (an existing one keeps '
                                                           'its visibility)')
     p.add_argument('--dry-run', action='store_true', help='build the upload folder and list it; touch nothing remote')
-    p.add_argument('--metrics', type=Path, default=None, help="deephash-eval's metrics.json for the card")
+    p.add_argument('--metrics', type=Path, default=None,
+                   help="deephash-eval's metrics.json for the card (default: the one deephash-eval wrote for the "
+                        'checkpoint, RUN/eval/metrics.json)')
     p.add_argument('--efficiency', type=Path, default=None,
                    help='efficiency JSON for the card (export/efficiency.json)')
     p.add_argument('--out', type=Path, default=None, help='keep the upload folder here (default: a temporary one)')
@@ -59,11 +61,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not args.repo_id:
         raise UserError('--checkpoint needs --repo-id ORG/NAME')
-    plan = push_checkpoint(args.checkpoint, args.repo_id, private=args.private, metrics=args.metrics,
+    metrics, note = (args.metrics, None) if args.metrics is not None else _evaluation_of(args.checkpoint)
+    plan = push_checkpoint(args.checkpoint, args.repo_id, private=args.private, metrics=metrics,
                            efficiency=args.efficiency, dry_run=args.dry_run, out_dir=args.out,
                            commit_message=args.message, revision=args.revision, create_pr=args.create_pr)
     _report(args, plan)
+    if note:
+        print(note, file=sys.stderr if metrics is None else sys.stdout)
     return 0
+
+
+def _evaluation_of(checkpoint: str) -> Tuple[Optional[Path], Optional[str]]:
+    """The metrics.json deephash-eval writes for ``checkpoint`` by default (``RUN/eval`` for a run or its
+    checkpoint/), or None with a warning that the card will have no results. A checkpoint that does not resolve is
+    left to push_checkpoint to refuse (its token check comes first)."""
+    from deephash_zoo.evaluation.report import default_out
+    from deephash_zoo.hub.folder import hub_checkpoint_name, resolve_checkpoint_dir
+
+    try:
+        where = checkpoint if hub_checkpoint_name(checkpoint) else resolve_checkpoint_dir(checkpoint)
+    except FileNotFoundError:
+        return None, None
+    path = default_out(where) / 'metrics.json'
+    if path.is_file():
+        return path, f'card results from {path}'
+    return None, (f'warning: {path} does not exist: the card has no results (run deephash-eval --checkpoint '
+                  f'{checkpoint}, or pass --metrics)')
 
 
 def _report(args: argparse.Namespace, plan) -> None:

@@ -2,21 +2,25 @@
 
 The upload folder is built first, then uploaded as one commit: ``config.json`` (local paths in the
 training config reduced to their last component), ``model.safetensors`` (hard-linked where the
-filesystem allows) and ``README.md`` rendered from the config and metrics. Before anything is
-uploaded the folder is loaded back through timm's own ``local-dir:`` path, which is what
-``hf-hub:`` users will run. ``dry_run`` stops after building; nothing remote is touched.
+filesystem allows) and ``README.md`` rendered from the config and metrics; ``pretrained_cfg.hf_hub_id`` names
+the repository pushed to, as timm sets it when it loads from there. Before anything is uploaded the folder is
+loaded back through timm's own ``local-dir:`` path, which is what ``hf-hub:`` users will run. ``dry_run`` stops
+after building; nothing remote is touched.
 """
 import json
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from huggingface_hub import HfApi, get_token
 
-from .cache import place_file
+from deephash_zoo.utils import file_in_the_way
+
+from .cache import check_fits_repo_name, check_repo_id, place_file
 from .card import render_card, strip_local_path, write_card
 from .checkpoint import load_checkpoint, read_checkpoint_config, replace_dir, resolve_checkpoint_dir
 
@@ -38,7 +42,7 @@ def _network_errors() -> Tuple[type, ...]:
 _NETWORK_ERRORS = _network_errors()
 
 __all__ = ['UploadPlan', 'MissingTokenError', 'PushError', 'build_upload_folder', 'push_checkpoint', 'check_repo_id',
-           'zoo_uploads']
+           'check_upload_target', 'zoo_uploads']
 
 PathLike = Union[str, Path]
 UPLOAD_FILES = ('config.json', 'model.safetensors', 'README.md')
@@ -73,17 +77,33 @@ class UploadPlan:
         return f'https://huggingface.co/{self.repo_id}'
 
 
-def check_repo_id(repo_id: str) -> str:
-    """``ORG/NAME`` as the Hub accepts it, or a ValueError saying what is wrong."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+def check_upload_target(out_dir: PathLike, ckpt: Path) -> None:
+    """Refuse an ``out_dir`` that building would destroy (it is replaced whole): a file, a link, a folder holding
+    anything but an earlier upload's files, or the checkpoint being pushed. A new or empty folder, or an earlier
+    upload folder, is taken."""
+    out_dir = Path(out_dir)
+    blocking = file_in_the_way(out_dir)
+    if blocking is not None:
+        raise ValueError(f'{out_dir}: a file stands at {blocking}, where a folder would go')
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ValueError(f'{out_dir}: a file or link is there, not an upload folder; refusing to replace it: '
+                         'choose another folder')
+    if out_dir.resolve() == ckpt.resolve():
+        raise ValueError(f'{out_dir}: is the checkpoint being pushed; refusing to replace it: choose another folder')
+    names = sorted(p.name for p in out_dir.iterdir())
+    if names and names != sorted(UPLOAD_FILES):
+        raise ValueError(f'{out_dir}: holds {", ".join(names[:4])}{" ..." if len(names) > 4 else ""}, not an '
+                         f'upload folder ({", ".join(UPLOAD_FILES)}); refusing to replace it: choose another folder')
 
-    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise ValueError(f'--repo-id {repo_id!r}: expected ORG/NAME, e.g. deephash-zoo/dath_alexnet_32.fmnist')
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise ValueError(f'--repo-id {repo_id!r}: {e}') from None
-    return repo_id
+
+def _upload_config(config: Dict[str, Any], repo_id: str) -> Tuple[Dict[str, Any], List[str]]:
+    """The config.json to upload: the repository's own ``hf_hub_id`` (the checkpoint's names the zoo's, which a
+    copy downloaded with ``hf download`` and loaded by ``local-dir:`` would report), no local paths."""
+    out, scrubbed = _scrubbed_config(config)
+    out['pretrained_cfg'] = dict(out.get('pretrained_cfg') or {}, hf_hub_id=repo_id)
+    return out, scrubbed
 
 
 def _scrubbed_config(config: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
@@ -112,6 +132,18 @@ def _verify_with_timm(folder: Path) -> None:
         raise ValueError(f'{folder}: timm cannot load this upload folder ({first})') from e
 
 
+@contextmanager
+def _naming_checkpoint(tmp: Path, ckpt: Path) -> Iterator[None]:
+    """Errors raised while checking the folder being built name the checkpoint the user gave, not the temporary
+    folder, which is gone by the time they are read."""
+    try:
+        yield
+    except ValueError as e:
+        if str(tmp) not in str(e):
+            raise
+        raise ValueError(str(e).replace(str(tmp), str(ckpt))) from e
+
+
 def build_upload_folder(
         checkpoint_dir: PathLike,
         out_dir: PathLike,
@@ -120,23 +152,28 @@ def build_upload_folder(
         efficiency: Optional[PathLike] = None,
         verify: bool = True,
 ) -> UploadPlan:
-    """Write the folder that would be uploaded to ``repo_id`` at ``out_dir`` (atomically)."""
+    """Write the folder that would be uploaded to ``repo_id`` at ``out_dir`` (atomically). ``out_dir`` and the
+    weights' fit to the repository name (:func:`check_upload_target`, :func:`check_fits_repo_name`) are checked
+    before any work."""
     check_repo_id(repo_id)
     ckpt = resolve_checkpoint_dir(checkpoint_dir)
+    out_dir = Path(out_dir)
+    check_upload_target(out_dir, ckpt)
+    check_fits_repo_name(ckpt, repo_id)
     config = read_checkpoint_config(ckpt)
     if verify:
         load_checkpoint(ckpt)  # our own checks first: their errors name the file and what was expected
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f'.{out_dir.name}.{uuid.uuid4().hex[:8]}'
     tmp.mkdir()
     try:
-        clean, scrubbed = _scrubbed_config(config)
+        clean, scrubbed = _upload_config(config, repo_id)
         (tmp / 'config.json').write_text(json.dumps(clean, indent=2) + '\n')
         place_file(ckpt / 'model.safetensors', tmp / 'model.safetensors')
-        write_card(render_card(tmp, metrics=metrics, efficiency=efficiency, repo_id=repo_id), tmp / 'README.md')
-        if verify:
-            _verify_with_timm(tmp)
+        with _naming_checkpoint(tmp, ckpt):
+            write_card(render_card(tmp, metrics=metrics, efficiency=efficiency, repo_id=repo_id), tmp / 'README.md')
+            if verify:
+                _verify_with_timm(tmp)
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,20 +184,27 @@ def build_upload_folder(
 
 def zoo_uploads(work: PathLike, org: str) -> List[Tuple[Path, str, Path]]:
     """(checkpoint, repo id, metrics) of every model a zoo build evaluated in ``work``: ORG/MODEL.TAG, the tag of
-    the data it was trained on. A model without a published tag or without metrics is refused by name."""
+    the data it was trained on. A model without a published tag or without metrics is refused by name, before any
+    upload (pushing the others would publish part of a build)."""
     work = Path(work)
     if not (work / 'stages.jsonl').is_file():
         raise FileNotFoundError(f'{work}: not a deephash-zoo build folder (no stages.jsonl)')
-    out = []
+    out, unevaluated = [], []
     for ckpt in sorted(work.glob('*/checkpoint')):
         metrics = ckpt.parent / 'eval' / 'metrics.json'
-        if not (ckpt / 'config.json').is_file() or not metrics.is_file():
-            continue  # a stage still running or not evaluated yet: nothing to publish
+        if not (ckpt / 'config.json').is_file():
+            continue  # a training stage still running: no model yet
+        if not metrics.is_file():
+            unevaluated.append(ckpt.parent.name)
+            continue
         config = read_checkpoint_config(ckpt)
         tag = (config.get('pretrained_cfg') or {}).get('tag')
         if not tag:
             raise ValueError(f'{ckpt}: its config carries no pretrained tag; push it with --checkpoint --repo-id')
         out.append((ckpt, check_repo_id(f"{org}/{config['architecture']}.{tag}"), metrics))
+    if unevaluated:
+        raise ValueError(f'{work}: not evaluated (no eval/metrics.json), so nothing is pushed: '
+                         f'{", ".join(unevaluated)}; finish the build with deephash-zoo build')
     if not out:
         raise ValueError(f'{work}: no evaluated model to push yet (run deephash-zoo build)')
     return out
