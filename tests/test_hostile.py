@@ -196,7 +196,9 @@ def planted(tmp_path):
     import deephash_zoo  # noqa: F401
     from deephash_zoo.hub.checkpoint import save_checkpoint
 
-    folder = save_checkpoint(timm.create_model('dath_n_16'), tmp_path / 'ckpt', card=False)
+    # recorded as Fashion-MNIST weights at 64x64, so that it may be seeded under the published name dath_n_16.fmnist
+    folder = save_checkpoint(timm.create_model('dath_n_16'), tmp_path / 'ckpt', dataset='fashion-mnist',
+                             training=dict(img_size=64), card=False)
     marker = tmp_path / 'pickle-ran'
     torch.save({'weight': _WritesAFile(marker)}, folder / 'evil.bin')
     return folder, marker

@@ -7,6 +7,7 @@ with the environment set, and nothing in timm or huggingface_hub is mocked.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -220,7 +221,8 @@ def test_bad_weights_through_timm_and_into_the_cache_are_one_line(seeded, tmp_pa
 
     _, ckpt, cache, _ = seeded
     copies = _broken_copies(ckpt, tmp_path)
-    expected = {'truncated': (ValueError, 'dath_n_16: the pretrained weights file is corrupt or truncated'),
+    cut = r'the pretrained weights file \S*truncated/model\.safetensors is corrupt or truncated'  # names the file
+    expected = {'truncated': (ValueError, f'dath_n_16: {cut}'),
                 'nan': (NonFiniteWeightsError, r'1 weight tensor\(s\) hold NaN or infinity \(head.hash.fc.0.bias\)'),
                 '32-bit': (ValueError, r'do not fit DATH with bits \(16,\) \(shape mismatch')}
     for name, (error, message) in expected.items():
@@ -258,7 +260,8 @@ def test_bad_hash_model_weights_through_timm_are_one_line(tmp_path):
               'shape': dict(state, **{'hash.fc.0.weight': torch.zeros(16, 512)})}
     expected = {'nan': (NonFiniteWeightsError, r'1 weight tensor\(s\) hold NaN or infinity \(hash.fc.0.bias\)'),
                 'shape': (ValueError, r'do not fit BackboneHash with bits \(32,\) \(shape mismatch'),
-                'truncated': (ValueError, 'hash_backbone: the pretrained weights file is corrupt or truncated')}
+                'truncated': (ValueError, r'hash_backbone: the pretrained weights file \S*truncated/model\.safetensors '
+                                          'is corrupt or truncated')}
     for name, (error, message) in expected.items():
         folder = tmp_path / name
         shutil.copytree(good, folder)
@@ -271,3 +274,97 @@ def test_bad_hash_model_weights_through_timm_are_one_line(tmp_path):
             timm.create_model(f'local-dir:{folder}', pretrained=True)
         assert '\n' not in str(refused.value), name
     assert timm.create_model(f'local-dir:{good}', pretrained=True).bits == (32,)
+
+
+def _edited_copy(ckpt: Path, dest: Path, **config_changes) -> Path:
+    """A copy of the checkpoint folder (weights hard-linked), its config.json's ``pretrained_cfg``/``training``
+    entries updated and other keys replaced."""
+    from deephash_zoo.hub.cache import place_file
+
+    dest.mkdir(parents=True)
+    place_file(ckpt / 'model.safetensors', dest / 'model.safetensors')
+    config = json.loads((ckpt / 'config.json').read_text())
+    for key, value in config_changes.items():
+        config[key] = dict(config.get(key) or {}, **value) if key in ('pretrained_cfg', 'training') else value
+    (dest / 'config.json').write_text(json.dumps(config))
+    return dest
+
+
+def test_weights_the_repository_tag_misdescribes_are_not_seeded(seeded, tmp_path):
+    """Weights trained at 96x96, or on data without the tag, were seeded as deephash-zoo/dath_n_16.fmnist, and
+    pretrained=True then reported the tag's 64x64 for them; a name without a known tag takes any."""
+    _, ckpt, _, _ = seeded
+    at_96 = _edited_copy(ckpt, tmp_path / 'at-96', pretrained_cfg=dict(input_size=[3, 96, 96]),
+                         training=dict(img_size=96))
+    mosaic = _edited_copy(ckpt, tmp_path / 'mosaic', dataset='mosaic', pretrained_cfg=dict(tag=None, hf_hub_id=None))
+    refusals = {at_96: rf"{at_96}: trained at 96x96, but repository {REPO_ID} names tag 'fmnist', whose weights "
+                       r'pretrained=True serves at 64x64; use a repository name without \.fmnist',
+                mosaic: rf"{mosaic}: trained on 'mosaic' \(tag None\), but repository {REPO_ID} names tag 'fmnist' "
+                        r'\(fashion-mnist weights\)'}
+    for folder, message in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            seed_hf_cache(folder, REPO_ID, tmp_path / 'cache')
+        assert not (tmp_path / 'cache').exists()
+        assert seed_hf_cache(folder, f'someone/{folder.name}', tmp_path / 'own').is_dir()
+
+
+def test_repo_ids_the_hub_refuses_are_not_seeded(seeded, tmp_path):
+    """Names huggingface_hub refuses made cache folders every loader then refused (models--..--x among them)."""
+    _, ckpt, _, _ = seeded
+    for repo_id in ('org/name!', 'deephash zoo/dath_n_16', '../x', 'org/' + 'a' * 200):
+        with pytest.raises(ValueError, match=rf"^repo id '{re.escape(repo_id)}': Repo id must use alphanumeric"):
+            seed_hf_cache(ckpt, repo_id, tmp_path / 'cache')
+    assert not (tmp_path / 'cache').exists()
+
+
+def test_pretrained_without_published_weights_is_one_line(capsys):
+    """--pretrained on a model without published weights, or an unknown tag: timm's RuntimeError after building
+    the model, a 42-49 line traceback with exit 1; now one line naming what has weights, exit 2."""
+    from deephash_zoo.cli._common import run_main
+    from deephash_zoo.cli.encode import main as encode_main
+    from deephash_zoo.hub.cache import create_pretrained
+
+    with pytest.raises(ValueError, match=r"^admth_cnnf_16: no pretrained weights are published for admth_cnnf_16 "
+                                         r"\(timm\.list_pretrained\('admth_cnnf_16'\) is empty\); related models with "
+                                         r'weights: admth_cnnf_multi\.fmnist'):
+        create_pretrained('admth_cnnf_16')
+    with pytest.raises(ValueError, match=r"^dath_n_16\.mosaic: no pretrained weights tagged 'mosaic' for dath_n_16; "
+                                         r'weights exist for: dath_n_16\.fmnist$'):
+        create_pretrained('dath_n_16.mosaic')
+    assert run_main(encode_main, ['--model', 'dmlh_cnnf_16', '--pretrained', '--num', '1']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: dmlh_cnnf_16: no pretrained weights are published') and err.count('\n') == 1, err
+
+
+_REVISION = r'''
+import json, sys
+import deephash_zoo
+from deephash_zoo.hub.cache import create_pretrained
+
+errors = {}
+for name in sys.argv[2:]:
+    try:
+        create_pretrained(name)
+    except FileNotFoundError as e:
+        errors[name] = str(e)
+json.dump(errors, open(sys.argv[1], 'w'))
+'''
+
+
+def test_a_revision_not_in_the_cache_is_named(seeded, tmp_path):
+    """hf-hub:ORG/NAME@v2 not in the cache: the message dropped @v2 and spoke of refs/main."""
+    _, _, cache, _ = seeded
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    commit = 'a' * 40
+    names = [f'hf-hub:{REPO_ID}@v2', f'hf-hub:{REPO_ID}@{commit}']
+    proc = subprocess.run([sys.executable, '-c', _REVISION, str(tmp_path / 'errors.json'), *names], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = json.loads((tmp_path / 'errors.json').read_text())
+    repo = cache / 'models--deephash-zoo--dath_n_16.fmnist'
+    branch, pinned = errors[names[0]], errors[names[1]]
+    assert branch.startswith(f'{REPO_ID}@v2: weights not found: offline (HF_HUB_OFFLINE=1)')
+    assert f'{repo}/snapshots/<rev>/model.safetensors with refs/v2 naming <rev>' in branch and 'refs/main' in branch
+    assert pinned.startswith(f'{REPO_ID}@{commit}: weights not found')
+    assert f'{repo}/snapshots/{commit}/model.safetensors' in pinned and f"revision='{commit}'" in pinned

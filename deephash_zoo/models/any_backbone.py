@@ -316,7 +316,7 @@ def hash_backbone(pretrained: bool = False, backbone: str = 'resnet18', bits: Un
     _check_backbone(backbone)
     features = {k: kwargs.pop(k) for k in _FEATURE_KWARGS if k in kwargs} if kwargs.get('features_only') else {}
     overlay = kwargs.get('pretrained_cfg_overlay')
-    with checking_pretrained(pretrained, GENERIC_ARCH):
+    with checking_pretrained(pretrained, GENERIC_ARCH, kwargs):
         model = build_model_with_cfg(_build, GENERIC_ARCH, pretrained, backbone=backbone, bits=bits,
                                      pretrained_filter_fn=filter_state_dict, **kwargs)
     if not pretrained:  # a fresh model takes its backbone's preprocessing; loaded weights keep the saved one

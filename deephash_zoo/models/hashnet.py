@@ -138,7 +138,7 @@ def build_hash_net(cls: Callable[..., HashNet], variant: str, pretrained: bool =
                                     feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),  # timm edits it
                                     pretrained_filter_fn=filter_state_dict, **kwargs)
 
-    with checking_pretrained(pretrained, variant):
+    with checking_pretrained(pretrained, variant, kwargs):
         overlay = kwargs.get('pretrained_cfg_overlay') or {}
         return with_trained_input_size(_build_pretrained(build, pretrained, kwargs),
                                        pretrained and from_registry and 'input_size' not in overlay)

@@ -148,8 +148,33 @@ def state_misfit(state: Mapping[str, Any], own: Mapping[str, Any], strict: bool 
     return detail
 
 
+def pretrained_weights_file(variant: str, kwargs: Mapping[str, Any]) -> str:
+    """Where timm reads ``variant``'s pretrained weights from, for messages: the local file, the cached file of a
+    Hub repository (or the repository, where the cache has none), else the variant."""
+    cfg = kwargs.get('pretrained_cfg')
+    if cfg is None or isinstance(cfg, str):  # the registry: the name's (tagged) cfg
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(f'{variant}.{cfg}' if cfg else variant)
+    cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg or {})
+    cfg.update(kwargs.get('pretrained_cfg_overlay') or {})
+    if cfg.get('source') == 'local-dir':
+        return str(Path(str(cfg.get('file'))) / 'model.safetensors')
+    if cfg.get('file') and cfg.get('source') != 'hf-hub':
+        return str(cfg['file'])
+    if cfg.get('hf_hub_id'):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = str(cfg['hf_hub_id']).partition('@')
+        cached = try_to_load_from_cache(repo, cfg.get('hf_hub_filename') or 'model.safetensors',
+                                        revision=revision or None)
+        return cached if isinstance(cached, str) else f'hf-hub:{cfg["hf_hub_id"]}'
+    return variant
+
+
 @contextmanager
-def checking_pretrained(pretrained: bool, variant: str) -> Iterator[None]:
+def checking_pretrained(pretrained: bool, variant: str, kwargs: Optional[Mapping[str, Any]] = None
+                        ) -> Iterator[None]:
     """Around an entrypoint's timm build: a model's ``load_state_dict`` checks the pretrained weights it is given
     (see ``check_pretrained_state``), and a file safetensors cannot read is named corrupt in one line."""
     from safetensors import SafetensorError
@@ -158,7 +183,9 @@ def checking_pretrained(pretrained: bool, variant: str) -> Iterator[None]:
     try:
         yield
     except SafetensorError as e:  # timm reads the file: a cut download or a truncated local-dir: file
-        raise ValueError(f'{variant}: the pretrained weights file is corrupt or truncated ({e})') from e
+        where = pretrained_weights_file(variant, kwargs or {})
+        raise ValueError(f'{variant}: the pretrained weights file {where} is corrupt or truncated ({e}); '
+                         'download or copy it again') from e
     finally:
         _CHECKING_PRETRAINED.reset(token)
 
