@@ -3,12 +3,9 @@
 Importing this package registers every model with timm, so ``timm.create_model('dath_alexnet_32')``
 works without further set-up.
 """
-from importlib.metadata import PackageNotFoundError, version
+from .utils import package_version
 
-try:
-    __version__ = version('deephash-zoo')
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = '0.0.0+source'
+__version__ = package_version()
 
 from .models import *  # noqa: F401,F403,E402  (registers the models with timm)
 from .models import __all__ as _model_all  # noqa: E402

@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 __all__ = ['file_sha256', 'state_sha256', 'tensors_file_sha256', 'cpu_model', 'usable_cores', 'load_average',
            'write_atomic', 'write_temporary', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
-           'non_finite_tensors', 'read_json', 'file_in_the_way', 'provenance', 'safetensors_bytes', 'run_machine']
+           'non_finite_tensors', 'read_json', 'file_in_the_way', 'provenance', 'safetensors_bytes', 'run_machine',
+           'package_version']
 
 
 def file_in_the_way(path: Union[str, Path]) -> Optional[Path]:
@@ -260,15 +261,24 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Optional[Mapping[str
     return blob[:8] + text.ljust(size) + blob[8 + size:]
 
 
+def package_version() -> str:
+    """deephash-zoo's installed version ('0.0.0+source' from a source tree that is not installed): the package's
+    ``__version__``, here so that modules it imports can record it without importing the package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version('deephash-zoo')
+    except PackageNotFoundError:
+        return '0.0.0+source'
+
+
 def run_machine(device: Any = 'cpu') -> Dict[str, str]:
     """The machine a training or evaluation ran on, as its record keeps it (cards name it beside the numbers):
     the CPU model, the device (a GPU's name), and the versions that computed them."""
     import timm
     import torch
 
-    import deephash_zoo
-
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' and torch.cuda.is_available() else dev.type
     return dict(cpu=cpu_model(), cores=str(usable_cores()), device=name, torch=torch.__version__,
-                timm=timm.__version__, deephash_zoo=deephash_zoo.__version__)
+                timm=timm.__version__, deephash_zoo=package_version())
