@@ -126,7 +126,7 @@ def test_list_file_loads_files_and_labels(tmp_path):
 
 
 @pytest.mark.parametrize('content, line, exc, message', [
-    ('img/0.png 1 0\nimg/1.png 0 1 1\n', 2, ValueError, '3 labels, but line 1 has 2'),
+    ('img/0.png 1 0\nimg/1.png 0 1 1\n', 2, ValueError, r'3 labels, but 1 of 2 lines have 2 \(the first: line 1\)'),
     ('\nimg/0.png 1 0\nimg/1.png 0 2\n', 3, ValueError, "label '2' in column 3 is not 0 or 1"),
     ('img/0.png 1 0\nimg/1.png 0 yes\n', 2, ValueError, "label 'yes'"),
     ('img/0.png 1 0\nimg/missing.png 0 1\n', 2, FileNotFoundError, 'image img/missing.png not found under'),
@@ -297,12 +297,13 @@ def test_presets_hold_the_papers_counts():
 
 
 def test_build_from_list_and_coco(tmp_path):
-    _write_images(tmp_path, 1)
+    _write_images(tmp_path, 40)
     rows = np.random.default_rng(0).integers(0, 2, (40, 21))
+    rows[:, 0] = 1  # a label on every row (rows without one are warned about)
     lst = tmp_path / 'nus21.txt'
-    lst.write_text(''.join('img/0.png ' + ' '.join(map(str, r)) + '\n' for r in rows))
-    with pytest.raises(ValueError, match='num_query=2,100 but only 40'):  # the nuswide21 preset, inferred
-        build_retrieval_data(f'list:{lst}')
+    lst.write_text(''.join(f'img/{i}.png ' + ' '.join(map(str, r)) + '\n' for i, r in enumerate(rows)))
+    with pytest.raises(ValueError, match="preset 'nuswide21', which needs at least 12,600 items; the list has 40"):
+        build_retrieval_data(f'list:{lst}')  # the nuswide21 preset, inferred from 21 columns
     out = build_retrieval_data(f'list:{lst}', seed=1, num_query=5, num_train=8, transform=_small_transform())
     assert {k: len(v) for k, v in out.items()} == {'train': 8, 'query': 5, 'database': 35}
     assert not set(out['query'].line_numbers) & set(out['database'].line_numbers)

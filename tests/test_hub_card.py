@@ -233,3 +233,15 @@ def test_the_card_says_what_kind_of_run_and_scoring_its_numbers_come_from(tmp_pa
     said = f"{machine['cpu']}, {machine['cores']} cores; torch {machine['torch']}, timm {machine['timm']}, " \
            f"deephash-zoo {machine['deephash_zoo']}"
     assert f'- `machine`: {said}' in text and f'(deephash-zoo 0.1.0) on {said}.' in text
+
+
+def test_a_card_names_no_local_folder_of_own_or_cifar_data(tmp_path):
+    """folder:DIR and cifar10:DIR hold local paths as list: and coco: do; the card carried the whole home folder."""
+    model = timm.create_model('dath_n_16')
+    model.reset_classifier(sum(BITS), bits=BITS)
+    for data, shown in (('folder:/home/me/photos', 'image folder `photos`'),
+                        ('cifar10-1:/home/me/cifar-10-batches-py', 'CIFAR-10 folder `cifar-10-batches-py`')):
+        path = save_checkpoint(model, tmp_path / data.split(':')[0], dataset=data, card=False,
+                               training=dict(data=data, img_size=64))
+        text = str(render_card(path))
+        assert '/home/me' not in text and shown in text, data

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                    help='checkpoint folder, a run folder holding checkpoint/, local-dir:FOLDER or hf-hub:ORG/NAME')
     p.add_argument('--data', default=None,
                    help="fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH "
+                        "| folder:DIR (your own images, one subfolder per class; split by the 'own' protocol) "
                         "(default: the checkpoint's dataset)")
     p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     p.add_argument('--bits', type=int, default=None, help='evaluate only this code length (default: all)')

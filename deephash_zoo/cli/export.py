@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--calib-data', default=None, metavar='DATA',
                    help="data set whose test images verify the graphs and whose training images calibrate static "
                         "int8: fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | "
-                        "coco:PATH (default: the checkpoint's own, else fashion-mnist)")
+                        "coco:PATH | folder:DIR (default: the checkpoint's own, else fashion-mnist)")
     p.add_argument('--data-root', '--fmnist-dir', dest='data_root', type=Path, default=None,
                    help='folder of --calib-data (default: the Debian package\'s for Fashion-MNIST)')
     bench = p.add_argument_group('--bench')

@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--trunk', required=True, choices=('alexnet', 'cnnf'), help='alexnet (DATH) or cnnf (ADMTH)')
     p.add_argument('--data', default='fashion-mnist',
                    help='fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | coco:PATH '
+                        '| folder:DIR (your own images, one subfolder per class; split by the "own" protocol) '
                         '(default: %(default)s)')
     p.add_argument('--data-root', default=None, help='image root (list:/coco:) or Fashion-MNIST folder')
     p.add_argument('--out', required=True, help='run folder: trunk.safetensors, last/, train_log.jsonl')

@@ -11,8 +11,11 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-__all__ = ['MAX_IMAGE_PIXELS', 'MAX_ASPECT_RATIO', 'ImageRejected', 'check_image_size', 'open_rgb', 'to_rgb']
+__all__ = ['IMAGE_SUFFIXES', 'MAX_IMAGE_PIXELS', 'MAX_ASPECT_RATIO', 'ImageRejected', 'check_image_size', 'open_rgb',
+           'to_rgb']
 
+# the files read as images wherever a folder is searched (folder: data, deephash-encode's folders)
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo decodes to 120 MB of RGB
 MAX_ASPECT_RATIO = 20.0  # longer side / shorter side: panoramas pass, pixel strips do not
 

@@ -3,7 +3,9 @@
 The papers' numbers are only comparable under their splits, so the splits are named presets with the
 papers' counts (:data:`PROTOCOLS`), drawn uniformly at random from a seed. The papers (after DPSH / DHN)
 sample NUS-WIDE queries and training images per class (e.g. 100 / 500 per concept for NUS-WIDE-21); the
-counts here are theirs, the per-class stratification is not reproduced.
+counts here are theirs, the per-class stratification is not reproduced. Own data (``folder:DIR``, or a list file
+whose label count matches no paper) is split by ``'own'``: a share of the items as queries, drawn from the seed
+and the item count alone, so every command that rebuilds the split from the data name gets the same one.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +17,12 @@ from .cifar10 import CIFAR10_CLASSES, CIFAR10_PROTOCOLS, cifar10_split, read_cif
 from .coco import load_coco
 from .dataset import HashDataset
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from .folder import load_image_folder
 from .listfile import load_list_file
 from .mosaic import compose_mosaic, mosaic_indices, quadrant_labels, quadrant_names
 
 __all__ = ['MOSAIC_DATA', 'PROTOCOLS', 'Protocol', 'Split', 'build_retrieval_data', 'labels_survive_flip',
-           'split_protocol']
+           'preset_name', 'split_protocol', 'absolute_data_name']
 
 PathLike = Union[str, Path]
 Transform = Optional[Callable[..., Any]]
@@ -37,6 +40,13 @@ class Protocol:
     description: str = ''
     mirror_safe: bool = True  # False: a label says where in the image a thing sits, so a flip would change it
     mosaic_filled: Optional[int] = None  # mosaics: tiles that hold an item, the rest black (None: every tile)
+    query_share: Optional[float] = None  # queries as this share of the items, at least 1, num_query at most
+
+    def query_count(self, num_items: int) -> int:
+        """The number of queries over ``num_items`` items: ``num_query``, or ``query_share`` of them capped by it."""
+        if self.query_share is None:
+            return self.num_query
+        return max(1, min(self.num_query, int(num_items * self.query_share)))
 
 
 PROTOCOLS: Dict[str, Protocol] = {
@@ -70,9 +80,44 @@ PROTOCOLS: Dict[str, Protocol] = {
                               'items at the scale and in the places the mosaics show them, for pretraining a trunk '
                               'before a mosaic benchmark; 1,000 query canvases from the test images, 60,000 '
                               'database canvases from the training images, all of them trained on', mosaic_filled=1),
+    'own': Protocol(5000, None, 'database', None, None,
+                    'own data (folder:DIR, or a list:PATH whose label count matches no paper preset): a seeded 10% '
+                    'of the items as queries (at least 1, at most 5,000), every other item in the database and '
+                    'trained on; mAP over the whole database', query_share=0.1),
 }
 MOSAIC_DATA = tuple(name for name in PROTOCOLS if name.startswith('mosaic'))  # built by _build_mosaic
 _LABEL_COUNT_PRESET = {21: 'nuswide21', 81: 'nuswide81', 80: 'coco'}
+OWN = 'own'  # the split of own data
+
+
+def preset_name(data: str, num_labels: int) -> Optional[str]:
+    """The :data:`PROTOCOLS` entry that splits ``data`` (a ``--data`` name) with ``num_labels`` label columns, as
+    :func:`build_retrieval_data` picks it; None for CIFAR-10, whose protocols live in :mod:`.cifar10`."""
+    if data in PROTOCOLS:
+        return data
+    kind = data.split(':', 1)[0]
+    if kind == 'folder':
+        return OWN
+    if kind == 'coco':
+        return 'coco'
+    if kind == 'list':
+        return _LABEL_COUNT_PRESET.get(num_labels, OWN)
+    return None
+
+
+PATH_DATA = ('list', 'coco', 'folder', *CIFAR10_PROTOCOLS)  # data names KIND:PATH that hold a local path
+
+
+def absolute_data_name(data: str) -> str:
+    """``data`` with its local path made absolute (``list:big/x.txt`` -> ``list:/home/me/big/x.txt``): what a run
+    records, so that deephash-eval, -index and -export, which rebuild the split from it, find the data from any
+    working folder. Other names are returned as they are."""
+    import os
+
+    kind, sep, path = data.partition(':')
+    if sep and kind in PATH_DATA and path and not os.path.isabs(path):
+        return f'{kind}:{os.path.abspath(path)}'
+    return data
 
 
 def labels_survive_flip(data: str) -> bool:
@@ -216,17 +261,70 @@ def _build_cifar10(root: str, seed: int, subset: Optional[int], protocol: str,
             (('train', split['train']), ('query', split['query']), ('database', database))}
 
 
-def _preset_for(dataset: HashDataset, protocol: Optional[str], counts_given: bool, name: str) -> Protocol:
-    if protocol is None:
-        protocol = _LABEL_COUNT_PRESET.get(dataset.num_classes)
-    if protocol is None:
-        if counts_given:
-            return Protocol(0, None)
-        raise ValueError(f'{name}: {dataset.num_classes} label columns match no preset; pass protocol= '
-                         f'(one of {sorted(PROTOCOLS)}) or num_query= and num_train=')
+def _load_files(name: str, root: Optional[PathLike], check_images: bool) -> HashDataset:
+    """The dataset behind a ``list:`` / ``coco:`` / ``folder:`` name."""
+    kind, path = name.split(':', 1)
+    if kind == 'list':
+        return load_list_file(path, root, check_images)
+    if kind == 'folder':
+        if root is not None:
+            raise ValueError(f'{name}: the folder holds the images itself; root= (--data-root) is for list: and '
+                             'coco: data')
+        return load_image_folder(path)
+    if root is None:
+        raise ValueError(f'{name}: pass root= the folder holding the images of {Path(path).name}')
+    return load_coco(path, root)
+
+
+def _preset_for(dataset: HashDataset, protocol: Optional[str], name: str) -> str:
+    """The preset's name: ``protocol`` if given, else the data name's (a list file's by its label count)."""
+    protocol = protocol or preset_name(name, dataset.num_classes)
     if protocol not in PROTOCOLS:
         raise ValueError(f'unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}')
-    return PROTOCOLS[protocol]
+    return protocol
+
+
+def _refuse_one_class(dataset: HashDataset, name: str) -> None:
+    """Own data needs two classes: with one, every item is relevant to every query (the triplet term is always
+    0 and mAP is 1.0 whatever the codes)."""
+    used = np.flatnonzero(dataset.labels.any(0))
+    if len(used) >= 2:
+        return
+    names = dataset.class_names or [f'label column {i + 2}' for i in range(dataset.num_classes)]
+    which = f"only {names[used[0]]!r} has items" if len(used) else 'no item has a label'
+    raise ValueError(f'{name}: {which}; retrieval needs items of at least 2 classes (with one, every item is '
+                     'relevant to every query and mAP is 1.0 whatever the codes)')
+
+
+def _refuse_too_small(dataset: HashDataset, preset: str, needed: int, name: str) -> None:
+    """A list put on a paper's preset by its label count, but too short for the paper's counts."""
+    if len(dataset) >= needed:
+        return
+    raise ValueError(f"{name}: {dataset.num_classes} label columns put it on the paper preset {preset!r}, which needs "
+                     f"at least {needed:,} items; the list has {len(dataset):,}. Own data (folder:DIR, or a list "
+                     f"whose label count is not 21, 80 or 81) gets the '{OWN}' split; in Python, "
+                     f"build_retrieval_data(..., protocol='{OWN}') puts any list on it")
+
+
+def _build_from_files(name: str, root: Optional[PathLike], seed: int, subset: Optional[int],
+                      protocol: Optional[str], num_query: Optional[int], num_train: Optional[int],
+                      check_images: bool) -> Dict[str, HashDataset]:
+    """List, COCO and folder data: one dataset of files, split by its preset (own data: refused with fewer than
+    two classes; a list on a paper preset: refused, saying what to do, when too short for the paper's counts)."""
+    dataset = _load_files(name, root, check_images)
+    chosen = _preset_for(dataset, protocol, name)
+    preset = PROTOCOLS[chosen]
+    nq = preset.query_count(len(dataset)) if num_query is None else num_query
+    ntr = preset.num_train if num_train is None else num_train
+    if subset is not None and num_train is None and ntr is not None:
+        ntr = min(ntr, subset)
+    if chosen == OWN:
+        _refuse_one_class(dataset, name)
+    elif protocol is None and name.startswith('list:') and num_query is None and num_train is None:
+        _refuse_too_small(dataset, chosen, nq + (ntr or 1), name)
+    split = split_protocol(len(dataset), nq, ntr, seed, preset.train_from, num_database=subset)
+    return {'train': dataset.subset(split.train), 'query': dataset.subset(split.query),
+            'database': dataset.subset(split.database)}
 
 
 def build_retrieval_data(
@@ -247,7 +345,8 @@ def build_retrieval_data(
 
     ``name``: ``'fashion-mnist'``, ``'mosaic'`` (``root`` = the Fashion-MNIST folder), ``'list:PATH'`` (a DeepHash
     list file; ``root`` = image root, default its folder; preset from ``protocol`` or the label count: 21 / 81 / 80
-    columns -> nuswide21 / nuswide81 / coco), ``'cifar10:DIR'``, ``'cifar10-1:DIR'``, ``'cifar10-2:DIR'`` (the
+    columns -> nuswide21 / nuswide81 / coco, any other -> ``'own'``), ``'folder:DIR'`` (one subfolder of images
+    per class, see :mod:`.folder`; split by ``'own'``), ``'cifar10:DIR'``, ``'cifar10-1:DIR'``, ``'cifar10-2:DIR'`` (the
     binary version, split by DeepHash-pytorch's protocol of that name, see :mod:`.cifar10`) or ``'coco:PATH'`` (an
     instances json; ``root`` = its image folder, required). ``subset`` caps the database at a seeded sample of that
     size for quick runs (mosaic: the number of database mosaics); the training count then shrinks to fit unless
@@ -265,26 +364,11 @@ def build_retrieval_data(
         if protocol not in (None, kind):
             raise ValueError(f'{name}: the data name sets protocol {kind!r}; got protocol={protocol!r} too')
         out = _build_cifar10(path, seed, subset, kind, num_query, num_train)
-    elif name.startswith(('list:', 'coco:')):
-        kind, path = name.split(':', 1)
-        if kind == 'list':
-            dataset = load_list_file(path, root, check_images)
-        else:
-            if root is None:
-                raise ValueError(f'{name}: pass root= the folder holding the images of {Path(path).name}')
-            dataset = load_coco(path, root)
-            protocol = protocol or 'coco'
-        preset = _preset_for(dataset, protocol, num_query is not None and num_train is not None, name)
-        nq = preset.num_query if num_query is None else num_query
-        ntr = preset.num_train if num_train is None else num_train
-        if subset is not None and num_train is None and ntr is not None:
-            ntr = min(ntr, subset)
-        split = split_protocol(len(dataset), nq, ntr, seed, preset.train_from, num_database=subset)
-        out = {'train': dataset.subset(split.train), 'query': dataset.subset(split.query),
-               'database': dataset.subset(split.database)}
+    elif name.startswith(('list:', 'coco:', 'folder:')):
+        out = _build_from_files(name, root, seed, subset, protocol, num_query, num_train, check_images)
     else:
         raise ValueError(f"unknown data {name!r}: use 'fashion-mnist', {', '.join(map(repr, MOSAIC_DATA))}, "
-                         "'cifar10[-1|-2]:DIR', 'list:PATH' or 'coco:PATH'")
+                         "'cifar10[-1|-2]:DIR', 'folder:DIR', 'list:PATH' or 'coco:PATH'")
     for key, ds in out.items():
         ds.transform = train_transform if key == 'train' and train_transform is not None else transform
     return out

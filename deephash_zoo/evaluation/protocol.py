@@ -50,10 +50,8 @@ def protocol_sets(data: str, root: Optional[str], seed: int, transform: Any, que
 
 
 def default_topk(data: str, num_labels: int) -> Optional[int]:
-    """The mAP@K the papers report for this benchmark (None: the whole ranking)."""
-    from deephash_zoo.data import protocols
+    """The mAP@K the papers report for this benchmark (None: the whole ranking, as for own data)."""
+    from deephash_zoo.data import PROTOCOLS, preset_name
 
-    if data in protocols.PROTOCOLS:
-        return protocols.PROTOCOLS[data].map_topk
-    preset = 'coco' if data.startswith('coco:') else getattr(protocols, '_LABEL_COUNT_PRESET', {}).get(num_labels)
-    return protocols.PROTOCOLS[preset].map_topk if preset in protocols.PROTOCOLS else None
+    preset = preset_name(data, num_labels)
+    return PROTOCOLS[preset].map_topk if preset is not None else None

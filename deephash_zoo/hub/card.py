@@ -38,6 +38,9 @@ _TRAINING_KEYS = ('recipe', 'data', 'epochs', 'batch_size', 'optimizer', 'lr', '
                   'center_hash', 'grad_clip', 'drop_rate', 'flip', 'img_size', 'label_weight', 'attn_gate_init',
                   'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'loss', 'init', 'machine')
 _PATH_KEYS = ('data', 'init', 'data_root', 'out')
+# data names that hold a local path (KIND:PATH), and what the path is: a card names only its last component
+_PATH_DATA = {'list': 'DeepHash list file', 'coco': 'MS-COCO annotations', 'folder': 'image folder',
+              'cifar10': 'CIFAR-10 folder', 'cifar10-1': 'CIFAR-10 folder', 'cifar10-2': 'CIFAR-10 folder'}
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,9 @@ def _dataset_info(name: Optional[str]) -> Tuple[Optional[str], str, str]:
         hub_id, display = _DATASETS[name]
         return hub_id, display, hub_id
     kind, _, path = name.partition(':')
-    if kind in ('list', 'coco') and path:
+    if kind in _PATH_DATA and path:
         base = Path(path).name
-        what = 'MS-COCO annotations' if kind == 'coco' else 'DeepHash list file'
-        return None, f'{what} `{base}`', f'{kind}:{base}'
+        return None, f'{_PATH_DATA[kind]} `{base}`', f'{kind}:{base}'
     return None, name, name
 
 
@@ -108,7 +110,7 @@ def strip_local_path(value: Any) -> Any:
     """Local paths reduced to their last component (a card or upload should not carry a home folder)."""
     if isinstance(value, str):
         kind, sep, rest = value.partition(':')
-        if sep and kind in ('list', 'coco') and os.path.isabs(rest):
+        if sep and kind in _PATH_DATA and os.path.isabs(rest):
             return f'{kind}:{Path(rest).name}'
         return Path(value).name if os.path.isabs(value) else value
     return value

@@ -23,14 +23,13 @@ from PIL import Image
 from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
-from deephash_zoo.data.images import ImageRejected, open_rgb, to_rgb
+from deephash_zoo.data.images import IMAGE_SUFFIXES, ImageRejected, open_rgb, to_rgb
 from deephash_zoo.precision import autocast, choose_precision, precision_models, relaxed_codes
 
 from .encoding import model_transform
 
 __all__ = ['IMAGE_SUFFIXES', 'EncodedImages', 'encode_images', 'list_images']
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 ImagesArg = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, Image.Image]]]
 
 

@@ -20,7 +20,7 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from timm.data import create_transform, resolve_data_config
 from tqdm import tqdm
 
-from deephash_zoo.data.protocols import labels_survive_flip
+from deephash_zoo.data.protocols import absolute_data_name, labels_survive_flip
 from deephash_zoo.hub.checkpoint import save_checkpoint
 from deephash_zoo.losses import ADMTHLoss, DATHLoss
 from deephash_zoo.models.attention import open_attention_gates
@@ -558,6 +558,9 @@ def _center_hash_layer(model: nn.Module, dataset: Any, batch_size: int, log: Cal
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns a summary (also the last line of the log)."""
+    # local paths recorded absolute: the checkpoint's data name must find the data from any working folder
+    cfg = replace(cfg, data=absolute_data_name(cfg.data),
+                  data_root=os.path.abspath(cfg.data_root) if cfg.data_root else cfg.data_root)
     settings = resolve_settings(cfg)
     _check_loss_args(cfg)
     identity = run_identity(cfg, settings)  # before the build records what it did (attention gates)
