@@ -245,3 +245,18 @@ def test_folder_data_through_pretrain_train_eval_and_index(classes, tmp_path, ca
     out = capsys.readouterr().out
     assert f'on {data}: 3 queries, 33 database items (seed 0)' in out and 'mAP@all' in out
     assert f'33 {data} database items' in out
+
+
+def test_export_verifies_a_small_own_set_on_all_its_queries(classes):
+    """deephash-export checks its graphs on 32 test images by default; a 36-image folder has 3 queries, and the
+    default count failed the export ('asked for 32 query images, the split has 3'). A count asked for still must
+    be there."""
+    import timm
+
+    from deephash_zoo.export.verify import verification_inputs
+
+    model = timm.create_model('dath_n_16').eval()
+    inputs = verification_inputs(model, 64, data=f'folder:{classes}', random_batches=(1,))
+    assert inputs[f'folder:{classes}'].shape == (3, 3, 64, 64) and inputs['random_b1'].shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match='asked for 4 query images, the split has 3'):
+        verification_inputs(model, 64, 4, data=f'folder:{classes}')

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--fp16', action='store_true', help='with --tensorrt: the TensorRT engine in fp16')
     p.add_argument('--overwrite', action='store_true',
                    help='replace the graphs --out holds of other weights, model or input size (else refused)')
-    p.add_argument('--verify-images', type=int, default=32, help='test images of --calib-data in the verification')
+    p.add_argument('--verify-images', type=int, default=None,
+                   help='test images of --calib-data in the verification (default: 32, or all the queries of a '
+                        'smaller split)')
     p.add_argument('--calib-data', default=None, metavar='DATA',
                    help="data set whose test images verify the graphs and whose training images calibrate static "
                         "int8: fashion-mnist | mosaic[-pair|-quadrant|-single] | cifar10[-1|-2]:DIR | list:PATH | "
@@ -108,7 +110,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     """Refuse flags that would be silently ignored, before any work."""
     if not (args.onnx or args.int8 or args.tensorrt or args.bench):
         raise UserError('nothing to do: pass --onnx (and --int8 / --tensorrt) or --bench')
-    if args.verify_images < 1:
+    if args.verify_images is not None and args.verify_images < 1:
         raise UserError(f'--verify-images must be positive, got {args.verify_images}')
     if args.bench and (args.onnx or args.int8 or args.tensorrt):
         raise UserError('--bench measures models by name; run the export (--onnx ...) as a separate command')

@@ -185,7 +185,7 @@ def export_verified(
         int8: Optional[str] = None,
         tensorrt: bool = False,
         fp16: bool = False,
-        num_real: int = 32,
+        num_real: Optional[int] = None,
         random_batches: tuple = (1, 8),
         calibration_images: int = 64,
         fmnist_root: Optional[Union[str, Path]] = None,
@@ -217,9 +217,9 @@ def export_verified(
         common = dict(model=source.name, img_size=size, bits=list(bits), weights_sha256=source.weights_sha256,
                       weights_sha256_of=source.weights_of, package_version=deephash_zoo.__version__)
         data = calib_data or source.dataset or 'fashion-mnist'
-        say(f'verification inputs: {num_real} {data} test images + random batches {list(random_batches)} '
-            f'at {size}x{size}; PyTorch reference')
         inputs = verification_inputs(model, size, num_real, random_batches, root=fmnist_root, data=data)
+        say(f'verification inputs: {len(inputs[data])} {data} test images + random batches {list(random_batches)} '
+            f'at {size}x{size}; PyTorch reference')
         reference = torch_codes(model, inputs)
 
         fp32_path = tmp / f'{source.name}.onnx'

@@ -76,9 +76,11 @@ def fashion_mnist_batch(model: nn.Module, img_size: int, split: str = 'test', st
 
 
 def data_batch(model: nn.Module, img_size: int, data: str = 'fashion-mnist', split: str = 'query', num: int = 32,
-               root: Optional[Union[str, Path]] = None) -> np.ndarray:
+               root: Optional[Union[str, Path]] = None, at_most: bool = False) -> np.ndarray:
     """The first ``num`` images of a benchmark's ``'query'`` (test) or ``'database'`` (training) split, through
-    the model's eval transform (float32): any ``--data`` name (``cifar10:DIR``, ``coco:PATH``, ``list:PATH``)."""
+    the model's eval transform (float32): any ``--data`` name (``cifar10:DIR``, ``coco:PATH``, ``list:PATH``).
+    ``at_most``: all of them where the split has fewer (a default count meeting a small own data set), instead of
+    refusing."""
     if data == 'fashion-mnist':  # straight from the idx files: no protocol split to build
         return fashion_mnist_batch(model, img_size, 'test' if split == 'query' else 'train', 0, num, root)
     from deephash_zoo.data import build_retrieval_data
@@ -87,17 +89,23 @@ def data_batch(model: nn.Module, img_size: int, data: str = 'fashion-mnist', spl
         raise ValueError(f"split must be 'query' or 'database', got {split!r}")
     items = build_retrieval_data(data, root=None if root is None else str(root), seed=0,
                                  transform=model_transform(model, img_size))[split]
+    if at_most:
+        num = min(num, len(items))
     if num > len(items):
         raise ValueError(f'{data}: asked for {num} {split} images, the split has {len(items)}')
     return torch.stack([items[i][0] for i in range(num)]).numpy().astype(np.float32)
 
 
-def verification_inputs(model: nn.Module, img_size: int, num_real: int = 32, random_batches: Sequence[int] = (1, 8),
-                        seed: int = 0, root: Optional[Union[str, Path]] = None, data: str = 'fashion-mnist'
-                        ) -> Dict[str, np.ndarray]:
-    """The fixed inputs every graph is checked on: ``num_real`` test images of ``data``, then seeded random
-    ones per batch size."""
-    inputs = {data: data_batch(model, img_size, data, 'query', num_real, root)}
+VERIFY_IMAGES = 32  # real test images every graph is checked on, unless asked otherwise
+
+
+def verification_inputs(model: nn.Module, img_size: int, num_real: Optional[int] = None,
+                        random_batches: Sequence[int] = (1, 8), seed: int = 0, root: Optional[Union[str, Path]] = None,
+                        data: str = 'fashion-mnist') -> Dict[str, np.ndarray]:
+    """The fixed inputs every graph is checked on: ``num_real`` test images of ``data`` (default
+    :data:`VERIFY_IMAGES`, or every query where the split has fewer), then seeded random ones per batch size."""
+    count, at_most = (VERIFY_IMAGES, True) if num_real is None else (num_real, False)
+    inputs = {data: data_batch(model, img_size, data, 'query', count, root, at_most=at_most)}
     rng = np.random.default_rng(seed)
     chans = inputs[data].shape[1]
     for n in random_batches:
