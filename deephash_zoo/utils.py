@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 __all__ = ['file_sha256', 'state_sha256', 'tensors_file_sha256', 'cpu_model', 'usable_cores', 'load_average',
            'write_atomic', 'write_temporary', 'replace_dir', 'restore_dir', 'temporary_name', 'remove_dead_temporaries',
            'non_finite_tensors', 'read_json', 'file_in_the_way', 'provenance', 'safetensors_bytes', 'run_machine',
-           'package_version']
+           'package_version', 'checked_device']
 
 
 def file_in_the_way(path: Union[str, Path]) -> Optional[Path]:
@@ -282,3 +282,26 @@ def run_machine(device: Any = 'cpu') -> Dict[str, str]:
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' and torch.cuda.is_available() else dev.type
     return dict(cpu=cpu_model(), cores=str(usable_cores()), device=name, torch=torch.__version__,
                 timm=timm.__version__, deephash_zoo=package_version())
+
+
+def checked_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` ('auto': CUDA where there is one, else the CPU), or a one-line ValueError
+    for a name torch does not know ('gpu') or a device this machine lacks ('cuda' with no CUDA device, 'cuda:3'
+    with two): torch's own errors came from deep inside (NVIDIA driver messages) or not at all."""
+    import torch
+
+    if isinstance(device, str) and device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f'device {device!r}: not a device name torch knows (cpu, cuda, cuda:N, mps, or auto)') \
+            from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'device {device!r}: no CUDA device is available on this machine')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f'device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)')
+    if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise ValueError(f'device {device!r}: no MPS device is available on this machine')
+    return dev

@@ -16,6 +16,7 @@ import torch
 
 from deephash_zoo.hub.checkpoint import load_checkpoint
 from deephash_zoo.hub.folder import read_checkpoint_config, resolve_checkpoint_dir, weights_sha256
+from deephash_zoo.utils import checked_device
 
 __all__ = ['LoadedCheckpoint', 'resolve_device', 'checkpoint_summary', 'load_for_retrieval', 'data_defaults']
 
@@ -38,12 +39,9 @@ class LoadedCheckpoint:
 
 
 def resolve_device(name: str) -> str:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a CUDA device is refused in one line."""
-    if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise ValueError('--device cuda but no CUDA device is available')
-    return name
+    """'auto' -> cuda when available, else cpu; a device this machine lacks ('cuda', 'cuda:1') or a name torch
+    does not know is refused in one line (``utils.checked_device``)."""
+    return str(checked_device(name))
 
 
 def checkpoint_summary(path: str | os.PathLike) -> Tuple[Path, Dict[str, Any]]:
