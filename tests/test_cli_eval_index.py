@@ -392,3 +392,28 @@ def test_an_unreachable_hub_exits_2_as_the_readme_says(tmp_path, monkeypatch, ca
     bad_request, system = statuses.split(', 3 ', 1)
     assert 'Hub' in bad_request and 'network' not in system and 'Hub' not in system, statuses
     assert 'no network' not in (common.__doc__ or '')
+
+
+def test_python_api_refusals_come_before_the_work(run, tmp_path, monkeypatch):
+    """run_evaluation checked topk only after encoding both sets ('all', what metrics.json writes, is natural to
+    pass); a device this machine lacks reached torch's driver error; write_evaluation took no str path."""
+    import deephash_zoo.retrieval.encoding as encoding
+    from deephash_zoo.evaluation import EvalOptions, run_evaluation, write_evaluation
+    from deephash_zoo.hub.checkpoint import load_checkpoint
+
+    run = run[0]  # the run folder
+    monkeypatch.setattr(encoding, 'encode_dataset_lengths', lambda *a, **k: 1 / 0)  # never reached
+    for topk in ('all', 0, 2.5):
+        with pytest.raises(ValueError, match=f'topk must be a positive integer, or None .*got {topk!r}'):
+            run_evaluation(EvalOptions(checkpoint=str(run), topk=topk, query_subset=10, db_subset=20, plots=False))
+    if not torch.cuda.is_available():
+        for device in ('cuda', 'cuda:0'):
+            with pytest.raises(ValueError, match=f"device '{device}': no CUDA device is available"):
+                run_evaluation(EvalOptions(checkpoint=str(run), device=device, plots=False))
+            with pytest.raises(ValueError, match=f"device '{device}': no CUDA device is available"):
+                load_checkpoint(run, device=device)
+    with pytest.raises(ValueError, match="device 'gpu': not a device name torch knows"):
+        load_checkpoint(run, device='gpu')
+    monkeypatch.undo()
+    ev = run_evaluation(EvalOptions(checkpoint=str(run), query_subset=10, db_subset=20, plots=False, progress=False))
+    assert 'metrics.json' in write_evaluation(ev, str(tmp_path / 'ev'), plots=False, grid_rows=0)

@@ -525,3 +525,11 @@ def test_an_error_in_a_data_loader_worker_is_one_line(capsys):
     assert run_main(main, []) == 2
     err = capsys.readouterr().err
     assert err == 'error: listed at own.txt:3: /data/bad.png: cannot open image (image file is truncated)\n', err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_training_on_a_device_the_machine_lacks_is_refused(tmp_path, capsys):
+    """--device cuda (TrainConfig(device='cuda')) on a CPU machine trained on the CPU and recorded 'cuda'."""
+    argv = [a if a != 'cpu' else 'cuda' for a in TINY] + ['--out', str(tmp_path / 'run')]
+    _refused(capsys, argv, "device 'cuda': no CUDA device is available on this machine")
+    assert not (tmp_path / 'run').exists()

@@ -406,3 +406,49 @@ def test_broken_weights_and_label_counts_are_named(images):
     with pytest.raises(ValueError, match='num_labels must be an integer >= 0'):
         deephash_zoo.hash_model('test_resnet', bits=16, num_labels=-1)
     assert timm.create_model('dath_n_16', num_labels=np.int64(3)).num_labels == 3
+
+
+def test_encode_from_two_threads_leaves_a_training_model_as_it_was():
+    """encode switched a shared training model to eval and back with no lock: two threads left it in eval mode
+    (every run here) or ran a forward in train mode, updating BatchNorm's statistics."""
+    import threading
+
+    model = deephash_zoo.hash_model('resnet18', bits=32).train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+    x = torch.randn(2, 3, 64, 64)
+    alone = model.encode(x)
+
+    def work(out):
+        out.extend(bool(torch.equal(model.encode(x), alone)) for _ in range(15))
+
+    results = [[], []]
+    threads = [threading.Thread(target=work, args=(r,)) for r in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert model.training and all(results[0] + results[1]) and len(results[0] + results[1]) == 30
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_packed_codes_of_no_images():
+    model = timm.create_model('admth_cnnf_multi').eval()
+    assert model.encode(torch.zeros(0, 3, 64, 64), bits=32, packed=True).shape == (0, 4)
+    assert deephash_zoo.pack_signs(torch.ones(0, 12)).shape == (0, 2)
+
+
+def test_a_dtype_round_trip_drops_fc6s_cached_tap_sums():
+    """m.half(); m.float() made new fp32 weights that could take the old address with version 0: the no-grad path
+    then served tap sums of the fp16-rounded weights (1.3e-3 off the grad path, in one run of two)."""
+    model = timm.create_model('dath_n_32').eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    mlp = model.head.mlps[0]
+    assert mlp._fc6_sums is not None
+    model.half()
+    model.float()
+    assert mlp._fc6_sums is None
+    with torch.no_grad():
+        cached = model(x)  # the tap sums of the fp32 weights, made again
+    torch.testing.assert_close(cached, model(x).detach(), rtol=0, atol=1e-4)  # the grad path: every tap

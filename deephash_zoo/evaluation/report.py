@@ -46,6 +46,7 @@ The library behind ``deephash-eval``, the zoo build and the experiments. :func:`
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ def run_evaluation(options: EvalOptions) -> Evaluation:
     data, root, seed = data_defaults(ckpt, options.data, options.data_root, options.seed)
     sets, protocol = protocol_sets(data, root, seed, transform, options.query_subset, options.db_subset)
     topk = default_topk(data, protocol['num_labels']) if options.topk == BENCHMARK_TOPK else options.topk
+    _check_topk(topk)  # before minutes of encoding, not after
     protocol['map_topk'] = 'all' if topk is None else topk
     device = next(ckpt.model.parameters()).device
     codes = {name: encode_dataset_lengths(ckpt.model, ds, lengths, options.batch_size, device,
@@ -151,6 +153,12 @@ def run_evaluation(options: EvalOptions) -> Evaluation:
         'machine': run_machine(device),
     }
     return Evaluation(report, sets, codes)
+
+
+def _check_topk(topk: Any) -> None:
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1):
+        raise ValueError(f'topk must be a positive integer, or None for the whole ranking (metrics.json writes that '
+                         f'as "all"), got {topk!r}')
 
 
 def score_codes(query: np.ndarray, database: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray,
@@ -200,17 +208,20 @@ def default_out(checkpoint: Union[str, os.PathLike]) -> Path:
     return run_folder(checkpoint) / 'eval'
 
 
-def write_metrics(report: Dict[str, Any], out: Path) -> Path:
+def write_metrics(report: Dict[str, Any], out: Union[str, os.PathLike]) -> Path:
     """``OUT/metrics.json``, written atomically; deephash-eval writes it last, so it marks a finished run."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / 'metrics.json'
     write_atomic(path, (json.dumps(report, indent=2) + '\n').encode())
     return path
 
 
-def write_evaluation(ev: Evaluation, out: Path, plots: bool = True, grid_rows: int = GRID_ROWS) -> List[str]:
+def write_evaluation(ev: Evaluation, out: Union[str, os.PathLike], plots: bool = True,
+                     grid_rows: int = GRID_ROWS) -> List[str]:
     """The plots, the retrieval grid (``grid_rows`` > 0) and metrics.json into ``out``, each atomically;
     metrics.json last, so it marks a finished evaluation. Returns the file names written."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = plot_pngs(ev.report) if plots else {}
     if plots and grid_rows:

@@ -36,7 +36,7 @@ from deephash_zoo.models.safe_loading import (
     check_saved_model_args,
     state_misfit,
 )
-from deephash_zoo.utils import non_finite_tensors, replace_dir
+from deephash_zoo.utils import checked_device, non_finite_tensors, replace_dir
 
 from .folder import (
     _PICKLE_SUFFIXES,
@@ -210,6 +210,7 @@ def _write_default_card(folder: Path) -> None:
 
 def load_checkpoint(ckpt_dir: Union[str, Path], device: Union[str, torch.device] = 'cpu') -> torch.nn.Module:
     """Rebuild the model a checkpoint folder describes and load its safetensors weights (strictly)."""
+    device = checked_device(device)  # 'cuda' on a machine without one: one line, not the driver's error
     ckpt_dir = resolve_checkpoint_dir(ckpt_dir)
     config = read_checkpoint_config(ckpt_dir)
     weights = ckpt_dir / 'model.safetensors'

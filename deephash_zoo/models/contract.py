@@ -6,6 +6,8 @@
 binary indexes take. A relaxed value of exactly 0 encodes as +1.
 """
 import operator
+import threading
+import weakref
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -153,9 +155,37 @@ def filter_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> 
     return state_dict
 
 
+_ENCODE_LOCKS: 'weakref.WeakKeyDictionary[nn.Module, threading.Lock]' = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _eval_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` in eval mode without grad, the model's mode left as it was.
+
+    A training model is switched to eval for the forward under a lock of its own, and its mode is read under that
+    lock: two threads encoding with one training model left it in eval mode, or ran a forward in train mode
+    (BatchNorm statistics updated). A model already in eval mode runs without holding the lock, so threads serving
+    one eval model encode at once."""
+    with _LOCKS_LOCK:
+        lock = _ENCODE_LOCKS.setdefault(model, threading.Lock())
+    with lock:
+        was_training = model.training
+        if was_training:
+            model.eval()
+            try:
+                with torch.no_grad():
+                    return model(x)
+            finally:
+                model.train(True)
+    with torch.no_grad():
+        return model(x)
+
+
 def pack_signs(signs: torch.Tensor) -> torch.Tensor:
     """Pack {-1,+1} codes (n, bits) into uint8 (n, ceil(bits/8)) exactly as ``numpy.packbits(axis=1)``."""
     n, bits = signs.shape
+    if n == 0:  # reshape(0, -1, 8) cannot infer the middle size
+        return torch.zeros(0, -(-bits // 8), dtype=torch.uint8, device=signs.device)
     ones = (signs > 0).to(torch.uint8)
     pad = (-bits) % 8
     if pad:
@@ -251,13 +281,7 @@ class HashingMixin:
         weight = next(self.parameters(), None)
         if weight is not None and x.dtype != weight.dtype:  # fp16 / fp64 images: codes of the model's precision
             x = x.to(weight.dtype)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                relaxed = self(x)
-        finally:
-            self.train(was_training)
+        relaxed = _eval_forward(self, x)
         if bits is not None:
             relaxed = relaxed[:, slices[bits]]
         if not bool(torch.isfinite(relaxed).all()):  # NaN >= 0 is False: every such bit would read -1, silently

@@ -10,7 +10,7 @@ A head combines its paths in one of two ways:
 - ``'concat'`` (ADMTH): every branch sees the whole feature map; the fc7 outputs are
   concatenated and hash layer k reads branch k's block (hard parameter sharing up to conv5).
 """
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -116,14 +116,21 @@ class FcMlp(nn.Module):
             # (an inference tensor keeps no version counter, so a change in place could not be seen)
             return tap_block_sums(weight, h, w).flatten(1)
         # encoding: the sums are the same until the weight changes, and reading 151 MB to make them was most
-        # of a 64x64 batch-1 call (an in-place update or load_state_dict bumps _version; .to() moves data_ptr;
-        # an edit through .data bumps nothing, as for torch's own version-keyed caches: edit the parameter under
-        # torch.no_grad() instead). A trace records no cache: its sanity check re-runs the call without grad.
-        key = (weight.data_ptr(), weight._version, weight.device, h, w)
+        # of a 64x64 batch-1 call (an in-place update or load_state_dict bumps _version; .to() and the like drop
+        # the cache, see _apply; an edit through .data bumps nothing, as for torch's own version-keyed caches: edit
+        # the parameter under torch.no_grad() instead). A trace records no cache: its sanity check re-runs the call
+        # without grad.
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, h, w)
         cached = getattr(self, '_fc6_sums', None)
         if cached is None or cached[0] != key:
             cached = self._fc6_sums = (key, tap_block_sums(weight, h, w).flatten(1))
         return cached[1]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> 'FcMlp':
+        """``.to()``, ``.half()``, ``.float()``, ``.cuda()``: new weights, which can take the old one's address with
+        a fresh version counter, so the cached tap sums go (``m.half(); m.float()`` served the fp16-rounded sums)."""
+        self._fc6_sums = None
+        return super()._apply(fn, recurse)
 
     @torch.jit.unused
     def _fixed_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:

@@ -40,6 +40,7 @@ from deephash_zoo.models.attention import open_attention_gates
 from deephash_zoo.models.pretrain import TRUNK_FORMAT, TrunkClassifier, expand_trunk_state
 from deephash_zoo.models.trunks import MIN_INPUT_SIZE
 from deephash_zoo.utils import (
+    checked_device,
     non_finite_tensors,
     restore_dir,
     run_machine,
@@ -570,7 +571,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                          f'got {cfg.model!r}')
     distributed = int(os.environ.get('WORLD_SIZE', '1')) > 1
     rank = int(os.environ.get('RANK', '0'))
-    use_cuda = torch.cuda.is_available() and cfg.device in ('auto', 'cuda')
+    # 'cuda' on a machine without one is refused, not trained on the CPU under a record saying 'cuda'
+    use_cuda = checked_device(cfg.device).type == 'cuda'
     if distributed:
         dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else 'cpu')
