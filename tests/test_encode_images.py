@@ -1,5 +1,6 @@
 """deephash_zoo.encode_images: a folder (or files, or PIL images) to codes in batches, then an index."""
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -218,3 +219,139 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(model, tmp_path):
         open_upload(tmp_path / 'float.tif')
     found = deephash_zoo.encode_images(model, [tmp_path / 'eight.png', tmp_path / 'float.tif'], precision='fp32')
     assert len(found.ids) == 1 and 'floating-point' in found.skipped[0][1]
+
+
+def test_an_index_refuses_a_hash_model_on_another_backbone(photos, tmp_path):
+    """Every hash_model is architecture 'hash_backbone': the manifest records the backbone too, and attach and
+    HashSearcher compared the architecture alone (resnet34 queries were searched against resnet18 codes)."""
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex, HashSearcher
+
+    small = dict(pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))
+    resnet = deephash_zoo.hash_model('test_resnet', bits=16, **small)
+    other = deephash_zoo.hash_model('test_efficientnet', bits=16, **small)
+    index = HashIndex.from_images(resnet, photos, precision='fp32')
+    assert (index.manifest['model'], index.manifest['backbone']) == ('hash_backbone', 'test_resnet')
+    with pytest.raises(ValueError, match=r"^model mismatch: the index was built from 'hash_backbone' \(backbone "
+                                         r"'test_resnet'\) codes, the encoder is 'hash_backbone' \(backbone "
+                                         r"'test_efficientnet'\)$"):
+        index.attach(other)
+    with pytest.raises(ValueError, match=r"the index holds codes of 'hash_backbone' \(backbone 'test_resnet'\), "
+                                         r"the model is 'hash_backbone' \(backbone 'test_efficientnet'\)"):
+        HashSearcher(other, index, model_transform(other))
+    assert index.attach(deephash_zoo.hash_model('test_resnet', bits=16, **small)).encoder is not resnet
+    saved = index.save(tmp_path / 'index')
+    manifest = json.loads((saved / 'manifest.json').read_text())
+    del manifest['backbone']  # an index saved before backbones were recorded: its architecture alone is checked
+    (saved / 'manifest.json').write_text(json.dumps(manifest))
+    assert HashIndex.load(saved, encoder=other).encoder is other
+
+
+def test_one_image_or_file_is_one_query(photos, model):
+    """A PIL image is not a sequence of images (TypeError: not iterable), nor a path string one of characters
+    ("i: cannot open image"); an array given to HashSearcher.search is codes, searched by its index."""
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex, HashSearcher
+
+    one = Image.open(photos / 'a.png')
+    found = deephash_zoo.encode_images(model, one, precision='fp32')
+    assert found.ids == ['0'] and np.array_equal(found.codes, deephash_zoo.encode_images(
+        model, [photos / 'a.png'], precision='fp32').codes)
+    index = HashIndex.from_images(model, photos, precision='fp32')
+    ids, dist = index.search(one, k=2)
+    assert ids.shape == (1, 2) and dist[0, 0] == 0
+    searcher = HashSearcher(model, index, model_transform(model))
+    by_path = searcher.search(str(photos / 'a.png'), k=2)
+    assert by_path.ids == searcher.search(one, k=2).ids == searcher.search([photos / 'a.png'], k=2).ids
+    assert by_path.codes.shape == (1, 2)
+    with pytest.raises(ValueError, match='got a ndarray; to search with codes, call searcher.index.search'):
+        searcher.search(np.zeros((1, 2), np.uint8), k=2)  # "truth value of an array is ambiguous"
+
+
+def test_an_index_makes_its_bf16_copy_once_per_model(photos, model, monkeypatch):
+    """Every image search and add deep-copied and cast the whole model; the copy is now kept, and made again
+    when the weights change through torch or another model is attached (never stale codes)."""
+    pytest.importorskip('faiss')
+    from deephash_zoo import precision as P
+    from deephash_zoo.retrieval import HashIndex
+
+    made = []
+    real = P.at_precision
+    monkeypatch.setattr(P, 'at_precision', lambda m, p, d: made.append(p) or real(m, p, d))
+    mine = copy.deepcopy(model)
+    index = HashIndex.from_images(mine, photos, precision='bf16')
+    for _ in range(3):
+        index.search(photos / 'a.png', k=1)
+    index.add([photos / 'e.bmp'], ids=['e again'])
+    assert made.count('bf16') == 1
+    with torch.no_grad():  # every code bit flips
+        for weight in mine.get_classifier().parameters():
+            weight.neg_()
+    ids, dist = index.search(photos / 'a.png', k=len(index))
+    assert dist[0][list(ids[0]).index('a.png')] == 16 and made.count('bf16') == 2
+    index.attach(mine).search(photos / 'a.png', k=1)
+    assert made.count('bf16') == 3
+
+
+def test_encoding_leaves_the_model_as_it_was(photos, model):
+    """encode_images and HashSearcher put the caller's model in eval mode for good; a device the machine lacks
+    gave torch's NVIDIA driver error."""
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex, HashSearcher
+
+    mine = copy.deepcopy(model).train()
+    mine.get_classifier().eval()  # a partly frozen model keeps its parts' modes too
+    modes = [m.training for m in mine.modules()]
+    found = deephash_zoo.encode_images(mine, photos, precision='fp32')
+    assert [m.training for m in mine.modules()] == modes
+    assert np.array_equal(found.codes, deephash_zoo.encode_images(model, photos, precision='fp32').codes)
+    index = HashIndex.from_images(mine, photos, precision='fp32')
+    HashSearcher(mine, index, model_transform(mine)).search([photos / 'a.png'], k=1)
+    index.search([photos / 'a.png'], k=1)
+    assert [m.training for m in mine.modules()] == modes
+    with pytest.raises(ValueError, match="^device 'gpu': not a device name torch knows"):
+        deephash_zoo.encode_images(mine, photos, device='gpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^device 'cuda': no CUDA device is available on this machine$"):
+            deephash_zoo.encode_images(mine, photos, device='cuda')
+
+
+def test_added_images_get_their_own_ids(photos, model):
+    """ids given with images are one per image given (a skipped file's dropped with it: "got 2 ids for 1 codes"
+    did not say which file); PIL images added without ids continue the numbering ('0' was given twice)."""
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex
+
+    index = HashIndex.from_images(model, [photos / 'a.png'], precision='fp32')
+    index.add([photos / 'broken.png', photos / 'e.bmp'], ids=['b1', 'b2'])
+    assert index.ids == [str(photos / 'a.png'), 'b2'] and index.manifest['skipped'] == 1
+    assert index.skipped[-1][0] == str(photos / 'broken.png')
+    with pytest.raises(ValueError, match='got 1 ids for 2 images; expected one id per image given'):
+        index.add([photos / 'broken.png', photos / 'b.JPG'], ids=['x'])
+    with pytest.raises(ValueError, match=r'got 1 ids for 6 images; .* 1 skipped, first .*broken.png: cannot open'):
+        index.add(photos, ids=['x'])
+    assert len(index) == 2 and index.manifest['skipped'] == 1  # a refused add adds nothing
+    pictures = HashIndex.from_images(model, [Image.open(photos / 'a.png'), Image.open(photos / 'e.bmp')])
+    pictures.add([Image.open(photos / 'b.JPG')]).add(Image.open(photos / 'a.png'))
+    assert pictures.ids == ['0', '1', '2', '3']
+    numbered = HashIndex.build(np.zeros((2, 2), np.uint8), 16, ids=[5, 7]).attach(model)
+    assert numbered.add(Image.open(photos / 'a.png')).ids == [5, 7, 8]
+
+
+def test_messages_name_the_problem(photos, model):
+    """bits='32' was reported as "got bits=32"; HashSearcher.encode([]) failed in torch.stack."""
+    pytest.importorskip('faiss')
+    from deephash_zoo.retrieval import HashIndex, HashSearcher
+
+    with pytest.raises(ValueError, match=r"code lengths \(16,\); got bits='16'"):
+        deephash_zoo.encode_images(model, photos, bits='16')
+    searcher = HashSearcher(model, HashIndex.from_images(model, photos), model_transform(model))
+    with pytest.raises(ValueError, match='^no query images$'):
+        searcher.encode([])
+
+
+def test_the_searcher_is_exported_where_the_readme_says():
+    from deephash_zoo import retrieval
+    from deephash_zoo.retrieval import search
+
+    assert retrieval.HashSearcher is search.HashSearcher and 'HashSearcher' in retrieval.__all__

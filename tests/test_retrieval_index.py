@@ -230,3 +230,38 @@ def test_tuning_values_faiss_cannot_take_and_repeated_ids_are_refused():
     assert index.add(codes[:1], ids=['g']).ids[-1] == 'g'
     ids, _ = HashIndex.build(codes, 16, kind='hnsw', hnsw_m=2).search(codes, k=1)
     assert (ids >= 0).all()  # the smallest M still answers every query
+
+
+def test_adding_nothing_changes_nothing(codes):
+    """``add(packed[:0])`` said "new ids must be of the type the index has"; an empty batch is no error."""
+    _, db = codes
+    for ids in (None, list(range(600)), [f'img{i}' for i in range(600)]):
+        idx = HashIndex.build(db, BITS, ids=ids)
+        assert idx.add(db[:0]) is idx and idx.add([]) is idx and idx.ids == idx.manifest['ids'] and len(idx) == 600
+    with pytest.raises(ValueError, match='got 1 ids for 0 codes'):
+        idx.add(db[:0], ids=['x'])
+
+
+def test_what_the_json_manifest_cannot_hold_is_refused_at_build(codes, tmp_path):
+    """np.int64 in manifest_extra was accepted by build and failed at save (int64 is not JSON serializable)."""
+    _, db = codes
+    with pytest.raises(ValueError, match=r"manifest_extra\['x'\] cannot be stored in the JSON manifest: Object of "
+                                         'type int64'):
+        HashIndex.build(db, BITS, manifest_extra={'x': np.int64(3)})
+    with pytest.raises(ValueError, match=r'manifest_extra keys must be strings .*got \(1, 2\)'):
+        HashIndex.build(db, BITS, manifest_extra={(1, 2): 'pair'})
+    saved = HashIndex.build(db, BITS, manifest_extra={'x': int(np.int64(3)), 'nested': {'a': [1.5, None]}})
+    assert HashIndex.load(saved.save(tmp_path / 'idx')).manifest['nested'] == {'a': [1.5, None]}
+
+
+def test_empty_and_bfloat16_queries(codes):
+    """``search([])`` said "sign codes have 0 columns"; bfloat16 torch codes raised numpy's TypeError."""
+    torch = pytest.importorskip('torch')
+    q, db = codes
+    idx = HashIndex.build(db, BITS)
+    with pytest.raises(ValueError, match='no queries: pass codes or images'):
+        idx.search([], k=2)
+    signs = torch.from_numpy(np.unpackbits(q, axis=1).astype(np.float32) * 2 - 1)
+    want = idx.search(q, k=5)
+    for got, expected in zip(idx.search(signs.to(torch.bfloat16), k=5), want, strict=True):
+        np.testing.assert_array_equal(got, expected)

@@ -361,3 +361,16 @@ def test_bad_parameters_raise_value_error():
         as_packed(np.array([[0xFF, 0xFF]], dtype=np.uint8), bits=12)
     with pytest.raises(ValueError, match='packed code widths differ'):
         hamming_distances(np.zeros((1, 2), np.uint8), np.zeros((1, 3), np.uint8))
+
+
+def test_bfloat16_codes_score_as_their_float32_values():
+    """Sign codes a bf16 model gave: numpy has no bfloat16, and tensor.numpy() refused them in every metric."""
+    import torch
+
+    from deephash_zoo.retrieval.metrics import mean_average_precision
+
+    rng = np.random.default_rng(0)
+    q, d = torch.randn(6, 16).sign(), torch.randn(30, 16).sign()
+    ql, dl = np.eye(3)[rng.integers(0, 3, 6)], np.eye(3)[rng.integers(0, 3, 30)]
+    as_bf16 = mean_average_precision(q.bfloat16(), d.bfloat16(), ql, dl)
+    assert as_bf16.map == mean_average_precision(q.bfloat16().float(), d.bfloat16().float(), ql, dl).map

@@ -28,7 +28,10 @@ _POPCOUNT_TABLE = np.array([bin(i).count('1') for i in range(256)], dtype=np.uin
 def _to_numpy(x: Any, what: str) -> np.ndarray:
     """Accept numpy arrays, torch tensors (on any device) and array-likes without importing torch."""
     if hasattr(x, 'detach') and hasattr(x, 'cpu'):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == 'torch.bfloat16':  # numpy has no bfloat16 (a bf16 model's relaxed codes)
+            x = x.float()
+        x = x.numpy()
     try:
         arr = np.asarray(x)
     except ValueError as e:  # numpy's 'inhomogeneous shape after 1 dimensions' for rows of different lengths

@@ -13,9 +13,11 @@ Two lines from a folder to neighbours::
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,13 +26,16 @@ from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 from deephash_zoo.data.images import IMAGE_SUFFIXES, ImageRejected, open_rgb, to_rgb
+from deephash_zoo.models.any_backbone import GENERIC_ARCH
 from deephash_zoo.precision import autocast, choose_precision, precision_models, relaxed_codes
+from deephash_zoo.utils import checked_device
 
 from .encoding import model_transform
 
-__all__ = ['IMAGE_SUFFIXES', 'EncodedImages', 'encode_images', 'list_images']
+__all__ = ['IMAGE_SUFFIXES', 'EncodedImages', 'PrecisionCopies', 'encode_images', 'eval_mode', 'list_images',
+           'model_identity']
 
-ImagesArg = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, Image.Image]]]
+ImagesArg = Union[str, os.PathLike, Image.Image, Sequence[Union[str, os.PathLike, Image.Image]]]
 
 
 @dataclass
@@ -44,6 +49,71 @@ class EncodedImages:
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     manifest: Dict[str, Any] = field(default_factory=dict)  # what made the codes, for HashIndex.build
     precision: str = 'fp32'  # what the codes were computed in (see deephash_zoo.precision)
+    positions: List[int] = field(default_factory=list)  # where each code's image stood among those given
+
+
+def model_identity(model: torch.nn.Module) -> Dict[str, Optional[str]]:
+    """What names the network that made codes, as an index manifest records it: ``model``, the timm architecture,
+    and for a ``hash_model`` (architecture ``hash_backbone`` whatever its backbone) ``backbone``, the backbone's."""
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    found = {'model': arch}
+    backbone = _backbone_name(model) if arch == GENERIC_ARCH else None
+    if backbone:
+        found['backbone'] = backbone
+    return found
+
+
+def _backbone_name(model: torch.nn.Module) -> Optional[str]:
+    """The backbone's own architecture (``resnet18`` for ``resnet18.a1_in1k`` or an hf-hub name of it), else the
+    name it was created from."""
+    cfg = getattr(getattr(model, 'backbone', None), 'pretrained_cfg', None) or {}
+    spec = getattr(model, 'backbone_spec', None)
+    return cfg.get('architecture') or (spec[0] if spec else None)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode for the block, every module's train/eval flag as it was afterwards: encoding a
+    model the caller is training (or has put partly in eval mode) must not change it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class PrecisionCopies:
+    """The modules one model encodes with at each precision (for bf16 on a CPU, a copy with bf16 weights), kept
+    from one :func:`encode_images` call to the next: made anew for every call, the copy cost more than a
+    one-image search. A new copy is made when the model or the device type changes, or the weights do through
+    torch: replaced, moved, or changed in place (an optimizer step, ``load_state_dict``, an in-place op under
+    ``no_grad``). An edit through ``.data`` is not seen (torch counts no version for it): ``clear()`` after one."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._models: Optional[Callable[[str], torch.nn.Module]] = None
+
+    def clear(self) -> None:
+        """Drop the copies (the next call makes new ones)."""
+        self._key = self._models = None
+
+    def __call__(self, model: torch.nn.Module, device_type: str) -> Callable[[str], torch.nn.Module]:
+        key = _weights_key(model, device_type)
+        if self._models is None or key is None or key != self._key:
+            self._key, self._models = key, precision_models(model, device_type)
+        return self._models
+
+
+def _weights_key(model: torch.nn.Module, device_type: str) -> Optional[tuple]:
+    """Where every weight and buffer is and how often torch has changed it in place (None: tensors made under
+    inference_mode count no versions, so nothing can be reused)."""
+    try:
+        state = tuple((t.data_ptr(), t._version) for t in chain(model.parameters(), model.buffers()))
+    except RuntimeError:
+        return None
+    return id(model), device_type, state
 
 
 def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
@@ -57,6 +127,8 @@ def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
 
 
 def _items(images: ImagesArg) -> Tuple[List[Any], List[str]]:
+    if isinstance(images, Image.Image):  # one image, not a sequence of its pixels
+        return [images], ['0']
     if isinstance(images, (str, os.PathLike)):
         root = Path(images)
         if root.is_file():
@@ -81,59 +153,67 @@ def _items(images: ImagesArg) -> Tuple[List[Any], List[str]]:
 
 
 def _batches(items: List[Any], ids: List[str], size: int, skipped: List[Tuple[str, str]]
-             ) -> Iterator[Tuple[List[Image.Image], List[str]]]:
-    images, names = [], []
-    for item, name in zip(items, ids, strict=True):
+             ) -> Iterator[Tuple[List[Image.Image], List[str], List[int]]]:
+    """Batches of opened images with their ids and positions among ``items``; the rest go to ``skipped``."""
+    images: List[Image.Image] = []
+    names: List[str] = []
+    positions: List[int] = []
+    for position, (item, name) in enumerate(zip(items, ids, strict=True)):
         try:
             images.append(to_rgb(item, name) if isinstance(item, Image.Image) else open_rgb(item))
         except ImageRejected as e:
             skipped.append((name, str(e)))
             continue
         names.append(name)
+        positions.append(position)
         if len(images) == size:
-            yield images, names
-            images, names = [], []
+            yield images, names, positions
+            images, names, positions = [], [], []
     if images:
-        yield images, names
+        yield images, names, positions
 
 
 def encode_images(model: torch.nn.Module, images: ImagesArg, *, bits: Optional[int] = None, packed: bool = True,
                   batch_size: int = 64, progress: bool = False, device: Union[str, torch.device, None] = None,
-                  img_size: Optional[int] = None, precision: str = 'auto') -> EncodedImages:
-    """Codes of ``images`` (a folder, searched recursively; image files; or PIL images) at code length ``bits``
-    (default: the model's longest), in batches of ``batch_size``, at input size ``img_size`` (default: the
-    model's ``pretrained_cfg``, the size its weights were trained at). ``precision``: ``'fp32'``, ``'bf16'``,
-    ``'fp16'`` (CUDA) or ``'auto'``: bf16 on AMX CPUs and fp16 on CUDA when the first batch's signs agree with
-    fp32's on 99% of the bits, else fp32 (:mod:`deephash_zoo.precision`)."""
+                  img_size: Optional[int] = None, precision: str = 'auto',
+                  copies: Optional[PrecisionCopies] = None) -> EncodedImages:
+    """Codes of ``images`` (a folder, searched recursively; image files; PIL images; or one image file or PIL
+    image) at code length ``bits`` (default: the model's longest), in batches of ``batch_size``, at input size
+    ``img_size`` (default: the model's ``pretrained_cfg``, the size its weights were trained at).
+    ``precision``: ``'fp32'``, ``'bf16'``, ``'fp16'`` (CUDA) or ``'auto'``: bf16 on AMX CPUs and fp16 on CUDA
+    when the first batch's signs agree with fp32's on 99% of the bits, else fp32 (:mod:`deephash_zoo.precision`).
+    The model runs in eval mode and is left in the mode it was in; ``device`` (default: where the model is)
+    moves it there, and it stays there (moving it back would copy its weights on every call). ``copies`` keeps
+    the precision copies for the next call (:class:`PrecisionCopies`; default: made for this call alone)."""
     model_bits = tuple(getattr(model, 'bits', ()) or ())
     if not model_bits:
         raise ValueError('the model has no hash layer (it is not a hashing model, or num_classes=0)')
     bits = max(model_bits) if bits is None else bits
     if bits not in model_bits:
-        raise ValueError(f'the model has code lengths {model_bits}; got bits={bits}')
+        raise ValueError(f'the model has code lengths {model_bits}; got bits={bits!r}')
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}')
+    device = checked_device(device) if device is not None else next(model.parameters()).device
     items, ids = _items(images)
     transform = model_transform(model, img_size)
     img_size = img_size or int(resolve_data_config(model=model)['input_size'][-1])
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device).eval()
+    model.to(device)
     skipped: List[Tuple[str, str]] = []
-    chunks, kept = [], []
+    chunks, kept, positions = [], [], []
     chosen: Optional[str] = None
-    at = precision_models(model, device.type)
-    with tqdm(total=len(items), desc='encoding', unit='image', disable=not progress) as bar:
-        for batch, names in _batches(items, ids, batch_size, skipped):
+    at = (copies or PrecisionCopies())(model, device.type)
+    with eval_mode(model), tqdm(total=len(items), desc='encoding', unit='image', disable=not progress) as bar:
+        for batch, names, where in _batches(items, ids, batch_size, skipped):
             x = torch.stack([transform(im) for im in batch]).to(device)
             if chosen is None:
                 chosen = choose_precision(precision, device.type, lambda p, x=x: relaxed_codes(at(p), x, p))
             with autocast(chosen, device.type):
                 chunks.append(at(chosen).encode(x, bits=bits, packed=packed).cpu().numpy())
             kept += names
+            positions += where
             bar.update(len(kept) + len(skipped) - bar.n)
     if not kept:
         raise ValueError(f'none of the {len(items)} images could be opened (first: {skipped[0][1]})')
-    cfg = getattr(model, 'pretrained_cfg', {}) or {}
-    manifest = dict(model=cfg.get('architecture'), model_bits=list(model_bits), img_size=img_size, precision=chosen)
-    return EncodedImages(np.concatenate(chunks), kept, bits, skipped, manifest, chosen or 'fp32')
+    manifest = dict(model_identity(model), model_bits=list(model_bits), img_size=img_size, precision=chosen)
+    return EncodedImages(np.concatenate(chunks), kept, bits, skipped, manifest, chosen or 'fp32', positions)
 

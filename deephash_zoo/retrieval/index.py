@@ -27,7 +27,7 @@ from deephash_zoo.utils import file_in_the_way, file_sha256, remove_dead_tempora
 
 from .codes import _to_numpy, as_packed
 
-__all__ = ['HashIndex', 'INDEX_FILE', 'MANIFEST_FILE', 'KINDS', 'check_index_target']
+__all__ = ['HashIndex', 'INDEX_FILE', 'MANIFEST_FILE', 'KINDS', 'check_index_target', 'network_mismatch']
 
 INDEX_FILE = 'index.faiss'
 MANIFEST_FILE = 'manifest.json'
@@ -76,6 +76,7 @@ class HashIndex:
         self._set_ids(ids)
         self.skipped: list[tuple[str, str]] = []  # (id, why) of image files from_images / add could not open
         self.encoder = None
+        self._copies: Any = None  # the encoder's precision copies (folder.PrecisionCopies), made on first use
         if encoder is not None:
             self.attach(encoder)
 
@@ -90,57 +91,75 @@ class HashIndex:
                     batch_size: int = 64, progress: bool = False, device: Any = None, img_size: int | None = None,
                     precision: str = 'auto', manifest_extra: Mapping[str, Any] | None = None,
                     **build_kwargs: Any) -> HashIndex:
-        """Encode ``images`` (a folder, searched recursively; image files; PIL images) with ``model`` in
+        """Encode ``images`` (a folder, searched recursively; image files; PIL images; one image) with ``model`` in
         batches (:func:`deephash_zoo.retrieval.folder.encode_images`) and index the codes; ids are the paths
         relative to the folder. Files that cannot be opened are skipped: ``manifest['skipped']`` counts
         them. The index keeps ``model`` as its encoder, so it can be searched with images."""
-        from .folder import encode_images
+        from .folder import PrecisionCopies, encode_images
 
+        copies = PrecisionCopies()
         found = encode_images(model, images, bits=bits, batch_size=batch_size, progress=progress, device=device,
-                              img_size=img_size, precision=precision)
+                              img_size=img_size, precision=precision, copies=copies)
         extra = {**found.manifest, 'skipped': len(found.skipped), **dict(manifest_extra or {})}
         index = cls.build(found.codes, found.bits, ids=found.ids, kind=kind, manifest_extra=extra, **build_kwargs)
         index.skipped = found.skipped
-        return index.attach(model)
+        index.attach(model)
+        index._copies = copies  # the searches that follow reuse the bf16 copy the encoding made
+        return index
 
     def attach(self, encoder: Any) -> HashIndex:
         """Keep ``encoder`` (the hashing model that made the codes) to encode image queries and additions;
-        a model of another architecture than the manifest's, or without this index's code length, is refused."""
+        a model of another network than the manifest's (architecture, and backbone for ``hash_model`` ones), or
+        without this index's code length, is refused.
+
+        With ``precision='bf16'`` on a CPU the encoder's bf16 copy is made once and kept: it is made again when
+        the encoder's weights change through torch (see :class:`~deephash_zoo.retrieval.folder.PrecisionCopies`);
+        after editing them through ``.data``, attach the encoder again."""
         bits = tuple(getattr(encoder, 'bits', ()) or ())
         if self.bits not in bits:
             raise ValueError(f'the encoder has code lengths {bits or "none"}; this index holds {self.bits}-bit codes')
-        arch = (getattr(encoder, 'pretrained_cfg', None) or {}).get('architecture')
-        recorded = self.manifest.get('model')
-        if recorded and arch and arch != recorded:
-            raise ValueError(f'model mismatch: the index was built from {recorded!r} codes, the encoder is {arch!r}')
+        mismatch = network_mismatch(self.manifest, encoder)
+        if mismatch:
+            raise ValueError(f'model mismatch: the index was built from {mismatch[0]} codes, the encoder is '
+                             f'{mismatch[1]}')
         self.encoder = encoder
+        self._copies = None
         return self
 
     def _encode(self, images: Any, batch_size: int, progress: bool) -> Any:
-        from .folder import encode_images
+        from .folder import PrecisionCopies, encode_images
 
         if self.encoder is None:
             raise ValueError('this index has no encoder for images: build it with HashIndex.from_images, load it '
                              'with HashIndex.load(path, encoder=model), or pass codes')
+        self._copies = self._copies or PrecisionCopies()
         return encode_images(self.encoder, images, bits=self.bits, batch_size=batch_size, progress=progress,
-                             img_size=self.manifest.get('img_size'), precision=self.manifest.get('precision') or 'fp32')
+                             img_size=self.manifest.get('img_size'), precision=self.manifest.get('precision') or 'fp32',
+                             copies=self._copies)
 
     def add(self, items: Any, ids: Sequence[int | str] | None = None, *, batch_size: int = 64,
             progress: bool = False) -> HashIndex:
-        """Add codes, or images (encoded with the index's encoder; ids default to their relative paths, and
-        files that cannot be opened are skipped and counted in ``manifest['skipped']``). Integer ids
-        continue from the largest; an index of string ids needs string ids."""
+        """Add codes, or images (encoded with the index's encoder). Files that cannot be opened are skipped and
+        counted in ``manifest['skipped']``; ``ids`` given with images are one per image given, and a skipped
+        file's id is dropped with it. Without ids, an image file's id is its path (relative to a folder), a PIL
+        image's the next number after the index's (as a string in an index of strings); codes' integer ids
+        continue from the largest, and an index of string ids needs string ids for codes. Adding nothing (no
+        rows) changes nothing."""
+        if isinstance(items, (list, tuple)) and not items:
+            items = np.zeros((0, -(-self.bits // 8)), dtype=np.uint8)
         if _is_images(items):
+            _check_image_id_count(items, ids)  # before minutes of encoding
             found = self._encode(items, batch_size, progress)
-            packed, new_ids = found.codes, (found.ids if ids is None else ids)
-            self.skipped += found.skipped
-            self.manifest['skipped'] = int(self.manifest.get('skipped', 0)) + len(found.skipped)
+            packed, new_ids = found.codes, self._image_ids(items, found, ids)
         else:
-            packed, new_ids = self._query_codes(items), ids
+            found, packed, new_ids = None, self._query_codes(items), ids
+        if len(packed) == 0:
+            _check_ids([] if new_ids is None else new_ids, 0)
+            return self
         if new_ids is None:
             if not self._int_ids:
                 raise ValueError('this index has string ids: pass ids= for the new items')
-            start = max(self.ids, default=-1) + 1
+            start = self._next_number()
             new_ids = list(range(start, start + len(packed)))
         new_ids = _check_ids(new_ids, len(packed))
         if self.ids and all(isinstance(i, str) for i in new_ids) != (not self._int_ids):
@@ -148,9 +167,38 @@ class HashIndex:
         _check_unique(self.ids + new_ids)
         self._index.add(packed)
         self._set_ids(self.ids + new_ids)
+        if found is not None:
+            self.skipped += found.skipped
+            self.manifest['skipped'] = int(self.manifest.get('skipped', 0)) + len(found.skipped)
         self.manifest.update(ids=self.ids, num_items=len(self.ids))
         self.manifest.pop('index_sha256', None)  # recomputed by save
         return self
+
+    def _image_ids(self, items: Any, found: Any, ids: Sequence[int | str] | None) -> list:
+        """Ids of the images that opened: the caller's (one per image given; a skipped file's is dropped), or a
+        file's path and a PIL image's next number (PIL images have no name, and their positions '0', '1', ...
+        would repeat the ids of the PIL images added before)."""
+        given = len(found.ids) + len(found.skipped)
+        if ids is not None:
+            ids = list(ids)
+            if len(ids) != given:
+                skipped = f'; {len(found.skipped)} skipped, first {found.skipped[0][1]}' if found.skipped else ''
+                raise ValueError(f'got {len(ids)} ids for {given} images; expected one id per image given, skipped '
+                                 f'ones included (their ids are dropped with them){skipped}')
+            return [ids[p] for p in found.positions]
+        from PIL import Image
+
+        listed = [items] if isinstance(items, Image.Image) else items if isinstance(items, (list, tuple)) else None
+        if listed is None:
+            return found.ids
+        start = self._next_number()
+        return [(start + p if self._int_ids else str(start + p)) if isinstance(listed[p], Image.Image) else name
+                for p, name in zip(found.positions, found.ids, strict=True)]
+
+    def _next_number(self) -> int:
+        """One past the largest numeric id (ints, or strings of digits in an index of strings); 0 for none."""
+        numbers = [i if self._int_ids else int(i) for i in self.ids if self._int_ids or str(i).isdigit()]
+        return max(numbers, default=-1) + 1
 
     # ------------------------------------------------------------------------------------------ build
     @classmethod
@@ -187,6 +235,7 @@ class HashIndex:
         clash = sorted(_RESERVED & extra.keys())
         if clash:
             raise ValueError(f'manifest_extra uses reserved keys {clash}')
+        _check_json(extra)
         faiss = _faiss()
         d = 8 * packed.shape[1]  # FAISS needs whole bytes; zero padding bits do not change distances
         params: dict[str, Any] = {}
@@ -266,8 +315,9 @@ class HashIndex:
                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest items per query: ``(ids, distances)``, each ``(nq, k)``, nearest first.
 
-        ``codes``: packed or sign codes, or images (a folder, image files, PIL images) that the index's
-        encoder turns into codes (a file that cannot be opened is an error here: a query is not skipped).
+        ``codes``: packed or sign codes, or images (a folder, image files, PIL images, one image file or PIL
+        image) that the index's encoder turns into codes (a file that cannot be opened is an error here: a
+        query is not skipped).
         ``model``, when given, must equal the manifest's ``model`` (codes of another model are
         meaningless here).  ``k`` above the index size is clipped.  Slots an approximate index cannot
         fill hold id -1 (None for string ids) and distance -1.
@@ -281,6 +331,8 @@ class HashIndex:
             )
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f'k must be a positive integer, got {k!r}')
+        if isinstance(codes, (list, tuple)) and not codes:
+            raise ValueError('no queries: pass codes or images to search with')
         if _is_images(codes):
             found = self._encode(codes, batch_size, progress)
             if found.skipped:
@@ -381,6 +433,44 @@ def _is_images(items: Any) -> bool:
     if isinstance(items, (list, tuple)) and items:
         return isinstance(items[0], (str, os.PathLike, Image.Image))
     return False
+
+
+def network_mismatch(manifest: Mapping[str, Any], model: Any) -> tuple[str, str] | None:
+    """``(recorded, given)`` descriptions of the networks when ``model`` is not the one whose codes ``manifest``
+    describes, else None: the architecture, and for a ``hash_model`` its backbone (every one is architecture
+    ``hash_backbone``). What a manifest does not record (an index saved before backbones were) is not checked."""
+    from .folder import model_identity
+
+    given = model_identity(model)
+    differ = any(manifest.get(key) and given.get(key) and manifest.get(key) != given.get(key)
+                 for key in ('model', 'backbone'))
+    return (_network(manifest), _network(given)) if differ else None
+
+
+def _network(identity: Mapping[str, Any]) -> str:
+    """A network as a message names it: the architecture, and the backbone where one is recorded."""
+    backbone = identity.get('backbone')
+    return f"{identity.get('model')!r}" + (f' (backbone {backbone!r})' if backbone else '')
+
+
+def _check_image_id_count(images: Any, ids: Sequence[int | str] | None) -> None:
+    """Refuse ids that cannot be one per image given, where the images are counted without listing a folder."""
+    from PIL import Image
+
+    given = 1 if isinstance(images, Image.Image) else len(images) if isinstance(images, (list, tuple)) else None
+    if ids is not None and given is not None and len(ids) != given:
+        raise ValueError(f'got {len(ids)} ids for {given} images; expected one id per image given')
+
+
+def _check_json(extra: Mapping[Any, Any]) -> None:
+    """Refuse what the JSON manifest cannot hold (numpy numbers, tuples as keys, ...) at build, not at save."""
+    for key, value in extra.items():
+        if not isinstance(key, str):
+            raise ValueError(f'manifest_extra keys must be strings (the manifest is JSON), got {key!r}')
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f'manifest_extra[{key!r}] cannot be stored in the JSON manifest: {e}') from None
 
 
 def _check_ids(ids: Sequence[int | str], n: int) -> list:

@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Sequence, Union
 
 import numpy as np
 import torch
@@ -17,9 +17,12 @@ from PIL import Image
 
 from deephash_zoo.data.images import open_rgb, to_rgb
 
-from .index import HashIndex
+from .folder import eval_mode
+from .index import HashIndex, network_mismatch
 
 __all__ = ['HashSearcher', 'SearchResult', 'bit_string']
+
+QueryImages = Union[Image.Image, str, os.PathLike, Sequence[Union[Image.Image, str, os.PathLike]]]
 
 
 @dataclass(frozen=True)
@@ -38,19 +41,20 @@ class HashSearcher:
     """A model and the index built from its codes; ``search(images, k)`` answers image queries.
 
     ``transform`` maps a PIL image to the model's input tensor (``model_transform(model, img_size)`` at the
-    size the index was built with).
+    size the index was built with). A model of another network than the index's (architecture, and backbone
+    for ``hash_model`` ones) or without its code length is refused. The model encodes in eval mode and is left
+    in the mode it was in.
     """
 
     def __init__(self, model: torch.nn.Module, index: HashIndex, transform: Callable[[Image.Image], torch.Tensor]
                  ) -> None:
-        arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
-        recorded = index.manifest.get('model')
-        if recorded and arch and recorded != arch:
-            raise ValueError(f'model mismatch: the index holds codes of {recorded!r}, the model is {arch!r}')
+        mismatch = network_mismatch(index.manifest, model)
+        if mismatch:
+            raise ValueError(f'model mismatch: the index holds codes of {mismatch[0]}, the model is {mismatch[1]}')
         if index.bits not in tuple(getattr(model, 'bits', ()) or ()):
             raise ValueError(f'code length mismatch: the index holds {index.bits}-bit codes, the model has code '
                              f'lengths {tuple(getattr(model, "bits", ()) or ())}')
-        self.model = model.eval()
+        self.model = model
         self.index = index
         self.transform = transform
         self.device = next(model.parameters()).device
@@ -60,17 +64,16 @@ class HashSearcher:
     def bits(self) -> int:
         return self.index.bits
 
-    def encode(self, images: Sequence[Image.Image | str | os.PathLike]) -> np.ndarray:
-        """Packed ``(n, ceil(bits/8))`` codes of PIL images or image files (as ``HashIndex.search`` takes them), at
-        the index's code length."""
-        batch = torch.stack([self.transform(_as_image(im)) for im in images]).to(self.device)
-        with torch.no_grad():
+    def encode(self, images: QueryImages) -> np.ndarray:
+        """Packed ``(n, ceil(bits/8))`` codes of PIL images or image files (one, or a sequence of them), at the
+        index's code length."""
+        batch = torch.stack([self.transform(_as_image(im)) for im in _query_list(images)]).to(self.device)
+        with torch.no_grad(), eval_mode(self.model):
             return self.model.encode(batch, bits=self.index.bits, packed=True).cpu().numpy()
 
-    def search(self, images: Sequence[Image.Image | str | os.PathLike], k: int) -> SearchResult:
-        """The k nearest index items of each image (k above the index size is clipped)."""
-        if not images:
-            raise ValueError('no query images')
+    def search(self, images: QueryImages, k: int) -> SearchResult:
+        """The k nearest index items of each image (one PIL image or image file, or a sequence of them; k above
+        the index size is clipped). Codes are refused: ``searcher.index.search(codes, k)`` searches with them."""
         start = time.perf_counter()
         codes = self.encode(images)
         encoded = time.perf_counter()
@@ -80,6 +83,19 @@ class HashSearcher:
         rows = np.array([[self._row.get(i, -1) for i in row] for row in plain], dtype=np.int64)
         return SearchResult(ids=plain, positions=rows, distances=dist,
                             codes=codes, encode_ms=1000 * (encoded - start), search_ms=1000 * (searched - encoded))
+
+
+def _query_list(images: QueryImages) -> List[Any]:
+    """The query images as a list: one image or file is one query (a path is not a sequence of characters)."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if hasattr(images, 'shape'):  # an array or tensor: codes (or pixels) where images were expected
+        raise ValueError(f'query images: expected PIL images or image files, got a {type(images).__name__}; '
+                         'to search with codes, call searcher.index.search(codes, k)')
+    items = list(images)
+    if not items:
+        raise ValueError('no query images')
+    return items
 
 
 def _as_image(item: Any) -> Image.Image:
