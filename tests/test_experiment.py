@@ -549,3 +549,167 @@ def test_the_readme_quotes_the_committed_spread_measurement():
         assert row in section
     for key in ('mean_std_over_eval_seeds', 'mean_std_over_training_seeds', 'std_own_draw'):
         assert f'{record[key]:.4f}' in section
+
+
+def _cell_line(model: str = 'dath_n_16', data: str = 'fashion-mnist', budget: str = 'tiny', seed: int = 0) -> str:
+    """A cells-file line naming what a cell records of where it belongs (its numbers are not read here)."""
+    return json.dumps(dict(model=model, data=data, seed=seed, results={}, settings=dict(budget=budget, data=data)))
+
+
+_TINY_DATH_N = ['ablation', '--budget', 'tiny', '--arms', 'DATH-N', '--bits', '16', '--seeds', '0', '--keep', 'none',
+                '--no-encoding-time']
+
+
+def test_a_cells_file_that_holds_cells_is_refused_without_resume_and_kept(tmp_path, capsys):
+    """The README keeps cells files under version control: a run without --resume named one and emptied it."""
+    from deephash_zoo.cli._common import run_main
+
+    cells = tmp_path / 'kept.jsonl'
+    cells.write_text(_cell_line() + '\n')
+    assert run_main(main, _TINY_DATH_N + ['--work', str(tmp_path / 'w'), '--cells', str(cells)]) == 2
+    assert 'already holds cells: --resume goes on from it; to start over, delete it or name another file' in \
+        capsys.readouterr().err
+    assert cells.read_text() == _cell_line() + '\n' and not (tmp_path / 'w').exists()  # refused before any work
+
+
+@pytest.mark.parametrize('line, why', [
+    (_cell_line(model='admth_cnnf_multi'), 'the model admth_cnnf_multi belongs to no arm of the ablation experiment'),
+    (_cell_line(data='mosaic'), 'a cell trained on mosaic, not fashion-mnist'),
+    (_cell_line(budget='cpu-small'), 'a cell of the cpu-small budget, not tiny'),
+    ('[1, 2]', 'not a JSON record'),
+])
+def test_a_cell_of_another_experiment_is_refused_naming_its_line(tmp_path, capsys, line, why):
+    """Two experiments sharing a --work (or a cells file) destroyed each other's cells; now the second is refused."""
+    from deephash_zoo.cli._common import run_main
+
+    cells = tmp_path / 'cells.jsonl'
+    cells.write_text(_cell_line(model='dath_s_32') + '\n' + line + '\n')
+    assert run_main(main, _TINY_DATH_N + ['--work', str(tmp_path / 'w'), '--cells', str(cells), '--resume']) == 2
+    assert capsys.readouterr().err.startswith(f'error: {cells}, line 2: {why}')
+    assert not (tmp_path / 'w').exists()
+
+
+def test_a_card_is_not_written_from_a_checkpoint_holding_other_weights(tmp_path):
+    """Run folders are named by model and seed: a checkpoint another run trained over is not the cell's weights."""
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / 'dath_n_16-seed0' / 'checkpoint'
+    ckpt.mkdir(parents=True)
+    save_file({'w': __import__('torch').zeros(2)}, str(ckpt / 'model.safetensors'))
+    cell = {'model': 'dath_n_16', 'seed': 0, 'checkpoint': str(ckpt), 'weights_sha256': '0' * 64}
+    said = []
+    assert write_cards({'data': 'fashion-mnist', 'cells': [cell]}, tmp_path / 'cards', say=said.append) == []
+    assert len(said) == 1 and said[0].startswith(f'no card for dath_n_16: {ckpt} holds other weights')
+
+
+@needs_fmnist
+def test_resumed_cells_count_the_tables_and_new_cells_record_machine_and_time(tmp_path, capsys):
+    """A cells file holding another length's cell: the header counted it as resumed ('resumed 1 of the 1 cells');
+    a new cell records where and when it ran (a cells file outlives the call whose header describes it)."""
+    cells = tmp_path / 'cells.jsonl'
+    cells.write_text(_cell_line(model='dath_s_32') + '\n')
+    assert main(_TINY_DATH_N + ['--work', str(tmp_path / 'w'), '--cells', str(cells), '--resume']) == 0
+    result = json.loads((tmp_path / 'w' / 'ablation-fashion-mnist-tiny.json').read_text())
+    assert result['resumed_cells'] == 0 and [c['model'] for c in result['cells']] == ['dath_n_16']
+    cell = result['cells'][0]
+    assert cell['machine']['cpu'] == result['machine']['cpu'] and cell['machine']['device'] == 'cpu'
+    assert cell['finished'].endswith('+00:00') and cell['finished'][:10] == result['generated'][:10]
+    assert 'in the last call' not in (tmp_path / 'w' / 'ablation-fashion-mnist-tiny.md').read_text()
+
+
+def test_resume_without_a_cells_file_says_every_cell_runs(tmp_path):
+    from deephash_zoo.experiments.run import run_experiment
+
+    said = []
+
+    def stop_before_training(line: str) -> None:
+        said.append(line)
+        if line.startswith('chance level'):
+            raise KeyboardInterrupt
+
+    cells = tmp_path / 'nowhere.jsonl'
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment('ablation', 'fashion-mnist', get_budget('tiny'), tmp_path / 'w', bits=(16,), only=('DATH-N',),
+                       resume=True, cells_path=cells, measure_encoding=False, say=stop_before_training)
+    assert said[0] == f'{cells}: no cells file found, so every cell runs'
+
+
+def test_resume_with_other_settings_is_refused_before_the_pretraining_stage(tmp_path):
+    """The settings check waited for the stage's trunk (hours at cpu-pretrained) before refusing."""
+    from deephash_zoo.experiments.run import run_experiment
+    from deephash_zoo.experiments.runs import cell_settings
+
+    budget = get_budget('tiny-pretrained')
+    trunk = str(tmp_path / 'w' / 'pretrain-alexnet' / 'trunk.safetensors')
+    settings = dict(cell_settings('dath_n_16', 'fashion-mnist', budget, trunk, 'a' * 64), lr=0.5)
+    cells = tmp_path / 'cells.jsonl'
+    cells.write_text(json.dumps(dict(model='dath_n_16', data='fashion-mnist', seed=0, settings=settings)) + '\n')
+    with pytest.raises(ValueError, match='dath_n_16 seed 0 was trained with other settings .*lr: 0.5 ->'):
+        run_experiment('ablation', 'fashion-mnist', budget, tmp_path / 'w', only=('DATH-N',), seeds=(0,),
+                       resume=True, cells_path=cells, measure_encoding=False, say=lambda _: None)
+    assert not (tmp_path / 'w' / 'pretrain-alexnet').exists()
+
+
+def test_unreadable_init_and_unknown_models_are_one_line_errors(tmp_path, capsys):
+    from deephash_zoo.cli._common import run_main
+    from deephash_zoo.experiments.spread import main as spread_main
+
+    trunc = tmp_path / 'trunc.safetensors'
+    trunc.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"w": ')  # a header cut short
+    assert run_main(main, _TINY_DATH_N + ['--work', str(tmp_path / 'w'), '--init', str(trunc)]) == 2
+    assert capsys.readouterr().err.startswith(f'error: {trunc}: not a readable safetensors file')
+    assert not (tmp_path / 'w').exists()
+    spread = ['--budget', 'tiny', '--work', str(tmp_path / 's'), '--seeds', '0,1']
+    assert spread_main(spread + ['--model', 'dmlh_cnnf_16', '--init', str(trunc)]) == 2
+    assert capsys.readouterr().err.startswith(f'error: {trunc}: not a readable safetensors file')
+    assert spread_main(spread + ['--model', 'dath_x_16']) == 2
+    assert 'error: Unknown model (dath_x_16)' in capsys.readouterr().err
+
+
+def test_the_time_claim_names_the_singles_its_sum_covers_in_a_partly_grown_table():
+    """A table grown for some arms only: the singles' time sums the lengths every arm ran, and the label says how
+    many models that is (it named all four lengths of the arm against a two-model sum)."""
+    full = _committed_result('multitask-mosaic-pair-cpu-pretrained')
+    arms = [dict(a, models={b: m for b, m in a['models'].items() if a['label'] != 'ADMTH (single-length)'
+                            or b in ('32', '64')}) for a in full['arms']]
+    grown = dict(full, arms=arms)
+    [timed] = [c for c in claims(grown) if 'time' in c['per_bits']]
+    assert 'the 2 single-length models of the lengths every arm ran' in timed['claim']
+    assert 'one multi-length model vs the 2 single-length models of the lengths every arm ran' in \
+        render_markdown(grown)
+    assert multitask_time(grown, summarize(grown))['num_singles'] == 2
+
+
+def test_the_header_names_other_cpus_the_resumed_cells_ran_on():
+    result = _fake_result({'DATH-S': [0.50, 0.51, 0.52], 'DATH-N': [0.40, 0.60, 0.20]})
+    assert 'other CPUs' not in render_markdown(result)  # cells that record no machine: nothing said
+    result['cells'][0]['machine'] = {'cpu': 'AMD EPYC'}
+    result['cells'][1]['machine'] = {'cpu': 'x'}
+    assert "Of the 6 cells, some ran on other CPUs than this call's: 1 on AMD EPYC." in render_markdown(result)
+
+
+@pytest.mark.parametrize('flags, said', [
+    (['--render-only', '--bits', '16', '--resume'], '--render-only trains nothing and re-renders the JSON as written: '
+                                                   'drop --bits, --resume'),
+    (['--bits', '32,32'], 'argument --bits: expected distinct non-negative integers'),
+    (['--bits', ''], 'argument --bits: expected at least one integer, got none'),
+    (['--seeds', ''], 'argument --seeds: expected at least one integer, got none'),
+    (['--seeds', '-1'], 'argument --seeds: expected distinct non-negative integers'),
+    (['--arms', ','], 'argument --arms: expected comma-separated arm labels'),
+])
+def test_flags_it_cannot_honour_are_refused_in_one_line(tmp_path, capsys, flags, said):
+    from deephash_zoo.cli._common import run_main
+
+    argv = ['ablation', '--budget', 'tiny', '--work', str(tmp_path)] + flags
+    if flags[0] == '--render-only':
+        assert run_main(main, argv) == 2
+    else:
+        with pytest.raises(SystemExit, match='2'):  # argparse's usage line and the one error line
+            run_main(main, argv)
+    assert said in capsys.readouterr().err
+
+
+def test_empty_items_of_arms_are_ignored_as_bits_and_seeds_do():
+    from deephash_zoo.cli.experiment import _labels
+
+    assert _labels('DATH-S,') == ('DATH-S',) and _labels(' DATH-S , DATH-N') == ('DATH-S', 'DATH-N')

@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from deephash_zoo.training.allocator import keep_freed_memory
 
@@ -22,10 +22,28 @@ _CARDS = Path('hub_cards')
 
 
 def _ints(text: str) -> List[int]:
+    """Distinct non-negative integers, comma-separated (an empty item is ignored, an empty list refused)."""
     try:
-        return [int(t) for t in text.split(',') if t.strip()]
+        values = [int(t) for t in text.split(',') if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+    if not values:
+        raise argparse.ArgumentTypeError('expected at least one integer, got none')
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f'expected distinct non-negative integers, got {text!r}')
+    return values
+
+
+def _labels(text: str) -> Tuple[str, ...]:
+    """Arm labels, comma-separated (empty items ignored, as --bits and --seeds do; none at all refused)."""
+    labels = tuple(dict.fromkeys(t.strip() for t in text.split(',') if t.strip()))
+    if not labels:
+        raise argparse.ArgumentTypeError(f'expected comma-separated arm labels, got {text!r}')
+    return labels
+
+
+# what --render-only cannot honour: it trains nothing and re-renders the JSON as it was written
+_TRAINING_FLAGS = ('bits', 'arms', 'seeds', 'resume', 'init', 'cells')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--seeds', type=_ints, default=None, help="comma-separated seeds (default: the budget's)")
     p.add_argument('--bits', type=_ints, default=None,
                    help="code lengths (default: the budget's: 32,64 for the cpu-pretrained ones, else 16,32,48,64)")
-    p.add_argument('--arms', default=None, help='comma-separated arm labels to run, e.g. DATH,DATH-N (default: all)')
+    p.add_argument('--arms', type=_labels, default=None,
+                   help='comma-separated arm labels to run, e.g. DATH,DATH-N (default: all)')
     p.add_argument('--work', type=Path, default=None,
                    help='run folders and cells.jsonl (default: runs/experiments/KEY)')
     p.add_argument('--cells', type=Path, default=None,
@@ -52,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                         'control to finish a long experiment in pieces on other machines of the same kind')
     p.add_argument('--resume', action='store_true',
                    help='keep the cells already in the cells file (refused where a cell was trained with other '
-                        'settings or from another trunk)')
+                        'settings or from another trunk); without it, a cells file that holds cells is refused')
     p.add_argument('--keep', choices=KEEP_CHOICES, default='first-seed',
                    help='checkpoints to keep for cards and deephash-push (default: %(default)s)')
     p.add_argument('--init', default=None,
@@ -87,6 +106,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.render_only:
+        given = [f"--{f}" for f in _TRAINING_FLAGS if getattr(args, f) not in (None, False)]
+        if given:
+            raise UserError(f"--render-only trains nothing and re-renders the JSON as written: drop {', '.join(given)}")
     data = args.data or default_data(args.experiment)[0]
     budget = get_budget(args.budget)
     key = experiment_key(args.experiment, data, budget.name)
@@ -96,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if budget.name.startswith('tiny'):
             raise UserError(f'the {budget.name} budget is for tests (its numbers mean nothing); do not --publish it')
         check_readme(args.readme, key)  # before hours of training, not after
-    arms = tuple(a.strip() for a in args.arms.split(',')) if args.arms else ()
+    arms = args.arms or ()
     command = 'deephash-experiment ' + ' '.join(shlex.quote(a) for a in argv)
     if args.render_only:
         result = _read_result(out / f'{key}.json')

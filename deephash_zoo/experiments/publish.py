@@ -69,6 +69,20 @@ def zoo_cards(cards_dir: Path) -> Dict[str, Path]:
     return owned
 
 
+def _weights_are_the_cells(cell: Dict[str, Any], ckpt: Path, say: Callable[[str], None]) -> bool:
+    """Whether the checkpoint folder still holds the weights the cell scored: a run folder is named by model and
+    seed only, so another experiment sharing the work folder (or a later run) may have trained over it, and a card
+    would pair one experiment's numbers with another's weights."""
+    from deephash_zoo.hub.folder import weights_sha256
+
+    found = weights_sha256(ckpt / 'model.safetensors')
+    if found == cell.get('weights_sha256'):
+        return True
+    say(f"no card for {cell['model']}: {ckpt} holds other weights (sha256 {found[:12]}...) than the cell scored "
+        f"({str(cell.get('weights_sha256'))[:12]}...); was that work folder shared with another run?")
+    return False
+
+
 def write_cards(result: Dict[str, Any], cards_dir: Path, efficiency: Optional[Path] = None,
                 org: str = 'deephash-zoo', say: Callable[[str], None] = print) -> List[Path]:
     """One card per kept checkpoint of ``result``: ``CARDS/<model>.<data tag>.md`` with its model-index
@@ -96,6 +110,8 @@ def write_cards(result: Dict[str, Any], cards_dir: Path, efficiency: Optional[Pa
             continue
         if name in owned:
             say(f'kept {cards_dir / name}.md: the zoo build publishes it ({owned[name]})')
+            continue
+        if not _weights_are_the_cells(cell, Path(ckpt), say):
             continue
         metrics = default_out(Path(ckpt)) / 'metrics.json'  # as run_cell wrote it
         card = render_card(ckpt, metrics=metrics, efficiency=efficiency, repo_id=f'{org}/{name}')

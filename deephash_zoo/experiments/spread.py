@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from deephash_zoo.utils import cpu_model, provenance, read_json, tensors_file_sha256, usable_cores, write_atomic
+from deephash_zoo.utils import cpu_model, provenance, read_json, usable_cores, write_atomic
 
 from .budgets import BUDGETS, Budget, get_budget
+from .run import init_digest
 from .runs import cell_settings, run_cell, score_checkpoint
 
 __all__ = ['measure_spread', 'summarize_spread']
@@ -56,7 +57,8 @@ def measure_spread(model: str, data: str, budget: Budget, seeds: Sequence[int], 
     """Train ``model`` with each seed and score it on each seed's subsets; the JSON record (see the module)."""
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f'need two or more distinct seeds, got {list(seeds)}')
-    settings = cell_settings(model, data, budget, init)
+    digest = init_digest(init) if init else None  # one line, not safetensors' traceback, for a truncated file
+    settings = cell_settings(model, data, budget, init, digest)
     table: Dict[int, Dict[int, float]] = {}
     bits = None
     for seed in seeds:
@@ -70,7 +72,7 @@ def measure_spread(model: str, data: str, budget: Budget, seeds: Sequence[int], 
             say(f'  scored on seed {eval_seed}\'s subsets: mAP {table[seed][eval_seed]:.4f}')
     return dict(model=model, data=data, budget=budget.name, bits=int(bits), seeds=list(seeds),
                 query_subset=budget.query_subset, db_subset=budget.db_subset,
-                init=init, init_tensors_sha256=tensors_file_sha256(init) if init else None,
+                init=init, init_tensors_sha256=digest,
                 map={str(t): {str(e): v for e, v in row.items()} for t, row in table.items()},
                 **{k: ({str(s): v for s, v in x.items()} if isinstance(x, dict) else x)
                    for k, x in summarize_spread(table).items()},
@@ -95,7 +97,7 @@ def render(record: Dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m deephash_zoo.experiments.spread', description=__doc__.split('\n\n')[0])
     p.add_argument('--model', required=True, help='a registered single-code model, e.g. dmlh_cnnf_32')
     p.add_argument('--data', default='fashion-mnist')
@@ -105,15 +107,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--seeds', default='0,1,2', help='training seeds, also the evaluation seeds (default: 0,1,2)')
     p.add_argument('--work', type=Path, default=Path('runs/spread'))
     p.add_argument('--out', type=Path, default=None, help='JSON record (default: WORK/spread-MODEL.json)')
-    args = p.parse_args(argv)
+    return p
+
+
+def _run(argv: Optional[List[str]]) -> int:
+    args = _parser().parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(',')]
-        if args.init and not Path(args.init).is_file():
-            raise ValueError(f'--init {args.init}: no such file')
-        record = measure_spread(args.model, args.data, get_budget(args.budget), seeds, args.work, args.init)
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    except ValueError:
+        raise ValueError(f'--seeds: expected comma-separated integers, got {args.seeds!r}') from None
+    if args.init and not Path(args.init).is_file():
+        raise ValueError(f'--init {args.init}: no such file')
+    record = measure_spread(args.model, args.data, get_budget(args.budget), seeds, args.work, args.init)
     record.update(provenance('deephash_zoo.experiments.spread', argv))
     out = args.out or args.work / f'spread-{args.model}.json'
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +126,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(render(record))
     print(f'wrote {out}')
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command, its expected failures (unknown model, unreadable --init, bad seeds) as one line with exit
+    status 2, as the deephash-* commands give them (this module may not import ``cli``, which is above it)."""
+    try:
+        return _run(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if 'Unknown model' not in str(e):  # timm's message for a name nobody registered
+            raise
+        print(f'error: {e}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':
