@@ -46,7 +46,6 @@ The library behind ``deephash-eval``, the zoo build and the experiments. :func:`
 from __future__ import annotations
 
 import json
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,7 @@ def evaluate_checkpoint(options: EvalOptions) -> Dict[str, Any]:
 def run_evaluation(options: EvalOptions) -> Evaluation:
     """Load, encode and score: :func:`evaluate_checkpoint` with the encoded sets kept."""
     from deephash_zoo.retrieval.encoding import encode_dataset_lengths, model_transform
-    from deephash_zoo.retrieval.metrics import TIE_BREAK
+    from deephash_zoo.retrieval.metrics import TIE_BREAK, check_topk
 
     if options.plots:
         require_matplotlib()  # fail on a missing matplotlib before minutes of encoding
@@ -130,7 +129,7 @@ def run_evaluation(options: EvalOptions) -> Evaluation:
     data, root, seed = data_defaults(ckpt, options.data, options.data_root, options.seed)
     sets, protocol = protocol_sets(data, root, seed, transform, options.query_subset, options.db_subset)
     topk = default_topk(data, protocol['num_labels']) if options.topk == BENCHMARK_TOPK else options.topk
-    _check_topk(topk)  # before minutes of encoding, not after
+    check_topk(topk)  # before minutes of encoding, not after
     protocol['map_topk'] = 'all' if topk is None else topk
     device = next(ckpt.model.parameters()).device
     codes = {name: encode_dataset_lengths(ckpt.model, ds, lengths, options.batch_size, device,
@@ -153,12 +152,6 @@ def run_evaluation(options: EvalOptions) -> Evaluation:
         'machine': run_machine(device),
     }
     return Evaluation(report, sets, codes)
-
-
-def _check_topk(topk: Any) -> None:
-    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1):
-        raise ValueError(f'topk must be a positive integer, or None for the whole ranking (metrics.json writes that '
-                         f'as "all"), got {topk!r}')
 
 
 def score_codes(query: np.ndarray, database: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray,

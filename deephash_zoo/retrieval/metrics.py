@@ -39,6 +39,7 @@ from .tie_aware import tie_aware_average_precision
 __all__ = [
     'TIE_BREAK',
     'AtNResult',
+    'check_topk',
     'MapResult',
     'PRCurve',
     'RadiusResult',
@@ -247,9 +248,11 @@ def _prepare(query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any,
     return _Problem(code_words(q_packed), code_words(db_packed), distance_dtype(q_packed.shape[1]), q_bits, rel)
 
 
-def _check_topk(topk: int | None) -> None:
+def check_topk(topk: int | None) -> None:
+    """K of mAP@K: a positive integer, or None for the whole ranking (which metrics.json records as "all")."""
     if topk is not None and (not _is_int(topk) or topk <= 0):
-        raise ValueError(f'topk must be a positive integer or None (whole ranking), got {topk!r}')
+        raise ValueError(f'topk must be a positive integer, or None for the whole ranking (metrics.json writes that '
+                         f'as "all"), got {topk!r}')
 
 
 def _check_ns(ns: Iterable[int]) -> tuple[int, ...]:
@@ -502,7 +505,7 @@ def mean_average_precision(
 
     Codes are sign codes or packed uint8 (``bits`` tells a packed code's length if no sign side does).
     """
-    _check_topk(topk)
+    check_topk(topk)
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
     k = p.num_database if topk is None else topk
     s = _scan(p, map_k=k, chunk_size=chunk_size, backend=backend)
@@ -618,7 +621,7 @@ def evaluate(
     ``precision_radius2``, ``recall_radius2``, ``pr_curve`` ({'radius', 'precision', 'recall'} lists over
     radius 0..bits), ``bits``, ``num_queries``, ``num_database``, ``tie_break``.
     """
-    _check_topk(topk)
+    check_topk(topk)
     ns = _check_ns(ns)
     p = _prepare(query_codes, db_codes, query_labels, db_labels, bits)
     k = p.num_database if topk is None else topk
