@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from deephash_zoo.data.protocols import PATH_DATA
 from deephash_zoo.extras import check_installed
 from deephash_zoo.utils import read_json, write_atomic
 
@@ -38,9 +39,8 @@ _TRAINING_KEYS = ('recipe', 'data', 'epochs', 'batch_size', 'optimizer', 'lr', '
                   'center_hash', 'grad_clip', 'drop_rate', 'flip', 'img_size', 'label_weight', 'attn_gate_init',
                   'subset', 'max_steps', 'seed', 'world_size', 'amp', 'loss_args', 'loss', 'init', 'machine')
 _PATH_KEYS = ('data', 'init', 'data_root', 'out')
-# data names that hold a local path (KIND:PATH), and what the path is: a card names only its last component
-_PATH_DATA = {'list': 'DeepHash list file', 'coco': 'MS-COCO annotations', 'folder': 'image folder',
-              'cifar10': 'CIFAR-10 folder', 'cifar10-1': 'CIFAR-10 folder', 'cifar10-2': 'CIFAR-10 folder'}
+# what the path of a data name holding one (data.protocols.PATH_DATA) is: a card names only its last component
+_PATH_WHAT = {'list': 'DeepHash list file', 'coco': 'MS-COCO annotations', 'folder': 'image folder'}  # else CIFAR-10
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,9 @@ def _dataset_info(name: Optional[str]) -> Tuple[Optional[str], str, str]:
         hub_id, display = _DATASETS[name]
         return hub_id, display, hub_id
     kind, _, path = name.partition(':')
-    if kind in _PATH_DATA and path:
+    if kind in PATH_DATA and path:
         base = Path(path).name
-        return None, f'{_PATH_DATA[kind]} `{base}`', f'{kind}:{base}'
+        return None, f"{_PATH_WHAT.get(kind, 'CIFAR-10 folder')} `{base}`", f'{kind}:{base}'
     return None, name, name
 
 
@@ -110,7 +110,7 @@ def strip_local_path(value: Any) -> Any:
     """Local paths reduced to their last component (a card or upload should not carry a home folder)."""
     if isinstance(value, str):
         kind, sep, rest = value.partition(':')
-        if sep and kind in _PATH_DATA and os.path.isabs(rest):
+        if sep and kind in PATH_DATA and os.path.isabs(rest):
             return f'{kind}:{Path(rest).name}'
         return Path(value).name if os.path.isabs(value) else value
     return value
